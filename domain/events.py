@@ -1,0 +1,28 @@
+"""The event envelope every Kafka message and WebSocket frame carries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from domain import codec
+
+VERSION = 1
+USER_CREATED = "user_created"
+USER_UPDATED = "user_updated"
+PAYMENT_CREATED = "payment_created"
+PAYMENT_UPDATED = "payment_updated"
+HEALTH_CHECK = "health_check"
+DOMAIN_TYPES = (USER_CREATED, USER_UPDATED, PAYMENT_CREATED, PAYMENT_UPDATED)
+
+
+def envelope(event_type: str, user_id: str | None, data: Any, occurred_at: dt.datetime | None = None) -> dict:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": event_type,
+        "version": VERSION,
+        "occurred_at": codec.rfc3339(occurred_at or dt.datetime.now(dt.UTC)),
+        "user_id": user_id,
+        "data": data,
+    }

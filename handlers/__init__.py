@@ -1,0 +1,1 @@
+"""Tornado handlers, one module per resource, each exporting ``default_handlers``."""

@@ -1,0 +1,184 @@
+"""ConfigManager: config.yaml, environment overrides, JSON Schema validation."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from managers.base import Manager
+
+ENV_PREFIX = "SINGLETON_"
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+def _obj(properties: dict, required: bool = True) -> dict:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "required": list(properties) if required else [],
+    }
+
+
+_int = {"type": "integer", "minimum": 0}
+_pos = {"type": "number", "exclusiveMinimum": 0}
+_port = {"type": "integer", "minimum": 1, "maximum": 65535}
+_str = {"type": "string", "minLength": 1}
+_strs = {"type": "array", "items": {"type": "string"}}
+
+SCHEMA: dict = _obj(
+    {
+        "server": _obj(
+            {
+                "host": _str,
+                "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "max_body_bytes": {"type": "integer", "minimum": 1},
+                "shutdown_timeout_s": _pos,
+                "health_probe_interval_s": _pos,
+                "health_check_timeout_s": _pos,
+            }
+        ),
+        "mysql": _obj(
+            {
+                "host": _str,
+                "port": _port,
+                "user": _str,
+                "password": {"type": "string"},
+                "database": {"type": "string", "pattern": "^[A-Za-z0-9_]+$"},
+                "pool_min": _int,
+                "pool_max": {"type": "integer", "minimum": 1},
+                "connect_timeout_s": _pos,
+                "query_timeout_s": _pos,
+                "pool_recycle_s": {"type": "integer", "minimum": -1},
+            }
+        ),
+        "mongodb": _obj({"uri": _str, "database": _str, "timeout_ms": {"type": "integer", "minimum": 1}}),
+        "redis": _obj(
+            {
+                "url": _str,
+                "socket_timeout_s": _pos,
+                "connect_timeout_s": _pos,
+                "cache_ttl_s": {"type": "integer", "minimum": 1},
+            }
+        ),
+        "payments": _obj(
+            {
+                "max_amount": {"type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,4})?$"},
+                "idempotency_ttl_hours": _pos,
+            }
+        ),
+        "outbox": _obj(
+            {
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 10000},
+                "poll_interval_s": _pos,
+                "retention_hours": _pos,
+            }
+        ),
+        "kafka": _obj(
+            {
+                "bootstrap_servers": _str,
+                "topic": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
+                "client_id": _str,
+                "request_timeout_s": _pos,
+                "health_event_interval_s": _pos,
+            }
+        ),
+        "websocket": _obj(
+            {
+                "max_connections": {"type": "integer", "minimum": 1},
+                "max_message_bytes": {"type": "integer", "minimum": 1},
+                "ping_interval_s": _pos,
+                "ping_timeout_s": _pos,
+                "max_pending_bytes": {"type": "integer", "minimum": 1},
+                "replay_max_events": {"type": "integer", "minimum": 1},
+            }
+        ),
+        "logging": _obj(
+            {
+                "level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
+                "file": {"type": "string"},
+                "max_bytes": {"type": "integer", "minimum": 1024},
+                "backups": _int,
+            }
+        ),
+        "cors": _obj({"allowed_origins": _strs, "allowed_methods": _strs, "allowed_headers": _strs}),
+        "startup": _obj({"attempts": {"type": "integer", "minimum": 1}, "retry_delay_s": _pos}),
+    }
+)
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the offending key."""
+
+
+def _apply_env(data: dict, env: Mapping[str, str]) -> None:
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not section or not key:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{section}.{key} (from {name}): not a YAML value: {exc}") from None
+        data.setdefault(section, {})[key] = value
+
+
+def _merge(data: dict, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+
+
+def load(
+    path: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict:
+    """Read, override and validate a configuration; raise ConfigError naming the bad key."""
+    path = Path(path or DEFAULT_PATH)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = copy.deepcopy(data)
+    _apply_env(data, os.environ if env is None else env)
+    _merge(data, overrides or {})
+    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        raise ConfigError("; ".join(_describe(e) for e in errors))
+    return data
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    return f"{where}: {error.message}"
+
+
+class ConfigManager(Manager):
+    """Holds the validated configuration; sections are plain dicts."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    @classmethod
+    def start(cls, data: dict) -> ConfigManager:
+        inst = cls(data)
+        cls._install(inst)
+        return inst
+
+    def __getitem__(self, section: str) -> dict:
+        return self.data[section]
+
+    def close(self) -> None:
+        type(self)._uninstall()

@@ -1,0 +1,114 @@
+"""KafkaConsumerManager: this instance's own reader of every partition.
+
+It joins no consumer group: each service instance assigns itself all
+partitions of the topic, starting at the latest offset, so every instance sees
+every event and can reach its own WebSocket clients. Events are dispatched by
+``type`` to the callbacks registered with ``subscribe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from managers import metrics
+from managers.base import Manager, with_retries
+
+log = logging.getLogger("singleton.kafka")
+# Called with the decoded event and its raw bytes (which can be forwarded as they are).
+EventCallback = Callable[[dict, bytes], Awaitable[None]]
+NAME = "broadcast"
+
+
+class KafkaConsumerManager(Manager):
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.topic: str = cfg["topic"]
+        self.timeout_s: float = cfg["request_timeout_s"]
+        self.consumer: AIOKafkaConsumer | None = None
+        self._callbacks: dict[str, list[EventCallback]] = defaultdict(list)
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> KafkaConsumerManager:
+        inst = cls(cfg)
+        await with_retries("kafka", inst._open, attempts, retry_delay_s)
+        inst._task = asyncio.create_task(inst._run(), name="kafka-broadcast-consumer")
+        cls._install(inst)
+        return inst
+
+    async def _open(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.cfg["bootstrap_servers"],
+            client_id=f"{self.cfg['client_id']}-broadcast",
+            group_id=None,  # no group: this instance is assigned every partition
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            request_timeout_ms=int(self.timeout_s * 1000) + 1000,
+        )
+        try:
+            await asyncio.wait_for(consumer.start(), self.timeout_s)
+            await asyncio.wait_for(self._assigned(consumer), self.timeout_s)
+            # Resolve the end offsets now, so nothing produced after start() returns is missed.
+            for tp in consumer.assignment():
+                await asyncio.wait_for(consumer.position(tp), self.timeout_s)
+        except BaseException:
+            await asyncio.wait_for(consumer.stop(), self.timeout_s)
+            raise
+        self.consumer = consumer
+
+    @staticmethod
+    async def _assigned(consumer: AIOKafkaConsumer) -> None:
+        while not consumer.assignment():  # noqa: ASYNC110 (aiokafka offers no event for this)
+            await asyncio.sleep(0.05)
+
+    def subscribe(self, event_type: str, callback: EventCallback) -> None:
+        self._callbacks[event_type].append(callback)
+
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        while True:
+            try:
+                batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+            except KafkaError as exc:
+                metrics.CONSUMER_ERRORS.labels(NAME).inc()
+                log.warning("kafka fetch failed", extra={"consumer": NAME, "error": repr(exc)})
+                await asyncio.sleep(1)
+                continue
+            for records in batches.values():
+                for record in records:
+                    await self._dispatch(record.value)
+
+    async def _dispatch(self, raw: bytes) -> None:
+        try:
+            event = json.loads(raw)
+            event_type = str(event["type"])
+        except (ValueError, KeyError, TypeError):
+            metrics.CONSUMER_ERRORS.labels(NAME).inc()
+            log.warning("skipping malformed event", extra={"consumer": NAME, "size": len(raw or b"")})
+            return
+        metrics.EVENTS_CONSUMED.labels(NAME, event_type).inc()
+        for callback in self._callbacks.get(event_type, ()):
+            try:
+                await callback(event, raw)
+            except Exception:
+                metrics.CONSUMER_ERRORS.labels(NAME).inc()
+                log.exception("event callback failed", extra={"consumer": NAME, "type": event_type})
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.consumer is not None:
+            try:
+                await asyncio.wait_for(self.consumer.stop(), self.timeout_s)
+            except Exception as exc:
+                log.warning("kafka consumer stop failed", extra={"error": repr(exc)})
+        type(self)._uninstall()

@@ -1,0 +1,104 @@
+"""KafkaProducerManager: one aiokafka producer, every call under a deadline.
+
+Idempotence stays off: with it on, ``send_and_wait`` and ``stop()`` can hang
+while the broker is down (aiokafka#1101). Consumers de-duplicate by
+``event_id`` instead. A producer that timed out or broke is replaced, since a
+broken one can stay broken after a broker blip (aiokafka#1017).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from managers.base import Manager, with_retries
+
+log = logging.getLogger("singleton.kafka")
+UNAVAILABLE = (KafkaError, asyncio.TimeoutError, OSError)
+
+
+class KafkaProducerManager(Manager):
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.topic: str = cfg["topic"]
+        self.timeout_s: float = cfg["request_timeout_s"]
+        self.producer: AIOKafkaProducer | None = None
+
+    @classmethod
+    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> KafkaProducerManager:
+        inst = cls(cfg)
+        await with_retries("kafka", inst._open, attempts, retry_delay_s)
+        cls._install(inst)
+        return inst
+
+    async def _open(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.cfg["bootstrap_servers"],
+            client_id=self.cfg["client_id"],
+            acks="all",
+            linger_ms=2,
+            request_timeout_ms=int(self.timeout_s * 1000),
+            retry_backoff_ms=100,
+        )
+        try:
+            await asyncio.wait_for(producer.start(), self.timeout_s)
+        except BaseException:
+            await self._stop_quietly(producer)
+            raise
+        self.producer = producer
+
+    async def _stop_quietly(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), self.timeout_s)
+        except Exception as exc:
+            log.warning("kafka producer stop failed", extra={"error": repr(exc)})
+
+    async def _replace(self) -> None:
+        old, self.producer = self.producer, None
+        if old is not None:
+            await self._stop_quietly(old)
+        await self._open()
+
+    async def send_batch(self, messages: Sequence[tuple[bytes | None, bytes]], topic: str | None = None) -> None:
+        """Publish (key, value) pairs in order and wait until the broker acknowledged all.
+
+        Raises on failure or deadline; the producer is then replaced before the
+        next call, so one outage never leaves a broken producer behind.
+        """
+        if self.producer is None:
+            await self._replace()
+        assert self.producer is not None
+        producer, topic = self.producer, topic or self.topic
+
+        async def publish() -> None:
+            futures = [await producer.send(topic, value, key=key) for key, value in messages]
+            await asyncio.gather(*futures)
+
+        try:
+            await asyncio.wait_for(publish(), self.timeout_s)
+        except UNAVAILABLE:
+            await self._stop_quietly(self.producer)
+            self.producer = None
+            raise
+
+    async def send(self, value: bytes, key: bytes | None = None, topic: str | None = None) -> None:
+        await self.send_batch([(key, value)], topic)
+
+    async def ping(self) -> None:
+        """A real metadata round trip to the broker; the topic must exist."""
+        if self.producer is None:
+            await self._replace()
+        assert self.producer is not None
+        metadata = await asyncio.wait_for(self.producer.client.fetch_all_metadata(), self.timeout_s)
+        if metadata.partitions_for_topic(self.topic) is None:
+            raise KafkaError(f"topic {self.topic!r} does not exist")
+
+    async def close(self) -> None:
+        if self.producer is not None:
+            await self._stop_quietly(self.producer)
+            self.producer = None
+        type(self)._uninstall()

@@ -1,0 +1,143 @@
+"""Every Prometheus metric the service exports, declared in one place.
+
+Names follow ``singleton_<noun>_<verb>_<unit>``. Labels are bounded: handler
+class names, not URLs; label values from enums are pre-created so dashboards
+see zeros before the first event.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import prometheus_client
+from prometheus_client import Counter, Gauge, Histogram
+
+from managers.base import Manager
+
+PREFIX = "singleton"
+
+
+class Dependency(enum.StrEnum):
+    MYSQL = "mysql"
+    MONGODB = "mongodb"
+    REDIS = "redis"
+    KAFKA = "kafka"
+
+
+REQUEST_DURATION = Histogram(
+    f"{PREFIX}_http_request_duration_seconds",
+    "HTTP request latency, by handler, method and status code",
+    ["handler", "method", "code"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+REQUESTS = Counter(
+    f"{PREFIX}_http_requests",
+    "HTTP requests served, by handler, method and status code",
+    ["handler", "method", "code"],
+)
+DEPENDENCY_UP = Gauge(
+    f"{PREFIX}_dependency_up",
+    "1 if the dependency answered its last health check, else 0",
+    ["dependency"],
+)
+DEPENDENCY_CHECK_DURATION = Histogram(
+    f"{PREFIX}_dependency_check_duration_seconds",
+    "Latency of the dependency health checks",
+    ["dependency"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+HEALTH_EVENTS = Counter(
+    f"{PREFIX}_health_check_events",
+    "health_check events handed to Kafka, by outcome",
+    ["outcome"],
+)
+EVENTS_CONSUMED = Counter(
+    f"{PREFIX}_kafka_events_consumed",
+    "Kafka events read, by consumer and event type",
+    ["consumer", "type"],
+)
+CONSUMER_ERRORS = Counter(
+    f"{PREFIX}_kafka_consumer_errors",
+    "Failures while reading or dispatching Kafka events, by consumer",
+    ["consumer"],
+)
+CACHE_LOOKUPS = Counter(
+    f"{PREFIX}_cache_lookups",
+    "Cache reads by result: hit, miss, error (Redis failed) or bypass (Redis recently failed)",
+    ["result"],
+)
+CACHE_ERRORS = Counter(
+    f"{PREFIX}_cache_errors",
+    "Redis failures absorbed by the cache, by operation",
+    ["op"],
+)
+EVENTS_PUBLISHED = Counter(
+    f"{PREFIX}_events_published",
+    "Events the outbox relay published to Kafka, by type",
+    ["type"],
+)
+OUTBOX_PENDING = Gauge(f"{PREFIX}_outbox_pending_events", "Outbox rows not yet published to Kafka")
+OUTBOX_OLDEST_AGE = Gauge(
+    f"{PREFIX}_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished outbox row (0 when none)"
+)
+OUTBOX_PUBLISH_FAILURES = Counter(
+    f"{PREFIX}_outbox_publish_failures", "Relay batches that could not be published (they are retried)"
+)
+WS_CONNECTIONS = Gauge(f"{PREFIX}_websocket_connections", "Open WebSocket connections")
+WS_CONNECTS = Counter(f"{PREFIX}_websocket_connects", "WebSocket connections opened, by outcome", ["outcome"])
+WS_DISCONNECTS = Counter(f"{PREFIX}_websocket_disconnects", "WebSocket connections closed, by reason", ["reason"])
+WS_FRAMES_SENT = Counter(f"{PREFIX}_websocket_frames_sent", "Frames written to WebSocket clients, by type", ["type"])
+WS_SLOW_CLOSED = Counter(
+    f"{PREFIX}_websocket_slow_clients_closed", "Connections closed because their unsent data passed the bound"
+)
+WS_DELIVERY_DELAY = Histogram(
+    f"{PREFIX}_websocket_delivery_delay_seconds",
+    "From an event's occurred_at to its frame being written to a client",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CONSUMER_LAG = Gauge(
+    f"{PREFIX}_kafka_consumer_lag_messages", "Messages behind the partition high-water marks, by consumer", ["consumer"]
+)
+ANALYTICS_WRITE_DURATION = Histogram(
+    f"{PREFIX}_analytics_write_duration_seconds",
+    "Time to write one batch of events to MongoDB",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+for _dep in Dependency:
+    DEPENDENCY_UP.labels(_dep.value)
+    DEPENDENCY_CHECK_DURATION.labels(_dep.value)
+for _result in ("hit", "miss", "error", "bypass"):
+    CACHE_LOOKUPS.labels(_result)
+for _op in ("get", "set", "delete"):
+    CACHE_ERRORS.labels(_op)
+for _type in ("user_created", "user_updated", "payment_created", "payment_updated"):
+    EVENTS_PUBLISHED.labels(_type)
+for _outcome in ("accepted", "refused_full", "replaced"):
+    WS_CONNECTS.labels(_outcome)
+for _reason in ("client", "replaced", "slow", "shutdown", "full", "error"):
+    WS_DISCONNECTS.labels(_reason)
+for _consumer in ("broadcast", "analytics"):
+    CONSUMER_LAG.labels(_consumer)
+    CONSUMER_ERRORS.labels(_consumer)
+for _outcome in ("sent", "failed"):
+    HEALTH_EVENTS.labels(_outcome)
+
+
+class MetricsManager(Manager):
+    """Owns the registry the /metrics endpoint renders (process metrics included)."""
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry):
+        self.registry = registry
+
+    @classmethod
+    def start(cls, registry: prometheus_client.CollectorRegistry = prometheus_client.REGISTRY) -> MetricsManager:
+        inst = cls(registry)
+        cls._install(inst)
+        return inst
+
+    def render(self) -> tuple[str, bytes]:
+        return prometheus_client.CONTENT_TYPE_LATEST, prometheus_client.generate_latest(self.registry)
+
+    def close(self) -> None:
+        type(self)._uninstall()

@@ -1,0 +1,204 @@
+"""MySQLManager: the aiomysql pool, with a deadline on every query.
+
+aiomysql has no query timeout of its own, so every statement runs under
+``asyncio.wait_for``. A connection interrupted mid-statement is closed rather
+than returned to the pool, since its protocol state is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import warnings
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiomysql
+import pymysql
+
+from managers.base import Manager, with_retries
+
+log = logging.getLogger("singleton.mysql")
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATION_LOCK_TIMEOUT_S = 30
+
+ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
+
+# Errors that mean "the database is not there right now" (as opposed to a bad query).
+UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError, asyncio.TimeoutError, ConnectionError)
+
+
+class Tx:
+    """A cursor bound to one connection, with the manager's deadline on each call."""
+
+    def __init__(self, cursor: aiomysql.DictCursor, timeout_s: float):
+        self._cur = cursor
+        self._timeout = timeout_s
+
+    async def execute(self, sql: str, args: Sequence[Any] | dict | None = None) -> int:
+        return await asyncio.wait_for(self._cur.execute(sql, args), self._timeout)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        return await asyncio.wait_for(self._cur.executemany(sql, rows), self._timeout)
+
+    async def fetchone(self, sql: str, args: Sequence[Any] | dict | None = None) -> dict | None:
+        await self.execute(sql, args)
+        return await self._cur.fetchone()
+
+    async def fetchall(self, sql: str, args: Sequence[Any] | dict | None = None) -> list[dict]:
+        await self.execute(sql, args)
+        return list(await self._cur.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+
+class MySQLManager(Manager):
+    def __init__(self, pool: aiomysql.Pool, query_timeout_s: float):
+        self.pool = pool
+        self.query_timeout_s = query_timeout_s
+
+    @classmethod
+    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> MySQLManager:
+        async def connect() -> aiomysql.Pool:
+            pool = await asyncio.wait_for(
+                aiomysql.create_pool(
+                    host=cfg["host"],
+                    port=cfg["port"],
+                    user=cfg["user"],
+                    password=cfg["password"],
+                    db=cfg["database"],
+                    minsize=cfg["pool_min"],
+                    maxsize=cfg["pool_max"],
+                    connect_timeout=cfg["connect_timeout_s"],
+                    pool_recycle=cfg["pool_recycle_s"],
+                    autocommit=True,
+                    charset="utf8mb4",
+                ),
+                cfg["connect_timeout_s"] * 2,
+            )
+            return pool
+
+        pool = await with_retries("mysql", connect, attempts, retry_delay_s)
+        inst = cls(pool, cfg["query_timeout_s"])
+        cls._install(inst)
+        return inst
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiomysql.Connection]:
+        conn = await asyncio.wait_for(self.pool.acquire(), self.query_timeout_s)
+        try:
+            yield conn
+        except BaseException as exc:
+            if isinstance(exc, Exception) and not isinstance(exc, UNAVAILABLE):
+                # A query or business error: the connection is sound, undo and reuse it.
+                await self._rollback_or_close(conn)
+            else:
+                # Timed out, cancelled or cut off mid-statement: its protocol state
+                # is unknown, so close it (the pool drops closed connections).
+                conn.close()
+            raise
+        finally:
+            self.pool.release(conn)
+
+    async def _rollback_or_close(self, conn: aiomysql.Connection) -> None:
+        try:
+            await asyncio.wait_for(conn.rollback(), self.query_timeout_s)
+        except Exception:
+            conn.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, isolation: str | None = None) -> AsyncIterator[Tx]:
+        """BEGIN ... COMMIT on one connection; any exception rolls back.
+
+        ``isolation`` (e.g. ``"READ COMMITTED"``) applies to this transaction only.
+        """
+        async with self._connection() as conn:
+            if isolation is not None:
+                if isolation not in ISOLATION_LEVELS:
+                    raise ValueError(f"unknown isolation level {isolation!r}")
+                async with conn.cursor() as cur:
+                    await asyncio.wait_for(
+                        cur.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}"),
+                        self.query_timeout_s,
+                    )
+            await asyncio.wait_for(conn.begin(), self.query_timeout_s)
+            async with conn.cursor(aiomysql.DictCursor) as cur:
+                yield Tx(cur, self.query_timeout_s)
+            await asyncio.wait_for(conn.commit(), self.query_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def cursor(self) -> AsyncIterator[Tx]:
+        """Autocommit statements on one connection (reads, single writes)."""
+        async with self._connection() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+            yield Tx(cur, self.query_timeout_s)
+
+    async def fetchone(self, sql: str, args: Sequence[Any] | dict | None = None) -> dict | None:
+        async with self.cursor() as cur:
+            return await cur.fetchone(sql, args)
+
+    async def fetchall(self, sql: str, args: Sequence[Any] | dict | None = None) -> list[dict]:
+        async with self.cursor() as cur:
+            return await cur.fetchall(sql, args)
+
+    async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[str]:
+        """Apply ``NNNN_name.sql`` files not yet in ``schema_migrations``, in name order.
+
+        Idempotent, and safe with several instances starting at once: a named
+        lock lets one of them migrate while the others wait.
+        """
+        applied_now: list[str] = []
+        files = [(path.stem, path.read_text()) for path in sorted(directory.glob("*.sql"))]  # noqa: ASYNC240 (startup)
+        async with self._connection() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+            tx = Tx(cur, MIGRATION_LOCK_TIMEOUT_S + self.query_timeout_s)
+            locked = await tx.fetchone("SELECT GET_LOCK('singleton_migrations', %s) AS ok", (MIGRATION_LOCK_TIMEOUT_S,))
+            if not locked or locked["ok"] != 1:
+                raise RuntimeError("could not take the migration lock")
+            try:
+                with warnings.catch_warnings():  # "already exists" is the normal case
+                    warnings.simplefilter("ignore", pymysql.Warning)
+                    await tx.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                        " version VARCHAR(255) NOT NULL PRIMARY KEY, applied_at DATETIME(6) NOT NULL)"
+                    )
+                done = {row["version"] for row in await tx.fetchall("SELECT version FROM schema_migrations")}
+                for version, text in files:
+                    if version in done:
+                        continue
+                    for statement in split_sql(text):
+                        await tx.execute(statement)
+                    await tx.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, UTC_TIMESTAMP(6))",
+                        (version,),
+                    )
+                    applied_now.append(version)
+                    log.info("migration applied", extra={"version": version})
+            finally:
+                await tx.execute("SELECT RELEASE_LOCK('singleton_migrations')")
+        return applied_now
+
+    async def ping(self) -> None:
+        await self.fetchone("SELECT 1")
+
+    async def close(self) -> None:
+        self.pool.close()
+        await asyncio.wait_for(self.pool.wait_closed(), 5)
+        type(self)._uninstall()
+
+
+def split_sql(text: str) -> list[str]:
+    """Statements of a migration file: ``--`` comment lines dropped, split at a ``;`` ending a line."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    statements, current = [], []
+    for line in lines:
+        current.append(line)
+        if line.rstrip().endswith(";"):
+            statements.append("\n".join(current).strip().rstrip(";"))
+            current = []
+    tail = "\n".join(current).strip()
+    if tail:
+        statements.append(tail)
+    return [s for s in statements if s]

@@ -1,0 +1,1 @@
+"""The service: app factory, startup and shutdown, ``python -m service``."""

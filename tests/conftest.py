@@ -1,0 +1,151 @@
+"""Fixtures: one event loop and one set of started managers for the whole session,
+against the real backing services that `make services` started."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import tornado.ioloop
+import tornado.web
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from domain.errors import APIError
+from handlers.base import BaseHandler
+from managers import config as config_module
+from service.app import make_app
+from service.lifecycle import shutdown, startup
+from tests.helpers import TEST_OVERRIDES, ensure_database
+
+
+async def ensure_topic(kafka_cfg: dict, partitions: int = 3) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_cfg["bootstrap_servers"], request_timeout_ms=10000)
+    await asyncio.wait_for(admin.start(), 15)
+    try:
+        await asyncio.wait_for(
+            admin.create_topics([NewTopic(kafka_cfg["topic"], num_partitions=partitions, replication_factor=1)]), 15
+        )
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await asyncio.wait_for(admin.close(), 15)
+
+
+@pytest.fixture(scope="session")
+def config() -> dict:
+    return config_module.load(overrides=TEST_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def io_loop():
+    """One loop for the session (pytest-tornado's is per test), so the managers,
+    whose connections belong to a loop, are started once."""
+    loop = tornado.ioloop.IOLoop()
+    loop.make_current()
+    yield loop
+    loop.clear_current()
+    loop.close(all_fds=True)
+
+
+@pytest.fixture(scope="session")
+def services(io_loop, config):
+    ensure_database(config["mysql"])
+    io_loop.run_sync(lambda: ensure_topic(config["kafka"]), timeout=60)
+    io_loop.run_sync(lambda: startup(config), timeout=120)
+    yield
+    io_loop.run_sync(shutdown, timeout=60)
+
+
+class EchoHandler(BaseHandler):
+    """Test-only: echoes a JSON body, so BaseHandler's parsing is tested over HTTP."""
+
+    def post(self) -> None:
+        body = self.get_json_body()
+        if body == "teapot":
+            raise APIError(418, "teapot", "short and stout", details={"spout": True})
+        self.write_json({"echo": body})
+
+
+class ManagersHandler(BaseHandler):
+    """Test-only: reports the identity of the managers this handler instance sees."""
+
+    def get(self) -> None:
+        self.write_json(
+            {
+                name: id(getattr(self, name))
+                for name in ("config", "mysql", "redis", "mongodb", "kafka", "kafka_consumer")
+            }
+        )
+
+
+class GateHandler(BaseHandler):
+    """Test-only: holds the request open until the test opens the gate."""
+
+    gate: asyncio.Event | None = None
+
+    async def get(self) -> None:
+        assert GateHandler.gate is not None
+        await GateHandler.gate.wait()
+        self.write_json({"done": True})
+
+
+TEST_ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
+    (r"/_test/echo", EchoHandler),
+    (r"/_test/managers", ManagersHandler),
+    (r"/_test/gate", GateHandler),
+]
+
+
+@pytest.fixture
+def app(services, config) -> tornado.web.Application:
+    return make_app(config, extra_handlers=TEST_ROUTES)
+
+
+class Api:
+    """JSON over the test server's real HTTP port."""
+
+    def __init__(self, http_client, base_url: str):
+        self.http_client, self.base_url = http_client, base_url
+
+    async def request(self, method: str, path: str, body=None, raw: bytes | None = None, headers=None):
+        if body is not None:
+            raw = json.dumps(body).encode()
+        response = await self.http_client.fetch(
+            self.base_url + path,
+            method=method,
+            body=raw if raw is not None else (b"" if method in ("POST", "PUT") else None),
+            headers={"Content-Type": "application/json", **(headers or {})},
+            raise_error=False,
+            request_timeout=30,
+        )
+        payload = json.loads(response.body) if response.body else None
+        return response.code, payload, response.headers
+
+    async def get(self, path: str, **kw):
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, body=None, **kw):
+        return await self.request("POST", path, body, **kw)
+
+    async def put(self, path: str, body=None, **kw):
+        return await self.request("PUT", path, body, **kw)
+
+    async def new_user(self, **fields) -> dict:
+        body = {"email": f"{uuid.uuid4().hex}@example.com", "name": "Test User", **fields}
+        code, user, _ = await self.post("/api/v1/users", body)
+        assert code == 201, user
+        return user
+
+    async def new_payment(self, user_id: str, amount="100.50", currency="USD", **fields) -> dict:
+        body = {"user_id": user_id, "amount": amount, "currency": currency, **fields}
+        code, payment, _ = await self.post("/api/v1/payments", body)
+        assert code == 201, payment
+        return payment
+
+
+@pytest.fixture
+def api(http_client, base_url) -> Api:
+    return Api(http_client, base_url)

@@ -1,0 +1,83 @@
+"""GET /health against the real servers, including one going away and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+
+from service.health import HealthMonitor
+from tests.helpers import consumer_drain, read_events, run_make, topic_consumer, wait_until
+
+DEPENDENCIES = {"mysql", "mongodb", "redis", "kafka"}
+
+
+async def get_health(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/health", raise_error=False)
+    return response.code, json.loads(response.body)
+
+
+@pytest.mark.gen_test
+async def test_health_is_ok_when_every_dependency_answers(http_client, base_url):
+    code, body = await get_health(http_client, base_url)
+    assert code == 200, body
+    assert body["status"] == "ok"
+    assert set(body["dependencies"]) == DEPENDENCIES
+    for name, dep in body["dependencies"].items():
+        assert dep["status"] == "ok", name
+        assert dep["latency_ms"] >= 0
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_health_names_redis_when_it_is_down_and_recovers_without_restart(http_client, base_url):
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=10)
+    try:
+        code, body = await get_health(http_client, base_url)
+        assert code == 503
+        assert body["status"] == "degraded"
+        assert body["down"] == ["redis"]
+        assert body["dependencies"]["redis"]["status"] == "down"
+        assert body["dependencies"]["redis"]["error"]
+        assert body["dependencies"]["mysql"]["status"] == "ok"
+    finally:
+        started = await asyncio.get_running_loop().run_in_executor(None, run_make, "services")
+        assert started.returncode == 0, started.stdout + started.stderr
+
+    async def healthy():
+        return (await get_health(http_client, base_url))[0] == 200
+
+    await wait_until(healthy, timeout=20, interval=0.2, what="health back to 200 after redis restarted")
+
+
+@pytest.fixture
+def fresh_monitor(services, config, io_loop):
+    """A monitor that has not published yet, so the test sees its first event."""
+    io_loop.run_sync(HealthMonitor.instance().close)
+    HealthMonitor.start(config["server"], config["kafka"])
+    yield HealthMonitor.instance()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_health_publishes_one_health_check_event_per_interval(http_client, base_url, config, fresh_monitor):
+    consumer = await topic_consumer(config["kafka"])
+    try:
+        for _ in range(5):
+            await get_health(http_client, base_url)
+
+        def health_events(seen):
+            return [e for e in seen if e["type"] == "health_check"]
+
+        seen = await read_events(consumer, health_events)
+        # Anything else the polls might have produced arrives with the first one; give
+        # stragglers a bounded moment, then count.
+        seen += await consumer_drain(consumer)
+        events = health_events(seen)
+        assert len(events) == 1, events
+        event = events[0]
+        assert event["data"]["status"] == "ok"
+        assert set(event["data"]["dependencies"]) == DEPENDENCIES
+        assert event["version"] == 1 and event["event_id"] and event["occurred_at"].endswith("Z")
+    finally:
+        await asyncio.wait_for(consumer.stop(), 15)

@@ -1,0 +1,132 @@
+"""Small helpers shared by the tests: waiting on conditions, never sleeping and hoping."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pymysql
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Everything the tests touch lives apart from what `make run` uses.
+TEST_OVERRIDES: dict[str, dict[str, Any]] = {
+    "mysql": {"database": "singleton_test"},
+    "mongodb": {"database": "singleton_test"},
+    "redis": {"url": "redis://127.0.0.1:6379/15"},
+    "kafka": {"topic": "singleton-events-test"},
+    "logging": {"file": "", "level": "WARNING"},
+    "startup": {"attempts": 3, "retry_delay_s": 0.5},
+}
+
+
+def env_overrides(overrides: dict[str, dict[str, Any]] = TEST_OVERRIDES) -> dict[str, str]:
+    """The same overrides as SINGLETON_<SECTION>__<KEY> variables, for subprocesses."""
+    env = {}
+    for section, values in overrides.items():
+        for key, value in values.items():
+            env[f"SINGLETON_{section.upper()}__{key.upper()}"] = str(value) if value != "" else ""
+    return env
+
+
+async def wait_until(
+    predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = predicate()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {what or predicate}; last={last!r}")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_database(cfg: dict) -> None:
+    conn = pymysql.connect(
+        host=cfg["host"], port=cfg["port"], user=cfg["user"], password=cfg["password"], connect_timeout=5
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{cfg['database']}` CHARACTER SET utf8mb4")
+    finally:
+        conn.close()
+
+
+def run_make(target: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "MAKEFLAGS": ""},
+    )
+
+
+async def topic_consumer(kafka_cfg: dict, positions: dict[TopicPartition, int] | None = None) -> AIOKafkaConsumer:
+    """A real consumer of every partition of the topic, at ``positions`` or else at the end."""
+    consumer = AIOKafkaConsumer(
+        kafka_cfg["topic"], bootstrap_servers=kafka_cfg["bootstrap_servers"], group_id=None, auto_offset_reset="latest"
+    )
+    await asyncio.wait_for(consumer.start(), 15)
+    await wait_until(consumer.assignment, timeout=15, what="partitions assigned")
+    partitions = sorted(consumer.assignment())
+    if positions is None:
+        await consumer.seek_to_end(*partitions)
+    else:
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+    for tp in partitions:
+        await asyncio.wait_for(consumer.position(tp), 15)
+    return consumer
+
+
+async def end_positions(kafka_cfg: dict) -> dict[TopicPartition, int]:
+    """Where the topic ends now, to read from there later."""
+    consumer = await topic_consumer(kafka_cfg)
+    try:
+        return {tp: await consumer.position(tp) for tp in consumer.assignment()}
+    finally:
+        await asyncio.wait_for(consumer.stop(), 15)
+
+
+async def read_events(
+    consumer: AIOKafkaConsumer, until: Callable[[list[dict]], Any], timeout: float = 15.0
+) -> list[dict]:
+    """Read events until ``until(seen)`` is truthy, with a deadline."""
+    seen: list[dict] = []
+
+    async def poll():
+        batches = await consumer.getmany(timeout_ms=200)
+        for records in batches.values():
+            seen.extend(json.loads(r.value) for r in records)
+        return until(seen)
+
+    await wait_until(poll, timeout=timeout, interval=0, what="events on the topic")
+    return seen
+
+
+async def consumer_drain(consumer: AIOKafkaConsumer, window_ms: int = 1000) -> list[dict]:
+    """Whatever else arrives within a short window (to show nothing extra was sent)."""
+    batches = await consumer.getmany(timeout_ms=window_ms)
+    return [json.loads(r.value) for records in batches.values() for r in records]

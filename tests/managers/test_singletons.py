@@ -1,0 +1,64 @@
+"""The managers are class-level singletons that every handler shares."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from managers.base import Manager, NotStarted
+from managers.config import ConfigManager
+from managers.kafka_consumer import KafkaConsumerManager
+from managers.kafka_producer import KafkaProducerManager
+from managers.mongodb import MongoManager
+from managers.mysql import MySQLManager
+from managers.redis import RedisManager
+
+
+@pytest.mark.gen_test
+async def test_handlers_see_the_same_manager_instances(http_client, base_url):
+    seen = []
+    for _ in range(3):
+        response = await http_client.fetch(f"{base_url}/_test/managers")
+        seen.append(json.loads(response.body))
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[0] == {
+        "config": id(ConfigManager.instance()),
+        "mysql": id(MySQLManager.instance()),
+        "redis": id(RedisManager.instance()),
+        "mongodb": id(MongoManager.instance()),
+        "kafka": id(KafkaProducerManager.instance()),
+        "kafka_consumer": id(KafkaConsumerManager.instance()),
+    }
+
+
+@pytest.mark.gen_test
+async def test_each_manager_reaches_its_real_server(services):
+    assert (await MySQLManager.instance().fetchone("SELECT 1 AS one")) == {"one": 1}
+    await RedisManager.instance().ping()
+    await MongoManager.instance().ping()
+    await KafkaProducerManager.instance().ping()
+
+
+def test_manager_lifecycle_instance_start_close():
+    class Thing(Manager):
+        @classmethod
+        def start(cls):
+            inst = cls()
+            cls._install(inst)
+            return inst
+
+        def close(self):
+            type(self)._uninstall()
+
+    assert not Thing.started()
+    with pytest.raises(NotStarted):
+        Thing.instance()
+    first = Thing.start()
+    assert Thing.instance() is first
+    with pytest.raises(RuntimeError, match="already started"):
+        Thing.start()
+    # Each subclass has its own slot: starting Thing did not start any other manager.
+    assert "_instance" not in Manager.__dict__ or Manager.__dict__["_instance"] is None
+    first.close()
+    assert not Thing.started()
