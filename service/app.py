@@ -9,8 +9,11 @@ import tornado.web
 from handlers.base import NotFoundHandler, log_request
 
 HANDLER_MODULES = (
+    "handlers.users",
+    "handlers.payments",
     "handlers.health",
     "handlers.metrics",
+    "handlers.openapi",
 )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import logging
 
+from domain.outbox import OutboxRelay
 from managers.config import ConfigManager
 from managers.kafka_consumer import KafkaConsumerManager
 from managers.kafka_producer import KafkaProducerManager
@@ -28,6 +29,7 @@ ORDER = (
     MongoManager,
     KafkaProducerManager,
     KafkaConsumerManager,
+    OutboxRelay,
     HealthMonitor,
 )
 
@@ -38,11 +40,13 @@ async def startup(config: dict) -> None:
     try:
         ConfigManager.start(config)
         MetricsManager.start()
-        await MySQLManager.start(config["mysql"], **retry)
+        mysql = await MySQLManager.start(config["mysql"], **retry)
+        await mysql.migrate()
         await RedisManager.start(config["redis"], **retry)
         await MongoManager.start(config["mongodb"], **retry)
         await KafkaProducerManager.start(config["kafka"], **retry)
         await KafkaConsumerManager.start(config["kafka"], **retry)
+        OutboxRelay.start(config["outbox"], config["payments"])
         HealthMonitor.start(config["server"], config["kafka"])
     except BaseException:
         await shutdown()

@@ -1,0 +1,225 @@
+"""Payments: exact amounts, idempotent creation, a status state machine, pages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import uuid
+from decimal import Decimal
+
+import pymysql
+
+from domain import codec, events, outbox, users
+from domain.errors import APIError, not_found
+from domain.money import MoneyError, format_amount, parse_amount
+from managers.mysql import MySQLManager, Tx
+from managers.redis import RedisManager
+
+PENDING = "pending"
+# Where each status may go next; absent or empty means final.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"processing", "completed", "failed", "cancelled"}),
+    "processing": frozenset({"completed", "failed"}),
+    "completed": frozenset({"refunded"}),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+    "refunded": frozenset(),
+}
+_COLUMNS = "id, user_id, amount_minor, currency, description, status, version, created_at, updated_at"
+
+
+def cache_key(payment_id: str) -> str:
+    return f"payment:{payment_id}"
+
+
+def resource(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "user_id": row["user_id"],
+        "amount": format_amount(row["amount_minor"], row["currency"]),
+        "currency": row["currency"],
+        "description": row["description"],
+        "status": row["status"],
+        "version": row["version"],
+        "created_at": codec.rfc3339(row["created_at"]),
+        "updated_at": codec.rfc3339(row["updated_at"]),
+    }
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+# -- create ---------------------------------------------------------------------------------
+class Created:
+    """The outcome of a create: the status and body to send, and whether it is a replay."""
+
+    def __init__(self, status: int, body: bytes, replayed: bool):
+        self.status, self.body, self.replayed = status, body, replayed
+
+
+def request_fingerprint(user_id: str, amount_minor: int, currency: str, description: str | None) -> str:
+    """What makes two create requests 'the same body' (100.5 and "100.50" are the same amount)."""
+    canonical = json.dumps([user_id, amount_minor, currency, description], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def create(body: dict, max_amount: Decimal, idempotency_key: str | None = None) -> Created:
+    try:
+        amount_minor = parse_amount(body["amount"], body["currency"], max_amount)
+    except MoneyError as exc:
+        raise APIError(422, exc.code, str(exc), details=[{"field": "amount", "message": str(exc)}]) from None
+    user_id, description = body["user_id"], body.get("description")
+    fingerprint = request_fingerprint(user_id, amount_minor, body["currency"], description)
+    now = _now()
+    row = {
+        "id": str(uuid.uuid4()),
+        "user_id": user_id,
+        "amount_minor": amount_minor,
+        "currency": body["currency"],
+        "description": description,
+        "status": PENDING,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    payment = resource(row)
+    response = codec.dumps(payment)
+    try:
+        async with MySQLManager.instance().transaction() as tx:
+            if idempotency_key is not None:
+                # Blocks while another request holding this key is still in its transaction.
+                await tx.execute(
+                    "INSERT INTO idempotency_keys (idem_key, request_hash, created_at) VALUES (%s, %s, %s)",
+                    (idempotency_key, fingerprint, now),
+                )
+            if await users.lock(tx, user_id) is None:
+                raise APIError(
+                    422,
+                    "user_not_found",
+                    f"user {user_id} does not exist",
+                    details=[{"field": "user_id", "message": "no such user"}],
+                )
+            await tx.execute(
+                f"INSERT INTO payments ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                tuple(row[c.strip()] for c in _COLUMNS.split(",")),
+            )
+            await outbox.add(tx, events.envelope(events.PAYMENT_CREATED, user_id, payment, now))
+            if idempotency_key is not None:
+                await tx.execute(
+                    "UPDATE idempotency_keys SET status_code = 201, response_body = %s WHERE idem_key = %s",
+                    (response.decode(), idempotency_key),
+                )
+    except pymysql.err.IntegrityError as exc:
+        if idempotency_key is None or not users.is_duplicate_key(exc):
+            raise
+        return await _replay(idempotency_key, fingerprint)
+    outbox.notify_committed()
+    return Created(201, response, replayed=False)
+
+
+async def _replay(idempotency_key: str, fingerprint: str) -> Created:
+    row = await MySQLManager.instance().fetchone(
+        "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE idem_key = %s",
+        (idempotency_key,),
+    )
+    if row is None or row["status_code"] is None:  # its first request rolled back meanwhile
+        raise APIError(
+            409,
+            "idempotency_key_in_use",
+            "a request with this key did not complete; retry",
+            headers={"Retry-After": "1"},
+        )
+    if row["request_hash"] != fingerprint:
+        raise APIError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request body")
+    return Created(row["status_code"], row["response_body"].encode(), replayed=True)
+
+
+# -- read -----------------------------------------------------------------------------------
+async def get_json(payment_id: str) -> bytes:
+    redis = RedisManager.instance()
+    cached = await redis.cache_get(cache_key(payment_id))
+    if cached is not None:
+        return cached
+    row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
+    if row is None:
+        raise not_found("payment", payment_id)
+    body = codec.dumps(resource(row))
+    await redis.cache_set(cache_key(payment_id), body)
+    return body
+
+
+# -- status ---------------------------------------------------------------------------------
+async def _lock_payment(tx: Tx, payment_id: str) -> dict:
+    owner = await tx.fetchone("SELECT user_id FROM payments WHERE id = %s", (payment_id,))
+    if owner is None:
+        raise not_found("payment", payment_id)
+    await users.lock(tx, owner["user_id"])  # user first, then payment: one lock order everywhere
+    row = await tx.fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s FOR UPDATE", (payment_id,))
+    assert row is not None  # payments are never deleted
+    return row
+
+
+async def update_status(payment_id: str, new_status: str) -> dict:
+    """Move along the state machine; the same status again is a no-op with no event."""
+    async with MySQLManager.instance().transaction() as tx:
+        row = await _lock_payment(tx, payment_id)
+        current = row["status"]
+        if new_status == current:
+            return resource(row)
+        if new_status not in TRANSITIONS[current]:
+            raise APIError(
+                409,
+                "invalid_transition",
+                f"a {current} payment cannot become {new_status}",
+                details={"from": current, "to": new_status, "allowed": sorted(TRANSITIONS[current])},
+            )
+        now = _now()
+        updated = {**row, "status": new_status, "version": row["version"] + 1, "updated_at": now}
+        await tx.execute(
+            "UPDATE payments SET status = %s, version = %s, updated_at = %s WHERE id = %s",
+            (new_status, updated["version"], now, payment_id),
+        )
+        payment = resource(updated)
+        data = {**payment, "previous_status": current}
+        await outbox.add(tx, events.envelope(events.PAYMENT_UPDATED, row["user_id"], data, now))
+    await RedisManager.instance().cache_delete(cache_key(payment_id))
+    outbox.notify_committed()
+    return payment
+
+
+# -- pages ----------------------------------------------------------------------------------
+def encode_cursor(row: dict) -> str:
+    raw = json.dumps([row["created_at"].isoformat(), row["id"]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, payment_id = json.loads(raw)
+        return dt.datetime.fromisoformat(created_at), str(payment_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise APIError(400, "invalid_cursor", "cursor is not one this service issued") from None
+
+
+async def list_for_user(user_id: str, limit: int, cursor: str | None, status: str | None) -> dict:
+    if not await users.exists(user_id):
+        raise not_found("user", user_id)
+    where, args = ["user_id = %s"], [user_id]
+    if status is not None:
+        where.append("status = %s")
+        args.append(status)
+    if cursor is not None:
+        created_at, payment_id = decode_cursor(cursor)
+        where.append("(created_at < %s OR (created_at = %s AND id < %s))")
+        args += [created_at, created_at, payment_id]
+    rows = await MySQLManager.instance().fetchall(
+        f"SELECT {_COLUMNS} FROM payments WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
+        (*args, limit + 1),
+    )
+    page, more = rows[:limit], len(rows) > limit
+    return {"items": [resource(r) for r in page], "next_cursor": encode_cursor(page[-1]) if more else None}

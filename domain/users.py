@@ -1,0 +1,137 @@
+"""Users: create, read (cache-aside), update under a row lock with optional If-Match."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pymysql
+
+from domain import codec, events, outbox
+from domain.errors import APIError, not_found
+from managers.mysql import MySQLManager, Tx
+from managers.redis import RedisManager
+
+DUPLICATE_KEY = 1062
+_COLUMNS = "id, email, name, version, created_at, updated_at"
+
+
+def cache_key(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def resource(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "email": row["email"],
+        "name": row["name"],
+        "version": row["version"],
+        "created_at": codec.rfc3339(row["created_at"]),
+        "updated_at": codec.rfc3339(row["updated_at"]),
+    }
+
+
+def is_duplicate_key(exc: pymysql.err.IntegrityError) -> bool:
+    return bool(exc.args) and exc.args[0] == DUPLICATE_KEY
+
+
+EMAIL_TAKEN = (409, "email_taken", "another user already has this email")
+
+
+async def create(email: str, name: str) -> dict:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    row = {
+        "id": str(uuid.uuid4()),
+        "email": normalize_email(email),
+        "name": name,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    user = resource(row)
+    try:
+        async with MySQLManager.instance().transaction() as tx:
+            await tx.execute(
+                f"INSERT INTO users ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                (row["id"], row["email"], row["name"], 1, now, now),
+            )
+            await outbox.add(tx, events.envelope(events.USER_CREATED, row["id"], user, now))
+    except pymysql.err.IntegrityError as exc:
+        if is_duplicate_key(exc):
+            raise APIError(*EMAIL_TAKEN) from None
+        raise
+    outbox.notify_committed()
+    return user
+
+
+async def get_json(user_id: str) -> bytes:
+    """The user as response bytes, from Redis when cached, else from MariaDB (then cached)."""
+    redis = RedisManager.instance()
+    cached = await redis.cache_get(cache_key(user_id))
+    if cached is not None:
+        return cached
+    row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
+    if row is None:
+        raise not_found("user", user_id)
+    body = codec.dumps(resource(row))
+    await redis.cache_set(cache_key(user_id), body)
+    return body
+
+
+async def lock(tx: Tx, user_id: str) -> dict | None:
+    """Lock the user's row for the rest of ``tx``: every event-writing change of a
+    user goes through here first, so that user's events commit in order."""
+    return await tx.fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s FOR UPDATE", (user_id,))
+
+
+def _matches(if_match: str, version: int) -> bool:
+    wanted = {tag.strip().removeprefix("W/") for tag in if_match.split(",")}
+    return "*" in wanted or etag(version) in wanted
+
+
+async def update(user_id: str, changes: dict, if_match: str | None = None) -> dict:
+    """Apply a partial update; no event and no new version when nothing changes."""
+    if "email" in changes:
+        changes = {**changes, "email": normalize_email(changes["email"])}
+    try:
+        async with MySQLManager.instance().transaction() as tx:
+            row = await lock(tx, user_id)
+            if row is None:
+                raise not_found("user", user_id)
+            if if_match is not None and not _matches(if_match, row["version"]):
+                raise APIError(
+                    412,
+                    "precondition_failed",
+                    "the user changed since that ETag",
+                    details={"current_etag": etag(row["version"])},
+                )
+            if all(row[field] == value for field, value in changes.items()):
+                return resource(row)
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            updated = {**row, **changes, "version": row["version"] + 1, "updated_at": now}
+            await tx.execute(
+                "UPDATE users SET email = %s, name = %s, version = %s, updated_at = %s WHERE id = %s",
+                (updated["email"], updated["name"], updated["version"], now, user_id),
+            )
+            user = resource(updated)
+            await outbox.add(tx, events.envelope(events.USER_UPDATED, user_id, user, now))
+    except pymysql.err.IntegrityError as exc:
+        if is_duplicate_key(exc):
+            raise APIError(*EMAIL_TAKEN) from None
+        raise
+    await RedisManager.instance().cache_delete(cache_key(user_id))
+    outbox.notify_committed()
+    return user
+
+
+async def exists(user_id: str) -> bool:
+    row = await MySQLManager.instance().fetchone("SELECT 1 AS found FROM users WHERE id = %s", (user_id,))
+    return row is not None

@@ -1,0 +1,74 @@
+"""Cache-aside on real Redis: hits, invalidation after commit, and reads through when Redis is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import pytest
+from prometheus_client import REGISTRY
+
+from domain import payments, users
+from managers.redis import RedisManager
+from tests.helpers import run_make, wait_until
+
+
+def lookups(result: str) -> float:
+    return REGISTRY.get_sample_value("singleton_cache_lookups_total", {"result": result}) or 0.0
+
+
+@pytest.mark.gen_test
+async def test_second_read_is_a_hit_and_update_invalidates(api):
+    user = await api.new_user(name="Cached")
+    redis = RedisManager.instance().client
+    key = users.cache_key(user["id"])
+    assert await redis.get(key) is None
+    await api.get(f"/api/v1/users/{user['id']}")
+    assert await redis.get(key) is not None
+    hits = lookups("hit")
+    code, body, _ = await api.get(f"/api/v1/users/{user['id']}")
+    assert code == 200 and body == user and lookups("hit") == hits + 1
+
+    await api.put(f"/api/v1/users/{user['id']}", {"name": "Changed"})
+    assert await redis.get(key) is None
+    code, body, _ = await api.get(f"/api/v1/users/{user['id']}")
+    assert body["name"] == "Changed"
+
+
+@pytest.mark.gen_test
+async def test_payment_status_change_invalidates_its_cache(api):
+    user = await api.new_user()
+    payment = await api.new_payment(user["id"])
+    await api.get(f"/api/v1/payments/{payment['id']}")
+    assert await RedisManager.instance().client.get(payments.cache_key(payment["id"])) is not None
+    await api.put(f"/api/v1/payments/{payment['id']}/status", {"status": "failed"})
+    code, body, _ = await api.get(f"/api/v1/payments/{payment['id']}")
+    assert body["status"] == "failed"
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_reads_and_writes_go_on_without_redis(api):
+    user = await api.new_user(name="Before outage")
+    payment = await api.new_payment(user["id"])
+    await api.get(f"/api/v1/users/{user['id']}")  # now cached
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=10)
+    try:
+        errors = lookups("error") + lookups("bypass")
+        code, body, _ = await api.get(f"/api/v1/users/{user['id']}")
+        assert code == 200 and body["name"] == "Before outage"
+        code, body, _ = await api.put(f"/api/v1/users/{user['id']}", {"name": "During outage"})
+        assert code == 200
+        code, body, _ = await api.get(f"/api/v1/users/{user['id']}")
+        assert code == 200 and body["name"] == "During outage"
+        code, body, _ = await api.get(f"/api/v1/payments/{payment['id']}")
+        assert code == 200 and body["id"] == payment["id"]
+        assert lookups("error") + lookups("bypass") >= errors + 3
+    finally:
+        result = await asyncio.get_running_loop().run_in_executor(None, run_make, "services")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    async def cached_again():
+        await api.get(f"/api/v1/users/{user['id']}")
+        return await RedisManager.instance().client.get(users.cache_key(user["id"])) is not None
+
+    await wait_until(cached_again, timeout=20, interval=0.3, what="the cache to be used again after Redis returned")

@@ -1,0 +1,244 @@
+"""/api/v1/payments against real MariaDB, Redis and Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from managers.mysql import MySQLManager
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.mark.gen_test
+async def test_create_then_get_with_exact_amount(api):
+    user = await api.new_user()
+    # A JSON number: 100.50 must come back as exactly "100.50", never 100.5 or 100.4999...
+    raw = json.dumps({"user_id": user["id"], "currency": "USD", "description": "Coffee"})[:-1] + ', "amount": 100.50}'
+    code, payment, _ = await api.post("/api/v1/payments", raw=raw.encode())
+    assert code == 201, payment
+    assert payment["amount"] == "100.50" and payment["currency"] == "USD"
+    assert payment["status"] == "pending" and payment["version"] == 1
+    assert payment["user_id"] == user["id"] and payment["description"] == "Coffee"
+    code, fetched, _ = await api.get(f"/api/v1/payments/{payment['id']}")
+    assert code == 200 and fetched == payment
+    row = await MySQLManager.instance().fetchone("SELECT amount_minor FROM payments WHERE id = %s", (payment["id"],))
+    assert row == {"amount_minor": 10050}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [("0.10", "USD", "0.10"), (500, "JPY", "500"), ("1.25", "KWD", "1.250"), ("999999.99", "EUR", "999999.99")],
+)
+async def test_amounts_follow_the_currency_exponent(api, amount, currency, shown):
+    user = await api.new_user()
+    payment = await api.new_payment(user["id"], amount=amount, currency=currency)
+    assert payment["amount"] == shown
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("amount", "currency", "code"),
+    [
+        ("1.001", "USD", "invalid_amount"),
+        ("1.5", "JPY", "invalid_amount"),
+        ("0", "USD", "invalid_amount"),
+        ("1000000.01", "USD", "amount_too_large"),
+        ("10", "ABC", "unknown_currency"),
+        (-1, "USD", "validation_failed"),
+        ("12,50", "USD", "validation_failed"),
+        ("10", "usd", "validation_failed"),
+        (None, "USD", "validation_failed"),
+    ],
+)
+async def test_bad_amounts_and_currencies_are_422(api, amount, currency, code):
+    user = await api.new_user()
+    status, body, _ = await api.post(
+        "/api/v1/payments", {"user_id": user["id"], "amount": amount, "currency": currency}
+    )
+    assert status == 422, body
+    assert body["error"]["code"] == code
+
+
+@pytest.mark.gen_test
+async def test_unknown_user_is_422_user_not_found(api):
+    code, body, _ = await api.post("/api/v1/payments", {"user_id": MISSING, "amount": "1.00", "currency": "USD"})
+    assert code == 422 and body["error"]["code"] == "user_not_found"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount": "1.00", "currency": "USD"},
+        {"user_id": MISSING, "amount": "1.00", "currency": "USD", "status": "completed"},
+        {"user_id": "not-a-uuid", "amount": "1.00", "currency": "USD"},
+        {"user_id": MISSING, "amount": "1.00", "currency": "USD", "description": "x" * 501},
+        {"user_id": MISSING, "amount": {"value": 1}, "currency": "USD"},
+    ],
+)
+async def test_malformed_payment_bodies_are_422(api, body):
+    code, response, _ = await api.post("/api/v1/payments", body)
+    assert code == 422 and response["error"]["code"] == "validation_failed"
+
+
+@pytest.mark.gen_test
+async def test_unknown_payment_is_404(api):
+    for path in (f"/api/v1/payments/{MISSING}", "/api/v1/payments/nope"):
+        code, body, _ = await api.get(path)
+        assert code == 404 and body["error"]["code"] == "not_found"
+    code, _, _ = await api.put(f"/api/v1/payments/{MISSING}/status", {"status": "completed"})
+    assert code == 404
+
+
+@pytest.mark.gen_test
+async def test_status_follows_the_state_machine(api):
+    user = await api.new_user()
+    payment = await api.new_payment(user["id"])
+    path = f"/api/v1/payments/{payment['id']}/status"
+    for status, version in (("processing", 2), ("completed", 3), ("refunded", 4)):
+        code, body, _ = await api.put(path, {"status": status})
+        assert code == 200 and body["status"] == status and body["version"] == version
+    code, body, _ = await api.put(path, {"status": "pending"})
+    assert code == 409
+    assert body["error"]["code"] == "invalid_transition"
+    assert body["error"]["details"]["from"] == "refunded" and body["error"]["details"]["to"] == "pending"
+
+
+@pytest.mark.gen_test
+async def test_same_status_again_is_a_no_op(api):
+    user = await api.new_user()
+    payment = await api.new_payment(user["id"])
+    path = f"/api/v1/payments/{payment['id']}/status"
+    code, body, _ = await api.put(path, {"status": "pending"})
+    assert code == 200 and body == payment
+
+
+@pytest.mark.gen_test
+async def test_invalid_transitions_are_409(api):
+    user = await api.new_user()
+    payment = await api.new_payment(user["id"])
+    path = f"/api/v1/payments/{payment['id']}/status"
+    assert (await api.put(path, {"status": "refunded"}))[0] == 409
+    assert (await api.put(path, {"status": "cancelled"}))[0] == 200
+    assert (await api.put(path, {"status": "completed"}))[0] == 409
+    code, body, _ = await api.put(path, {"status": "lost"})
+    assert code == 422 and body["error"]["code"] == "validation_failed"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_concurrent_status_updates_follow_the_state_machine(api):
+    user = await api.new_user()
+    payment = await api.new_payment(user["id"])
+    path = f"/api/v1/payments/{payment['id']}/status"
+    targets = ["completed", "failed", "cancelled", "processing"] * 4
+    results = await asyncio.gather(*(api.put(path, {"status": s}) for s in targets))
+    code, final, _ = await api.get(f"/api/v1/payments/{payment['id']}")
+    changes = final["version"] - 1
+    # Whatever the interleaving, every 200 is a legal move or a no-op, every 409 a refused one,
+    # and the version counts exactly the moves that happened.
+    assert {c for c, _, _ in results} <= {200, 409}
+    assert 1 <= changes <= 2
+    ok_statuses = [body["status"] for c, body, _ in results if c == 200]
+    assert final["status"] in ok_statuses
+
+
+@pytest.mark.gen_test
+async def test_idempotent_retry_returns_the_original(api):
+    user = await api.new_user()
+    key = uuid.uuid4().hex
+    body = {"user_id": user["id"], "amount": "12.00", "currency": "EUR"}
+    code, first, headers = await api.post("/api/v1/payments", body, headers={"Idempotency-Key": key})
+    assert code == 201 and "Idempotent-Replayed" not in headers
+    # Same meaning, other spelling of the amount: still the same request.
+    code, again, headers = await api.post(
+        "/api/v1/payments", {**body, "amount": "12"}, headers={"Idempotency-Key": key}
+    )
+    assert code == 201 and again == first and headers["Idempotent-Replayed"] == "true"
+    code, page, _ = await api.get(f"/api/v1/users/{user['id']}/payments")
+    assert [p["id"] for p in page["items"]] == [first["id"]]
+
+
+@pytest.mark.gen_test
+async def test_reused_key_with_another_body_is_422(api):
+    user = await api.new_user()
+    key = uuid.uuid4().hex
+    body = {"user_id": user["id"], "amount": "12.00", "currency": "EUR"}
+    assert (await api.post("/api/v1/payments", body, headers={"Idempotency-Key": key}))[0] == 201
+    code, response, _ = await api.post(
+        "/api/v1/payments", {**body, "amount": "13.00"}, headers={"Idempotency-Key": key}
+    )
+    assert code == 422 and response["error"]["code"] == "idempotency_key_reused"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_concurrent_requests_with_one_key_create_one_payment(api):
+    user = await api.new_user()
+    key = uuid.uuid4().hex
+    body = {"user_id": user["id"], "amount": "5.00", "currency": "USD"}
+    results = await asyncio.gather(
+        *(api.post("/api/v1/payments", body, headers={"Idempotency-Key": key}) for _ in range(10))
+    )
+    assert [code for code, _, _ in results] == [201] * 10
+    assert len({payment["id"] for _, payment, _ in results}) == 1
+    assert sum(1 for _, _, h in results if "Idempotent-Replayed" not in h) == 1
+    rows = await MySQLManager.instance().fetchall("SELECT id FROM payments WHERE user_id = %s", (user["id"],))
+    assert len(rows) == 1
+
+
+@pytest.mark.gen_test
+async def test_bad_idempotency_key_is_400(api):
+    user = await api.new_user()
+    body = {"user_id": user["id"], "amount": "5.00", "currency": "USD"}
+    code, response, _ = await api.post("/api/v1/payments", body, headers={"Idempotency-Key": "k" * 256})
+    assert code == 400 and response["error"]["code"] == "invalid_idempotency_key"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_list_pages_newest_first_with_filter(api):
+    user = await api.new_user()
+    created = [await api.new_payment(user["id"], amount=f"{i + 1}.00") for i in range(25)]
+    seen, cursor = [], None
+    while True:
+        query = "?limit=10" + (f"&cursor={cursor}" if cursor else "")
+        code, page, _ = await api.get(f"/api/v1/users/{user['id']}/payments{query}")
+        assert code == 200
+        assert len(page["items"]) <= 10
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [p["id"] for p in seen] == [p["id"] for p in reversed(created)]
+
+    await api.put(f"/api/v1/payments/{created[3]['id']}/status", {"status": "failed"})
+    code, page, _ = await api.get(f"/api/v1/users/{user['id']}/payments?status=failed")
+    assert [p["id"] for p in page["items"]] == [created[3]["id"]] and page["next_cursor"] is None
+    code, page, _ = await api.get(f"/api/v1/users/{user['id']}/payments")
+    assert len(page["items"]) == 20
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("query", "code", "error"),
+    [
+        ("?limit=0", 400, "invalid_limit"),
+        ("?limit=101", 400, "invalid_limit"),
+        ("?limit=x", 400, "invalid_limit"),
+        ("?status=lost", 400, "invalid_status"),
+        ("?cursor=garbage", 400, "invalid_cursor"),
+    ],
+)
+async def test_list_rejects_bad_parameters(api, query, code, error):
+    user = await api.new_user()
+    status, body, _ = await api.get(f"/api/v1/users/{user['id']}/payments{query}")
+    assert status == code and body["error"]["code"] == error
+
+
+@pytest.mark.gen_test
+async def test_list_for_unknown_user_is_404(api):
+    code, body, _ = await api.get(f"/api/v1/users/{MISSING}/payments")
+    assert code == 404
