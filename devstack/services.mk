@@ -15,7 +15,7 @@ services-stop: ## Stop the services that devstack started
 services-status: ## Show which services answer their readiness check
 	@bash $(DEVSTACK_SERVICES_SH) status $(SERVICES)
 
-services-tools: ## Install promtool (prometheus) and wrk if missing
+services-tools: ## Install promtool (prometheus), wrk and chromium if missing
 	@bash $(DEVSTACK_SERVICES_SH) tools
 
 tools: services-tools ## Same as services-tools (`make test` depends on it)

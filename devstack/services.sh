@@ -4,7 +4,7 @@
 #   devstack/services.sh up     [SERVICE...]   install if missing, start, wait until ready
 #   devstack/services.sh down   [SERVICE...]   stop what this script started
 #   devstack/services.sh status [SERVICE...]   print each service up/down
-#   devstack/services.sh tools                 install promtool (prometheus) and wrk
+#   devstack/services.sh tools                 install promtool (prometheus), wrk and chromium
 #
 # SERVICE is one of: mariadb redis kafka ferretdb (default: all four).
 # All servers listen on 127.0.0.1 only. State lives under $DEVSTACK_DIR
@@ -519,11 +519,15 @@ cmd_status() {
   return $rc
 }
 
-# Test tooling: promtool (Debian package prometheus) and wrk.
+# Test tooling: promtool (Debian package prometheus), wrk, and Chromium for the
+# browser test (tests/e2e), which launches /usr/bin/chromium by that path.
 cmd_tools() {
   need_cmd promtool prometheus
   need_cmd wrk wrk
+  [[ -x /usr/bin/chromium ]] || apt_install chromium
   log "tools: $(promtool --version 2>&1 | head -n 1); $(wrk --version 2>&1 | head -n 1)"
+  # 2>/dev/null: Debian's launcher script may print a harmless /dev/shm warning.
+  log "tools: $(/usr/bin/chromium --version 2>/dev/null | head -n 1)"
 }
 
 usage() {

@@ -85,6 +85,7 @@ SCHEMA: dict = _obj(
                 "bootstrap_servers": _str,
                 "topic": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,249}$"},
                 "client_id": _str,
+                "analytics_group": _str,
                 "request_timeout_s": _pos,
                 "health_event_interval_s": _pos,
             }

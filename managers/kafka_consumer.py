@@ -26,6 +26,16 @@ EventCallback = Callable[[dict, bytes], Awaitable[None]]
 NAME = "broadcast"
 
 
+async def record_lag(consumer: AIOKafkaConsumer, name: str) -> None:
+    """Messages between each assigned partition's high-water mark and our position."""
+    lag = 0
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is not None:
+            lag += max(high - await consumer.position(tp), 0)
+    metrics.CONSUMER_LAG.labels(name).set(lag)
+
+
 class KafkaConsumerManager(Manager):
     def __init__(self, cfg: dict):
         self.cfg = cfg
@@ -85,6 +95,7 @@ class KafkaConsumerManager(Manager):
             for records in batches.values():
                 for record in records:
                     await self._dispatch(record.value)
+            await record_lag(self.consumer, NAME)
 
     async def _dispatch(self, raw: bytes) -> None:
         try:

@@ -115,7 +115,7 @@ for _type in ("user_created", "user_updated", "payment_created", "payment_update
     EVENTS_PUBLISHED.labels(_type)
 for _outcome in ("accepted", "refused_full", "replaced"):
     WS_CONNECTS.labels(_outcome)
-for _reason in ("client", "replaced", "slow", "shutdown", "full", "error"):
+for _reason in ("client", "lost", "replaced", "slow", "shutdown", "full"):
     WS_DISCONNECTS.labels(_reason)
 for _consumer in ("broadcast", "analytics"):
     CONSUMER_LAG.labels(_consumer)

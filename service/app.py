@@ -11,9 +11,12 @@ from handlers.base import NotFoundHandler, log_request
 HANDLER_MODULES = (
     "handlers.users",
     "handlers.payments",
+    "handlers.analytics",
     "handlers.health",
     "handlers.metrics",
     "handlers.openapi",
+    "handlers.ws",
+    "handlers.demo",
 )
 
 

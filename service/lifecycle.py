@@ -7,6 +7,8 @@ import asyncio
 import inspect
 import logging
 
+from domain import events
+from domain.analytics import AnalyticsConsumer
 from domain.outbox import OutboxRelay
 from managers.config import ConfigManager
 from managers.kafka_consumer import KafkaConsumerManager
@@ -15,6 +17,7 @@ from managers.metrics import MetricsManager
 from managers.mongodb import MongoManager
 from managers.mysql import MySQLManager
 from managers.redis import RedisManager
+from managers.websocket_hub import WebSocketHub
 from service.health import HealthMonitor
 
 log = logging.getLogger("singleton.lifecycle")
@@ -28,7 +31,9 @@ ORDER = (
     RedisManager,
     MongoManager,
     KafkaProducerManager,
+    WebSocketHub,
     KafkaConsumerManager,
+    AnalyticsConsumer,
     OutboxRelay,
     HealthMonitor,
 )
@@ -45,7 +50,11 @@ async def startup(config: dict) -> None:
         await RedisManager.start(config["redis"], **retry)
         await MongoManager.start(config["mongodb"], **retry)
         await KafkaProducerManager.start(config["kafka"], **retry)
-        await KafkaConsumerManager.start(config["kafka"], **retry)
+        hub = WebSocketHub.start(config["websocket"])
+        consumer = await KafkaConsumerManager.start(config["kafka"], **retry)
+        for event_type in events.DOMAIN_TYPES:
+            consumer.subscribe(event_type, hub.broadcast)
+        await AnalyticsConsumer.start(config["kafka"], **retry)
         OutboxRelay.start(config["outbox"], config["payments"])
         HealthMonitor.start(config["server"], config["kafka"])
     except BaseException:

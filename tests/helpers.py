@@ -23,7 +23,7 @@ TEST_OVERRIDES: dict[str, dict[str, Any]] = {
     "mysql": {"database": "singleton_test"},
     "mongodb": {"database": "singleton_test"},
     "redis": {"url": "redis://127.0.0.1:6379/15"},
-    "kafka": {"topic": "singleton-events-test"},
+    "kafka": {"topic": "singleton-events-test", "analytics_group": "singleton-analytics-test"},
     "logging": {"file": "", "level": "WARNING"},
     "startup": {"attempts": 3, "retry_delay_s": 0.5},
 }

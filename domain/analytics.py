@@ -1,0 +1,264 @@
+"""Analytics in MongoDB: raw events and per-user payment statistics, each event counted once.
+
+``AnalyticsConsumer`` reads the topic in one consumer group shared by every
+instance, writes a batch to MongoDB, and only then commits the batch's
+offsets (at least once). Writes are idempotent, so a redelivered event never
+counts twice:
+
+- ``events``: one document per event, ``_id`` = ``event_id`` (a duplicate insert
+  is skipped);
+- ``payments``: each payment's latest state, replaced only by a higher
+  ``version`` (so order and repeats do not matter);
+- ``user_stats``: per user, recomputed from ``payments`` with an aggregation
+  pipeline after each batch that touched the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import defaultdict
+from decimal import Decimal
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, KafkaError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from domain import codec, events
+from domain.money import EXPONENTS, format_amount
+from managers import metrics
+from managers.base import Manager, with_retries
+from managers.kafka_consumer import record_lag
+from managers.mongodb import MongoManager
+
+log = logging.getLogger("singleton.analytics")
+NAME = "analytics"
+DUPLICATE_KEY = 11000
+MAX_BACKOFF_S = 5.0
+BATCH = 100
+PER_EVENT_S = 0.1
+
+
+def _when(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _minor(amount: str, currency: str) -> int:
+    """The exact decimal string of a payment back to integer minor units."""
+    return int(Decimal(amount).scaleb(EXPONENTS[currency]))
+
+
+class AnalyticsStore:
+    """The MongoDB side: idempotent writes and the aggregation pipelines."""
+
+    def __init__(self, mongo: MongoManager):
+        self.db = mongo.db
+
+    async def ensure_indexes(self) -> None:
+        await self.db.payments.create_index([("user_id", 1)])
+        await self.db.payments.create_index([("created_at", 1)])
+        await self.db.events.create_index([("user_id", 1), ("occurred_at", 1)])
+
+    async def apply(self, batch: list[dict]) -> int:
+        """Write a batch; return how many events were new."""
+        domain_events = [e for e in batch if e.get("type") in events.DOMAIN_TYPES and e.get("user_id")]
+        if not domain_events:
+            return 0
+        docs = [
+            {
+                "_id": e["event_id"],
+                "type": e["type"],
+                "user_id": e["user_id"],
+                "occurred_at": _when(e["occurred_at"]),
+                "data": e["data"],
+            }
+            for e in domain_events
+        ]
+        try:
+            await self.db.events.insert_many(docs, ordered=False)
+            new = len(docs)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(err.get("code") != DUPLICATE_KEY for err in errors):
+                raise
+            new = len(docs) - len(errors)
+        latest: dict[str, dict] = {}  # per payment, only the highest version in the batch matters
+        for event in domain_events:
+            if event["type"] in (events.PAYMENT_CREATED, events.PAYMENT_UPDATED):
+                payment = event["data"]
+                if payment["id"] not in latest or payment["version"] > latest[payment["id"]]["version"]:
+                    latest[payment["id"]] = payment
+        for payment in latest.values():
+            await self._upsert_payment(payment)
+        for user_id in {e["user_id"] for e in domain_events}:
+            await self._refresh_user(user_id)
+        return new
+
+    async def _upsert_payment(self, payment: dict) -> None:
+        doc = {
+            "user_id": payment["user_id"],
+            "currency": payment["currency"],
+            "amount_minor": _minor(payment["amount"], payment["currency"]),
+            "status": payment["status"],
+            "version": payment["version"],
+            "created_at": _when(payment["created_at"]),
+            "updated_at": _when(payment["updated_at"]),
+        }
+        try:
+            await self.db.payments.update_one(
+                {"_id": payment["id"], "version": {"$lt": payment["version"]}}, {"$set": doc}, upsert=True
+            )
+        except DuplicateKeyError:
+            pass  # a newer (or the same) version is already there
+
+    async def _refresh_user(self, user_id: str) -> None:
+        rows = await self._grouped({"user_id": user_id})
+        last = await self.db.events.find_one({"user_id": user_id}, sort=[("occurred_at", -1)])
+        stats = fold(rows)
+        stats["last_activity"] = last["occurred_at"] if last else None
+        await self.db.user_stats.replace_one({"_id": user_id}, stats, upsert=True)
+
+    async def _grouped(self, match: dict) -> list[dict]:
+        """Count and total per (currency, status) of the payments matching ``match``.
+
+        Two pipelines of one accumulator each: FerretDB 1.24 computes only the first
+        accumulator of a ``$group`` with a compound ``_id`` and returns 0 for the rest.
+        """
+        key = {"currency": "$currency", "status": "$status"}
+
+        async def group(accumulator: dict) -> dict:
+            cursor = await self.db.payments.aggregate(
+                [{"$match": match}, {"$group": {"_id": key, "value": accumulator}}]
+            )
+            return {(row["_id"]["currency"], row["_id"]["status"]): row["value"] async for row in cursor}
+
+        counts, totals = await asyncio.gather(group({"$sum": 1}), group({"$sum": "$amount_minor"}))
+        return [
+            {"_id": {"currency": currency, "status": status}, "count": n, "total": totals.get((currency, status), 0)}
+            for (currency, status), n in counts.items()
+        ]
+
+    async def user_stats(self, user_id: str) -> dict | None:
+        return await self.db.user_stats.find_one({"_id": user_id})
+
+    async def summary(self, start: dt.datetime, end: dt.datetime) -> dict:
+        rows = await self._grouped({"created_at": {"$gte": start, "$lt": end}})
+        return fold(rows)
+
+
+def fold(rows: list[dict]) -> dict:
+    """Grouped (currency, status) rows into totals per currency and per status, exact."""
+    by_currency: dict[str, dict] = {}
+    by_status: dict[str, dict] = defaultdict(lambda: {"count": 0, "totals": {}})
+    minor_by_currency: dict[str, int] = defaultdict(int)
+    minor_by_status: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    count = 0
+    for row in rows:
+        currency, status = row["_id"]["currency"], row["_id"]["status"]
+        n, total = int(row["count"]), int(row["total"])
+        count += n
+        by_currency.setdefault(currency, {"count": 0})["count"] += n
+        minor_by_currency[currency] += total
+        by_status[status]["count"] += n
+        minor_by_status[status][currency] += total
+    for currency, total in minor_by_currency.items():
+        by_currency[currency]["total"] = format_amount(total, currency)
+    for status, totals in minor_by_status.items():
+        by_status[status]["totals"] = {c: format_amount(t, c) for c, t in sorted(totals.items())}
+    return {
+        "payment_count": count,
+        "by_currency": dict(sorted(by_currency.items())),
+        "by_status": dict(sorted(by_status.items())),
+    }
+
+
+class AnalyticsConsumer(Manager):
+    def __init__(self, cfg: dict, store: AnalyticsStore):
+        self.cfg = cfg
+        self.store = store
+        self.timeout_s: float = cfg["request_timeout_s"]
+        self.consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> AnalyticsConsumer:
+        store = AnalyticsStore(MongoManager.instance())
+        await asyncio.wait_for(store.ensure_indexes(), cfg["request_timeout_s"])
+        inst = cls(cfg, store)
+        await with_retries("kafka", inst._open, attempts, retry_delay_s)
+        inst._task = asyncio.create_task(inst._run(), name="kafka-analytics-consumer")
+        cls._install(inst)
+        return inst
+
+    async def _open(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.cfg["bootstrap_servers"],
+            client_id=f"{self.cfg['client_id']}-analytics",
+            group_id=self.cfg["analytics_group"],
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=BATCH,
+            request_timeout_ms=int(self.timeout_s * 1000) + 1000,
+        )
+        try:
+            await asyncio.wait_for(consumer.start(), self.timeout_s)
+        except BaseException:
+            await asyncio.wait_for(consumer.stop(), self.timeout_s)
+            raise
+        # Subscribing after start() joins the group in the background: a join can wait
+        # for a departed member's session to expire, and startup should not.
+        consumer.subscribe([self.cfg["topic"]])
+        self.consumer = consumer
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._consume_batch()
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, PyMongoError, CommitFailedError, KafkaError) as exc:
+                metrics.CONSUMER_ERRORS.labels(NAME).inc()
+                log.warning("analytics batch not stored; will retry", extra={"error": repr(exc)[:2000]})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _consume_batch(self) -> None:
+        assert self.consumer is not None
+        consumer = self.consumer
+        batches = await consumer.getmany(timeout_ms=500, max_records=BATCH)
+        if batches:
+            decoded = []
+            for record in (r for rs in batches.values() for r in rs):
+                try:
+                    decoded.append(codec.loads(record.value))
+                except codec.InvalidJSON:
+                    metrics.CONSUMER_ERRORS.labels(NAME).inc()
+            try:
+                started = time.perf_counter()
+                # Each event costs a few MongoDB round trips: the deadline grows with the batch.
+                await asyncio.wait_for(self.store.apply(decoded), self.timeout_s + PER_EVENT_S * len(decoded))
+                metrics.ANALYTICS_WRITE_DURATION.observe(time.perf_counter() - started)
+                await asyncio.wait_for(consumer.commit(), self.timeout_s)
+            except BaseException:
+                # Not committed: read the batch again (aiokafka would otherwise skip it, #1046).
+                for tp, records in batches.items():
+                    consumer.seek(tp, records[0].offset)
+                raise
+            for event in decoded:
+                metrics.EVENTS_CONSUMED.labels(NAME, str(event.get("type"))).inc()
+        await record_lag(consumer, NAME)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.consumer is not None:
+            try:
+                await asyncio.wait_for(self.consumer.stop(), self.timeout_s)
+            except Exception as exc:
+                log.warning("analytics consumer stop failed", extra={"error": repr(exc)})
+        type(self)._uninstall()

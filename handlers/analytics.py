@@ -1,0 +1,55 @@
+"""/api/v1/analytics: per-user statistics and a time-window summary, from MongoDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from domain import codec, users
+from domain.analytics import AnalyticsConsumer
+from domain.errors import APIError
+from handlers.base import BaseHandler
+
+MAX_WINDOW = dt.timedelta(days=366)
+
+
+def _time(value: str, name: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise APIError(400, "invalid_time", f"{name} must be an RFC 3339 time such as 2026-01-31T00:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise APIError(400, "invalid_time", f"{name} must carry a time zone (Z or an offset)")
+    return parsed.astimezone(dt.UTC)
+
+
+class UserAnalyticsHandler(BaseHandler):
+    async def get(self, user_id: str) -> None:
+        user_id = self.resource_id(user_id, "user")
+        stats = await AnalyticsConsumer.instance().store.user_stats(user_id)
+        if stats is None:
+            if not await users.exists(user_id):
+                raise APIError(404, "not_found", f"user {user_id} not found")
+            stats = {"payment_count": 0, "by_currency": {}, "by_status": {}, "last_activity": None}
+        stats.pop("_id", None)
+        last = stats.get("last_activity")
+        self.write_json({"user_id": user_id, **stats, "last_activity": codec.rfc3339(last) if last else None})
+
+
+class SummaryHandler(BaseHandler):
+    async def get(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        raw_from, raw_to = self.get_query_argument("from", None), self.get_query_argument("to", None)
+        end = _time(raw_to, "to") if raw_to else now
+        start = _time(raw_from, "from") if raw_from else end - dt.timedelta(days=1)
+        if start >= end:
+            raise APIError(400, "invalid_window", "from must be before to")
+        if end - start > MAX_WINDOW:
+            raise APIError(400, "invalid_window", "the window may span at most 366 days")
+        summary = await AnalyticsConsumer.instance().store.summary(start, end)
+        self.write_json({"from": codec.rfc3339(start), "to": codec.rfc3339(end), **summary})
+
+
+default_handlers = [
+    (r"/api/v1/analytics/users/([^/]+)", UserAnalyticsHandler),
+    (r"/api/v1/analytics/summary", SummaryHandler),
+]

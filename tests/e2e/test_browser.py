@@ -1,0 +1,53 @@
+"""The demo page in a real browser: a payment made over REST shows up live.
+
+Chromium is Debian's (`make tools` installs it); Playwright only drives it and
+never downloads a browser of its own. Playwright's async API runs on the test's
+own loop, the same one that serves the app, so nothing here needs a thread.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from playwright.async_api import async_playwright, expect
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 10_000  # each step's deadline in the browser
+
+
+@pytest.mark.gen_test
+async def test_demo_page_shows_a_new_payment_live(api, base_url):
+    assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: run `make tools`"
+    user = await api.new_user()
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            page_errors: list[str] = []
+            page.on("pageerror", lambda error: page_errors.append(str(error)))
+
+            await page.goto(f"{base_url}/demo?user_id={user['id']}")
+            await expect(page.locator("#status")).to_have_text("connected", timeout=WAIT_MS)
+
+            payment = await api.new_payment(user["id"], amount="100.50", currency="USD")
+            item = page.locator(f'#events li[data-type="payment_created"][data-id="{payment["id"]}"]')
+            await expect(item).to_contain_text("100.50", timeout=WAIT_MS)
+
+            # What a person sees: one line for the payment, the status still connected.
+            assert await item.inner_text() == "payment_created 100.50 USD pending"
+            assert await page.locator("#events li").count() == 1
+            assert await page.locator("#status").inner_text() == "connected"
+            assert page_errors == []
+        finally:
+            await browser.close()

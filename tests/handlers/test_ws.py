@@ -1,0 +1,282 @@
+"""/ws over real sockets: validation, frames, replacement, limits, slow and dead clients, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import urllib.parse
+import uuid
+
+import pytest
+import tornado.httpserver
+import tornado.testing
+import tornado.websocket
+from tornado.httpclient import HTTPClientError, HTTPRequest
+
+from managers import websocket_hub
+from managers.websocket_hub import WebSocketHub
+from service.app import make_app
+from tests.helpers import wait_until
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+
+
+def ws_url(base_url: str, **params: str) -> str:
+    query = urllib.parse.urlencode(params)
+    return base_url.replace("http://", "ws://") + "/ws?" + query
+
+
+class Client:
+    """A tornado WebSocket client that keeps every frame it reads."""
+
+    def __init__(self, conn: tornado.websocket.WebSocketClientConnection):
+        self.conn = conn
+        self.frames: list[dict] = []
+
+    @classmethod
+    async def connect(cls, base_url: str, user_id: str, client_id: str | None = None, **extra) -> Client:
+        url = ws_url(base_url, user_id=user_id, client_id=client_id or uuid.uuid4().hex[:12], **extra)
+        client = cls(await tornado.websocket.websocket_connect(url, connect_timeout=10))
+        await client.next_frame("connected")
+        return client
+
+    async def read(self, timeout: float = 10) -> dict | None:
+        message = await asyncio.wait_for(self.conn.read_message(), timeout)
+        if message is None:
+            return None
+        frame = json.loads(message)
+        self.frames.append(frame)
+        return frame
+
+    async def next_frame(self, frame_type: str, timeout: float = 10, **match) -> dict:
+        """Read until a frame of this type (and matching data fields) arrives."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.read(max(deadline - loop.time(), 0.01))
+            assert frame is not None, f"closed ({self.conn.close_code}) while waiting for {frame_type}"
+            data = frame.get("data") or {}
+            if frame["type"] == frame_type and all(data.get(k) == v for k, v in match.items()):
+                return frame
+
+    async def closed(self, timeout: float = 10) -> int | None:
+        """Read until the server closes; return its close code."""
+        while await self.read(timeout) is not None:
+            pass
+        return self.conn.close_code
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({"client_id": "c1"}, 400, "invalid_user_id"),
+        ({"user_id": "nope", "client_id": "c1"}, 400, "invalid_user_id"),
+        ({"user_id": MISSING}, 400, "invalid_client_id"),
+        ({"user_id": MISSING, "client_id": "bad id!"}, 400, "invalid_client_id"),
+        ({"user_id": MISSING, "client_id": "c1", "last_event_id": "x"}, 400, "invalid_event_id"),
+        ({"user_id": MISSING, "client_id": "c1"}, 404, "not_found"),
+    ],
+)
+async def test_bad_upgrade_requests_get_json_errors(http_client, base_url, params, status, code):
+    with pytest.raises(HTTPClientError) as caught:
+        await tornado.websocket.websocket_connect(ws_url(base_url, **params))
+    assert caught.value.code == status
+    assert json.loads(caught.value.response.body)["error"]["code"] == code
+
+
+@pytest.mark.gen_test
+async def test_foreign_origin_is_refused(api, base_url):
+    user = await api.new_user()
+    request = HTTPRequest(
+        ws_url(base_url, user_id=user["id"], client_id="c"), headers={"Origin": "https://evil.example"}
+    )
+    with pytest.raises(HTTPClientError) as caught:
+        await tornado.websocket.websocket_connect(request)
+    assert caught.value.code == 403
+
+
+@pytest.mark.gen_test
+async def test_connected_ping_pong_and_unknown_messages(api, base_url):
+    user = await api.new_user()
+    client = await Client.connect(base_url, user["id"], "c1")
+    try:
+        assert client.frames[0] == {"type": "connected", "user_id": user["id"], "client_id": "c1"}
+        await client.conn.write_message(json.dumps({"type": "ping"}))
+        assert (await client.read())["type"] == "pong"
+        await client.conn.write_message("not json at all")
+        error = await client.read()
+        assert error["type"] == "error" and error["error"]["code"] == "unknown_message"
+        await client.conn.write_message(json.dumps({"type": "ping"}))
+        assert (await client.read())["type"] == "pong"  # still open
+    finally:
+        client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_users_changes_arrive_as_kafka_envelopes(api, base_url):
+    user, other = await api.new_user(), await api.new_user()
+    client = await Client.connect(base_url, user["id"])
+    try:
+        payment = await api.new_payment(user["id"], amount="42.00")
+        await api.new_payment(other["id"])  # not this client's
+        created = await client.next_frame("payment_created", id=payment["id"])
+        assert set(created) == {"event_id", "type", "version", "occurred_at", "user_id", "data"}
+        assert created["user_id"] == user["id"] and created["data"] == payment
+        await api.put(f"/api/v1/payments/{payment['id']}/status", {"status": "completed"})
+        updated = await client.next_frame("payment_updated", id=payment["id"])
+        assert updated["data"]["previous_status"] == "pending" and updated["data"]["status"] == "completed"
+        await api.put(f"/api/v1/users/{user['id']}", {"name": "Renamed"})
+        renamed = await client.next_frame("user_updated")
+        assert renamed["data"]["name"] == "Renamed"
+        assert all(f.get("user_id") == user["id"] for f in client.frames if "event_id" in f)
+    finally:
+        client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_same_client_id_replaces_the_older_connection(api, base_url):
+    user = await api.new_user()
+    first = await Client.connect(base_url, user["id"], "tab")
+    second = await Client.connect(base_url, user["id"], "tab")
+    try:
+        assert await first.closed() == websocket_hub.CLOSE_REPLACED
+        assert first.conn.close_reason.startswith("replaced")
+        assert len(WebSocketHub.instance().connections(user["id"])) == 1
+        payment = await api.new_payment(user["id"])
+        await second.next_frame("payment_created", id=payment["id"])
+    finally:
+        second.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_full_hub_refuses_new_connections(api, base_url, monkeypatch):
+    user = await api.new_user()
+    hub = WebSocketHub.instance()
+    monkeypatch.setattr(hub, "max_connections", hub.count + 1)
+    first = await Client.connect(base_url, user["id"], "a")
+    try:
+        url = ws_url(base_url, user_id=user["id"], client_id="b")
+        refused = Client(await tornado.websocket.websocket_connect(url))
+        assert await refused.closed() == websocket_hub.CLOSE_TRY_AGAIN
+        # The one already open is untouched.
+        await first.conn.write_message(json.dumps({"type": "ping"}))
+        assert (await first.next_frame("pong"))["type"] == "pong"
+    finally:
+        first.close()
+
+
+async def raw_upgrade(port: int, path: str) -> asyncio.StreamWriter:
+    """A real WebSocket handshake on a plain connection that then reads nothing and
+    answers no ping. The tiny reader limit makes asyncio stop reading the socket, so
+    the kernel buffers fill and the server's writes back up, as with a stalled client."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1024)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return writer
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_slow_client_is_closed_and_does_not_hold_up_others(api, base_url, http_port, monkeypatch):
+    user = await api.new_user()
+    hub = WebSocketHub.instance()
+    monkeypatch.setattr(hub, "max_pending_bytes", 256 * 1024)
+    fast = await Client.connect(base_url, user["id"], "fast")
+    slow = await raw_upgrade(http_port, f"/ws?user_id={user['id']}&client_id=slow")
+    try:
+        await wait_until(lambda: len(hub.connections(user["id"])) == 2, what="both connections registered")
+        slow_closed_before = _sample("singleton_websocket_slow_clients_closed_total")
+        chunk = "x" * 50_000
+        fast_got = 0
+        for i in range(200):  # 10 MB for a client that reads nothing
+            event = {
+                "event_id": str(uuid.uuid4()),
+                "type": "user_updated",
+                "user_id": user["id"],
+                "occurred_at": None,
+                "data": {"i": i, "pad": chunk},
+            }
+            await hub.broadcast(event, json.dumps(event).encode())
+            frame = await fast.next_frame("user_updated", i=i)
+            fast_got += frame["data"]["i"] == i
+        assert fast_got == 200, "the fast client must get every frame while the slow one backs up"
+        assert _sample("singleton_websocket_slow_clients_closed_total") == slow_closed_before + 1
+        assert [c.client_id for c in hub.connections(user["id"])] == ["fast"]
+    finally:
+        slow.close()
+        fast.close()
+
+
+def _sample(name: str, labels: dict | None = None) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_peer_that_stops_answering_pings_is_dropped(api, config, services):
+    app = make_app({**config, "websocket": {**config["websocket"], "ping_interval_s": 0.2, "ping_timeout_s": 0.5}})
+    sock_listener, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets([sock_listener])
+    user = await api.new_user()
+    hub = WebSocketHub.instance()
+    lost_before = _sample("singleton_websocket_disconnects_total", {"reason": "lost"})
+    dead = await raw_upgrade(port, f"/ws?user_id={user['id']}&client_id=dead")
+    try:
+        await wait_until(lambda: len(hub.connections(user["id"])) == 1, what="the connection registered")
+        await wait_until(lambda: not hub.connections(user["id"]), timeout=10, what="the silent peer dropped")
+        assert _sample("singleton_websocket_disconnects_total", {"reason": "lost"}) == lost_before + 1
+    finally:
+        dead.close()
+        server.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_reconnect_with_last_event_id_replays_what_was_missed(api, base_url):
+    user = await api.new_user()
+    client = await Client.connect(base_url, user["id"], "phone")
+    first = await api.new_payment(user["id"], amount="1.00")
+    seen = await client.next_frame("payment_created", id=first["id"])
+    client.close()
+
+    missed = [await api.new_payment(user["id"], amount=f"{n}.00") for n in (2, 3)]
+    await api.put(f"/api/v1/payments/{missed[0]['id']}/status", {"status": "failed"})
+
+    back = await Client.connect(base_url, user["id"], "phone", last_event_id=seen["event_id"])
+    try:
+        done = await back.next_frame("replay_complete")
+        assert done["count"] == 3
+        replayed = [f for f in back.frames if "event_id" in f]
+        assert [(f["type"], f["data"]["id"]) for f in replayed] == [
+            ("payment_created", missed[0]["id"]),
+            ("payment_created", missed[1]["id"]),
+            ("payment_updated", missed[0]["id"]),
+        ]
+        live = await api.new_payment(user["id"], amount="4.00")
+        await back.next_frame("payment_created", id=live["id"])
+        ids = [f["event_id"] for f in back.frames if "event_id" in f]
+        assert len(ids) == len(set(ids)) == 4, "no duplicates between replay and live"
+    finally:
+        back.close()
+
+
+@pytest.mark.gen_test
+async def test_unknown_last_event_id_says_replay_is_unavailable(api, base_url):
+    user = await api.new_user()
+    client = await Client.connect(base_url, user["id"], last_event_id=str(uuid.uuid4()))
+    try:
+        frame = await client.next_frame("replay_unavailable")
+        assert "refetch" in frame["message"]
+    finally:
+        client.close()

@@ -1,0 +1,67 @@
+"""Two service processes sharing only the backing services."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from managers.mongodb import MongoManager
+from tests.handlers.test_ws import Client
+from tests.helpers import ROOT, free_port, wait_until
+from tests.service.test_main import service_env
+
+
+@pytest.fixture
+def second_instance():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port)],
+        cwd=ROOT,
+        env=service_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield proc, f"http://127.0.0.1:{port}"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_change_made_on_one_instance_reaches_a_client_of_the_other(api, second_instance):
+    proc, other_url = second_instance
+    http = AsyncHTTPClient()
+
+    async def other_healthy():
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            return (await http.fetch(f"{other_url}/health", raise_error=False)).code == 200
+        except OSError:
+            return False
+
+    await wait_until(other_healthy, timeout=60, interval=0.2, what="the second instance to be healthy")
+
+    user = await api.new_user()
+    client = await Client.connect(other_url, user["id"], "elsewhere")
+    try:
+        payment = await api.new_payment(user["id"], amount="33.00")  # made through the first instance
+        frame = await client.next_frame("payment_created", timeout=20, id=payment["id"])
+    finally:
+        client.close()
+
+    async def counted_once():
+        code, stats, _ = await api.get(f"/api/v1/analytics/users/{user['id']}")
+        return code == 200 and stats["payment_count"] == 1 and stats
+
+    stats = await wait_until(counted_once, timeout=60, interval=0.3, what="analytics to count the payment")
+    assert stats["by_currency"] == {"USD": {"count": 1, "total": "33.00"}}
+    assert await MongoManager.instance().db.events.count_documents({"_id": frame["event_id"]}) == 1
