@@ -51,10 +51,6 @@ class Tx:
         await self.execute(sql, args)
         return list(await self._cur.fetchall())
 
-    @property
-    def rowcount(self) -> int:
-        return self._cur.rowcount
-
 
 class MySQLManager(Manager):
     def __init__(self, pool: aiomysql.Pool, query_timeout_s: float):
