@@ -30,7 +30,7 @@ from domain import codec, events
 from domain.money import EXPONENTS, format_amount
 from managers import metrics
 from managers.base import Manager, with_retries
-from managers.kafka_consumer import record_lag
+from managers.kafka_consumer import record_lag, stop_consumer
 from managers.mongodb import MongoManager
 
 log = logging.getLogger("singleton.analytics")
@@ -253,12 +253,5 @@ class AnalyticsConsumer(Manager):
         await record_lag(consumer, NAME)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self.consumer is not None:
-            try:
-                await asyncio.wait_for(self.consumer.stop(), self.timeout_s)
-            except Exception as exc:
-                log.warning("analytics consumer stop failed", extra={"error": repr(exc)})
+        await stop_consumer(self._task, self.consumer, self.timeout_s, NAME)
         type(self)._uninstall()

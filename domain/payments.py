@@ -140,16 +140,15 @@ async def _replay(idempotency_key: str, fingerprint: str) -> Created:
 
 # -- read -----------------------------------------------------------------------------------
 async def get_json(payment_id: str) -> bytes:
-    redis = RedisManager.instance()
-    cached = await redis.cache_get(cache_key(payment_id))
-    if cached is not None:
-        return cached
-    row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
-    if row is None:
-        raise not_found("payment", payment_id)
-    body = codec.dumps(resource(row))
-    await redis.cache_set(cache_key(payment_id), body)
-    return body
+    """The payment as response bytes, from Redis when cached, else from MariaDB."""
+
+    async def load() -> bytes:
+        row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
+        if row is None:
+            raise not_found("payment", payment_id)
+        return codec.dumps(resource(row))
+
+    return await RedisManager.instance().read_through(cache_key(payment_id), load)
 
 
 # -- status ---------------------------------------------------------------------------------

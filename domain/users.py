@@ -73,17 +73,15 @@ async def create(email: str, name: str) -> dict:
 
 
 async def get_json(user_id: str) -> bytes:
-    """The user as response bytes, from Redis when cached, else from MariaDB (then cached)."""
-    redis = RedisManager.instance()
-    cached = await redis.cache_get(cache_key(user_id))
-    if cached is not None:
-        return cached
-    row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
-    if row is None:
-        raise not_found("user", user_id)
-    body = codec.dumps(resource(row))
-    await redis.cache_set(cache_key(user_id), body)
-    return body
+    """The user as response bytes, from Redis when cached, else from MariaDB."""
+
+    async def load() -> bytes:
+        row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
+        if row is None:
+            raise not_found("user", user_id)
+        return codec.dumps(resource(row))
+
+    return await RedisManager.instance().read_through(cache_key(user_id), load)
 
 
 async def lock(tx: Tx, user_id: str) -> dict | None:

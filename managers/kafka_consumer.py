@@ -36,6 +36,20 @@ async def record_lag(consumer: AIOKafkaConsumer, name: str) -> None:
     metrics.CONSUMER_LAG.labels(name).set(lag)
 
 
+async def stop_consumer(
+    task: asyncio.Task | None, consumer: AIOKafkaConsumer | None, timeout_s: float, name: str
+) -> None:
+    """Cancel a consumer's loop, then stop the consumer under a deadline."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if consumer is not None:
+        try:
+            await asyncio.wait_for(consumer.stop(), timeout_s)
+        except Exception as exc:
+            log.warning("kafka consumer stop failed", extra={"consumer": name, "error": repr(exc)})
+
+
 class KafkaConsumerManager(Manager):
     def __init__(self, cfg: dict):
         self.cfg = cfg
@@ -114,12 +128,5 @@ class KafkaConsumerManager(Manager):
                 log.exception("event callback failed", extra={"consumer": NAME, "type": event_type})
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self.consumer is not None:
-            try:
-                await asyncio.wait_for(self.consumer.stop(), self.timeout_s)
-            except Exception as exc:
-                log.warning("kafka consumer stop failed", extra={"error": repr(exc)})
+        await stop_consumer(self._task, self.consumer, self.timeout_s, NAME)
         type(self)._uninstall()

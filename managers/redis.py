@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -85,6 +86,15 @@ class RedisManager(Manager):
             await asyncio.wait_for(self.client.set(key, value, ex=self.ttl_s), self.timeout_s)
         except UNAVAILABLE as exc:
             self._failed("set", exc)
+
+    async def read_through(self, key: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
+        """Cache-aside: the cached bytes, else ``load()``'s, which are then cached."""
+        cached = await self.cache_get(key)
+        if cached is not None:
+            return cached
+        value = await load()
+        await self.cache_set(key, value)
+        return value
 
     async def cache_delete(self, *keys: str) -> None:
         """Invalidate after a commit. Tried even while bypassing: a stale entry is worse than a timeout."""
