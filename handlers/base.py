@@ -37,10 +37,12 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 DEPENDENCY_ERRORS = mysql.UNAVAILABLE + mongodb.UNAVAILABLE + kafka_producer.UNAVAILABLE
 
 
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
     # Requests that have started and not yet finished; shutdown waits for zero.
     in_flight = 0
     request_id: str = ""
+    _body: bytearray
 
     # -- the managers every handler shares -------------------------------------------------
     @property
@@ -93,9 +95,19 @@ class BaseHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         BaseHandler.in_flight += 1
         self._counted = True
+        # The body is streamed in (see the class decorator), so an oversized one is
+        # refused here, from its Content-Length, before any of it is read. A chunked
+        # body has no length up front: Tornado cuts it off at the same limit.
         limit = self.config["server"]["max_body_bytes"]
-        if len(self.request.body or b"") > limit:
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
             raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
+        if self.request.connection is not None:
+            self.request.connection.set_max_body_size(limit)
+        self._body = bytearray()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body += chunk
 
     def on_finish(self) -> None:
         if getattr(self, "_counted", False):
@@ -120,10 +132,11 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # -- JSON ---------------------------------------------------------------------------------
     def get_json_body(self) -> Any:
-        if not self.request.body:
+        body = bytes(self._body)
+        if not body:
             raise APIError(400, "invalid_json", "request body is empty; a JSON object is expected")
         try:
-            return codec.loads(self.request.body)
+            return codec.loads(body)
         except codec.InvalidJSON as exc:
             raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 

@@ -43,11 +43,7 @@ async def serve(config: dict) -> int:
         return 1
     server_cfg = config["server"]
     app = make_app(config)
-    server = app.listen(
-        server_cfg["port"],
-        address=server_cfg["host"],
-        max_body_size=server_cfg["max_body_bytes"] * 2,
-    )
+    server = app.listen(server_cfg["port"], address=server_cfg["host"], max_body_size=server_cfg["max_body_bytes"])
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -45,11 +45,19 @@ async def test_api_error_renders_code_message_details(http_client, base_url):
 
 
 @pytest.mark.gen_test
-async def test_body_over_the_limit_is_413(http_client, base_url, config):
-    big = b'"' + b"x" * config["server"]["max_body_bytes"] + b'"'
+@pytest.mark.parametrize("extra", [2, 10_000_000])
+async def test_body_over_the_limit_is_a_json_413_whatever_its_size(http_client, base_url, config, extra):
+    big = b'"' + b"x" * (config["server"]["max_body_bytes"] + extra) + b'"'
     response = await fetch(http_client, f"{base_url}/_test/echo", method="POST", body=big)
     assert response.code == 413
     assert json.loads(response.body)["error"]["code"] == "body_too_large"
+
+
+@pytest.mark.gen_test
+async def test_body_at_the_limit_is_read(http_client, base_url, config):
+    body = b'"' + b"x" * (config["server"]["max_body_bytes"] - 2) + b'"'
+    response = await fetch(http_client, f"{base_url}/_test/echo", method="POST", body=body)
+    assert response.code == 200
 
 
 @pytest.mark.gen_test
