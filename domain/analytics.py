@@ -8,9 +8,10 @@ counts twice:
 - ``events``: one document per event, ``_id`` = ``event_id`` (a duplicate insert
   is skipped);
 - ``payments``: each payment's latest state, replaced only by a higher
-  ``version`` (so order and repeats do not matter);
-- ``user_stats``: per user, recomputed from ``payments`` with an aggregation
-  pipeline after each batch that touched the user.
+  ``version`` (so order and repeats do not matter); the window summary is an
+  aggregation pipeline over it;
+- ``user_stats``: per user, the same latest state of each of its payments and
+  the time of its last event (``$max``), so its totals are one document read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from decimal import Decimal
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from domain import codec, events
 from domain.money import EXPONENTS, format_amount
@@ -48,6 +49,17 @@ def _when(value: str) -> dt.datetime:
 def _minor(amount: str, currency: str) -> int:
     """The exact decimal string of a payment back to integer minor units."""
     return int(Decimal(amount).scaleb(EXPONENTS[currency]))
+
+
+def _state(payment: dict) -> dict:
+    return {
+        "user_id": payment["user_id"],
+        "currency": payment["currency"],
+        "amount_minor": _minor(payment["amount"], payment["currency"]),
+        "status": payment["status"],
+        "version": payment["version"],
+        "created_at": _when(payment["created_at"]),
+    }
 
 
 class AnalyticsStore:
@@ -90,35 +102,43 @@ class AnalyticsStore:
                 payment = event["data"]
                 if payment["id"] not in latest or payment["version"] > latest[payment["id"]]["version"]:
                     latest[payment["id"]] = payment
+        by_user: dict[str, list[dict]] = defaultdict(list)
         for payment in latest.values():
-            await self._upsert_payment(payment)
-        for user_id in {e["user_id"] for e in domain_events}:
-            await self._refresh_user(user_id)
+            await self._store_payment(payment)
+            by_user[payment["user_id"]].append(payment)
+        last_activity: dict[str, dt.datetime] = {}
+        for event in domain_events:
+            when = _when(event["occurred_at"])
+            last_activity[event["user_id"]] = max(when, last_activity.get(event["user_id"], when))
+        for user_id, when in last_activity.items():
+            await self._store_user(user_id, by_user.get(user_id, []), when)
         return new
 
-    async def _upsert_payment(self, payment: dict) -> None:
-        doc = {
-            "user_id": payment["user_id"],
-            "currency": payment["currency"],
-            "amount_minor": _minor(payment["amount"], payment["currency"]),
-            "status": payment["status"],
-            "version": payment["version"],
-            "created_at": _when(payment["created_at"]),
-            "updated_at": _when(payment["updated_at"]),
-        }
-        try:
-            await self.db.payments.update_one(
-                {"_id": payment["id"], "version": {"$lt": payment["version"]}}, {"$set": doc}, upsert=True
-            )
-        except DuplicateKeyError:
-            pass  # a newer (or the same) version is already there
+    # Every write below reads and writes one document by _id. Conditions beyond _id
+    # make FerretDB 1.24 (SQLite) scan the whole collection (~60 ms here against ~8 ms).
+    # A read-then-write is safe because one user's events share a partition, and a
+    # partition has one reader in the group at a time.
 
-    async def _refresh_user(self, user_id: str) -> None:
-        rows = await self._grouped({"user_id": user_id})
-        last = await self.db.events.find_one({"user_id": user_id}, sort=[("occurred_at", -1)])
-        stats = fold(rows)
-        stats["last_activity"] = last["occurred_at"] if last else None
-        await self.db.user_stats.replace_one({"_id": user_id}, stats, upsert=True)
+    async def _store_payment(self, payment: dict) -> None:
+        """Keep the payment's latest state; an older or repeated version changes nothing."""
+        stored = await self.db.payments.find_one({"_id": payment["id"]}, {"version": 1})
+        if stored is None or stored["version"] < payment["version"]:
+            await self.db.payments.replace_one({"_id": payment["id"]}, _state(payment), upsert=True)
+
+    async def _store_user(self, user_id: str, payments: list[dict], when: dt.datetime) -> None:
+        """The user's copy of each payment's latest state, and its last activity."""
+        doc = await self.db.user_stats.find_one({"_id": user_id}) or {}
+        known = doc.get("payments", {})
+        changes = {
+            f"payments.{p['id']}": {k: _state(p)[k] for k in ("currency", "amount_minor", "status", "version")}
+            for p in payments
+            if p["id"] not in known or known[p["id"]]["version"] < p["version"]
+        }
+        if changes or doc.get("last_activity") is None or doc["last_activity"] < when:
+            update: dict = {"$max": {"last_activity": when}}
+            if changes:
+                update["$set"] = changes
+            await self.db.user_stats.update_one({"_id": user_id}, update, upsert=True)
 
     async def _grouped(self, match: dict) -> list[dict]:
         """Count and total per (currency, status) of the payments matching ``match``.
@@ -141,7 +161,19 @@ class AnalyticsStore:
         ]
 
     async def user_stats(self, user_id: str) -> dict | None:
-        return await self.db.user_stats.find_one({"_id": user_id})
+        """Totals from the user's document: one read, however many payments it holds."""
+        doc = await self.db.user_stats.find_one({"_id": user_id})
+        if doc is None:
+            return None
+        rows: dict[tuple[str, str], dict] = {}
+        for p in doc.get("payments", {}).values():
+            row = rows.setdefault(
+                (p["currency"], p["status"]),
+                {"_id": {"currency": p["currency"], "status": p["status"]}, "count": 0, "total": 0},
+            )
+            row["count"] += 1
+            row["total"] += p["amount_minor"]
+        return {**fold(list(rows.values())), "last_activity": doc.get("last_activity")}
 
     async def summary(self, start: dt.datetime, end: dt.datetime) -> dict:
         rows = await self._grouped({"created_at": {"$gte": start, "$lt": end}})
@@ -241,7 +273,9 @@ class AnalyticsConsumer(Manager):
                 started = time.perf_counter()
                 # Each event costs a few MongoDB round trips: the deadline grows with the batch.
                 await asyncio.wait_for(self.store.apply(decoded), self.timeout_s + PER_EVENT_S * len(decoded))
-                metrics.ANALYTICS_WRITE_DURATION.observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                metrics.ANALYTICS_WRITE_DURATION.observe(elapsed)
+                log.debug("analytics batch stored", extra={"events": len(decoded), "seconds": round(elapsed, 3)})
                 await asyncio.wait_for(consumer.commit(), self.timeout_s)
             except BaseException:
                 # Not committed: read the batch again (aiokafka would otherwise skip it, #1046).

@@ -30,7 +30,6 @@ class UserAnalyticsHandler(BaseHandler):
             if not await users.exists(user_id):
                 raise APIError(404, "not_found", f"user {user_id} not found")
             stats = {"payment_count": 0, "by_currency": {}, "by_status": {}, "last_activity": None}
-        stats.pop("_id", None)
         last = stats.get("last_activity")
         self.write_json({"user_id": user_id, **stats, "last_activity": codec.rfc3339(last) if last else None})
 
