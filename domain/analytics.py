@@ -31,7 +31,7 @@ from domain import codec, events
 from domain.money import EXPONENTS, format_amount
 from managers import metrics
 from managers.base import Manager, with_retries
-from managers.kafka_consumer import record_lag, stop_consumer
+from managers.kafka_consumer import consumer_status, record_lag, stop_consumer
 from managers.mongodb import MongoManager
 
 log = logging.getLogger("singleton.analytics")
@@ -62,6 +62,25 @@ def _state(payment: dict) -> dict:
     }
 
 
+def _usable(event: dict) -> bool:
+    """A domain event with what the store reads; anything else (health_check, a
+    malformed message) is skipped, never retried forever."""
+    if not isinstance(event, dict) or event.get("type") not in events.DOMAIN_TYPES:
+        return False
+    try:
+        _when(event["occurred_at"])
+        if not (isinstance(event["event_id"], str) and isinstance(event["user_id"], str)):
+            raise TypeError("event_id and user_id must be strings")
+        if event["type"] in (events.PAYMENT_CREATED, events.PAYMENT_UPDATED):
+            _state(event["data"])
+            str(event["data"]["id"])
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
+        metrics.CONSUMER_ERRORS.labels(NAME).inc()
+        log.warning("skipping malformed event", extra={"consumer": NAME, "error": repr(exc)})
+        return False
+    return True
+
+
 class AnalyticsStore:
     """The MongoDB side: idempotent writes and the aggregation pipelines."""
 
@@ -75,7 +94,7 @@ class AnalyticsStore:
 
     async def apply(self, batch: list[dict]) -> int:
         """Write a batch; return how many events were new."""
-        domain_events = [e for e in batch if e.get("type") in events.DOMAIN_TYPES and e.get("user_id")]
+        domain_events = [e for e in batch if _usable(e)]
         if not domain_events:
             return 0
         docs = [
@@ -213,6 +232,7 @@ class AnalyticsConsumer(Manager):
         self.timeout_s: float = cfg["request_timeout_s"]
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
+        self.lag = 0
 
     @classmethod
     async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> AnalyticsConsumer:
@@ -284,7 +304,10 @@ class AnalyticsConsumer(Manager):
                 raise
             for event in decoded:
                 metrics.EVENTS_CONSUMED.labels(NAME, str(event.get("type"))).inc()
-        await record_lag(consumer, NAME)
+        self.lag = await record_lag(consumer, NAME)
+
+    def status(self) -> dict:
+        return consumer_status(self._task, self.lag)
 
     async def close(self) -> None:
         await stop_consumer(self._task, self.consumer, self.timeout_s, NAME)

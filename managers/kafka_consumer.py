@@ -26,7 +26,7 @@ EventCallback = Callable[[dict, bytes], Awaitable[None]]
 NAME = "broadcast"
 
 
-async def record_lag(consumer: AIOKafkaConsumer, name: str) -> None:
+async def record_lag(consumer: AIOKafkaConsumer, name: str) -> int:
     """Messages between each assigned partition's high-water mark and our position."""
     lag = 0
     for tp in consumer.assignment():
@@ -34,6 +34,12 @@ async def record_lag(consumer: AIOKafkaConsumer, name: str) -> None:
         if high is not None:
             lag += max(high - await consumer.position(tp), 0)
     metrics.CONSUMER_LAG.labels(name).set(lag)
+    return lag
+
+
+def consumer_status(task: asyncio.Task | None, lag: int) -> dict:
+    """For /health: a consumer whose loop has ended is down (aiokafka#1037: watch them)."""
+    return {"status": "ok" if task is not None and not task.done() else "down", "lag": lag}
 
 
 async def stop_consumer(
@@ -58,6 +64,7 @@ class KafkaConsumerManager(Manager):
         self.consumer: AIOKafkaConsumer | None = None
         self._callbacks: dict[str, list[EventCallback]] = defaultdict(list)
         self._task: asyncio.Task | None = None
+        self.lag = 0
 
     @classmethod
     async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> KafkaConsumerManager:
@@ -96,20 +103,22 @@ class KafkaConsumerManager(Manager):
     def subscribe(self, event_type: str, callback: EventCallback) -> None:
         self._callbacks[event_type].append(callback)
 
+    def status(self) -> dict:
+        return consumer_status(self._task, self.lag)
+
     async def _run(self) -> None:
         assert self.consumer is not None
         while True:
             try:
                 batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+                for records in batches.values():
+                    for record in records:
+                        await self._dispatch(record.value)
+                self.lag = await record_lag(self.consumer, NAME)
             except KafkaError as exc:
                 metrics.CONSUMER_ERRORS.labels(NAME).inc()
                 log.warning("kafka fetch failed", extra={"consumer": NAME, "error": repr(exc)})
                 await asyncio.sleep(1)
-                continue
-            for records in batches.values():
-                for record in records:
-                    await self._dispatch(record.value)
-            await record_lag(self.consumer, NAME)
 
     async def _dispatch(self, raw: bytes) -> None:
         try:

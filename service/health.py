@@ -16,8 +16,10 @@ from collections.abc import Awaitable, Callable
 from tornado.ioloop import PeriodicCallback
 
 from domain import codec, events
+from domain.analytics import AnalyticsConsumer
 from managers import metrics
 from managers.base import Manager
+from managers.kafka_consumer import KafkaConsumerManager
 from managers.kafka_producer import KafkaProducerManager
 from managers.metrics import Dependency
 from managers.mongodb import MongoManager
@@ -25,6 +27,9 @@ from managers.mysql import MySQLManager
 from managers.redis import RedisManager
 
 log = logging.getLogger("singleton.health")
+
+# Background consumers whose loops /health watches (a stopped loop reads nothing).
+CONSUMERS = {"broadcast": KafkaConsumerManager, "analytics": AnalyticsConsumer}
 
 PINGS: dict[Dependency, Callable[[], Awaitable[None]]] = {
     Dependency.MYSQL: lambda: MySQLManager.instance().ping(),
@@ -69,9 +74,10 @@ class HealthMonitor(Manager):
     async def check(self) -> dict:
         results = await asyncio.gather(*(self._check_one(dep) for dep in Dependency))
         deps = {dep.value: r for dep, r in zip(Dependency, results, strict=True)}
-        down = [name for name, r in deps.items() if r["status"] != "ok"]
-        status = "ok" if not down else "down" if len(down) == len(deps) else "degraded"
-        report = {"status": status, "dependencies": deps}
+        consumers = {name: cls.instance().status() for name, cls in CONSUMERS.items() if cls.started()}
+        down = [name for name, r in {**deps, **consumers}.items() if r["status"] != "ok"]
+        status = "ok" if not down else "down" if len(down) == len(deps) + len(consumers) else "degraded"
+        report = {"status": status, "dependencies": deps, "consumers": consumers}
         if down:
             report["down"] = down
         return report

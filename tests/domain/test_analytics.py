@@ -112,3 +112,30 @@ async def test_analytics_for_an_unknown_user_is_404(api):
     assert code == 404
     code, _, _ = await api.get(f"/api/v1/analytics/users/{uuid.uuid4().hex}")
     assert code == 404
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_malformed_event_is_skipped_and_the_consumer_goes_on(api):
+    user = await api.new_user()
+    key = user["id"].encode()
+    producer = KafkaProducerManager.instance()
+    for junk in (
+        b"not json",
+        codec.dumps({"type": "payment_created", "user_id": user["id"], "event_id": str(uuid.uuid4())}),
+        codec.dumps(
+            {
+                "type": "payment_created",
+                "user_id": user["id"],
+                "event_id": str(uuid.uuid4()),
+                "occurred_at": "2026-11-25T00:00:00Z",
+                "data": {"id": "x", "amount": "1.00", "currency": "XXX"},
+            }
+        ),
+    ):
+        await producer.send(junk, key=key)
+    await api.new_payment(user["id"], amount="2.00")
+    stats = await stats_when(api, user["id"], lambda s: s["payment_count"] >= 1)
+    assert stats["payment_count"] == 1
+    code, health, _ = await api.get("/health")
+    assert health["consumers"]["analytics"]["status"] == "ok"
+    assert health["consumers"]["broadcast"]["status"] == "ok"

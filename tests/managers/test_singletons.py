@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from managers.base import Manager, NotStarted
 from managers.config import ConfigManager
-from managers.kafka_consumer import KafkaConsumerManager
+from managers.kafka_consumer import KafkaConsumerManager, consumer_status
 from managers.kafka_producer import KafkaProducerManager
 from managers.mongodb import MongoManager
 from managers.mysql import MySQLManager
@@ -62,3 +63,15 @@ def test_manager_lifecycle_instance_start_close():
     assert "_instance" not in Manager.__dict__ or Manager.__dict__["_instance"] is None
     first.close()
     assert not Thing.started()
+
+
+@pytest.mark.gen_test
+async def test_a_consumer_whose_loop_ended_reports_down():
+    async def loop():
+        return None
+
+    task = asyncio.ensure_future(loop())
+    assert consumer_status(task, 0)["status"] == "ok"
+    await task
+    assert consumer_status(task, 7) == {"status": "down", "lag": 7}
+    assert consumer_status(None, 0)["status"] == "down"
