@@ -1,7 +1,8 @@
 """MySQLManager: the aiomysql pool, with a deadline on every query.
 
 aiomysql has no query timeout of its own, so every statement runs under
-``asyncio.wait_for``. A connection interrupted mid-statement is closed rather
+``asyncio.timeout`` (not ``wait_for``, which costs a new task per statement on
+the hot path). A connection interrupted mid-statement is closed rather
 than returned to the pool, since its protocol state is unknown.
 """
 
@@ -38,10 +39,12 @@ class Tx:
         self._timeout = timeout_s
 
     async def execute(self, sql: str, args: Sequence[Any] | dict | None = None) -> int:
-        return await asyncio.wait_for(self._cur.execute(sql, args), self._timeout)
+        async with asyncio.timeout(self._timeout):
+            return await self._cur.execute(sql, args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-        return await asyncio.wait_for(self._cur.executemany(sql, rows), self._timeout)
+        async with asyncio.timeout(self._timeout):
+            return await self._cur.executemany(sql, rows)
 
     async def fetchone(self, sql: str, args: Sequence[Any] | dict | None = None) -> dict | None:
         await self.execute(sql, args)
@@ -85,7 +88,8 @@ class MySQLManager(Manager):
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[aiomysql.Connection]:
-        conn = await asyncio.wait_for(self.pool.acquire(), self.query_timeout_s)
+        async with asyncio.timeout(self.query_timeout_s):
+            conn = await self.pool.acquire()
         try:
             yield conn
         except BaseException as exc:
@@ -102,7 +106,8 @@ class MySQLManager(Manager):
 
     async def _rollback_or_close(self, conn: aiomysql.Connection) -> None:
         try:
-            await asyncio.wait_for(conn.rollback(), self.query_timeout_s)
+            async with asyncio.timeout(self.query_timeout_s):
+                await conn.rollback()
         except Exception:
             conn.close()
 
@@ -121,10 +126,12 @@ class MySQLManager(Manager):
                         cur.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}"),
                         self.query_timeout_s,
                     )
-            await asyncio.wait_for(conn.begin(), self.query_timeout_s)
+            async with asyncio.timeout(self.query_timeout_s):
+                await conn.begin()
             async with conn.cursor(aiomysql.DictCursor) as cur:
                 yield Tx(cur, self.query_timeout_s)
-            await asyncio.wait_for(conn.commit(), self.query_timeout_s)
+            async with asyncio.timeout(self.query_timeout_s):
+                await conn.commit()
 
     @contextlib.asynccontextmanager
     async def cursor(self) -> AsyncIterator[Tx]:

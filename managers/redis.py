@@ -57,7 +57,8 @@ class RedisManager(Manager):
         return inst
 
     async def ping(self) -> None:
-        await asyncio.wait_for(self.client.ping(), self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):
+            await self.client.ping()
 
     # -- cache-aside ---------------------------------------------------------------------
     def _failed(self, op: str, exc: BaseException) -> None:
@@ -71,7 +72,8 @@ class RedisManager(Manager):
             metrics.CACHE_LOOKUPS.labels("bypass").inc()
             return None
         try:
-            value = await asyncio.wait_for(self.client.get(key), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                value = await self.client.get(key)
         except UNAVAILABLE as exc:
             metrics.CACHE_LOOKUPS.labels("error").inc()
             self._failed("get", exc)
@@ -83,7 +85,8 @@ class RedisManager(Manager):
         if time.monotonic() < self._bypass_until:
             return
         try:
-            await asyncio.wait_for(self.client.set(key, value, ex=self.ttl_s), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await self.client.set(key, value, ex=self.ttl_s)
         except UNAVAILABLE as exc:
             self._failed("set", exc)
 
@@ -99,7 +102,8 @@ class RedisManager(Manager):
     async def cache_delete(self, *keys: str) -> None:
         """Invalidate after a commit. Tried even while bypassing: a stale entry is worse than a timeout."""
         try:
-            await asyncio.wait_for(self.client.delete(*keys), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await self.client.delete(*keys)
         except UNAVAILABLE as exc:
             self._failed("delete", exc)
 
