@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from asyncio import Future
 
 import tornado.websocket
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClosedError
 
 from domain import users
 from domain.errors import APIError
@@ -64,6 +67,22 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
                     "error": {"code": "unknown_message", "message": 'the only client message is {"type": "ping"}'},
                 },
             )
+
+    def write_frame(self, frame: bytes) -> Future[None]:
+        """Write a message the hub already framed (``websocket_hub.text_frame``).
+
+        The hub frames an event once for all of its user's connections; Tornado's
+        ``write_message`` would frame it again per connection and wrap each write
+        in a new task. No compression is negotiated (``get_compression_options``
+        is left at None), so these bytes are exactly what ``write_message`` sends.
+        """
+        ws = self.ws_connection
+        if ws is None or ws.is_closing() or ws.stream is None:
+            raise WebSocketClosedError()
+        try:
+            return ws.stream.write(frame)
+        except StreamClosedError:
+            raise WebSocketClosedError() from None
 
     def on_close(self) -> None:
         if WebSocketHub.started():

@@ -92,7 +92,7 @@ WS_SLOW_CLOSED = Counter(
 )
 WS_DELIVERY_DELAY = Histogram(
     f"{PREFIX}_websocket_delivery_delay_seconds",
-    "From an event's occurred_at to its frame being written to a client",
+    "From an event's occurred_at to its frames being written to its user's connections (once per event)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 CONSUMER_LAG = Gauge(

@@ -13,7 +13,10 @@ are replayed from the outbox, then the held ones follow, minus duplicates.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import struct
+from asyncio import Future
 from typing import Protocol
 
 from tornado.websocket import WebSocketClosedError
@@ -41,7 +44,7 @@ class Socket(Protocol):
     held: list[tuple[str, bytes, str]]
     replayed_ids: set[str]
 
-    def write_message(self, message: bytes | str, binary: bool = False): ...
+    def write_frame(self, frame: bytes) -> Future[None]: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
@@ -124,37 +127,52 @@ class WebSocketHub(Manager):
 
     # -- sending ---------------------------------------------------------------------------
     async def broadcast(self, event: dict, raw: bytes) -> None:
-        """Consumer callback: the event's bytes to every connection of its user."""
+        """Consumer callback: the event's bytes to every connection of its user.
+
+        The WebSocket frame is built once and the same bytes written to each
+        connection (no compression is negotiated, so they are identical).
+        """
         conns = self.by_user.get(event.get("user_id") or "")
         if not conns:
             return
         event_id, event_type = event["event_id"], event["type"]
-        delay = _age_s(event.get("occurred_at"))
+        frame = text_frame(raw)
+        sent = 0
         for conn in list(conns.values()):
             if not conn.live:
                 if len(conn.held) >= self.replay_max_events:
                     self._close_slow(conn)
                 else:
                     conn.held.append((event_id, raw, event_type))
-            elif event_id not in conn.replayed_ids and self.send(conn, raw, event_type) and delay is not None:
+            elif event_id not in conn.replayed_ids:
+                sent += self._write(conn, frame)
+        if sent:
+            metrics.WS_FRAMES_SENT.labels(event_type).inc(sent)
+            delay = _age_s(event.get("occurred_at"))
+            if delay is not None:
                 metrics.WS_DELIVERY_DELAY.observe(delay)
 
     def send_frame(self, conn: Socket, frame: dict) -> bool:
         return self.send(conn, codec.dumps(frame), frame["type"])
 
     def send(self, conn: Socket, payload: bytes, frame_type: str) -> bool:
-        """Queue one frame unless the connection's backlog would pass the bound."""
-        size = len(payload)
+        """One message to one connection, unless its backlog would pass the bound."""
+        if not self._write(conn, text_frame(payload)):
+            return False
+        metrics.WS_FRAMES_SENT.labels(frame_type).inc()
+        return True
+
+    def _write(self, conn: Socket, frame: bytes) -> bool:
+        size = len(frame)
         if conn.pending_bytes + size > self.max_pending_bytes:
             self._close_slow(conn)
             return False
         try:
-            written = conn.write_message(payload)
+            written = conn.write_frame(frame)
         except WebSocketClosedError:
             return False
         conn.pending_bytes += size
-        written.add_done_callback(lambda future: _flushed(conn, size, future))
-        metrics.WS_FRAMES_SENT.labels(frame_type).inc()
+        written.add_done_callback(functools.partial(_flushed, conn, size))
         return True
 
     def _close_slow(self, conn: Socket) -> None:
@@ -174,7 +192,19 @@ class WebSocketHub(Manager):
         type(self)._uninstall()
 
 
-def _flushed(conn: Socket, size: int, future) -> None:
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455, 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+def _flushed(conn: Socket, size: int, future: Future[None]) -> None:
     conn.pending_bytes -= size
     if not future.cancelled():
         future.exception()  # retrieved: a write to a closed socket is expected, not an error
