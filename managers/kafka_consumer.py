@@ -114,6 +114,7 @@ class KafkaConsumerManager(Manager):
                 for records in batches.values():
                     for record in records:
                         await self._dispatch(record.value)
+                        await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
                 self.lag = await record_lag(self.consumer, NAME)
             except KafkaError as exc:
                 metrics.CONSUMER_ERRORS.labels(NAME).inc()
