@@ -16,6 +16,8 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 include devstack/services.mk
+include bench/bench.mk
+include loadtests/load.mk
 
 run: install services
 	$(PY) -m service

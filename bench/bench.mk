@@ -1,0 +1,24 @@
+# Benchmarks (bench/, see bench/README.md). Include from the top-level Makefile:
+#   include bench/bench.mk
+# `make bench` runs everything end to end (about 5 minutes) and writes docs/BENCHMARKS.md,
+# docs/bench/results.json and the plots. Settings: BENCH_* variables, e.g.
+#   make bench BENCH_DURATION=5 BENCH_WS_CONNECTIONS=2000   (command-line variables reach the environment)
+VENV ?= .venv
+PY ?= $(VENV)/bin/python
+
+.PHONY: bench bench-deps bench-profile bench-variants bench-report
+
+bench-deps: install
+	$(VENV)/bin/pip install --quiet -e '.[bench]'
+
+bench: bench-deps ## Benchmark every endpoint against a bare Tornado baseline, plus WebSocket fan-out
+	$(PY) -m bench
+
+bench-profile: bench-deps ## py-spy profiles of GET user, POST payments and the fan-out under load
+	$(PY) -m bench.profile
+
+bench-variants: bench-deps ## Measure uvloop / orjson (service unchanged)
+	$(PY) -m bench.variants
+
+bench-report: ## Rewrite docs/BENCHMARKS.md and the plots from docs/bench/*.json
+	$(PY) -m bench.report
