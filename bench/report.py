@@ -375,9 +375,14 @@ def markdown(results: dict, variants: dict | None, profile: dict | None, images:
 def history_section(h: dict) -> list[str]:
     """Before and after each profile-driven change: docs/bench/history.json, kept by hand
     (each row copied from the results.json of one `make bench` run)."""
-    lines = ["## Before and after", "", h["note"], "",
-             "| code | change | GET user ratio | GET user p99 ms | POST payments ratio | WS delivery p99 ms |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "## Before and after",
+        "",
+        h["note"],
+        "",
+        "| code | change | GET user ratio | GET user p99 ms | POST payments ratio | WS delivery p99 ms |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for row in h["runs"]:
         lines.append(
             f"| {row['commit']} | {row['change']} | {row['get_user_ratio']:.1%} | {row['get_user_p99_ms']:,.1f} | "
