@@ -22,7 +22,7 @@ from typing import Protocol
 from tornado.websocket import WebSocketClosedError
 
 from domain import codec, replay
-from managers import metrics
+from managers import metrics, mysql
 from managers.base import Manager
 
 log = logging.getLogger("singleton.websocket")
@@ -104,14 +104,18 @@ class WebSocketHub(Manager):
     async def catch_up(self, conn: Socket, last_event_id: str | None) -> None:
         """Replay what the client missed since ``last_event_id``, then go live."""
         if last_event_id is not None:
-            missed = await replay.missed_events(conn.user_id, last_event_id, self.replay_max_events)
+            try:
+                missed = await replay.missed_events(conn.user_id, last_event_id, self.replay_max_events)
+            except mysql.UNAVAILABLE as exc:  # the database is out of reach: say so and go live
+                log.warning("replay unavailable", extra={"user_id": conn.user_id, "error": repr(exc)})
+                missed = None
             if missed is None:
                 self.send_frame(
                     conn,
                     {
                         "type": "replay_unavailable",
                         "last_event_id": last_event_id,
-                        "message": "too far behind or unknown: refetch state over REST",
+                        "message": "cannot replay from that id: refetch state over REST",
                     },
                 )
             else:
