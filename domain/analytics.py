@@ -51,6 +51,9 @@ def _minor(amount: str, currency: str) -> int:
     return int(Decimal(amount).scaleb(EXPONENTS[currency]))
 
 
+USER_COPY = ("currency", "amount_minor", "status", "version")  # what a user document keeps of a payment
+
+
 def _state(payment: dict) -> dict:
     return {
         "user_id": payment["user_id"],
@@ -149,7 +152,7 @@ class AnalyticsStore:
         doc = await self.db.user_stats.find_one({"_id": user_id}) or {}
         known = doc.get("payments", {})
         changes = {
-            f"payments.{p['id']}": {k: _state(p)[k] for k in ("currency", "amount_minor", "status", "version")}
+            f"payments.{p['id']}": {k: v for k, v in _state(p).items() if k in USER_COPY}
             for p in payments
             if p["id"] not in known or known[p["id"]]["version"] < p["version"]
         }

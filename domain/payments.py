@@ -9,13 +9,14 @@ import hashlib
 import json
 import uuid
 from decimal import Decimal
+from typing import NamedTuple
 
 import pymysql
 
 from domain import codec, events, outbox, users
 from domain.errors import APIError, not_found
 from domain.money import MoneyError, format_amount, parse_amount
-from managers.mysql import MySQLManager, Tx
+from managers.mysql import MySQLManager, Tx, is_duplicate_key
 from managers.redis import RedisManager
 
 PENDING = "pending"
@@ -54,11 +55,12 @@ def _now() -> dt.datetime:
 
 
 # -- create ---------------------------------------------------------------------------------
-class Created:
+class Created(NamedTuple):
     """The outcome of a create: the status and body to send, and whether it is a replay."""
 
-    def __init__(self, status: int, body: bytes, replayed: bool):
-        self.status, self.body, self.replayed = status, body, replayed
+    status: int
+    body: bytes
+    replayed: bool
 
 
 def request_fingerprint(user_id: str, amount_minor: int, currency: str, description: str | None) -> str:
@@ -114,7 +116,7 @@ async def create(body: dict, max_amount: Decimal, idempotency_key: str | None = 
                     (response.decode(), idempotency_key),
                 )
     except pymysql.err.IntegrityError as exc:
-        if idempotency_key is None or not users.is_duplicate_key(exc):
+        if idempotency_key is None or not is_duplicate_key(exc):
             raise
         return await _replay(idempotency_key, fingerprint)
     outbox.notify_committed()

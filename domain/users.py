@@ -9,10 +9,9 @@ import pymysql
 
 from domain import codec, events, outbox
 from domain.errors import APIError, not_found
-from managers.mysql import MySQLManager, Tx
+from managers.mysql import MySQLManager, Tx, is_duplicate_key
 from managers.redis import RedisManager
 
-DUPLICATE_KEY = 1062
 _COLUMNS = "id, email, name, version, created_at, updated_at"
 
 
@@ -37,10 +36,6 @@ def resource(row: dict) -> dict:
         "created_at": codec.rfc3339(row["created_at"]),
         "updated_at": codec.rfc3339(row["updated_at"]),
     }
-
-
-def is_duplicate_key(exc: pymysql.err.IntegrityError) -> bool:
-    return bool(exc.args) and exc.args[0] == DUPLICATE_KEY
 
 
 EMAIL_TAKEN = (409, "email_taken", "another user already has this email")

@@ -25,6 +25,13 @@ log = logging.getLogger("singleton.mysql")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_LOCK_TIMEOUT_S = 30
 
+DUPLICATE_KEY = 1062  # ER_DUP_ENTRY
+
+
+def is_duplicate_key(exc: pymysql.err.IntegrityError) -> bool:
+    return bool(exc.args) and exc.args[0] == DUPLICATE_KEY
+
+
 ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
 
 # Errors that mean "the database is not there right now" (as opposed to a bad query).

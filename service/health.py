@@ -45,7 +45,7 @@ class HealthMonitor(Manager):
         self.event_interval_s = event_interval_s
         self._last_event_at: float | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._probe = PeriodicCallback(self._background_probe, probe_interval_s * 1000)
+        self._probe = PeriodicCallback(self.check, probe_interval_s * 1000)
 
     @classmethod
     def start(cls, server_cfg: dict, kafka_cfg: dict) -> HealthMonitor:
@@ -101,9 +101,6 @@ class HealthMonitor(Manager):
         except Exception as exc:
             metrics.HEALTH_EVENTS.labels("failed").inc()
             log.warning("health_check event not sent", extra={"error": repr(exc)})
-
-    async def _background_probe(self) -> None:
-        await self.check()
 
     async def close(self) -> None:
         self._probe.stop()

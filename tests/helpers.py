@@ -15,6 +15,7 @@ from typing import Any
 
 import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,6 +54,11 @@ async def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s: {what or predicate}; last={last!r}")
         await asyncio.sleep(interval)
+
+
+def metric(name: str, labels: dict[str, str] | None = None) -> float:
+    """The current value of one of the service's Prometheus samples (0 before the first)."""
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
 def free_port() -> int:

@@ -6,15 +6,14 @@ import asyncio
 import subprocess
 
 import pytest
-from prometheus_client import REGISTRY
 
 from domain import payments, users
 from managers.redis import RedisManager
-from tests.helpers import run_make, wait_until
+from tests.helpers import metric, run_make, wait_until
 
 
 def lookups(result: str) -> float:
-    return REGISTRY.get_sample_value("singleton_cache_lookups_total", {"result": result}) or 0.0
+    return metric("singleton_cache_lookups_total", {"result": result})
 
 
 @pytest.mark.gen_test

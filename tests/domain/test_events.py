@@ -6,10 +6,9 @@ import asyncio
 import subprocess
 
 import pytest
-from prometheus_client import REGISTRY
 
 from managers.mysql import MySQLManager
-from tests.helpers import ROOT, consumer_drain, end_positions, read_events, topic_consumer, wait_until
+from tests.helpers import ROOT, consumer_drain, end_positions, metric, read_events, topic_consumer, wait_until
 
 
 def of_user(seen: list[dict], user_id: str) -> list[dict]:
@@ -81,7 +80,7 @@ async def pending() -> int:
 
 
 def publish_failures() -> float:
-    return REGISTRY.get_sample_value("singleton_outbox_publish_failures_total") or 0.0
+    return metric("singleton_outbox_publish_failures_total")
 
 
 @pytest.mark.gen_test(timeout=300)

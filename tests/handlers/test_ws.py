@@ -18,7 +18,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from managers import websocket_hub
 from managers.websocket_hub import WebSocketHub
 from service.app import make_app
-from tests.helpers import wait_until
+from tests.helpers import metric, wait_until
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -195,7 +195,7 @@ async def test_a_slow_client_is_closed_and_does_not_hold_up_others(api, base_url
     slow = await raw_upgrade(http_port, f"/ws?user_id={user['id']}&client_id=slow")
     try:
         await wait_until(lambda: len(hub.connections(user["id"])) == 2, what="both connections registered")
-        slow_closed_before = _sample("singleton_websocket_slow_clients_closed_total")
+        slow_closed_before = metric("singleton_websocket_slow_clients_closed_total")
         chunk = "x" * 50_000
         fast_got = 0
         for i in range(200):  # 10 MB for a client that reads nothing
@@ -210,17 +210,11 @@ async def test_a_slow_client_is_closed_and_does_not_hold_up_others(api, base_url
             frame = await fast.next_frame("user_updated", i=i)
             fast_got += frame["data"]["i"] == i
         assert fast_got == 200, "the fast client must get every frame while the slow one backs up"
-        assert _sample("singleton_websocket_slow_clients_closed_total") == slow_closed_before + 1
+        assert metric("singleton_websocket_slow_clients_closed_total") == slow_closed_before + 1
         assert [c.client_id for c in hub.connections(user["id"])] == ["fast"]
     finally:
         slow.close()
         fast.close()
-
-
-def _sample(name: str, labels: dict | None = None) -> float:
-    from prometheus_client import REGISTRY
-
-    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -231,12 +225,12 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(api, config, service
     server.add_sockets([sock_listener])
     user = await api.new_user()
     hub = WebSocketHub.instance()
-    lost_before = _sample("singleton_websocket_disconnects_total", {"reason": "lost"})
+    lost_before = metric("singleton_websocket_disconnects_total", {"reason": "lost"})
     dead = await raw_upgrade(port, f"/ws?user_id={user['id']}&client_id=dead")
     try:
         await wait_until(lambda: len(hub.connections(user["id"])) == 1, what="the connection registered")
         await wait_until(lambda: not hub.connections(user["id"]), timeout=10, what="the silent peer dropped")
-        assert _sample("singleton_websocket_disconnects_total", {"reason": "lost"}) == lost_before + 1
+        assert metric("singleton_websocket_disconnects_total", {"reason": "lost"}) == lost_before + 1
     finally:
         dead.close()
         server.stop()
