@@ -19,11 +19,15 @@ from prometheus_client import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The devstack ports can be moved (MYSQL_PORT, REDIS_PORT, ... and the matching
+# SINGLETON_* variables), e.g. for a second stack beside the first.
+REDIS_PORT = int(os.environ.get("REDIS_PORT", "6379"))
+
 # Everything the tests touch lives apart from what `make run` uses.
 TEST_OVERRIDES: dict[str, dict[str, Any]] = {
     "mysql": {"database": "singleton_test"},
     "mongodb": {"database": "singleton_test"},
-    "redis": {"url": "redis://127.0.0.1:6379/15"},
+    "redis": {"url": f"redis://127.0.0.1:{REDIS_PORT}/15"},
     "kafka": {"topic": "singleton-events-test", "analytics_group": "singleton-analytics-test"},
     "logging": {"file": "", "level": "WARNING"},
     "startup": {"attempts": 3, "retry_delay_s": 0.5},
@@ -76,6 +80,11 @@ def ensure_database(cfg: dict) -> None:
             cur.execute(f"CREATE DATABASE IF NOT EXISTS `{cfg['database']}` CHARACTER SET utf8mb4")
     finally:
         conn.close()
+
+
+def stop_redis() -> None:
+    """Shut the real Redis down (``run_make("services")`` brings it back)."""
+    subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], capture_output=True, timeout=10)
 
 
 def run_make(target: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import pytest
 
 from domain import payments, users
 from managers.redis import RedisManager
-from tests.helpers import metric, run_make, wait_until
+from tests.helpers import metric, run_make, stop_redis, wait_until
 
 
 def lookups(result: str) -> float:
@@ -50,7 +49,7 @@ async def test_reads_and_writes_go_on_without_redis(api):
     user = await api.new_user(name="Before outage")
     payment = await api.new_payment(user["id"])
     await api.get(f"/api/v1/users/{user['id']}")  # now cached
-    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=10)
+    stop_redis()
     try:
         errors = lookups("error") + lookups("bypass")
         code, body, _ = await api.get(f"/api/v1/users/{user['id']}")

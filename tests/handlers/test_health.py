@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 
 import pytest
 
 from service.health import HealthMonitor
-from tests.helpers import consumer_drain, read_events, run_make, topic_consumer, wait_until
+from tests.helpers import consumer_drain, read_events, run_make, stop_redis, topic_consumer, wait_until
 
 DEPENDENCIES = {"mysql", "mongodb", "redis", "kafka"}
 
@@ -32,7 +31,7 @@ async def test_health_is_ok_when_every_dependency_answers(http_client, base_url)
 
 @pytest.mark.gen_test(timeout=180)
 async def test_health_names_redis_when_it_is_down_and_recovers_without_restart(http_client, base_url):
-    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=10)
+    stop_redis()
     try:
         code, body = await get_health(http_client, base_url)
         assert code == 503
