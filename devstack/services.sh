@@ -19,6 +19,7 @@ mkdir -p "$DEVSTACK_DIR"
 DEVSTACK_DIR="$(cd "$DEVSTACK_DIR" && pwd)"
 
 DATA_DIR="$DEVSTACK_DIR/data"
+SECRETS_DIR="$DEVSTACK_DIR/secrets"
 LOG_DIR="$DEVSTACK_DIR/logs"
 RUN_DIR="$DEVSTACK_DIR/run"
 CACHE_DIR="$DEVSTACK_DIR/cache"
@@ -32,7 +33,7 @@ FERRETDB_DEBUG_ADDR="${FERRETDB_DEBUG_ADDR:--}" # "-" disables FerretDB's debug 
 
 MYSQL_DATABASE=singleton_db
 MYSQL_USER=singleton
-MYSQL_PASSWORD=singleton
+MYSQL_PASSWORD_FILE="$SECRETS_DIR/mysql.password"
 MYSQL_SOCKET="$RUN_DIR/mysqld.sock"
 KAFKA_TOPIC=singleton-events
 KAFKA_TOPIC_PARTITIONS=3
@@ -220,10 +221,26 @@ need_cmd() {
   command -v "$cmd" >/dev/null 2>&1 || apt_install "$@"
 }
 
+# ---------------------------------------------------------------- secrets
+
+# The dev secrets: generated once, kept in git-ignored state, read by config.yaml's
+# *_file keys. Nothing secret is ever committed or printed.
+ensure_secret() {
+  local file=$1
+  [[ -s "$file" ]] && return 0
+  (umask 077 && mkdir -p "$(dirname "$file")" && head -c 32 /dev/urandom | base64 | tr -d '/+=\n' >"$file")
+  log "secrets: generated $file"
+}
+
+ensure_secrets() {
+  ensure_secret "$MYSQL_PASSWORD_FILE"
+  ensure_secret "$SECRETS_DIR/ws_token.secret"
+}
+
 # ---------------------------------------------------------------- mariadb
 
 mariadb_ready() {
-  [[ "$(MYSQL_PWD="$MYSQL_PASSWORD" mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P "$MYSQL_PORT" \
+  [[ "$(MYSQL_PWD="$(cat "$MYSQL_PASSWORD_FILE")" mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P "$MYSQL_PORT" \
     -u "$MYSQL_USER" -N -B -e 'SELECT 1' "$MYSQL_DATABASE" 2>/dev/null)" == 1 ]]
 }
 
@@ -232,9 +249,30 @@ mariadb_root() {
   mariadb --no-defaults --protocol=SOCKET -S "$MYSQL_SOCKET" -u root "$@"
 }
 
+# The database and the service's user, with the password from the secrets file.
+# Idempotent: run on every start, and on a reused server of ours, so a changed
+# secret takes effect. singleton\_test% lets the test suite create its own databases.
+mariadb_setup() {
+  local password
+  password="$(cat "$MYSQL_PASSWORD_FILE")"
+  mariadb_root <<SQL
+CREATE DATABASE IF NOT EXISTS \`$MYSQL_DATABASE\`;
+CREATE USER IF NOT EXISTS '$MYSQL_USER'@'%' IDENTIFIED BY '$password';
+CREATE USER IF NOT EXISTS '$MYSQL_USER'@'localhost' IDENTIFIED BY '$password';
+ALTER USER '$MYSQL_USER'@'%' IDENTIFIED BY '$password';
+ALTER USER '$MYSQL_USER'@'localhost' IDENTIFIED BY '$password';
+GRANT ALL PRIVILEGES ON \`$MYSQL_DATABASE\`.* TO '$MYSQL_USER'@'%', '$MYSQL_USER'@'localhost';
+GRANT ALL PRIVILEGES ON \`singleton\\_test%\`.* TO '$MYSQL_USER'@'%', '$MYSQL_USER'@'localhost';
+FLUSH PRIVILEGES;
+SQL
+}
+
 mariadb_up() {
   local logfile="$LOG_DIR/mariadb.log" datadir="$DATA_DIR/mariadb"
   need_cmd mariadb mariadb-client
+  if ! mariadb_ready && our_pid mariadb >/dev/null && mariadb_root -e 'SELECT 1' >/dev/null 2>&1; then
+    mariadb_setup >>"$logfile" 2>&1 || fail mariadb "$logfile" "setting the user's password failed"
+  fi
   if mariadb_ready; then
     log "mariadb: reusing server on 127.0.0.1:$MYSQL_PORT"
     return 0
@@ -258,16 +296,7 @@ mariadb_up() {
     --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci)"
   wait_for mariadb 60 "$pid" mariadb_root -e 'SELECT 1' || fail mariadb "$logfile" "server did not come up"
 
-  # Idempotent: safe on every start. singleton\_test% lets the test suite
-  # create and drop its own databases.
-  mariadb_root >>"$logfile" 2>&1 <<SQL || fail mariadb "$logfile" "creating database/user failed"
-CREATE DATABASE IF NOT EXISTS \`$MYSQL_DATABASE\`;
-CREATE USER IF NOT EXISTS '$MYSQL_USER'@'%' IDENTIFIED BY '$MYSQL_PASSWORD';
-CREATE USER IF NOT EXISTS '$MYSQL_USER'@'localhost' IDENTIFIED BY '$MYSQL_PASSWORD';
-GRANT ALL PRIVILEGES ON \`$MYSQL_DATABASE\`.* TO '$MYSQL_USER'@'%', '$MYSQL_USER'@'localhost';
-GRANT ALL PRIVILEGES ON \`singleton\\_test%\`.* TO '$MYSQL_USER'@'%', '$MYSQL_USER'@'localhost';
-FLUSH PRIVILEGES;
-SQL
+  mariadb_setup >>"$logfile" 2>&1 || fail mariadb "$logfile" "creating database/user failed"
   wait_for mariadb 60 "$pid" mariadb_ready || fail mariadb "$logfile" "SELECT 1 as $MYSQL_USER failed"
   log "mariadb: ready (pid $pid)"
 }
@@ -547,7 +576,7 @@ main() {
   done
   mkdir -p "$DATA_DIR" "$LOG_DIR" "$RUN_DIR" "$CACHE_DIR"
   case $cmd in
-  up) cmd_up "${services[@]}" ;;
+  up) ensure_secrets && cmd_up "${services[@]}" ;;
   down) cmd_down "${services[@]}" ;;
   status) cmd_status "${services[@]}" ;;
   tools) cmd_tools ;;

@@ -1,4 +1,9 @@
-"""ConfigManager: config.yaml, environment overrides, JSON Schema validation."""
+"""ConfigManager: config.yaml, environment overrides, JSON Schema validation, secrets.
+
+A secret (``SECRETS``) is never YAML-parsed from the environment, never echoed in
+an error, and may come from the file its ``<key>_file`` names when the key itself
+is empty. Relative paths in the file are relative to the file's own directory.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,13 @@ _pos = {"type": "number", "exclusiveMinimum": 0}
 _port = {"type": "integer", "minimum": 1, "maximum": 65535}
 _str = {"type": "string", "minLength": 1}
 _strs = {"type": "array", "items": {"type": "string"}}
+_path = {"type": "string"}  # relative to the config file's directory; "" for none
+
+# (section, key): values that must never appear in an error or a log line. The
+# URLs may carry credentials, so they are redacted from errors too.
+SECRETS = {("mysql", "password"), ("auth", "token_secret")}
+SENSITIVE = SECRETS | {("redis", "url"), ("mongodb", "uri")}
+PATHS = {("mysql", "password_file"), ("auth", "token_secret_file"), ("auth", "bootstrap_admin_key_file")}
 
 SCHEMA: dict = _obj(
     {
@@ -39,6 +51,9 @@ SCHEMA: dict = _obj(
                 "host": _str,
                 "port": {"type": "integer", "minimum": 0, "maximum": 65535},
                 "max_body_bytes": {"type": "integer", "minimum": 1},
+                "max_header_bytes": {"type": "integer", "minimum": 1024},
+                "idle_connection_timeout_s": _pos,
+                "body_timeout_s": _pos,
                 "shutdown_timeout_s": _pos,
                 "health_probe_interval_s": _pos,
                 "health_check_timeout_s": _pos,
@@ -50,6 +65,7 @@ SCHEMA: dict = _obj(
                 "port": _port,
                 "user": _str,
                 "password": {"type": "string"},
+                "password_file": _path,
                 "database": {"type": "string", "pattern": "^[A-Za-z0-9_]+$"},
                 "pool_min": _int,
                 "pool_max": {"type": "integer", "minimum": 1},
@@ -93,6 +109,8 @@ SCHEMA: dict = _obj(
         "websocket": _obj(
             {
                 "max_connections": {"type": "integer", "minimum": 1},
+                "max_per_user": {"type": "integer", "minimum": 1},
+                "max_per_ip": {"type": "integer", "minimum": 1},
                 "max_message_bytes": {"type": "integer", "minimum": 1},
                 "ping_interval_s": _pos,
                 "ping_timeout_s": _pos,
@@ -109,6 +127,29 @@ SCHEMA: dict = _obj(
             }
         ),
         "cors": _obj({"allowed_origins": _strs, "allowed_methods": _strs, "allowed_headers": _strs}),
+        "auth": _obj(
+            {
+                "enabled": {"type": "boolean"},
+                "key_cache_ttl_s": {"type": "number", "minimum": 0, "maximum": 5},
+                "bootstrap_admin_key_file": _path,
+                "token_secret": {"type": "string"},
+                "token_secret_file": _path,
+                "token_ttl_s": {"type": "integer", "minimum": 1, "maximum": 300},
+            }
+        ),
+        "rate_limit": _obj(
+            {
+                "enabled": {"type": "boolean"},
+                "read_per_s": _pos,
+                "read_burst": {"type": "integer", "minimum": 1},
+                "write_per_s": _pos,
+                "write_burst": {"type": "integer", "minimum": 1},
+                "anonymous_per_s": _pos,
+                "anonymous_burst": {"type": "integer", "minimum": 1},
+                "fail_open": {"type": "boolean"},
+            }
+        ),
+        "metrics": _obj({"host": _str, "port": {"type": "integer", "minimum": 0, "maximum": 65535}}),
         "startup": _obj({"attempts": {"type": "integer", "minimum": 1}, "retry_delay_s": _pos}),
     }
 )
@@ -124,6 +165,9 @@ def _apply_env(data: dict, env: Mapping[str, str]) -> None:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if not section or not key:
+            continue
+        if (section, key) in SECRETS:  # taken as it is: "123" stays a string, and no parse error echoes it
+            data.setdefault(section, {})[key] = raw
             continue
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
@@ -158,11 +202,35 @@ def load(
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         raise ConfigError("; ".join(_describe(e) for e in errors))
+    _resolve(data, path.resolve().parent)
     return data
 
 
+def _resolve(data: dict, base: Path) -> None:
+    """Make paths absolute, and fill each empty secret from its file."""
+    for section, key in PATHS:
+        if data[section][key]:
+            data[section][key] = str(base / data[section][key])
+    for section, key in SECRETS:
+        file = data[section][f"{key}_file"]
+        if data[section][key] or not file:
+            continue
+        try:
+            data[section][key] = Path(file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{section}.{key} is empty and {section}.{key}_file cannot be read ({file}: {exc.strerror}); "
+                f"set SINGLETON_{section.upper()}__{key.upper()}, or run `make services` for the dev secrets"
+            ) from None
+        if not data[section][key]:
+            raise ConfigError(f"{section}.{key} is empty and so is {file}")
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
-    where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    path = tuple(str(p) for p in error.absolute_path)
+    where = ".".join(path) or "<top level>"
+    if path[:2] in SENSITIVE:
+        return f"{where}: invalid value (not shown: it may hold a secret)"
     return f"{where}: {error.message}"
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from managers import config as config_module
 from managers.config import ConfigError, ConfigManager
@@ -54,3 +57,52 @@ def test_unreadable_and_malformed_files(tmp_path):
 def test_config_manager_holds_sections():
     cfg = config_module.load(env={})
     assert ConfigManager(cfg)["redis"] is cfg["redis"]
+
+
+def test_a_secret_from_the_environment_is_taken_as_it_is():
+    cfg = config_module.load(env={"SINGLETON_MYSQL__PASSWORD": "123", "SINGLETON_AUTH__TOKEN_SECRET": "a: [b"})
+    assert cfg["mysql"]["password"] == "123"
+    assert cfg["auth"]["token_secret"] == "a: [b"
+
+
+def repository_config(tmp_path, **changes) -> Path:
+    """A copy of config.yaml in ``tmp_path`` with some keys replaced."""
+    data = yaml.safe_load(config_module.DEFAULT_PATH.read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        data[section][key] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_an_invalid_secret_is_named_but_never_shown(tmp_path):
+    path = repository_config(tmp_path, mysql__password=987654321, redis__url=["redis://:hunter2@db:6379/0"])
+    with pytest.raises(ConfigError) as caught:
+        config_module.load(path, env={})
+    message = str(caught.value)
+    assert "mysql.password: invalid value" in message and "redis.url: invalid value" in message
+    assert "987654321" not in message and "hunter2" not in message
+
+
+def test_an_empty_secret_is_read_from_its_file_relative_to_the_config(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "db").write_text("from-the-file\n")
+    path = repository_config(tmp_path, mysql__password="", mysql__password_file="s/db", auth__token_secret="t" * 32)
+    assert config_module.load(path, env={})["mysql"]["password"] == "from-the-file"
+
+
+def test_a_missing_secret_file_names_the_key_and_how_to_make_it(tmp_path):
+    path = repository_config(tmp_path, mysql__password="", mysql__password_file="nowhere/db", auth__token_secret="t")
+    with pytest.raises(
+        ConfigError, match=r"mysql\.password is empty and mysql\.password_file cannot be read"
+    ) as caught:
+        config_module.load(path, env={})
+    assert "SINGLETON_MYSQL__PASSWORD" in str(caught.value) and "make services" in str(caught.value)
+
+
+def test_the_shipped_config_holds_no_secret():
+    data = yaml.safe_load(config_module.DEFAULT_PATH.read_text())
+    for section, key in config_module.SECRETS:
+        assert data[section][key] == "", f"{section}.{key} must come from the environment or its file"
+    assert data["auth"]["enabled"] is True and data["rate_limit"]["enabled"] is True
