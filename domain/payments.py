@@ -17,7 +17,7 @@ from domain import codec, events, outbox, users
 from domain.errors import APIError, not_found
 from domain.money import MoneyError, format_amount, parse_amount
 from managers.mysql import MySQLManager, Tx, is_duplicate_key
-from managers.redis import RedisManager
+from managers.redis import Cached, RedisManager
 
 PENDING = "pending"
 # Where each status may go next; absent or empty means final.
@@ -55,6 +55,15 @@ def _now() -> dt.datetime:
 
 
 # -- create ---------------------------------------------------------------------------------
+def user_not_found(user_id: str) -> APIError:
+    return APIError(
+        422,
+        "user_not_found",
+        f"user {user_id} does not exist",
+        details=[{"field": "user_id", "message": "no such user"}],
+    )
+
+
 class Created(NamedTuple):
     """The outcome of a create: the status and body to send, and whether it is a replay."""
 
@@ -69,7 +78,13 @@ def request_fingerprint(user_id: str, amount_minor: int, currency: str, descript
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def create(body: dict, max_amount: Decimal, idempotency_key: str | None = None) -> Created:
+async def create(
+    body: dict, max_amount: Decimal, idempotency_key: str | None = None, idempotency_scope: str = "admin"
+) -> Created:
+    """Create a pending payment. An ``idempotency_key`` is remembered within its
+    caller's ``idempotency_scope``, so two callers choosing the same key never collide."""
+    if idempotency_key is not None:
+        idempotency_key = f"{idempotency_scope}:{idempotency_key}"
     try:
         amount_minor = parse_amount(body["amount"], body["currency"], max_amount)
     except MoneyError as exc:
@@ -99,12 +114,7 @@ async def create(body: dict, max_amount: Decimal, idempotency_key: str | None = 
                     (idempotency_key, fingerprint, now),
                 )
             if await users.lock(tx, user_id) is None:
-                raise APIError(
-                    422,
-                    "user_not_found",
-                    f"user {user_id} does not exist",
-                    details=[{"field": "user_id", "message": "no such user"}],
-                )
+                raise user_not_found(user_id)
             await tx.execute(
                 f"INSERT INTO payments ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 tuple(row[c.strip()] for c in _COLUMNS.split(",")),
@@ -141,14 +151,18 @@ async def _replay(idempotency_key: str, fingerprint: str) -> Created:
 
 
 # -- read -----------------------------------------------------------------------------------
-async def get_json(payment_id: str) -> bytes:
-    """The payment as response bytes, from Redis when cached, else from MariaDB."""
+def cached(payment: dict) -> Cached:
+    return Cached(codec.dumps(payment), payment["version"], payment["user_id"])
 
-    async def load() -> bytes:
+
+async def get(payment_id: str) -> Cached:
+    """The payment as response bytes with its version and owner, from Redis when cached, else MariaDB."""
+
+    async def load() -> Cached:
         row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
         if row is None:
             raise not_found("payment", payment_id)
-        return codec.dumps(resource(row))
+        return cached(resource(row))
 
     return await RedisManager.instance().read_through(cache_key(payment_id), load)
 
@@ -164,8 +178,20 @@ async def _lock_payment(tx: Tx, payment_id: str) -> dict:
     return row
 
 
-async def update_status(payment_id: str, new_status: str) -> dict:
-    """Move along the state machine; the same status again is a no-op with no event."""
+class Actor(NamedTuple):
+    """Who asked for a change, for the audit trail."""
+
+    key_id: str | None
+    request_id: str | None
+    remote_ip: str | None
+
+
+async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict:
+    """Move along the state machine; the same status again is a no-op with no event.
+
+    Each change writes its event and its ``payment_status_history`` row in the
+    same transaction as the change itself.
+    """
     async with MySQLManager.instance().transaction() as tx:
         row = await _lock_payment(tx, payment_id)
         current = row["status"]
@@ -184,12 +210,38 @@ async def update_status(payment_id: str, new_status: str) -> dict:
             "UPDATE payments SET status = %s, version = %s, updated_at = %s WHERE id = %s",
             (new_status, updated["version"], now, payment_id),
         )
+        await tx.execute(
+            "INSERT INTO payment_status_history (payment_id, from_status, to_status, version, actor_key_id,"
+            " request_id, remote_ip, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (payment_id, current, new_status, updated["version"], *actor, now),
+        )
         payment = resource(updated)
         data = {**payment, "previous_status": current}
         await outbox.add(tx, events.envelope(events.PAYMENT_UPDATED, row["user_id"], data, now))
-    await RedisManager.instance().cache_delete(cache_key(payment_id))
+    await RedisManager.instance().cache_put(cache_key(payment_id), cached(payment))
     outbox.notify_committed()
     return payment
+
+
+async def history(payment_id: str) -> list[dict]:
+    """The payment's status changes, oldest first."""
+    rows = await MySQLManager.instance().fetchall(
+        "SELECT from_status, to_status, version, actor_key_id, request_id, remote_ip, created_at"
+        " FROM payment_status_history WHERE payment_id = %s ORDER BY version",
+        (payment_id,),
+    )
+    return [
+        {
+            "from": row["from_status"],
+            "to": row["to_status"],
+            "version": row["version"],
+            "actor_key_id": row["actor_key_id"],
+            "request_id": row["request_id"],
+            "remote_ip": row["remote_ip"],
+            "at": codec.rfc3339(row["created_at"]),
+        }
+        for row in rows
+    ]
 
 
 # -- pages ----------------------------------------------------------------------------------
@@ -199,12 +251,16 @@ def encode_cursor(row: dict) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    invalid = APIError(400, "invalid_cursor", "cursor is not one this service issued")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, payment_id = json.loads(raw)
-        return dt.datetime.fromisoformat(created_at), str(payment_id)
+        created_at, payment_id = codec.loads(raw)
+        when = dt.datetime.fromisoformat(created_at)
     except (ValueError, TypeError, binascii.Error):
-        raise APIError(400, "invalid_cursor", "cursor is not one this service issued") from None
+        raise invalid from None
+    if when.tzinfo is not None or not isinstance(payment_id, str) or not codec.is_uuid(payment_id):
+        raise invalid
+    return when, payment_id
 
 
 async def list_for_user(user_id: str, limit: int, cursor: str | None, status: str | None) -> dict:

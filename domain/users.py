@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 import uuid
+from typing import Any
 
 import pymysql
 
 from domain import codec, events, outbox
 from domain.errors import APIError, not_found
 from managers.mysql import MySQLManager, Tx, is_duplicate_key
-from managers.redis import RedisManager
+from managers.redis import Cached, RedisManager
 
 _COLUMNS = "id, email, name, version, created_at, updated_at"
 
@@ -24,7 +26,16 @@ def etag(version: int) -> str:
 
 
 def normalize_email(email: str) -> str:
-    return email.strip().lower()
+    """NFKC, then lower case: what is stored and compared. Lower-casing can lengthen
+    a string ('İ' becomes two code points), so lengths are checked after this."""
+    return unicodedata.normalize("NFKC", email.strip()).lower()
+
+
+def normalized(body: Any) -> Any:
+    """A create or update body with its email normalised, ready to be validated."""
+    if isinstance(body, dict) and isinstance(body.get("email"), str):
+        return {**body, "email": normalize_email(body["email"])}
+    return body
 
 
 def resource(row: dict) -> dict:
@@ -45,7 +56,7 @@ async def create(email: str, name: str) -> dict:
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     row = {
         "id": str(uuid.uuid4()),
-        "email": normalize_email(email),
+        "email": email,
         "name": name,
         "version": 1,
         "created_at": now,
@@ -67,14 +78,18 @@ async def create(email: str, name: str) -> dict:
     return user
 
 
-async def get_json(user_id: str) -> bytes:
-    """The user as response bytes, from Redis when cached, else from MariaDB."""
+def cached(user: dict) -> Cached:
+    return Cached(codec.dumps(user), user["version"], user["id"])
 
-    async def load() -> bytes:
+
+async def get(user_id: str) -> Cached:
+    """The user as response bytes with its version, from Redis when cached, else from MariaDB."""
+
+    async def load() -> Cached:
         row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
         if row is None:
             raise not_found("user", user_id)
-        return codec.dumps(resource(row))
+        return cached(resource(row))
 
     return await RedisManager.instance().read_through(cache_key(user_id), load)
 
@@ -92,8 +107,6 @@ def _matches(if_match: str, version: int) -> bool:
 
 async def update(user_id: str, changes: dict, if_match: str | None = None) -> dict:
     """Apply a partial update; no event and no new version when nothing changes."""
-    if "email" in changes:
-        changes = {**changes, "email": normalize_email(changes["email"])}
     try:
         async with MySQLManager.instance().transaction() as tx:
             row = await lock(tx, user_id)
@@ -120,7 +133,7 @@ async def update(user_id: str, changes: dict, if_match: str | None = None) -> di
         if is_duplicate_key(exc):
             raise APIError(*EMAIL_TAKEN) from None
         raise
-    await RedisManager.instance().cache_delete(cache_key(user_id))
+    await RedisManager.instance().cache_put(cache_key(user_id), cached(user))
     outbox.notify_committed()
     return user
 

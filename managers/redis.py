@@ -1,10 +1,12 @@
 """RedisManager: one ``redis.asyncio`` client with short, explicit timeouts,
-and the cache-aside operations the domain uses.
+the cache-aside operations the domain uses, and the rate limiter's token bucket.
 
 Redis is a cache here: its failures are counted and treated as misses, never
 raised, so a slow or absent Redis costs one short timeout, never a failed
-request. After a failure the cache is bypassed for a moment, so an outage does
-not charge every request a timeout.
+request. After a failure Redis is bypassed for a moment, so an outage does
+not charge every request a timeout. Cached entries carry their version and
+are only ever replaced by a newer one (one Lua script), so a slow reader can
+never put back a version older than one already committed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -27,6 +30,51 @@ BYPASS_AFTER_ERROR_S = 1.0
 
 UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
 
+# A cached resource: hash fields v (version), o (owning user id), b (the response body).
+_PUT_IF_NEWER = """
+local cached = tonumber(redis.call('HGET', KEYS[1], 'v'))
+if cached and cached >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'o', ARGV[2], 'b', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+# A token bucket, refilled at ARGV[1] tokens/s up to ARGV[2], on the server's clock.
+# Returns allowed (0/1), tokens left, seconds until one is free, seconds until full.
+_TAKE_TOKEN = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(state[1]), tonumber(state[2])
+if tokens == nil then tokens, at = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local allowed, wait = 0, 0
+if tokens >= 1 then
+  tokens, allowed = tokens - 1, 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, tostring(tokens), tostring(wait), tostring((burst - tokens) / rate)}
+"""
+
+
+class Cached(NamedTuple):
+    """A resource as the cache keeps it: its response body, version (the ETag) and owner."""
+
+    body: bytes
+    version: int
+    owner: str
+
+
+class Bucket(NamedTuple):
+    allowed: bool
+    remaining: int
+    retry_after_s: float
+    reset_s: float
+
 
 class RedisManager(Manager):
     def __init__(self, client: aioredis.Redis, cfg: dict):
@@ -34,6 +82,9 @@ class RedisManager(Manager):
         self.ttl_s = cfg["cache_ttl_s"]
         self.timeout_s = cfg["socket_timeout_s"] + cfg["connect_timeout_s"]
         self._bypass_until = 0.0
+        # Scripts are sent by hash; redis-py reloads one the server lost (NOSCRIPT) after a restart.
+        self._put_if_newer = client.register_script(_PUT_IF_NEWER)
+        self._take_token = client.register_script(_TAKE_TOKEN)
 
     @classmethod
     async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> RedisManager:
@@ -64,48 +115,65 @@ class RedisManager(Manager):
     def _failed(self, op: str, exc: BaseException) -> None:
         metrics.CACHE_ERRORS.labels(op).inc()
         if time.monotonic() >= self._bypass_until:
-            log.warning("cache unavailable, reading through", extra={"op": op, "error": repr(exc)})
+            log.warning("redis unavailable: bypassing it for a moment", extra={"op": op, "error": repr(exc)})
         self._bypass_until = time.monotonic() + BYPASS_AFTER_ERROR_S
 
-    async def cache_get(self, key: str) -> bytes | None:
-        if time.monotonic() < self._bypass_until:
+    def bypassing(self) -> bool:
+        """True for a moment after a failed call: Redis is not tried meanwhile."""
+        return time.monotonic() < self._bypass_until
+
+    async def cache_get(self, key: str) -> Cached | None:
+        if self.bypassing():
             metrics.CACHE_LOOKUPS.labels("bypass").inc()
             return None
         try:
             async with asyncio.timeout(self.timeout_s):
-                value = await self.client.get(key)
+                version, owner, body = await self.client.hmget(key, ("v", "o", "b"))
         except UNAVAILABLE as exc:
             metrics.CACHE_LOOKUPS.labels("error").inc()
             self._failed("get", exc)
             return None
-        metrics.CACHE_LOOKUPS.labels("hit" if value is not None else "miss").inc()
-        return value
+        if body is None:
+            metrics.CACHE_LOOKUPS.labels("miss").inc()
+            return None
+        metrics.CACHE_LOOKUPS.labels("hit").inc()
+        return Cached(body, int(version), owner.decode())
 
-    async def cache_set(self, key: str, value: bytes) -> None:
-        if time.monotonic() < self._bypass_until:
+    async def cache_put(self, key: str, entry: Cached) -> None:
+        """Store ``entry`` unless the cache already holds this version or a newer one.
+
+        Readers and writers both put what they have: a read that loaded version 1
+        before a write committed version 2 can no longer overwrite it.
+        """
+        if self.bypassing():
             return
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self.client.set(key, value, ex=self.ttl_s)
+                await self._put_if_newer(keys=[key], args=[entry.version, entry.owner, entry.body, self.ttl_s])
         except UNAVAILABLE as exc:
             self._failed("set", exc)
 
-    async def read_through(self, key: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
-        """Cache-aside: the cached bytes, else ``load()``'s, which are then cached."""
+    async def read_through(self, key: str, load: Callable[[], Awaitable[Cached]]) -> Cached:
+        """Cache-aside: the cached entry, else ``load()``'s, which is then cached."""
         cached = await self.cache_get(key)
         if cached is not None:
             return cached
-        value = await load()
-        await self.cache_set(key, value)
-        return value
+        entry = await load()
+        await self.cache_put(key, entry)
+        return entry
 
-    async def cache_delete(self, *keys: str) -> None:
-        """Invalidate after a commit. Tried even while bypassing: a stale entry is worse than a timeout."""
+    # -- rate limiting -------------------------------------------------------------------
+    async def take_token(self, key: str, per_s: float, burst: int) -> Bucket:
+        """Take one token from the bucket ``key`` (created full); raises when Redis is out of reach."""
+        if self.bypassing():
+            raise ConnectionError("redis recently failed; not retried yet")
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self.client.delete(*keys)
+                allowed, remaining, retry_after, reset = await self._take_token(keys=[key], args=[per_s, burst])
         except UNAVAILABLE as exc:
-            self._failed("delete", exc)
+            self._failed("rate_limit", exc)
+            raise
+        return Bucket(bool(allowed), int(float(remaining)), float(retry_after), float(reset))
 
     async def close(self) -> None:
         await asyncio.wait_for(self.client.aclose(), 5)

@@ -16,21 +16,23 @@ def lookups(result: str) -> float:
 
 
 @pytest.mark.gen_test
-async def test_second_read_is_a_hit_and_update_invalidates(api):
+async def test_second_read_is_a_hit_and_an_update_replaces_the_entry(api):
     user = await api.new_user(name="Cached")
     redis = RedisManager.instance().client
     key = users.cache_key(user["id"])
-    assert await redis.get(key) is None
+    assert not await redis.exists(key)
     await api.get(f"/api/v1/users/{user['id']}")
-    assert await redis.get(key) is not None
+    assert await redis.hget(key, "v") == b"1"
     hits = lookups("hit")
-    code, body, _ = await api.get(f"/api/v1/users/{user['id']}")
+    code, body, headers = await api.get(f"/api/v1/users/{user['id']}")
     assert code == 200 and body == user and lookups("hit") == hits + 1
+    assert headers["ETag"] == '"1"'
 
     await api.put(f"/api/v1/users/{user['id']}", {"name": "Changed"})
-    assert await redis.get(key) is None
-    code, body, _ = await api.get(f"/api/v1/users/{user['id']}")
-    assert body["name"] == "Changed"
+    assert await redis.hget(key, "v") == b"2"  # written through: the next read is a hit on the new version
+    hits = lookups("hit")
+    code, body, headers = await api.get(f"/api/v1/users/{user['id']}")
+    assert body["name"] == "Changed" and headers["ETag"] == '"2"' and lookups("hit") == hits + 1
 
 
 @pytest.mark.gen_test
@@ -38,7 +40,7 @@ async def test_payment_status_change_invalidates_its_cache(api):
     user = await api.new_user()
     payment = await api.new_payment(user["id"])
     await api.get(f"/api/v1/payments/{payment['id']}")
-    assert await RedisManager.instance().client.get(payments.cache_key(payment["id"])) is not None
+    assert await RedisManager.instance().client.exists(payments.cache_key(payment["id"]))
     await api.put(f"/api/v1/payments/{payment['id']}/status", {"status": "failed"})
     code, body, _ = await api.get(f"/api/v1/payments/{payment['id']}")
     assert body["status"] == "failed"
@@ -67,6 +69,6 @@ async def test_reads_and_writes_go_on_without_redis(api):
 
     async def cached_again():
         await api.get(f"/api/v1/users/{user['id']}")
-        return await RedisManager.instance().client.get(users.cache_key(user["id"])) is not None
+        return await RedisManager.instance().client.exists(users.cache_key(user["id"]))
 
     await wait_until(cached_again, timeout=20, interval=0.3, what="the cache to be used again after Redis returned")
