@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -18,13 +19,27 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads(raw: bytes | str) -> Any:
-    """Parse JSON with every non-integer number as a Decimal (``100.50`` stays exact)."""
+    """Parse JSON with every non-integer number as a Decimal (``100.50`` stays exact).
+
+    Anything that is not JSON raises InvalidJSON, including input nested too deep
+    for the parser (which raises RecursionError, not ValueError).
+    """
     try:
         return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
     except InvalidJSON:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJSON(str(exc)) from None
+    except RecursionError:
+        raise InvalidJSON("nested too deeply") from None
+
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def is_uuid(value: str) -> bool:
+    """A UUID as this service writes them: lower-case hex, hyphenated."""
+    return _UUID.match(value) is not None
 
 
 def rfc3339(value: dt.datetime) -> str:

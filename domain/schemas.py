@@ -43,22 +43,28 @@ def _field(error: jsonschema.ValidationError) -> str:
     return path or "<body>"
 
 
+MAX_MESSAGE = 200
+
+
 def _message(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern":
-        return "has an invalid format"
+        return "has an invalid format or characters that are not allowed"
     if error.validator == "maxLength":
         return f"is longer than {error.validator_value} characters"
     if error.validator == "oneOf":
         return "must be a positive number or a decimal string"
-    if isinstance(error.instance, str) and len(error.instance) > 64:
-        # Never echo a huge or hostile value back whole.
-        return error.message.replace(repr(error.instance), repr(error.instance[:32] + "..."))
-    return error.message
+    if error.validator == "type":
+        return f"must be of type {error.validator_value}"
+    # Never echo a huge or hostile value back whole.
+    return error.message if len(error.message) <= MAX_MESSAGE else error.message[:MAX_MESSAGE] + "..."
 
 
 def validate(name: str, body: Any) -> dict:
     """Check ``body`` against ``components.schemas[name]``; 422 listing every problem."""
-    errors = sorted(validator(name).iter_errors(body), key=lambda e: list(e.absolute_path))
+    try:
+        errors = sorted(validator(name).iter_errors(body), key=lambda e: list(e.absolute_path))
+    except RecursionError:
+        raise APIError(422, "validation_failed", "request body is nested too deeply") from None
     if errors:
         details = [{"field": _field(e), "message": _message(e)} for e in errors]
         raise APIError(422, "validation_failed", "request body failed validation", details=details)

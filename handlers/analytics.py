@@ -14,17 +14,17 @@ MAX_WINDOW = dt.timedelta(days=366)
 
 def _time(value: str, name: str) -> dt.datetime:
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        parsed = dt.datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise APIError(400, "invalid_time", f"{name} must carry a time zone (Z or an offset)")
+        return parsed.astimezone(dt.UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset pushing year 1 or 9999 out of range
         raise APIError(400, "invalid_time", f"{name} must be an RFC 3339 time such as 2026-01-31T00:00:00Z") from None
-    if parsed.tzinfo is None:
-        raise APIError(400, "invalid_time", f"{name} must carry a time zone (Z or an offset)")
-    return parsed.astimezone(dt.UTC)
 
 
 class UserAnalyticsHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
-        user_id = self.resource_id(user_id, "user")
+        user_id = self.visible_user_id(user_id)
         stats = await AnalyticsConsumer.instance().store.user_stats(user_id)
         if stats is None:
             if not await users.exists(user_id):
@@ -35,11 +35,16 @@ class UserAnalyticsHandler(BaseHandler):
 
 
 class SummaryHandler(BaseHandler):
+    admin_only = True  # totals across every user
+
     async def get(self) -> None:
         now = dt.datetime.now(dt.UTC)
         raw_from, raw_to = self.get_query_argument("from", None), self.get_query_argument("to", None)
         end = _time(raw_to, "to") if raw_to else now
-        start = _time(raw_from, "from") if raw_from else end - dt.timedelta(days=1)
+        try:
+            start = _time(raw_from, "from") if raw_from else end - dt.timedelta(days=1)
+        except OverflowError:  # the default window would start before year 1
+            raise APIError(400, "invalid_window", "to is too early for the default one-day window") from None
         if start >= end:
             raise APIError(400, "invalid_window", "from must be before to")
         if end - start > MAX_WINDOW:

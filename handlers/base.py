@@ -1,7 +1,10 @@
-"""BaseHandler: JSON in and out, one error envelope, request ids, CORS, access log.
+"""BaseHandler: who is calling, JSON in and out, one error envelope, request ids,
+CORS, security headers, the access log.
 
 Every handler derives from it, so route handlers read as the HTTP contract:
-parse, call, respond. Errors are rendered as
+parse, call, respond. Before a handler runs, ``prepare`` checks the body's size,
+the caller's API key (``Authorization: Bearer``), its rate limit and the body's
+media type. Errors are rendered as
 ``{"error": {"code": ..., "message": ..., "details": ...}}`` and logged once,
 here. Request metrics are recorded once, in ``log_request`` (the application's
 ``log_function``), labelled by handler class, never by URL.
@@ -17,9 +20,11 @@ from typing import Any
 
 import tornado.web
 
-from domain import codec
+from domain import codec, ratelimit
+from domain.auth import ADMIN, Authenticator, Principal
 from domain.errors import APIError, not_found
-from managers import kafka_producer, metrics, mongodb, mysql
+from domain.ratelimit import RateLimiter
+from managers import kafka_producer, metrics, mongodb, mysql, redis
 from managers.config import ConfigManager
 from managers.kafka_consumer import KafkaConsumerManager
 from managers.kafka_producer import KafkaProducerManager
@@ -31,17 +36,40 @@ from managers.redis import RedisManager
 log = logging.getLogger("singleton.http")
 access_log = logging.getLogger("singleton.access")
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BEARER = re.compile(r"^Bearer +(\S+) *$", re.IGNORECASE)
+_LENGTH = re.compile(r"^[0-9]{1,19}$")  # not str.isdigit(), which takes '²'
 # A dependency failing mid-request is the service being unavailable, not a bug.
-DEPENDENCY_ERRORS = mysql.UNAVAILABLE + mongodb.UNAVAILABLE + kafka_producer.UNAVAILABLE
+DEPENDENCY_ERRORS = mysql.UNAVAILABLE + mongodb.UNAVAILABLE + kafka_producer.UNAVAILABLE + redis.UNAVAILABLE
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Request metrics label the method from this list; any other token is "other", so
+# invented methods cannot create new series.
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# With auth.enabled false (a benchmark of its cost), every caller acts as admin.
+AUTH_DISABLED = Principal("", ADMIN, None)
+
+
+def unauthorized(message: str, error: str | None = None) -> APIError:
+    challenge = 'Bearer realm="api"' + (f', error="{error}"' if error else "")
+    return APIError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
+
+
+def forbidden(message: str) -> APIError:
+    return APIError(403, "forbidden", message)
 
 
 @tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
     # Requests that have started and not yet finished; shutdown waits for zero.
     in_flight = 0
+    # Callable without an API key (the caller is then None, and rate limited by address).
+    public = False
+    # Every method needs an admin key; a user key gets 403.
+    admin_only = False
+    # Calls take a token from the caller's bucket (rate_limit in config.yaml).
+    rate_limited = True
     request_id: str = ""
+    principal: Principal | None = None
     _body: bytearray
 
     # -- the managers every handler shares -------------------------------------------------
@@ -71,8 +99,10 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # -- request lifecycle --------------------------------------------------------------------
     def set_default_headers(self) -> None:
+        self.clear_header("Server")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
         if not self.request_id:  # also called again by clear() before an error page
             incoming = self.request.headers.get("X-Request-ID", "")
             self.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
@@ -85,26 +115,71 @@ class BaseHandler(tornado.web.RequestHandler):
         if not origin or not ConfigManager.started():
             return
         cors = ConfigManager.instance()["cors"]
-        if origin in cors["allowed_origins"] or "*" in cors["allowed_origins"]:
+        if origin_allowed(origin, cors["allowed_origins"]):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Vary", "Origin")
             self.set_header("Access-Control-Allow-Methods", ", ".join(cors["allowed_methods"]))
             self.set_header("Access-Control-Allow-Headers", ", ".join(cors["allowed_headers"]))
-            self.set_header("Access-Control-Expose-Headers", "X-Request-ID, ETag, Idempotent-Replayed")
+            self.set_header(
+                "Access-Control-Expose-Headers",
+                "X-Request-ID, ETag, Idempotent-Replayed, Retry-After, RateLimit-Limit, RateLimit-Remaining, "
+                "RateLimit-Reset",
+            )
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         BaseHandler.in_flight += 1
         self._counted = True
+        self._body = bytearray()
+        self._limit_body()
+        preflight = self.request.method == "OPTIONS"
+        self.principal = await self._authenticate()
+        if self.rate_limited:
+            verdict = await RateLimiter.instance().check(self.request.method or "", self.principal, self.remote_ip)
+            for name, value in ratelimit.headers(verdict).items() if verdict else ():
+                self.set_header(name, value)
+        if self.principal is None and not (self.public or preflight):
+            if self.request.headers.get("Authorization"):
+                raise unauthorized("the API key is not valid (unknown, revoked or malformed)", "invalid_token")
+            raise unauthorized("an API key is required: Authorization: Bearer <key>")
+        if self.admin_only and not preflight:
+            self.require_admin()
+        self._check_media_type()
+
+    def _limit_body(self) -> None:
         # The body is streamed in (see the class decorator), so an oversized one is
         # refused here, from its Content-Length, before any of it is read. A chunked
         # body has no length up front: Tornado cuts it off at the same limit.
         limit = self.config["server"]["max_body_bytes"]
         length = self.request.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > limit:
+        if _LENGTH.match(length) and int(length) > limit:
             raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
         if self.request.connection is not None:
             self.request.connection.set_max_body_size(limit)
-        self._body = bytearray()
+
+    async def _authenticate(self) -> Principal | None:
+        authenticator = Authenticator.instance()
+        if not authenticator.enabled:
+            return AUTH_DISABLED
+        key = self.bearer()
+        return None if key is None else await authenticator.authenticate(key)
+
+    def bearer(self) -> str | None:
+        """The credential of an ``Authorization: Bearer`` header, if there is one."""
+        match = _BEARER.match(self.request.headers.get("Authorization", ""))
+        return match.group(1) if match else None
+
+    def _check_media_type(self) -> None:
+        """A body sent with POST or PUT must be JSON: a cross-site form post cannot be."""
+        if self.request.method not in BODY_METHODS:
+            return
+        has_body = self.request.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.request.headers
+        media_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if has_body and media_type != "application/json":
+            raise APIError(415, "unsupported_media_type", "the request body must be application/json")
+
+    @property
+    def remote_ip(self) -> str:
+        return self.request.remote_ip or ""
 
     def data_received(self, chunk: bytes) -> None:
         self._body += chunk
@@ -120,11 +195,34 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_header("Content-Type")
         self.finish()
 
+    # -- who may see what -----------------------------------------------------------------
+    @property
+    def caller(self) -> Principal:
+        """The authenticated caller (handlers that are not ``public`` always have one)."""
+        if self.principal is None:
+            raise unauthorized("an API key is required: Authorization: Bearer <key>")
+        return self.principal
+
+    def require_admin(self) -> None:
+        if not self.caller.is_admin:
+            raise forbidden("this needs an admin key")
+
+    def check_owner(self, owner: str, what: str, ident: str) -> None:
+        """Another user's resource answers 404, exactly as one that does not exist."""
+        if not self.caller.can_see(owner):
+            raise not_found(what, ident)
+
+    def visible_user_id(self, value: str) -> str:
+        """A user id from the path, if the caller may see that user (404 otherwise)."""
+        user_id = self.resource_id(value, "user")
+        self.check_owner(user_id, "user", user_id)
+        return user_id
+
     # -- input -------------------------------------------------------------------------------
     def resource_id(self, value: str, what: str, status: int = 404) -> str:
         """Ids are UUIDs. In a path anything else names nothing (404); in a query
         parameter it is a bad request (``status=400``)."""
-        if _UUID.match(value):
+        if codec.is_uuid(value):
             return value
         if status == 404:
             raise not_found(what, value[:64])
@@ -145,6 +243,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(codec.dumps(value))
 
     # -- errors ------------------------------------------------------------------------------
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements, for a 405's ``Allow``."""
+        base = tornado.web.RequestHandler
+        return [m for m in self.SUPPORTED_METHODS if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, APIError):
@@ -156,9 +259,13 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_status(503)
             self.set_header("Retry-After", "1")
             code, message, details = "dependency_unavailable", "a backing service is unavailable; retry later", None
-        elif isinstance(exc, tornado.web.HTTPError):
+        elif isinstance(exc, tornado.web.HTTPError) or exc is None:
             code = HTTPStatus(status_code).phrase.lower().replace(" ", "_")
-            message, details = exc.log_message or HTTPStatus(status_code).phrase, None
+            message = getattr(exc, "log_message", None) or HTTPStatus(status_code).phrase
+            details = None
+            if status_code == 405:
+                self.set_header("Allow", ", ".join(self.allowed_methods()))
+                message = f"{self.request.method} is not allowed here"
         else:
             code, message, details = "internal_error", "internal server error", None
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -174,12 +281,23 @@ class BaseHandler(tornado.web.RequestHandler):
         log.error("unhandled error", exc_info=(typ, value, tb), extra={"path": self.request.path})
 
 
-class NotFoundHandler(BaseHandler):
-    """Unknown routes get the same JSON envelope as everything else."""
+def origin_allowed(origin: str, allowed: list[str]) -> bool:
+    return origin in allowed or "*" in allowed
 
-    def prepare(self) -> None:
-        super().prepare()
+
+class NotFoundHandler(BaseHandler):
+    """Unknown routes get the same JSON envelope as everything else, whatever the method."""
+
+    public = True
+
+    async def prepare(self) -> None:
+        await super().prepare()
         raise APIError(404, "not_found", f"no route for {self.request.path}")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 405:  # an unknown method on an unknown route: the route is what is missing
+            kwargs = {"exc_info": (APIError, not_found("route", self.request.path), None)}
+        super().write_error(status_code, **kwargs)
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -188,18 +306,23 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     duration = handler.request.request_time()
     name = type(handler).__name__
     method = handler.request.method or ""
-    metrics.REQUEST_DURATION.labels(name, method, str(status)).observe(duration)
-    metrics.REQUESTS.labels(name, method, str(status)).inc()
+    label = method if method in METHOD_LABELS else "other"
+    metrics.REQUEST_DURATION.labels(name, label, str(status)).observe(duration)
+    metrics.REQUESTS.labels(name, label, str(status)).inc()
     level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+    principal = getattr(handler, "principal", None)
     access_log.log(
         level,
         "request",
         extra={
             "request_id": getattr(handler, "request_id", None),
-            "method": method,
+            "method": method[:16],
             "route": name,
-            "path": handler.request.path,
+            "path": handler.request.path[:256],
             "status": status,
             "duration_ms": round(duration * 1000, 3),
+            "remote_ip": handler.request.remote_ip,
+            "key_id": principal.key_id if principal is not None else None,
+            "user_agent": handler.request.headers.get("User-Agent", "")[:256],
         },
     )

@@ -1,4 +1,6 @@
-"""GET /metrics in Prometheus text format."""
+"""GET /metrics in Prometheus text format, served on its own listener
+(``metrics.host``/``metrics.port``, loopback by default), as exporters usually
+are: it needs no key, and the API port does not serve it."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ from managers.metrics import MetricsManager
 
 
 class MetricsHandler(BaseHandler):
+    public = True
+    rate_limited = False
+
     def get(self) -> None:
         content_type, body = MetricsManager.instance().render()
         self.set_header("Content-Type", content_type)

@@ -1,18 +1,23 @@
-"""GET /openapi.json: the same document the request validation uses."""
+"""GET /openapi.json: the same document the request validation uses (public)."""
 
 from __future__ import annotations
+
+import functools
 
 from domain import codec, schemas
 from handlers.base import BaseHandler
 
 
+@functools.cache
+def document() -> bytes:
+    return codec.dumps(schemas.openapi())
+
+
 class OpenAPIHandler(BaseHandler):
-    _body: bytes | None = None
+    public = True
 
     def get(self) -> None:
-        if OpenAPIHandler._body is None:
-            OpenAPIHandler._body = codec.dumps(schemas.openapi())
-        self.finish(OpenAPIHandler._body)
+        self.finish(document())
 
 
 default_handlers = [(r"/openapi.json", OpenAPIHandler)]

@@ -1,4 +1,8 @@
-"""/api/v1/payments: idempotent create, read, status changes."""
+"""/api/v1/payments: idempotent create, read, status changes and their history.
+
+A user key creates and reads its own user's payments only (anyone else's answers
+as if it did not exist); changing a status needs an admin key.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,11 @@ class PaymentsHandler(BaseHandler):
         if key is not None and not _IDEMPOTENCY_KEY.match(key):
             raise APIError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters")
         body = schemas.validate("PaymentCreate", self.get_json_body())
+        if not self.caller.can_see(body["user_id"]):
+            raise payments.user_not_found(body["user_id"])
         max_amount = Decimal(self.config["payments"]["max_amount"])
-        created = await payments.create(body, max_amount, key)
+        scope = "admin" if self.caller.is_admin else f"user:{self.caller.user_id}"
+        created = await payments.create(body, max_amount, key, scope)
         if created.replayed:
             self.set_header("Idempotent-Replayed", "true")
         self.set_status(created.status)
@@ -27,19 +34,38 @@ class PaymentsHandler(BaseHandler):
 
 
 class PaymentHandler(BaseHandler):
+    async def visible_payment(self, payment_id: str) -> payments.Cached:
+        payment_id = self.resource_id(payment_id, "payment")
+        payment = await payments.get(payment_id)
+        self.check_owner(payment.owner, "payment", payment_id)
+        return payment
+
     async def get(self, payment_id: str) -> None:
-        self.finish(await payments.get_json(self.resource_id(payment_id, "payment")))
+        payment = await self.visible_payment(payment_id)
+        self.finish(payment.body)
 
 
 class PaymentStatusHandler(BaseHandler):
     async def put(self, payment_id: str) -> None:
+        self.require_admin()
         payment_id = self.resource_id(payment_id, "payment")
         body = schemas.validate("PaymentStatusUpdate", self.get_json_body())
-        self.write_json(await payments.update_status(payment_id, body["status"]))
+        actor = payments.Actor(self.caller.key_id or None, self.request_id, self.remote_ip)
+        self.write_json(await payments.update_status(payment_id, body["status"], actor))
+
+
+class PaymentHistoryHandler(PaymentHandler):
+    async def get(self, payment_id: str) -> None:
+        payment = await self.visible_payment(payment_id)
+        items = await payments.history(payment_id)
+        if not self.caller.is_admin:  # who did it, and from where, is the back office's business
+            items = [{k: v for k, v in item.items() if k not in ("actor_key_id", "remote_ip")} for item in items]
+        self.write_json({"payment_id": payment_id, "version": payment.version, "items": items})
 
 
 default_handlers = [
     (r"/api/v1/payments", PaymentsHandler),
     (r"/api/v1/payments/([^/]+)", PaymentHandler),
     (r"/api/v1/payments/([^/]+)/status", PaymentStatusHandler),
+    (r"/api/v1/payments/([^/]+)/history", PaymentHistoryHandler),
 ]

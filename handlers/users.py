@@ -1,15 +1,24 @@
-"""/api/v1/users: create, read, partial update, and a user's payments."""
+"""/api/v1/users: create, read, partial update, and a user's payments.
+
+An admin key reaches every user; a user key only its own (anyone else's answers
+404, exactly like a user that does not exist) and cannot create users.
+"""
 
 from __future__ import annotations
 
-from domain import codec, payments, schemas, users
+import re
+
+from domain import payments, schemas, users
 from domain.errors import APIError
 from handlers.base import BaseHandler
+
+_LIMIT = re.compile(r"^[0-9]{1,3}$")
 
 
 class UsersHandler(BaseHandler):
     async def post(self) -> None:
-        body = schemas.validate("UserCreate", self.get_json_body())
+        self.require_admin()
+        body = schemas.validate("UserCreate", users.normalized(self.get_json_body()))
         user = await users.create(body["email"], body["name"])
         self.set_header("ETag", users.etag(user["version"]))
         self.set_header("Location", f"/api/v1/users/{user['id']}")
@@ -18,13 +27,13 @@ class UsersHandler(BaseHandler):
 
 class UserHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
-        body = await users.get_json(self.resource_id(user_id, "user"))
-        self.set_header("ETag", users.etag(codec.loads(body)["version"]))
-        self.finish(body)
+        user = await users.get(self.visible_user_id(user_id))
+        self.set_header("ETag", users.etag(user.version))
+        self.finish(user.body)
 
     async def put(self, user_id: str) -> None:
-        user_id = self.resource_id(user_id, "user")
-        changes = schemas.validate("UserUpdate", self.get_json_body())
+        user_id = self.visible_user_id(user_id)
+        changes = schemas.validate("UserUpdate", users.normalized(self.get_json_body()))
         user = await users.update(user_id, changes, self.request.headers.get("If-Match"))
         self.set_header("ETag", users.etag(user["version"]))
         self.write_json(user)
@@ -32,9 +41,9 @@ class UserHandler(BaseHandler):
 
 class UserPaymentsHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
-        user_id = self.resource_id(user_id, "user")
+        user_id = self.visible_user_id(user_id)
         limit = self.get_query_argument("limit", "20")
-        if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        if not _LIMIT.match(limit) or not 1 <= int(limit) <= 100:
             raise APIError(400, "invalid_limit", "limit must be an integer from 1 to 100")
         status = self.get_query_argument("status", None)
         if status is not None and status not in payments.TRANSITIONS:

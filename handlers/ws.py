@@ -1,13 +1,17 @@
-"""GET /ws?user_id=..&client_id=..[&last_event_id=..]: a user's live events.
+"""WebSockets: ``POST /api/v1/ws-tokens`` issues a short-lived token, and
+``GET /ws?token=..&client_id=..[&last_event_id=..]`` streams that user's events.
 
-Everything is checked before the upgrade (bad parameters 400, unknown user
-404, foreign Origin 403), with the same JSON errors as the REST API. After it
+Browsers cannot set headers on a WebSocket, so the socket carries a signed token
+(``?token=`` or ``Authorization: Bearer``) instead of an API key; the user comes
+from the token. Everything is checked before the upgrade (no or bad token 401,
+a ``user_id`` other than the token's 403, bad parameters 400, too many sockets
+429, foreign Origin 403), with the same JSON errors as the REST API. After it
 the socket is the hub's: open, on_message and on_close stay a few lines.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 from asyncio import Future
 
@@ -15,53 +19,110 @@ import tornado.websocket
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
-from domain import users
+from domain import codec, replay, schemas, users
+from domain.auth import Authenticator, InvalidToken
 from domain.errors import APIError
-from handlers.base import BaseHandler
-from managers.websocket_hub import WebSocketHub
+from handlers.base import BaseHandler, forbidden, origin_allowed, unauthorized
+from managers import mysql
+from managers.websocket_hub import Connection, WebSocketHub
 
+log = logging.getLogger("singleton.websocket")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+SUPPORTED_VERSIONS = ("7", "8", "13")  # what Tornado's WebSocket protocol accepts
+
+
+class WsTokensHandler(BaseHandler):
+    async def post(self) -> None:
+        body = schemas.validate("WsTokenCreate", self.get_json_body() if self._body else {})
+        user_id = body.get("user_id") or self.caller.user_id
+        if user_id is None:
+            raise APIError(422, "validation_failed", "an admin key must name the user_id", [{"field": "user_id"}])
+        if not self.caller.can_see(user_id) or not await users.exists(user_id):
+            raise APIError(422, "user_not_found", f"user {user_id} does not exist", [{"field": "user_id"}])
+        self.write_json(Authenticator.instance().mint_token(user_id), 201)
 
 
 class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
-    user_id: str
-    client_id: str
+    # The socket's credential is its token, not an API key, and its limits are the
+    # per-user and per-address socket counts, not the request rate.
+    public = True
+    rate_limited = False
+    conn: Connection | None = None
+    user_id: str = ""
 
     async def get(self, *args, **kwargs) -> None:
-        self.user_id = self.resource_id(self.get_query_argument("user_id", ""), "user", status=400)
-        client_id = self.get_query_argument("client_id", "")
-        if not _CLIENT_ID.match(client_id):
+        self._check_handshake()
+        self.user_id = self._token_user()
+        requested = self.get_query_argument("user_id", None)
+        if requested is not None and requested != self.user_id:
+            raise forbidden("user_id is not the token's user")
+        self.client_id = self.get_query_argument("client_id", "")
+        if not _CLIENT_ID.match(self.client_id):
             raise APIError(400, "invalid_client_id", "client_id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
-        self.client_id = client_id
         last = self.get_query_argument("last_event_id", None)
         self.last_event_id = None if last is None else self.resource_id(last, "event", status=400)
-        if not await users.exists(self.user_id):
-            raise APIError(404, "not_found", f"user {self.user_id} not found")
-        self.pending_bytes, self.live, self.held, self.replayed_ids = 0, False, [], set()
+        refusal = WebSocketHub.instance().refusal(self.user_id, self.client_id, self.remote_ip)
+        if refusal is not None:
+            raise APIError(429, "too_many_sockets", refusal, headers={"Retry-After": "5"})
         await super().get(*args, **kwargs)
 
+    def _check_handshake(self) -> None:
+        """What Tornado checks before an upgrade, answered in JSON instead of its plain text."""
+        headers = self.request.headers
+        connection = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
+        if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
+            raise APIError(426, "upgrade_required", "this is a WebSocket endpoint", headers={"Upgrade": "websocket"})
+        if headers.get("Sec-WebSocket-Version") not in SUPPORTED_VERSIONS or not headers.get("Sec-WebSocket-Key"):
+            raise APIError(
+                426,
+                "upgrade_required",
+                "a WebSocket handshake needs Sec-WebSocket-Key and Sec-WebSocket-Version 13",
+                headers={"Upgrade": "websocket", "Sec-WebSocket-Version": ", ".join(SUPPORTED_VERSIONS)},
+            )
+        # Tornado's own cross-origin algorithm (Sec-Fetch-Site, Origin against Host, then
+        # check_origin), the one its get() would run next, asked first for a JSON 403.
+        if self._check_cross_origin(self.check_origin) is not None:
+            raise forbidden("this Origin may not open a WebSocket here (cors.allowed_origins)")
+
+    def _token_user(self) -> str:
+        token = self.get_query_argument("token", None) or self.bearer()
+        if token is None:
+            raise unauthorized("a token is required: POST /api/v1/ws-tokens, then /ws?token=...")
+        try:
+            return Authenticator.instance().verify_token(token)
+        except InvalidToken:
+            message = "the token is not valid (expired, or not signed by this service)"
+            raise unauthorized(message, "invalid_token") from None
+
     def check_origin(self, origin: str) -> bool:
-        allowed = self.config["cors"]["allowed_origins"]
-        return origin in allowed or "*" in allowed or super().check_origin(origin)
+        return origin_allowed(origin, self.config["cors"]["allowed_origins"]) or super().check_origin(origin)
 
     async def open(self, *args, **kwargs) -> None:
         hub = WebSocketHub.instance()
-        if not hub.add(self):
+        self.conn = hub.add(self, self.user_id, self.client_id, self.remote_ip)
+        if self.conn is None:
             return
-        hub.send_frame(self, {"type": "connected", "user_id": self.user_id, "client_id": self.client_id})
-        await hub.catch_up(self, self.last_event_id)
+        hub.send_frame(self.conn, {"type": "connected", "user_id": self.user_id, "client_id": self.client_id})
+        missed = None
+        if self.last_event_id is not None:
+            try:
+                missed = await replay.missed_events(self.user_id, self.last_event_id, hub.replay_max_events)
+            except mysql.UNAVAILABLE as exc:  # the database is out of reach: say so and go live
+                log.warning("replay unavailable", extra={"user_id": self.user_id, "error": repr(exc)})
+        hub.go_live(self.conn, self.last_event_id, missed)
 
     def on_message(self, message: str | bytes) -> None:
-        hub = WebSocketHub.instance()
+        if self.conn is None:
+            return
         try:
-            kind = json.loads(message).get("type")
-        except (ValueError, AttributeError):
+            kind = codec.loads(message).get("type")
+        except (codec.InvalidJSON, AttributeError):
             kind = None
         if kind == "ping":
-            hub.send_frame(self, {"type": "pong"})
+            WebSocketHub.instance().send_frame(self.conn, {"type": "pong"})
         else:
-            hub.send_frame(
-                self,
+            WebSocketHub.instance().send_frame(
+                self.conn,
                 {
                     "type": "error",
                     "error": {"code": "unknown_message", "message": 'the only client message is {"type": "ping"}'},
@@ -85,9 +146,13 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             raise WebSocketClosedError() from None
 
     def on_close(self) -> None:
-        if WebSocketHub.started():
+        # Also called for a request that closed before its handshake completed: no conn then.
+        if self.conn is not None and WebSocketHub.started():
             # No close code: the peer vanished or stopped answering pings.
-            WebSocketHub.instance().remove(self, "client" if self.close_code is not None else "lost")
+            WebSocketHub.instance().remove(self.conn, "client" if self.close_code is not None else "lost")
 
 
-default_handlers = [(r"/ws", EventsSocket)]
+default_handlers = [
+    (r"/api/v1/ws-tokens", WsTokensHandler),
+    (r"/ws", EventsSocket),
+]

@@ -10,6 +10,11 @@ Two kinds of simulated user:
   the events flow. Each frame is reported as a request named ``event <type>``
   whose "response time" is its age (now − ``occurred_at``).
 
+Every call carries the admin key (``LOAD_API_KEY``, else the dev key that the
+service wrote to ``.devstack/admin.key``); a socket gets its token from
+``POST /api/v1/ws-tokens``. The service's rate limits apply: raise them
+(``SINGLETON_RATE_LIMIT__*``) for a heavy run.
+
 Responses are checked: an expected 4xx (409 when two simulated users race to move
 the same payment) counts as a success; anything else unexpected is a failure, and
 ``make load`` exits non-zero on any failure.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 import threading
 import time
@@ -38,6 +44,21 @@ NEXT = {
     "completed": ("refunded",),
 }
 MAX_POOL = 5000
+KEY_FILE = os.path.join(os.path.dirname(__file__), "..", ".devstack", "admin.key")
+
+
+def api_key() -> str:
+    key = os.environ.get("LOAD_API_KEY")
+    if key:
+        return key
+    try:
+        with open(KEY_FILE) as f:
+            return f.read().strip()
+    except OSError:
+        raise SystemExit(f"no API key: set LOAD_API_KEY, or start the service once (it writes {KEY_FILE})") from None
+
+
+HEADERS = {"Authorization": f"Bearer {api_key()}"}
 
 
 class Pools:
@@ -120,6 +141,7 @@ def _check(response, *expected: int, also_ok: tuple[int, ...] = ()) -> dict | No
 class ApiUser(FastHttpUser):
     weight = 9
     wait_time = between(0.05, 0.5)
+    default_headers = HEADERS
 
     def on_start(self) -> None:
         self.create_user()
@@ -224,6 +246,7 @@ class EventsUser(FastHttpUser):
 
     weight = 1
     wait_time = constant(5)
+    default_headers = HEADERS
 
     def on_start(self) -> None:
         self.ws: websocket.WebSocket | None = None
@@ -236,8 +259,14 @@ class EventsUser(FastHttpUser):
         if not user:
             return
         self.user_id = user["id"]
+        with self.client.post(
+            "/api/v1/ws-tokens", json={"user_id": self.user_id}, name="POST /api/v1/ws-tokens", catch_response=True
+        ) as r:
+            token = _check(r, 201)
+        if not token:
+            return
         url = self.host.replace("http://", "ws://").replace("https://", "wss://").rstrip("/")
-        url += f"/ws?user_id={self.user_id}&client_id=locust-{n}"
+        url += f"/ws?token={token['token']}&client_id=locust-{n}"
         started = time.perf_counter()
         try:
             self.ws = websocket.create_connection(url, timeout=10)
@@ -284,7 +313,7 @@ class EventsUser(FastHttpUser):
             POOLS.ws_events[kind] += 1
             age_ms = 0.0
             if frame.get("occurred_at"):
-                then = dt.datetime.fromisoformat(frame["occurred_at"].replace("Z", "+00:00"))
+                then = dt.datetime.fromisoformat(frame["occurred_at"])
                 age_ms = max((dt.datetime.now(dt.UTC) - then).total_seconds() * 1000, 0.0)
             events.request.fire(
                 request_type="WS",

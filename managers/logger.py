@@ -13,6 +13,7 @@ import logging.handlers
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from managers.base import Manager
 
@@ -48,9 +49,9 @@ class LoggerManager(Manager):
         self.handlers = handlers
 
     @classmethod
-    def start(cls, cfg: dict) -> LoggerManager:
+    def start(cls, cfg: dict, stream: TextIO = sys.stdout) -> LoggerManager:
         formatter = JsonFormatter()
-        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+        handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
         if cfg["file"]:
             path = Path(cfg["file"])
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ CACHE_LOOKUPS = Counter(
 )
 CACHE_ERRORS = Counter(
     f"{PREFIX}_cache_errors",
-    "Redis failures absorbed by the cache, by operation",
+    "Redis failures absorbed (cache reads and writes, rate-limit checks), by operation",
     ["op"],
 )
 EVENTS_PUBLISHED = Counter(
@@ -87,6 +87,10 @@ WS_CONNECTIONS = Gauge(f"{PREFIX}_websocket_connections", "Open WebSocket connec
 WS_CONNECTS = Counter(f"{PREFIX}_websocket_connects", "WebSocket connections opened, by outcome", ["outcome"])
 WS_DISCONNECTS = Counter(f"{PREFIX}_websocket_disconnects", "WebSocket connections closed, by reason", ["reason"])
 WS_FRAMES_SENT = Counter(f"{PREFIX}_websocket_frames_sent", "Frames written to WebSocket clients, by type", ["type"])
+WS_DUPLICATES_DROPPED = Counter(
+    f"{PREFIX}_websocket_duplicate_events_dropped",
+    "Events not broadcast because this instance broadcast the same event_id recently (a re-publish)",
+)
 WS_SLOW_CLOSED = Counter(
     f"{PREFIX}_websocket_slow_clients_closed", "Connections closed because their unsent data passed the bound"
 )
@@ -97,6 +101,15 @@ WS_DELIVERY_DELAY = Histogram(
 )
 CONSUMER_LAG = Gauge(
     f"{PREFIX}_kafka_consumer_lag_messages", "Messages behind the partition high-water marks, by consumer", ["consumer"]
+)
+RATE_LIMITED = Counter(
+    f"{PREFIX}_rate_limited",
+    "Calls refused with 429 by the rate limiter, by the caller's role (admin, user, anonymous)",
+    ["role"],
+)
+RATE_LIMIT_FAIL_OPEN = Counter(
+    f"{PREFIX}_rate_limit_fail_open",
+    "Calls let through unchecked because Redis could not be reached (rate_limit.fail_open)",
 )
 ANALYTICS_WRITE_DURATION = Histogram(
     f"{PREFIX}_analytics_write_duration_seconds",
@@ -109,11 +122,13 @@ for _dep in Dependency:
     DEPENDENCY_CHECK_DURATION.labels(_dep.value)
 for _result in ("hit", "miss", "error", "bypass"):
     CACHE_LOOKUPS.labels(_result)
-for _op in ("get", "set", "delete"):
+for _op in ("get", "set", "rate_limit"):
     CACHE_ERRORS.labels(_op)
+for _role in ("admin", "user", "anonymous"):
+    RATE_LIMITED.labels(_role)
 for _type in ("user_created", "user_updated", "payment_created", "payment_updated"):
     EVENTS_PUBLISHED.labels(_type)
-for _outcome in ("accepted", "refused_full", "replaced"):
+for _outcome in ("accepted", "refused_full", "refused_user_limit", "refused_ip_limit", "replaced"):
     WS_CONNECTS.labels(_outcome)
 for _reason in ("client", "lost", "replaced", "slow", "shutdown", "full"):
     WS_DISCONNECTS.labels(_reason)

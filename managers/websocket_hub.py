@@ -6,8 +6,11 @@ by one: each connection's unsent bytes are counted, and a connection whose
 backlog passes ``max_pending_bytes`` is closed as slow, so one slow client
 never delays the others or grows memory without bound.
 
-A connection starts in catch-up: live events are held while missed events
-are replayed from the outbox, then the held ones follow, minus duplicates.
+The hub owns each connection's state (``Connection``); the socket handler only
+holds it. A connection starts in catch-up: live events are held while missed
+events are replayed, then the held ones follow, minus duplicates. An event the
+hub delivered recently is never delivered again, so an event published twice
+(at-least-once Kafka) reaches each socket once.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import functools
 import logging
 import struct
 from asyncio import Future
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Protocol
 
 from tornado.websocket import WebSocketClosedError
 
-from domain import codec, replay
-from managers import metrics, mysql
+from domain import codec
+from managers import metrics
 from managers.base import Manager
 
 log = logging.getLogger("singleton.websocket")
@@ -33,29 +38,44 @@ CLOSE_TRY_AGAIN = 1013  # server full
 CLOSE_REPLACED = 4001  # a newer connection with the same user and client id
 CLOSE_SLOW = 4008  # unsent data passed the bound
 
+RECENT_EVENTS = 10_000  # event ids remembered to drop a re-published event
+
 
 class Socket(Protocol):
     """What the hub needs of a connection (``handlers.ws.EventsSocket``)."""
-
-    user_id: str
-    client_id: str
-    pending_bytes: int
-    live: bool
-    held: list[tuple[str, bytes, str]]
-    replayed_ids: set[str]
 
     def write_frame(self, frame: bytes) -> Future[None]: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
 
+class Connection:
+    """The hub's state for one open socket."""
+
+    __slots__ = ("socket", "user_id", "client_id", "remote_ip", "pending_bytes", "live", "held", "replayed_ids")
+
+    def __init__(self, socket: Socket, user_id: str, client_id: str, remote_ip: str):
+        self.socket = socket
+        self.user_id = user_id
+        self.client_id = client_id
+        self.remote_ip = remote_ip
+        self.pending_bytes = 0  # written, not yet flushed to the kernel
+        self.live = False  # False while missed events are being replayed
+        self.held: list[tuple[str, bytes, str]] = []  # live events that arrived during the replay
+        self.replayed_ids: set[str] = set()
+
+
 class WebSocketHub(Manager):
     def __init__(self, cfg: dict):
         self.max_connections: int = cfg["max_connections"]
+        self.max_per_user: int = cfg["max_per_user"]
+        self.max_per_ip: int = cfg["max_per_ip"]
         self.max_pending_bytes: int = cfg["max_pending_bytes"]
         self.replay_max_events: int = cfg["replay_max_events"]
-        self.by_user: dict[str, dict[str, Socket]] = {}
+        self.by_user: dict[str, dict[str, Connection]] = {}
+        self.by_ip: dict[str, int] = {}
         self.count = 0
+        self._recent: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
     def start(cls, cfg: dict) -> WebSocketHub:
@@ -64,51 +84,71 @@ class WebSocketHub(Manager):
         return inst
 
     # -- membership ------------------------------------------------------------------------
-    def add(self, conn: Socket) -> bool:
-        """Register a new connection; False (and closed) when the hub is full."""
-        old = self.by_user.get(conn.user_id, {}).get(conn.client_id)
+    def refusal(self, user_id: str, client_id: str, remote_ip: str) -> str | None:
+        """Why a new connection would pass a per-user or per-address limit, else None.
+
+        Asked before the upgrade, so the client gets a 429 instead of a socket.
+        A connection that replaces one with the same client id adds nothing.
+        """
+        clients = self.by_user.get(user_id, {})
+        if client_id in clients:
+            return None
+        if len(clients) >= self.max_per_user:
+            metrics.WS_CONNECTS.labels("refused_user_limit").inc()
+            return f"this user already has {self.max_per_user} open sockets"
+        if self.by_ip.get(remote_ip, 0) >= self.max_per_ip:
+            metrics.WS_CONNECTS.labels("refused_ip_limit").inc()
+            return f"this address already has {self.max_per_ip} open sockets"
+        return None
+
+    def add(self, socket: Socket, user_id: str, client_id: str, remote_ip: str) -> Connection | None:
+        """Register a new connection; None (and the socket closed) when the hub is full."""
+        old = self.by_user.get(user_id, {}).get(client_id)
         if old is None and self.count >= self.max_connections:
             metrics.WS_CONNECTS.labels("refused_full").inc()
             metrics.WS_DISCONNECTS.labels("full").inc()
-            conn.close(CLOSE_TRY_AGAIN, "server is at its connection limit")
-            return False
+            socket.close(CLOSE_TRY_AGAIN, "server is at its connection limit")
+            return None
         if old is not None:
             self._drop(old, "replaced")
-            old.close(CLOSE_REPLACED, "replaced by a newer connection with the same client_id")
+            old.socket.close(CLOSE_REPLACED, "replaced by a newer connection with the same client_id")
             metrics.WS_CONNECTS.labels("replaced").inc()
-        self.by_user.setdefault(conn.user_id, {})[conn.client_id] = conn
+        conn = Connection(socket, user_id, client_id, remote_ip)
+        self.by_user.setdefault(user_id, {})[client_id] = conn
+        self.by_ip[remote_ip] = self.by_ip.get(remote_ip, 0) + 1
         self.count += 1
         metrics.WS_CONNECTIONS.set(self.count)
         metrics.WS_CONNECTS.labels("accepted").inc()
-        return True
+        return conn
 
-    def remove(self, conn: Socket, reason: str = "client") -> None:
+    def remove(self, conn: Connection, reason: str = "client") -> None:
         """Called from on_close; a no-op for a connection already dropped by the hub."""
         self._drop(conn, reason)
 
-    def _drop(self, conn: Socket, reason: str) -> None:
+    def _drop(self, conn: Connection, reason: str) -> None:
         clients = self.by_user.get(conn.user_id)
         if clients is None or clients.get(conn.client_id) is not conn:
             return
         del clients[conn.client_id]
         if not clients:
             del self.by_user[conn.user_id]
+        left = self.by_ip[conn.remote_ip] - 1
+        if left:
+            self.by_ip[conn.remote_ip] = left
+        else:
+            del self.by_ip[conn.remote_ip]
         self.count -= 1
         metrics.WS_CONNECTIONS.set(self.count)
         metrics.WS_DISCONNECTS.labels(reason).inc()
 
-    def connections(self, user_id: str) -> list[Socket]:
+    def connections(self, user_id: str) -> list[Connection]:
         return list(self.by_user.get(user_id, {}).values())
 
     # -- catch-up --------------------------------------------------------------------------
-    async def catch_up(self, conn: Socket, last_event_id: str | None) -> None:
-        """Replay what the client missed since ``last_event_id``, then go live."""
+    def go_live(self, conn: Connection, last_event_id: str | None, missed: Sequence[tuple[str, bytes]] | None) -> None:
+        """Replay what the client missed since ``last_event_id`` (``missed`` None: that
+        cannot be done), then the live events held meanwhile, then go live."""
         if last_event_id is not None:
-            try:
-                missed = await replay.missed_events(conn.user_id, last_event_id, self.replay_max_events)
-            except mysql.UNAVAILABLE as exc:  # the database is out of reach: say so and go live
-                log.warning("replay unavailable", extra={"user_id": conn.user_id, "error": repr(exc)})
-                missed = None
             if missed is None:
                 self.send_frame(
                     conn,
@@ -121,13 +161,13 @@ class WebSocketHub(Manager):
             else:
                 for event_id, payload in missed:
                     conn.replayed_ids.add(event_id)
-                    self.send(conn, payload, "replay")
+                    self._send(conn, payload, "replay")
                 self.send_frame(conn, {"type": "replay_complete", "count": len(missed)})
         held, conn.held = conn.held, []
         conn.live = True
         for event_id, payload, event_type in held:
             if event_id not in conn.replayed_ids:
-                self.send(conn, payload, event_type)
+                self._send(conn, payload, event_type)
 
     # -- sending ---------------------------------------------------------------------------
     async def broadcast(self, event: dict, raw: bytes) -> None:
@@ -136,10 +176,13 @@ class WebSocketHub(Manager):
         The WebSocket frame is built once and the same bytes written to each
         connection (no compression is negotiated, so they are identical).
         """
+        event_id, event_type = event["event_id"], event["type"]
+        if self._seen(event_id):
+            metrics.WS_DUPLICATES_DROPPED.inc()
+            return
         conns = self.by_user.get(event.get("user_id") or "")
         if not conns:
             return
-        event_id, event_type = event["event_id"], event["type"]
         frame = text_frame(raw)
         sent = 0
         for conn in list(conns.values()):
@@ -156,43 +199,53 @@ class WebSocketHub(Manager):
             if delay is not None:
                 metrics.WS_DELIVERY_DELAY.observe(delay)
 
-    def send_frame(self, conn: Socket, frame: dict) -> bool:
-        return self.send(conn, codec.dumps(frame), frame["type"])
+    def _seen(self, event_id: str) -> bool:
+        """Whether this event was broadcast recently (and remember it if not)."""
+        if event_id in self._recent:
+            return True
+        self._recent[event_id] = None
+        if len(self._recent) > RECENT_EVENTS:
+            self._recent.popitem(last=False)
+        return False
 
-    def send(self, conn: Socket, payload: bytes, frame_type: str) -> bool:
-        """One message to one connection, unless its backlog would pass the bound."""
+    def send_frame(self, conn: Connection, frame: dict) -> bool:
+        """A message of the hub's own (connected, pong, replay_complete, ...) to one connection."""
+        return self._send(conn, codec.dumps(frame), frame["type"])
+
+    def _send(self, conn: Connection, payload: bytes, frame_type: str) -> bool:
         if not self._write(conn, text_frame(payload)):
             return False
         metrics.WS_FRAMES_SENT.labels(frame_type).inc()
         return True
 
-    def _write(self, conn: Socket, frame: bytes) -> bool:
+    def _write(self, conn: Connection, frame: bytes) -> bool:
+        """One framed message to one connection, unless its backlog would pass the bound."""
         size = len(frame)
         if conn.pending_bytes + size > self.max_pending_bytes:
             self._close_slow(conn)
             return False
         try:
-            written = conn.write_frame(frame)
+            written = conn.socket.write_frame(frame)
         except WebSocketClosedError:
             return False
         conn.pending_bytes += size
         written.add_done_callback(functools.partial(_flushed, conn, size))
         return True
 
-    def _close_slow(self, conn: Socket) -> None:
+    def _close_slow(self, conn: Connection) -> None:
         metrics.WS_SLOW_CLOSED.inc()
         log.warning(
             "closing slow websocket client",
             extra={"user_id": conn.user_id, "client_id": conn.client_id, "pending_bytes": conn.pending_bytes},
         )
         self._drop(conn, "slow")
-        conn.close(CLOSE_SLOW, "too much unsent data: reconnect with last_event_id")
+        conn.socket.close(CLOSE_SLOW, "too much unsent data: reconnect with last_event_id")
 
     def close(self) -> None:
         for clients in list(self.by_user.values()):
             for conn in list(clients.values()):
                 self._drop(conn, "shutdown")
-                conn.close(CLOSE_GOING_AWAY, "server shutting down")
+                conn.socket.close(CLOSE_GOING_AWAY, "server shutting down")
         type(self)._uninstall()
 
 
@@ -208,7 +261,7 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
-def _flushed(conn: Socket, size: int, future: Future[None]) -> None:
+def _flushed(conn: Connection, size: int, future: Future[None]) -> None:
     conn.pending_bytes -= size
     if not future.cancelled():
         future.exception()  # retrieved: a write to a closed socket is expected, not an error
@@ -218,7 +271,9 @@ def _age_s(occurred_at: str | None) -> float | None:
     if not occurred_at:
         return None
     try:
-        then = dt.datetime.fromisoformat(occurred_at.replace("Z", "+00:00"))
-    except ValueError:
+        then = dt.datetime.fromisoformat(occurred_at)
+    except (ValueError, TypeError):
+        return None
+    if then.tzinfo is None:
         return None
     return max((dt.datetime.now(dt.UTC) - then).total_seconds(), 0.0)

@@ -1,4 +1,5 @@
-"""The application factory: gathers each handler module's ``default_handlers``."""
+"""The application factories: the API (each handler module's ``default_handlers``)
+and the metrics listener, and the HTTP server's limits."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from handlers.base import NotFoundHandler, log_request
 HANDLER_MODULES = (
     "handlers.users",
     "handlers.payments",
+    "handlers.api_keys",
     "handlers.analytics",
     "handlers.health",
-    "handlers.metrics",
     "handlers.openapi",
     "handlers.ws",
     "handlers.demo",
@@ -34,3 +35,20 @@ def make_app(config: dict, extra_handlers: list | None = None) -> tornado.web.Ap
         websocket_ping_timeout=ws["ping_timeout_s"],
         websocket_max_message_size=ws["max_message_bytes"],
     )
+
+
+def make_metrics_app() -> tornado.web.Application:
+    """GET /metrics alone, for the listener on ``metrics.host``/``metrics.port``."""
+    routes = importlib.import_module("handlers.metrics").default_handlers
+    return tornado.web.Application(routes, log_function=log_request, default_handler_class=NotFoundHandler)
+
+
+def server_options(config: dict) -> dict:
+    """HTTPServer limits: a client that trickles its request cannot hold a socket for long."""
+    server = config["server"]
+    return {
+        "max_body_size": server["max_body_bytes"],
+        "max_header_size": server["max_header_bytes"],
+        "idle_connection_timeout": server["idle_connection_timeout_s"],
+        "body_timeout": server["body_timeout_s"],
+    }

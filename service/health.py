@@ -17,6 +17,7 @@ from tornado.ioloop import PeriodicCallback
 
 from domain import codec, events
 from domain.analytics import AnalyticsConsumer
+from domain.ratelimit import RateLimiter
 from managers import metrics
 from managers.base import Manager
 from managers.kafka_consumer import KafkaConsumerManager
@@ -77,7 +78,10 @@ class HealthMonitor(Manager):
         consumers = {name: cls.instance().status() for name, cls in CONSUMERS.items() if cls.started()}
         down = [name for name, r in {**deps, **consumers}.items() if r["status"] != "ok"]
         status = "ok" if not down else "down" if len(down) == len(deps) + len(consumers) else "degraded"
-        report = {"status": status, "dependencies": deps, "consumers": consumers}
+        limiter = RateLimiter.instance().status() if RateLimiter.started() else {"status": "disabled"}
+        if limiter["status"] == "fail_open" and status == "ok":
+            status = "degraded"
+        report = {"status": status, "dependencies": deps, "consumers": consumers, "rate_limiter": limiter}
         if down:
             report["down"] = down
         return report

@@ -7,9 +7,11 @@ import asyncio
 import inspect
 import logging
 
-from domain import events
+from domain import auth, events
 from domain.analytics import AnalyticsConsumer
+from domain.auth import Authenticator
 from domain.outbox import OutboxRelay
+from domain.ratelimit import RateLimiter
 from managers.config import ConfigManager
 from managers.kafka_consumer import KafkaConsumerManager
 from managers.kafka_producer import KafkaProducerManager
@@ -28,7 +30,9 @@ ORDER = (
     ConfigManager,
     MetricsManager,
     MySQLManager,
+    Authenticator,
     RedisManager,
+    RateLimiter,
     MongoManager,
     KafkaProducerManager,
     WebSocketHub,
@@ -47,7 +51,9 @@ async def startup(config: dict) -> None:
         MetricsManager.start()
         mysql = await MySQLManager.start(config["mysql"], **retry)
         await mysql.migrate()
+        await auth.start_after_migrations(config["auth"])
         await RedisManager.start(config["redis"], **retry)
+        RateLimiter.start(config["rate_limit"])
         await MongoManager.start(config["mongodb"], **retry)
         await KafkaProducerManager.start(config["kafka"], **retry)
         hub = WebSocketHub.start(config["websocket"])

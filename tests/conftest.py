@@ -13,6 +13,7 @@ import tornado.web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from domain import auth
 from domain.errors import APIError
 from handlers.base import BaseHandler
 from managers import config as config_module
@@ -59,8 +60,16 @@ def services(io_loop, config):
     io_loop.run_sync(shutdown, timeout=60)
 
 
+@pytest.fixture(scope="session")
+def admin_key(services, io_loop) -> str:
+    """An admin key of the suite's own, made the way POST /api/v1/api-keys makes them."""
+    return io_loop.run_sync(lambda: auth.create_key(auth.ADMIN))["key"]
+
+
 class EchoHandler(BaseHandler):
     """Test-only: echoes a JSON body, so BaseHandler's parsing is tested over HTTP."""
+
+    public = True
 
     def post(self) -> None:
         body = self.get_json_body()
@@ -71,6 +80,8 @@ class EchoHandler(BaseHandler):
 
 class ManagersHandler(BaseHandler):
     """Test-only: reports the identity of the managers this handler instance sees."""
+
+    public = True
 
     def get(self) -> None:
         self.write_json(
@@ -83,6 +94,8 @@ class ManagersHandler(BaseHandler):
 
 class GateHandler(BaseHandler):
     """Test-only: holds the request open until the test opens the gate."""
+
+    public = True
 
     gate: asyncio.Event | None = None
 
@@ -105,21 +118,34 @@ def app(services, config) -> tornado.web.Application:
 
 
 class Api:
-    """JSON over the test server's real HTTP port."""
+    """JSON over the test server's real HTTP port, as the holder of one API key."""
 
-    def __init__(self, http_client, base_url: str):
-        self.http_client, self.base_url = http_client, base_url
+    def __init__(self, http_client, base_url: str, key: str | None):
+        self.http_client, self.base_url, self.key = http_client, base_url, key
+
+    def with_key(self, key: str | None) -> Api:
+        return Api(self.http_client, self.base_url, key)
+
+    def at(self, base_url: str) -> Api:
+        """The same key, talking to another server."""
+        return Api(self.http_client, base_url, self.key)
+
+    async def as_user(self, user_id: str) -> Api:
+        """The same client holding a new user key for ``user_id``."""
+        return self.with_key((await auth.create_key(auth.USER, user_id))["key"])
 
     async def request(self, method: str, path: str, body=None, raw: bytes | None = None, headers=None):
         if body is not None:
             raw = json.dumps(body).encode()
+        auth_header = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         response = await self.http_client.fetch(
             self.base_url + path,
             method=method,
             body=raw if raw is not None else (b"" if method in ("POST", "PUT") else None),
-            headers={"Content-Type": "application/json", **(headers or {})},
+            headers={"Content-Type": "application/json", **auth_header, **(headers or {})},
             raise_error=False,
             request_timeout=30,
+            allow_nonstandard_methods=True,
         )
         payload = json.loads(response.body) if response.body else None
         return response.code, payload, response.headers
@@ -132,6 +158,14 @@ class Api:
 
     async def put(self, path: str, body=None, **kw):
         return await self.request("PUT", path, body, **kw)
+
+    async def delete(self, path: str, **kw):
+        return await self.request("DELETE", path, **kw)
+
+    async def ws_token(self, user_id: str | None = None) -> str:
+        code, body, _ = await self.post("/api/v1/ws-tokens", {"user_id": user_id} if user_id else {})
+        assert code == 201, body
+        return body["token"]
 
     async def new_user(self, **fields) -> dict:
         body = {"email": f"{uuid.uuid4().hex}@example.com", "name": "Test User", **fields}
@@ -147,5 +181,6 @@ class Api:
 
 
 @pytest.fixture
-def api(http_client, base_url) -> Api:
-    return Api(http_client, base_url)
+def api(http_client, base_url, admin_key) -> Api:
+    """The suite's client, holding the admin key (``api.as_user(id)`` for a user key)."""
+    return Api(http_client, base_url, admin_key)

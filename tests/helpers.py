@@ -31,6 +31,15 @@ TEST_OVERRIDES: dict[str, dict[str, Any]] = {
     "kafka": {"topic": "singleton-events-test", "analytics_group": "singleton-analytics-test"},
     "logging": {"file": "", "level": "WARNING"},
     "startup": {"attempts": 3, "retry_delay_s": 0.5},
+    # The suite makes its own keys (tests/conftest.py), so the dev admin key file is left alone.
+    "auth": {"bootstrap_admin_key_file": ""},
+    # Limits far above what the suite sends, so only the tests about limits meet them;
+    # the limiter still runs (a Redis round trip) on every call.
+    "rate_limit": {
+        **{f"{kind}_per_s": 100000 for kind in ("read", "write", "anonymous")},
+        **{f"{kind}_burst": 100000 for kind in ("read", "write", "anonymous")},
+    },
+    "metrics": {"port": 0},
 }
 
 

@@ -1,4 +1,5 @@
-"""The demo page in a real browser: a payment made over REST shows up live.
+"""The demo page in a real browser: a user's key buys a WebSocket token, and a
+payment made over REST shows up live.
 
 Chromium is Debian's (`make tools` installs it); Playwright only drives it and
 never downloads a browser of its own. Playwright's async API runs on the test's
@@ -29,6 +30,7 @@ WAIT_MS = 10_000  # each step's deadline in the browser
 async def test_demo_page_shows_a_new_payment_live(api, base_url):
     assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: run `make tools`"
     user = await api.new_user()
+    users_key = (await api.as_user(user["id"])).key
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -37,8 +39,12 @@ async def test_demo_page_shows_a_new_payment_live(api, base_url):
             page_errors: list[str] = []
             page.on("pageerror", lambda error: page_errors.append(str(error)))
 
+            # As a person would: the user id is filled in from the link, the key is typed.
             await page.goto(f"{base_url}/demo?user_id={user['id']}")
+            await page.fill("input[name=api_key]", users_key)
+            await page.click("button")
             await expect(page.locator("#status")).to_have_text("connected", timeout=WAIT_MS)
+            assert users_key not in page.url
 
             payment = await api.new_payment(user["id"], amount="100.50", currency="USD")
             item = page.locator(f'#events li[data-type="payment_created"][data-id="{payment["id"]}"]')

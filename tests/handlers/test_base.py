@@ -7,8 +7,10 @@ import json
 import pytest
 
 
-async def fetch(http_client, url, **kwargs):
-    return await http_client.fetch(url, raise_error=False, **kwargs)
+async def fetch(http_client, url, headers=None, **kwargs):
+    """A raw request; a body is sent as application/json unless ``headers`` say otherwise."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return await http_client.fetch(url, raise_error=False, headers=headers, **kwargs)
 
 
 @pytest.mark.gen_test

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
@@ -13,14 +12,15 @@ from tests.helpers import consumer_drain, read_events, run_make, stop_redis, top
 DEPENDENCIES = {"mysql", "mongodb", "redis", "kafka"}
 
 
-async def get_health(http_client, base_url):
-    response = await http_client.fetch(f"{base_url}/health", raise_error=False)
-    return response.code, json.loads(response.body)
+async def get_health(api):
+    """/health as an admin sees it (errors, latencies, lag)."""
+    code, body, _ = await api.get("/health")
+    return code, body
 
 
 @pytest.mark.gen_test
-async def test_health_is_ok_when_every_dependency_answers(http_client, base_url):
-    code, body = await get_health(http_client, base_url)
+async def test_health_is_ok_when_every_dependency_answers(api):
+    code, body = await get_health(api)
     assert code == 200, body
     assert body["status"] == "ok"
     assert set(body["dependencies"]) == DEPENDENCIES
@@ -30,10 +30,10 @@ async def test_health_is_ok_when_every_dependency_answers(http_client, base_url)
 
 
 @pytest.mark.gen_test(timeout=180)
-async def test_health_names_redis_when_it_is_down_and_recovers_without_restart(http_client, base_url):
+async def test_health_names_redis_when_it_is_down_and_recovers_without_restart(api):
     stop_redis()
     try:
-        code, body = await get_health(http_client, base_url)
+        code, body = await get_health(api)
         assert code == 503
         assert body["status"] == "degraded"
         assert body["down"] == ["redis"]
@@ -45,7 +45,7 @@ async def test_health_names_redis_when_it_is_down_and_recovers_without_restart(h
         assert started.returncode == 0, started.stdout + started.stderr
 
     async def healthy():
-        return (await get_health(http_client, base_url))[0] == 200
+        return (await get_health(api))[0] == 200
 
     await wait_until(healthy, timeout=20, interval=0.2, what="health back to 200 after redis restarted")
 
@@ -59,11 +59,11 @@ def fresh_monitor(services, config, io_loop):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_health_publishes_one_health_check_event_per_interval(http_client, base_url, config, fresh_monitor):
+async def test_health_publishes_one_health_check_event_per_interval(api, config, fresh_monitor):
     consumer = await topic_consumer(config["kafka"])
     try:
         for _ in range(5):
-            await get_health(http_client, base_url)
+            await get_health(api)
 
         def health_events(seen):
             return [e for e in seen if e["type"] == "health_check"]
@@ -80,3 +80,15 @@ async def test_health_publishes_one_health_check_event_per_interval(http_client,
         assert event["version"] == 1 and event["event_id"] and event["occurred_at"].endswith("Z")
     finally:
         await asyncio.wait_for(consumer.stop(), 15)
+
+
+@pytest.mark.gen_test
+async def test_without_an_admin_key_health_says_only_each_parts_status(api):
+    for key in (None, (await api.as_user((await api.new_user())["id"])).key):
+        code, body, _ = await api.with_key(key).get("/health")
+        assert code == 200
+        assert body["status"] == "ok"
+        assert set(body["dependencies"]) == DEPENDENCIES
+        assert all(set(dep) == {"status"} for dep in body["dependencies"].values())
+        assert all(set(c) == {"status"} for c in body["consumers"].values())
+        assert "rate_limiter" not in body and "down" not in body

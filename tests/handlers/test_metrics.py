@@ -1,4 +1,5 @@
-"""GET /metrics: Prometheus text that promtool accepts, with our request and dependency series."""
+"""GET /metrics on its own listener: Prometheus text that promtool accepts, with our
+request and dependency series; and not on the API port."""
 
 from __future__ import annotations
 
@@ -6,13 +7,26 @@ import shutil
 import subprocess
 
 import pytest
+import tornado.httpserver
+import tornado.testing
+
+from service.app import make_metrics_app
+
+
+@pytest.fixture
+def metrics_url(services):
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(make_metrics_app())
+    server.add_sockets([sock])
+    yield f"http://127.0.0.1:{port}/metrics"
+    server.stop()
 
 
 @pytest.mark.gen_test
-async def test_metrics_pass_promtool_and_carry_request_and_dependency_series(http_client, base_url):
-    await http_client.fetch(f"{base_url}/health", raise_error=False)
-    await http_client.fetch(f"{base_url}/nope", raise_error=False)
-    response = await http_client.fetch(f"{base_url}/metrics")
+async def test_metrics_pass_promtool_and_carry_request_and_dependency_series(api, http_client, metrics_url):
+    await api.get("/health")
+    await api.get("/nope")
+    response = await http_client.fetch(metrics_url)
     assert response.headers["Content-Type"].startswith("text/plain")
     text = response.body.decode()
 
@@ -26,3 +40,9 @@ async def test_metrics_pass_promtool_and_carry_request_and_dependency_series(htt
     assert promtool, "promtool is installed by `make test` (Debian package prometheus)"
     check = subprocess.run([promtool, "check", "metrics"], input=response.body, capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.gen_test
+async def test_the_api_port_does_not_serve_metrics(api):
+    code, body, _ = await api.get("/metrics")
+    assert code == 404 and body["error"]["code"] == "not_found"

@@ -6,9 +6,11 @@ import asyncio
 import base64
 import json
 import os
+import time
 import urllib.parse
 import uuid
 
+import jwt
 import pytest
 import tornado.httpserver
 import tornado.testing
@@ -36,8 +38,12 @@ class Client:
         self.frames: list[dict] = []
 
     @classmethod
-    async def connect(cls, base_url: str, user_id: str, client_id: str | None = None, **extra) -> Client:
-        url = ws_url(base_url, user_id=user_id, client_id=client_id or uuid.uuid4().hex[:12], **extra)
+    async def connect(
+        cls, api, user_id: str, client_id: str | None = None, base_url: str | None = None, **extra
+    ) -> Client:
+        """A socket for ``user_id``, with a token that ``api``'s key obtained."""
+        token = await api.ws_token(user_id)
+        url = ws_url(base_url or api.base_url, token=token, client_id=client_id or uuid.uuid4().hex[:12], **extra)
         client = cls(await tornado.websocket.websocket_connect(url, connect_timeout=10))
         await client.next_frame("connected")
         return client
@@ -72,30 +78,74 @@ class Client:
 
 
 @pytest.mark.gen_test
+async def test_no_or_bad_token_is_401_before_the_upgrade(api, base_url, config):
+    user = await api.new_user()
+    forged = jwt.encode(
+        {"sub": user["id"], "exp": int(time.time()) + 60, "jti": "x"}, "not-our-secret-" * 3, algorithm="HS256"
+    )
+    expired = jwt.encode(
+        {"sub": user["id"], "exp": int(time.time()) - 5, "jti": "x"}, config["auth"]["token_secret"], "HS256"
+    )
+    admin_key_as_token = api.key
+    for params in ({}, {"token": "nope"}, {"token": forged}, {"token": expired}, {"token": admin_key_as_token}):
+        with pytest.raises(HTTPClientError) as caught:
+            await tornado.websocket.websocket_connect(ws_url(base_url, client_id="c1", **params))
+        assert caught.value.code == 401, params
+        assert json.loads(caught.value.response.body)["error"]["code"] == "unauthorized"
+        assert caught.value.response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.gen_test
+async def test_the_token_in_an_authorization_header_works_too(api, base_url):
+    user = await api.new_user()
+    token = await api.ws_token(user["id"])
+    request = HTTPRequest(ws_url(base_url, client_id="hdr"), headers={"Authorization": f"Bearer {token}"})
+    client = Client(await tornado.websocket.websocket_connect(request))
+    try:
+        assert (await client.next_frame("connected"))["user_id"] == user["id"]
+    finally:
+        client.close()
+
+
+@pytest.mark.gen_test
+async def test_another_users_id_is_403_so_no_cross_user_subscription(api, base_url):
+    user, other = await api.new_user(), await api.new_user()
+    token = await api.ws_token(user["id"])
+    with pytest.raises(HTTPClientError) as caught:
+        await tornado.websocket.websocket_connect(ws_url(base_url, token=token, user_id=other["id"], client_id="c"))
+    assert caught.value.code == 403
+    assert json.loads(caught.value.response.body)["error"]["code"] == "forbidden"
+
+
+@pytest.mark.gen_test
 @pytest.mark.parametrize(
-    ("params", "status", "code"),
+    ("params", "code"),
     [
-        ({"client_id": "c1"}, 400, "invalid_user_id"),
-        ({"user_id": "nope", "client_id": "c1"}, 400, "invalid_user_id"),
-        ({"user_id": MISSING}, 400, "invalid_client_id"),
-        ({"user_id": MISSING, "client_id": "bad id!"}, 400, "invalid_client_id"),
-        ({"user_id": MISSING, "client_id": "c1", "last_event_id": "x"}, 400, "invalid_event_id"),
-        ({"user_id": MISSING, "client_id": "c1"}, 404, "not_found"),
+        ({}, "invalid_client_id"),
+        ({"client_id": "bad id!"}, "invalid_client_id"),
+        ({"client_id": "c1", "last_event_id": "x"}, "invalid_event_id"),
     ],
 )
-async def test_bad_upgrade_requests_get_json_errors(http_client, base_url, params, status, code):
+async def test_bad_upgrade_parameters_get_json_400(api, base_url, params, code):
+    token = await api.ws_token((await api.new_user())["id"])
     with pytest.raises(HTTPClientError) as caught:
-        await tornado.websocket.websocket_connect(ws_url(base_url, **params))
-    assert caught.value.code == status
+        await tornado.websocket.websocket_connect(ws_url(base_url, token=token, **params))
+    assert caught.value.code == 400
     assert json.loads(caught.value.response.body)["error"]["code"] == code
+
+
+@pytest.mark.gen_test
+async def test_a_plain_get_of_ws_is_a_json_426(http_client, base_url):
+    response = await http_client.fetch(f"{base_url}/ws?client_id=c", raise_error=False)
+    assert response.code == 426
+    assert json.loads(response.body)["error"]["code"] == "upgrade_required"
 
 
 @pytest.mark.gen_test
 async def test_foreign_origin_is_refused(api, base_url):
     user = await api.new_user()
-    request = HTTPRequest(
-        ws_url(base_url, user_id=user["id"], client_id="c"), headers={"Origin": "https://evil.example"}
-    )
+    token = await api.ws_token(user["id"])
+    request = HTTPRequest(ws_url(base_url, token=token, client_id="c"), headers={"Origin": "https://evil.example"})
     with pytest.raises(HTTPClientError) as caught:
         await tornado.websocket.websocket_connect(request)
     assert caught.value.code == 403
@@ -104,16 +154,17 @@ async def test_foreign_origin_is_refused(api, base_url):
 @pytest.mark.gen_test
 async def test_connected_ping_pong_and_unknown_messages(api, base_url):
     user = await api.new_user()
-    client = await Client.connect(base_url, user["id"], "c1")
+    client = await Client.connect(api, user["id"], "c1")
     try:
         assert client.frames[0] == {"type": "connected", "user_id": user["id"], "client_id": "c1"}
+        # next_frame skips this user's own user_created event, which may arrive meanwhile.
         await client.conn.write_message(json.dumps({"type": "ping"}))
-        assert (await client.read())["type"] == "pong"
+        assert (await client.next_frame("pong"))["type"] == "pong"
         await client.conn.write_message("not json at all")
-        error = await client.read()
-        assert error["type"] == "error" and error["error"]["code"] == "unknown_message"
+        error = await client.next_frame("error")
+        assert error["error"]["code"] == "unknown_message"
         await client.conn.write_message(json.dumps({"type": "ping"}))
-        assert (await client.read())["type"] == "pong"  # still open
+        assert (await client.next_frame("pong"))["type"] == "pong"  # still open
     finally:
         client.close()
 
@@ -121,7 +172,7 @@ async def test_connected_ping_pong_and_unknown_messages(api, base_url):
 @pytest.mark.gen_test(timeout=60)
 async def test_a_users_changes_arrive_as_kafka_envelopes(api, base_url):
     user, other = await api.new_user(), await api.new_user()
-    client = await Client.connect(base_url, user["id"])
+    client = await Client.connect(api, user["id"])
     try:
         payment = await api.new_payment(user["id"], amount="42.00")
         await api.new_payment(other["id"])  # not this client's
@@ -142,8 +193,8 @@ async def test_a_users_changes_arrive_as_kafka_envelopes(api, base_url):
 @pytest.mark.gen_test(timeout=60)
 async def test_same_client_id_replaces_the_older_connection(api, base_url):
     user = await api.new_user()
-    first = await Client.connect(base_url, user["id"], "tab")
-    second = await Client.connect(base_url, user["id"], "tab")
+    first = await Client.connect(api, user["id"], "tab")
+    second = await Client.connect(api, user["id"], "tab")
     try:
         assert await first.closed() == websocket_hub.CLOSE_REPLACED
         assert first.conn.close_reason.startswith("replaced")
@@ -159,9 +210,9 @@ async def test_a_full_hub_refuses_new_connections(api, base_url, monkeypatch):
     user = await api.new_user()
     hub = WebSocketHub.instance()
     monkeypatch.setattr(hub, "max_connections", hub.count + 1)
-    first = await Client.connect(base_url, user["id"], "a")
+    first = await Client.connect(api, user["id"], "a")
     try:
-        url = ws_url(base_url, user_id=user["id"], client_id="b")
+        url = ws_url(base_url, token=await api.ws_token(user["id"]), client_id="b")
         refused = Client(await tornado.websocket.websocket_connect(url))
         assert await refused.closed() == websocket_hub.CLOSE_TRY_AGAIN
         # The one already open is untouched.
@@ -191,8 +242,8 @@ async def test_a_slow_client_is_closed_and_does_not_hold_up_others(api, base_url
     user = await api.new_user()
     hub = WebSocketHub.instance()
     monkeypatch.setattr(hub, "max_pending_bytes", 256 * 1024)
-    fast = await Client.connect(base_url, user["id"], "fast")
-    slow = await raw_upgrade(http_port, f"/ws?user_id={user['id']}&client_id=slow")
+    fast = await Client.connect(api, user["id"], "fast")
+    slow = await raw_upgrade(http_port, f"/ws?token={await api.ws_token(user['id'])}&client_id=slow")
     try:
         await wait_until(lambda: len(hub.connections(user["id"])) == 2, what="both connections registered")
         slow_closed_before = metric("singleton_websocket_slow_clients_closed_total")
@@ -226,7 +277,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(api, config, service
     user = await api.new_user()
     hub = WebSocketHub.instance()
     lost_before = metric("singleton_websocket_disconnects_total", {"reason": "lost"})
-    dead = await raw_upgrade(port, f"/ws?user_id={user['id']}&client_id=dead")
+    dead = await raw_upgrade(port, f"/ws?token={await api.ws_token(user['id'])}&client_id=dead")
     try:
         await wait_until(lambda: len(hub.connections(user["id"])) == 1, what="the connection registered")
         await wait_until(lambda: not hub.connections(user["id"]), timeout=10, what="the silent peer dropped")
@@ -239,7 +290,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(api, config, service
 @pytest.mark.gen_test(timeout=60)
 async def test_reconnect_with_last_event_id_replays_what_was_missed(api, base_url):
     user = await api.new_user()
-    client = await Client.connect(base_url, user["id"], "phone")
+    client = await Client.connect(api, user["id"], "phone")
     first = await api.new_payment(user["id"], amount="1.00")
     seen = await client.next_frame("payment_created", id=first["id"])
     client.close()
@@ -247,7 +298,7 @@ async def test_reconnect_with_last_event_id_replays_what_was_missed(api, base_ur
     missed = [await api.new_payment(user["id"], amount=f"{n}.00") for n in (2, 3)]
     await api.put(f"/api/v1/payments/{missed[0]['id']}/status", {"status": "failed"})
 
-    back = await Client.connect(base_url, user["id"], "phone", last_event_id=seen["event_id"])
+    back = await Client.connect(api, user["id"], "phone", last_event_id=seen["event_id"])
     try:
         done = await back.next_frame("replay_complete")
         assert done["count"] == 3
@@ -268,9 +319,38 @@ async def test_reconnect_with_last_event_id_replays_what_was_missed(api, base_ur
 @pytest.mark.gen_test
 async def test_unknown_last_event_id_says_replay_is_unavailable(api, base_url):
     user = await api.new_user()
-    client = await Client.connect(base_url, user["id"], last_event_id=str(uuid.uuid4()))
+    client = await Client.connect(api, user["id"], last_event_id=str(uuid.uuid4()))
     try:
         frame = await client.next_frame("replay_unavailable")
         assert "refetch" in frame["message"]
     finally:
         client.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sockets_per_user_and_per_address_are_limited_before_the_upgrade(api, base_url, monkeypatch):
+    user = await api.new_user()
+    hub = WebSocketHub.instance()
+    monkeypatch.setattr(hub, "max_per_user", 2)
+    first, second = await Client.connect(api, user["id"], "a"), await Client.connect(api, user["id"], "b")
+    try:
+        token = await api.ws_token(user["id"])
+        with pytest.raises(HTTPClientError) as caught:
+            await tornado.websocket.websocket_connect(ws_url(base_url, token=token, client_id="c"))
+        assert caught.value.code == 429
+        assert json.loads(caught.value.response.body)["error"]["code"] == "too_many_sockets"
+        assert caught.value.response.headers["Retry-After"]
+        # Replacing one of its own sockets is not one more.
+        again = await Client.connect(api, user["id"], "b")
+        assert await second.closed() == websocket_hub.CLOSE_REPLACED
+        again.close()
+
+        other = await api.new_user()
+        monkeypatch.setattr(hub, "max_per_ip", hub.by_ip.get("127.0.0.1", 0))
+        with pytest.raises(HTTPClientError) as caught:
+            other_token = await api.ws_token(other["id"])
+            await tornado.websocket.websocket_connect(ws_url(base_url, token=other_token, client_id="x"))
+        assert caught.value.code == 429
+    finally:
+        first.close()
+        second.close()

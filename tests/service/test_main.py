@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 
+import pymysql
 import pytest
 
 from handlers.base import BaseHandler
@@ -64,16 +68,7 @@ def test_sigterm_stops_cleanly_with_exit_0():
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "service did not become healthy within 60 s"
-                time.sleep(0.2)
+        wait_for_health(proc, port)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -83,6 +78,99 @@ def test_sigterm_stops_cleanly_with_exit_0():
     assert "Traceback" not in out + err
     messages = [json.loads(line)["msg"] for line in out.splitlines() if line.startswith("{")]
     assert messages[-1] == "stopped"
+
+
+KEY = re.compile(r"^sk_(admin|user)_[0-9A-Za-z]{32}$")
+
+
+def test_keys_cli_creates_lists_and_revokes(services):
+    env = service_env()
+    created = run_service("keys", "create", "--role", "admin", env=env)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert KEY.match(key) and created.stdout == key + "\n", "stdout holds the key and nothing else"
+
+    listed = run_service("keys", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    keys = [json.loads(line) for line in listed.stdout.splitlines()]
+    [mine] = [k for k in keys if key.startswith(k["prefix"])]
+    assert mine["role"] == "admin" and mine["revoked_at"] is None
+    assert key not in listed.stdout
+
+    revoked = run_service("keys", "revoke", mine["id"], env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout)["revoked_at"] is not None
+
+    missing = run_service("keys", "create", "--role", "user", "--user-id", str(uuid.uuid4()), env=env)
+    assert missing.returncode == 1 and "user_not_found" in missing.stderr and missing.stdout == ""
+
+
+def test_first_start_with_no_admin_key_writes_one_to_a_private_file(tmp_path, config):
+    database = "singleton_test_bootstrap"
+    conn = pymysql.connect(
+        host=config["mysql"]["host"],
+        port=config["mysql"]["port"],
+        user=config["mysql"]["user"],
+        password=config["mysql"]["password"],
+    )
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        cur.execute(f"CREATE DATABASE `{database}`")
+    conn.close()
+    key_file = tmp_path / "secrets" / "admin.key"
+    env = service_env(SINGLETON_MYSQL__DATABASE=database, SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE=str(key_file))
+
+    out = run_until_healthy_then_stop(env)
+    key = key_file.read_text().strip()
+    assert KEY.match(key) and key.startswith("sk_admin_")
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert str(key_file) in out and key not in out, "the log says where the key is, never what it is"
+
+    out = run_until_healthy_then_stop(env, check_key=key)
+    assert key_file.read_text().strip() == key, "a second start creates no other key"
+    listed = run_service("keys", "list", env=env)
+    assert [k["role"] for k in map(json.loads, listed.stdout.splitlines())] == ["admin"]
+
+
+def run_until_healthy_then_stop(env: dict[str, str], check_key: str | None = None) -> str:
+    """Start the service, wait for /health (and try ``check_key``), SIGTERM it; its stdout."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port)],
+        cwd=ROOT,
+        env={**env, "SINGLETON_LOGGING__LEVEL": "INFO"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_health(proc, port)
+        if check_key is not None:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/v1/api-keys", headers={"Authorization": f"Bearer {check_key}"}
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert response.status == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    return out
+
+
+def wait_for_health(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                assert response.status == 200
+                return
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"service did not become healthy within {timeout} s"
+            time.sleep(0.2)
 
 
 @pytest.mark.gen_test

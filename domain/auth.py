@@ -1,0 +1,289 @@
+"""Who is calling: API keys, their roles, and the signed tokens that open a WebSocket.
+
+A key is ``sk_<role>_`` and 32 random base-62 characters (190 bits). It is shown
+once, at creation; MariaDB keeps its SHA-256 and its prefix (the role and the
+first 8 random characters), which finds the row. The hash is then compared in
+constant time.
+
+Checking a key is not a MariaDB round trip per request: each verdict (a key's
+principal, or "no such key") is kept in process for ``auth.key_cache_ttl_s``.
+That is the revocation delay: a revoked key keeps working on another instance
+for at most that long (on the instance that revoked it, not at all).
+
+WebSocket tokens are HS256 JWTs (``sub`` = user id, ``exp``, ``jti``) signed
+with ``auth.token_secret``: browsers cannot set headers on a WebSocket, so the
+socket carries a short-lived token instead of the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import string
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import NamedTuple
+
+import jwt
+import pymysql
+
+from domain import codec
+from domain.errors import APIError, not_found
+from managers.base import Manager
+from managers.mysql import MySQLManager
+
+log = logging.getLogger("singleton.auth")
+
+ADMIN = "admin"
+USER = "user"
+ROLES = (ADMIN, USER)
+
+_ALPHABET = string.ascii_letters + string.digits
+_RANDOM_CHARS = 32
+_PREFIX_CHARS = 8
+KEY_PATTERN = re.compile(rf"^sk_({ADMIN}|{USER})_[0-9A-Za-z]{{{_RANDOM_CHARS}}}$")
+_CACHE_MAX = 10_000  # verdicts kept at most (unknown keys included, so guessing cannot grow memory)
+_LAST_USED_EVERY_S = 60  # last_used_at is written at most this often per key and instance
+_BOOTSTRAP_LOCK = "singleton_bootstrap_admin_key"
+_COLUMNS = "id, prefix, role, user_id, created_at, last_used_at, revoked_at"
+FOREIGN_KEY_MISSING = 1452  # ER_NO_REFERENCED_ROW_2
+
+
+class Principal(NamedTuple):
+    """The caller, once its key checked out."""
+
+    key_id: str
+    role: str
+    user_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
+
+    def can_see(self, user_id: str | None) -> bool:
+        """Admin sees everything; a user key only its own user's resources."""
+        return self.role == ADMIN or (user_id is not None and user_id == self.user_id)
+
+
+class InvalidToken(ValueError):
+    """A WebSocket token that is missing, malformed, forged or expired."""
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key(role: str) -> str:
+    return f"sk_{role}_" + "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_CHARS))
+
+
+def key_prefix(key: str) -> str:
+    role_part = key[: key.index("_", 3) + 1]
+    return key[: len(role_part) + _PREFIX_CHARS]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def key_resource(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "prefix": row["prefix"],
+        "role": row["role"],
+        "user_id": row["user_id"],
+        "created_at": codec.rfc3339(row["created_at"]),
+        "last_used_at": codec.rfc3339(row["last_used_at"]) if row["last_used_at"] else None,
+        "revoked_at": codec.rfc3339(row["revoked_at"]) if row["revoked_at"] else None,
+    }
+
+
+# -- keys in MariaDB --------------------------------------------------------------------------
+async def create_key(role: str, user_id: str | None = None) -> dict:
+    """A new key; the returned ``key`` is the only time the secret is shown."""
+    if role not in ROLES:
+        raise APIError(422, "validation_failed", f"role must be one of: {', '.join(ROLES)}")
+    if (role == USER) != (user_id is not None):
+        raise APIError(422, "validation_failed", "a user key needs user_id; an admin key takes none")
+    key = new_key(role)
+    row = {
+        "id": str(uuid.uuid4()),
+        "prefix": key_prefix(key),
+        "role": role,
+        "user_id": user_id,
+        "created_at": _now(),
+        "last_used_at": None,
+        "revoked_at": None,
+    }
+    try:
+        async with MySQLManager.instance().cursor() as cur:
+            await cur.execute(
+                "INSERT INTO api_keys (id, prefix, hash, role, user_id, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                (row["id"], row["prefix"], _hash(key), role, user_id, row["created_at"]),
+            )
+    except pymysql.err.IntegrityError as exc:
+        if exc.args and exc.args[0] == FOREIGN_KEY_MISSING:
+            raise APIError(
+                422, "user_not_found", f"user {user_id} does not exist", details=[{"field": "user_id"}]
+            ) from None
+        raise
+    resource = key_resource(row)
+    del resource["last_used_at"], resource["revoked_at"]
+    return {**resource, "key": key}
+
+
+async def list_keys() -> list[dict]:
+    rows = await MySQLManager.instance().fetchall(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
+    return [key_resource(row) for row in rows]
+
+
+async def revoke_key(key_id: str) -> dict:
+    """Revoke a key (again is a no-op); this instance forgets it at once."""
+    async with MySQLManager.instance().cursor() as cur:
+        await cur.execute("UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (_now(), key_id))
+        row = await cur.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))
+    if row is None:
+        raise not_found("api key", key_id)
+    if Authenticator.started():
+        Authenticator.instance().forget(key_id)
+    return key_resource(row)
+
+
+async def bootstrap_admin_key(path: str) -> bool:
+    """With no usable admin key in the database, create one and write it to ``path``
+    (mode 0600). Several instances starting at once create one key between them."""
+    mysql = MySQLManager.instance()
+    async with mysql.cursor() as cur:
+        locked = await cur.fetchone("SELECT GET_LOCK(%s, 10) AS ok", (_BOOTSTRAP_LOCK,))
+        if not locked or locked["ok"] != 1:
+            raise RuntimeError("could not take the admin key bootstrap lock")
+        try:
+            found = await cur.fetchone(
+                "SELECT 1 AS found FROM api_keys WHERE role = %s AND revoked_at IS NULL LIMIT 1", (ADMIN,)
+            )
+            if found is not None:
+                return False
+            created = await create_key(ADMIN)
+            _write_private(Path(path), created["key"] + "\n")
+        finally:
+            await cur.execute("SELECT RELEASE_LOCK(%s)", (_BOOTSTRAP_LOCK,))
+    log.warning("no admin key existed: created one", extra={"key_file": path, "key_id": created["id"]})
+    return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# -- the per-instance verifier -------------------------------------------------------------------
+class Authenticator(Manager):
+    """Checks API keys (with a short in-process cache) and WebSocket tokens."""
+
+    def __init__(self, cfg: dict):
+        self.enabled: bool = cfg["enabled"]
+        self.ttl_s: float = cfg["key_cache_ttl_s"]
+        self.token_ttl_s: int = cfg["token_ttl_s"]
+        self._secret: str = cfg["token_secret"]
+        # sha256(key) -> (principal or None, expires at, monotonic)
+        self._verdicts: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
+        self._last_used_written: dict[str, float] = {}
+        self._in_flight: dict[str, asyncio.Future[Principal | None]] = {}  # one lookup per key at a time
+
+    @classmethod
+    def start(cls, cfg: dict) -> Authenticator:
+        inst = cls(cfg)
+        cls._install(inst)
+        return inst
+
+    async def authenticate(self, key: str) -> Principal | None:
+        """The principal of ``key``, or None for a malformed, unknown or revoked key."""
+        if not KEY_PATTERN.match(key):
+            return None
+        digest = _hash(key)
+        now = time.monotonic()
+        cached = self._verdicts.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        pending = self._in_flight.get(digest)
+        if pending is not None:  # concurrent requests with one key share its lookup
+            return await asyncio.shield(pending)
+        pending = self._in_flight[digest] = asyncio.get_running_loop().create_future()
+        try:
+            principal = await self._lookup(key, digest)
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except Exception as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved here; waiters re-raise it
+            raise
+        finally:
+            del self._in_flight[digest]
+        pending.set_result(principal)
+        self._verdicts[digest] = (principal, now + self.ttl_s)
+        self._verdicts.move_to_end(digest)
+        while len(self._verdicts) > _CACHE_MAX:
+            self._verdicts.popitem(last=False)
+        return principal
+
+    async def _lookup(self, key: str, digest: str) -> Principal | None:
+        mysql = MySQLManager.instance()
+        row = await mysql.fetchone(
+            "SELECT id, hash, role, user_id FROM api_keys WHERE prefix = %s AND revoked_at IS NULL",
+            (key_prefix(key),),
+        )
+        if row is None or not hmac.compare_digest(row["hash"], digest):
+            return None
+        now = time.monotonic()
+        if now - self._last_used_written.get(row["id"], -_LAST_USED_EVERY_S) >= _LAST_USED_EVERY_S:
+            self._last_used_written[row["id"]] = now
+            async with mysql.cursor() as cur:
+                await cur.execute("UPDATE api_keys SET last_used_at = %s WHERE id = %s", (_now(), row["id"]))
+        return Principal(row["id"], row["role"], row["user_id"])
+
+    def forget(self, key_id: str) -> None:
+        for digest, (principal, _) in list(self._verdicts.items()):
+            if principal is not None and principal.key_id == key_id:
+                del self._verdicts[digest]
+
+    # -- WebSocket tokens -----------------------------------------------------------------------
+    def mint_token(self, user_id: str) -> dict:
+        issued = int(time.time())
+        expires = issued + self.token_ttl_s
+        claims = {"sub": user_id, "iat": issued, "exp": expires, "jti": uuid.uuid4().hex}
+        token = jwt.encode(claims, self._secret, algorithm="HS256")
+        return {"token": token, "expires_at": codec.rfc3339(dt.datetime.fromtimestamp(expires, dt.UTC))}
+
+    def verify_token(self, token: str) -> str:
+        """The token's user id; InvalidToken if it is not one we signed, or has expired."""
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"], options={"require": ["exp", "sub", "jti"]})
+        except jwt.InvalidTokenError as exc:
+            raise InvalidToken(str(exc)) from None
+        if not isinstance(claims["sub"], str):
+            raise InvalidToken("sub must be a string")
+        return claims["sub"]
+
+    def close(self) -> None:
+        type(self)._uninstall()
+
+
+async def start_after_migrations(cfg: dict) -> Authenticator:
+    """The Authenticator, and the dev admin key if the config asks for one."""
+    inst = Authenticator.start(cfg)
+    if cfg["enabled"] and cfg["bootstrap_admin_key_file"]:
+        await asyncio.wait_for(bootstrap_admin_key(cfg["bootstrap_admin_key_file"]), 30)
+    return inst

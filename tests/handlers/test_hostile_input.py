@@ -1,0 +1,224 @@
+"""Inputs a fuzzer or an attacker sends: each gets a clear JSON 4xx, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import urllib.parse
+import uuid
+
+import pytest
+import tornado.httpserver
+import tornado.testing
+import tornado.websocket
+
+from managers.websocket_hub import WebSocketHub
+from service.app import make_app, server_options
+from tests.handlers.test_ws import Client
+from tests.helpers import wait_until
+
+DEEP = b"[" * 10_000 + b"]" * 10_000
+
+
+async def error_of(response) -> tuple[int, str]:
+    code, body, _ = response
+    return code, body["error"]["code"]
+
+
+@pytest.mark.gen_test
+async def test_json_nested_10000_deep_is_a_400_as_a_body_and_as_a_cursor(api):
+    user = await api.new_user()
+    assert await error_of(await api.post("/api/v1/users", raw=DEEP)) == (400, "invalid_json")
+    assert await error_of(await api.put(f"/api/v1/users/{user['id']}", raw=b'{"name": ' + DEEP + b"}")) == (
+        400,
+        "invalid_json",
+    )
+    cursor = base64.urlsafe_b64encode(DEEP).decode()
+    assert await error_of(await api.get(f"/api/v1/users/{user['id']}/payments?cursor={cursor}")) == (
+        400,
+        "invalid_cursor",
+    )
+
+
+@pytest.mark.gen_test
+async def test_json_nested_just_under_the_parser_limit_is_still_a_clean_error(api):
+    # Parses, then meets the validator: an error message, not a RecursionError.
+    for depth in (500, 900, 980):
+        body = b'{"email": "a@b.co", "name": ' + b"[" * depth + b"]" * depth + b"}"
+        code, response, _ = await api.post("/api/v1/users", raw=body)
+        assert code in (400, 422), (depth, response)
+
+
+@pytest.mark.gen_test
+async def test_a_deep_websocket_message_gets_an_error_frame_and_the_socket_stays(api):
+    user = await api.new_user()
+    client = await Client.connect(api, user["id"])
+    try:
+        await client.conn.write_message(b"[" * 2000)  # within max_message_bytes, too deep to parse
+        frame = await client.next_frame("error")
+        assert frame["error"]["code"] == "unknown_message"
+        await client.conn.write_message(json.dumps({"type": "ping"}))
+        await client.next_frame("pong")
+    finally:
+        client.close()
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("limit", ["²", "١", "0", "101", "-1", "1e2", "5.0", "99999999999999999999"])
+async def test_limits_that_are_not_plain_digits_in_range_are_400(api, limit):
+    user = await api.new_user()
+    code, body, _ = await api.get(f"/api/v1/users/{user['id']}/payments?limit={urllib.parse.quote(limit)}")
+    assert (code, body["error"]["code"]) == (400, "invalid_limit")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "query",
+    [
+        "to=0001-01-01T00:00:00Z",
+        "to=0001-01-01T00:30:00%2B01:00",
+        "from=9999-12-31T23:59:59-01:00",
+        "from=0001-01-01T00:00:00Z",
+        "from=2026-01-01T00:00:00",
+        "to=yesterday",
+    ],
+)
+async def test_analytics_windows_at_the_ends_of_time_are_400(api, query):
+    code, body, _ = await api.get(f"/api/v1/analytics/summary?{query}")
+    assert code == 400, body
+    assert body["error"]["code"] in ("invalid_time", "invalid_window")
+
+
+@pytest.mark.gen_test
+async def test_an_email_that_grows_when_lower_cased_is_422(api):
+    email = "a@" + "İ" * 247 + ".io"  # 252 characters; lower-cased, 499
+    code, body, _ = await api.post("/api/v1/users", {"email": email, "name": "Dotted"})
+    assert (code, body["error"]["code"]) == (422, "validation_failed")
+    user = await api.new_user()
+    code, body, _ = await api.put(f"/api/v1/users/{user['id']}", {"email": email})
+    assert (code, body["error"]["code"]) == (422, "validation_failed")
+
+
+@pytest.mark.gen_test
+async def test_emails_are_normalised_before_they_are_checked_and_stored(api):
+    local = uuid.uuid4().hex[:12].upper()
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) for c in local)  # 'Ａ' NFKC-normalises to 'A'
+    code, user, _ = await api.post("/api/v1/users", {"email": f"{fullwidth}@Example.COM", "name": "Ada"})
+    assert code == 201 and user["email"] == f"{local.lower()}@example.com"
+    code, body, _ = await api.post("/api/v1/users", {"email": f"{local.lower()}@example.com", "name": "Twin"})
+    assert (code, body["error"]["code"]) == (409, "email_taken")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "text",
+    ["evil\u202etxt.exe", "zero\u200bwidth", "bell\x07", "line\nbreak", "nul\x00", "isolate\u2066x", "bom\ufeff"],
+)
+async def test_control_and_bidi_characters_are_refused_in_names_and_descriptions(api, text):
+    code, body, _ = await api.post("/api/v1/users", {"email": "c@example.com", "name": text})
+    assert (code, body["error"]["code"]) == (422, "validation_failed")
+    user = await api.new_user()
+    payment = {"user_id": user["id"], "amount": "1.00", "currency": "USD", "description": text}
+    code, body, _ = await api.post("/api/v1/payments", payment)
+    assert (code, body["error"]["code"]) == (422, "validation_failed")
+
+
+@pytest.mark.gen_test
+async def test_a_lone_surrogate_is_refused_not_a_500(api):
+    user = await api.new_user()
+    raw = json.dumps({"name": "x"}).replace('"x"', '"\\ud800"').encode()
+    code, body, _ = await api.put(f"/api/v1/users/{user['id']}", raw=raw)
+    assert (code, body["error"]["code"]) == (422, "validation_failed")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x", ""]
+)
+async def test_a_body_that_is_not_json_is_415(api, content_type):
+    code, body, _ = await api.post(
+        "/api/v1/users", raw=b"email=a%40b.co&name=x", headers={"Content-Type": content_type}
+    )
+    assert (code, body["error"]["code"]) == (415, "unsupported_media_type")
+
+
+@pytest.mark.gen_test
+async def test_405_carries_allow_and_every_response_the_security_headers(api):
+    user = await api.new_user()
+    code, body, headers = await api.request("DELETE", f"/api/v1/users/{user['id']}")
+    assert code == 405 and body["error"]["code"] == "method_not_allowed"
+    assert set(headers["Allow"].split(", ")) == {"GET", "PUT", "OPTIONS"}
+    for response_headers in (headers, (await api.get(f"/api/v1/users/{user['id']}"))[2]):
+        assert "Server" not in response_headers
+        assert response_headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_thousand_invented_methods_add_no_metric_series(api):
+    from prometheus_client import REGISTRY
+
+    def series() -> int:
+        return sum(len(m.samples) for m in REGISTRY.collect() if m.name == "singleton_http_requests")
+
+    await api.request("BREW", "/api/v1/users")  # the first "other" creates its series
+    before = series()
+    for n in range(1000):
+        code, _, _ = await api.request(f"M{n}", "/api/v1/users")
+        assert code == 405
+    assert series() == before
+
+
+@pytest.mark.gen_test
+async def test_a_ws_request_closed_before_its_handshake_logs_no_error(api, http_port, caplog):
+    user = await api.new_user()
+    token = await api.ws_token(user["id"])
+    hub = WebSocketHub.instance()
+    connections = hub.count
+    caplog.set_level(logging.WARNING)
+    for path in (f"/ws?token={token}&client_id=gone", "/ws?client_id=gone"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        writer.close()  # gone before the server could answer
+    # A normal socket afterwards is served, and the hub counts no ghost.
+    client = await Client.connect(api, user["id"], "after")
+    client.close()
+    await wait_until(lambda: hub.count == connections, what="the hub back to where it was")
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_clients_that_trickle_half_a_request_line_hold_nothing(api, config, services):
+    cfg = {**config, "server": {**config["server"], "idle_connection_timeout_s": 1.5}}
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(make_app(cfg), **server_options(cfg))
+    server.add_sockets([sock])
+    stalled = []
+    try:
+        for _ in range(200):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /hea")  # half a request line, then nothing
+            stalled.append((reader, writer))
+        # Normal requests are still served meanwhile.
+        code, body, _ = await api.at(f"http://127.0.0.1:{port}").get("/health")
+        assert code == 200, body
+
+        async def closed(reader) -> bool:
+            return await asyncio.wait_for(reader.read(), 10) == b""
+
+        results = await asyncio.gather(*(closed(reader) for reader, _ in stalled))
+        assert all(results), "every stalled connection is closed by the server after the idle timeout"
+    finally:
+        for _, writer in stalled:
+            writer.close()
+        server.stop()
+
+
+@pytest.mark.gen_test
+async def test_an_unknown_method_on_an_unknown_route_is_404(api):
+    code, body, _ = await api.request("FOO", "/nowhere")
+    assert (code, body["error"]["code"]) == (404, "not_found")

@@ -1,0 +1,86 @@
+"""Rate limits on real Redis: 429 with its headers, per key and per address, and
+failing open (or closed, if configured) when Redis is gone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from domain.ratelimit import Rate, RateLimiter
+from tests.helpers import metric, run_make, stop_redis, wait_until
+
+
+def rejected(role: str) -> float:
+    return metric("singleton_rate_limited_total", {"role": role})
+
+
+@pytest.mark.gen_test
+async def test_a_key_over_its_write_rate_gets_429_with_headers(api, monkeypatch):
+    user = await api.new_user()
+    me = await api.as_user(user["id"])  # a fresh key: a bucket of its own
+    monkeypatch.setattr(RateLimiter.instance(), "write", Rate(per_s=0.5, burst=2))
+    before = rejected("user")
+    body = {"user_id": user["id"], "amount": "1.00", "currency": "USD"}
+    codes, headers = [], []
+    for _ in range(3):
+        code, _, h = await me.post("/api/v1/payments", body)
+        codes.append(code)
+        headers.append(h)
+    assert codes == [201, 201, 429]
+    assert headers[0]["RateLimit-Limit"] == "2" and headers[0]["RateLimit-Remaining"] == "1"
+    assert headers[1]["RateLimit-Remaining"] == "0"
+    limited = headers[2]
+    assert 1 <= int(limited["Retry-After"]) <= 2  # one token every 2 s
+    assert limited["RateLimit-Limit"] == "2" and limited["RateLimit-Remaining"] == "0"
+    assert 1 <= int(limited["RateLimit-Reset"]) <= 4
+    assert rejected("user") == before + 1
+
+    # Reads have a bucket of their own: the same key still reads.
+    assert (await me.get(f"/api/v1/users/{user['id']}"))[0] == 200
+    # And the rejection is about this key only: the admin key still writes.
+    assert (await api.post("/api/v1/payments", body))[0] == 201
+
+
+@pytest.mark.gen_test
+async def test_calls_without_a_valid_key_are_limited_per_address(api, monkeypatch):
+    monkeypatch.setattr(RateLimiter.instance(), "anonymous", Rate(per_s=0.5, burst=3))
+    before = rejected("anonymous")
+    anonymous, guesser = api.with_key(None), api.with_key("sk_admin_" + "x" * 32)
+    codes = [(await anonymous.get("/health"))[0] for _ in range(2)]
+    codes += [(await guesser.get("/api/v1/api-keys"))[0] for _ in range(2)]
+    assert codes == [200, 200, 401, 429], "key guessing and public calls share the address's bucket"
+    assert rejected("anonymous") == before + 1
+    assert (await api.get("/api/v1/api-keys"))[0] == 200, "a valid key has its own bucket"
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_with_redis_gone_the_limiter_fails_open_and_says_so(api, monkeypatch):
+    user = await api.new_user()
+    monkeypatch.setattr(RateLimiter.instance(), "write", Rate(per_s=0.001, burst=1))
+    body = {"user_id": user["id"], "amount": "1.00", "currency": "USD"}
+    assert (await api.post("/api/v1/payments", body))[0] == 201
+    assert (await api.post("/api/v1/payments", body))[0] == 429
+    failed_open = metric("singleton_rate_limit_fail_open_total")
+    stop_redis()
+    try:
+        codes = [(await api.post("/api/v1/payments", body))[0] for _ in range(3)]
+        assert codes == [201, 201, 201], "fail open: writes go on without the limiter"
+        assert metric("singleton_rate_limit_fail_open_total") >= failed_open + 3
+        code, health, _ = await api.get("/health")
+        assert health["rate_limiter"] == {"status": "fail_open"}
+        assert health["status"] != "ok"
+
+        monkeypatch.setattr(RateLimiter.instance(), "fail_open", False)
+        code, error, headers = await api.post("/api/v1/payments", body)
+        assert code == 503 and error["error"]["code"] == "dependency_unavailable" and headers["Retry-After"]
+        monkeypatch.setattr(RateLimiter.instance(), "fail_open", True)
+    finally:
+        result = await asyncio.get_running_loop().run_in_executor(None, run_make, "services")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    async def limiting_again():
+        code, _, _ = await api.get(f"/api/v1/users/{user['id']}")
+        return code == 200 and RateLimiter.instance().status() == {"status": "ok"}
+
+    await wait_until(limiting_again, timeout=20, interval=0.3, what="the limiter to use Redis again")
