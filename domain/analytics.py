@@ -30,7 +30,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from domain import codec, events
 from domain.money import EXPONENTS, format_amount
 from managers import metrics
-from managers.base import Manager, with_retries
+from managers.base import Manager, reconnect
 from managers.kafka_consumer import consumer_status, record_lag, stop_consumer
 from managers.mongodb import MongoManager
 
@@ -229,23 +229,26 @@ def fold(rows: list[dict]) -> dict:
 
 
 class AnalyticsConsumer(Manager):
-    def __init__(self, cfg: dict, store: AnalyticsStore):
+    def __init__(self, cfg: dict, reconnect_cfg: dict, store: AnalyticsStore):
         self.cfg = cfg
+        self.reconnect_cfg = reconnect_cfg
         self.store = store
         self.timeout_s: float = cfg["request_timeout_s"]
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
+        self._failing = False
         self.lag = 0
 
     @classmethod
-    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> AnalyticsConsumer:
-        store = AnalyticsStore(MongoManager.instance())
-        await asyncio.wait_for(store.ensure_indexes(), cfg["request_timeout_s"])
-        inst = cls(cfg, store)
-        await with_retries("kafka", inst._open, attempts, retry_delay_s)
+    def start(cls, config: dict) -> AnalyticsConsumer:
+        """Install the consumer; it connects in the background (Kafka or MongoDB may be down now)."""
+        inst = cls._install(cls(config["kafka"], config["reconnect"], AnalyticsStore(MongoManager.instance())))
         inst._task = asyncio.create_task(inst._run(), name="kafka-analytics-consumer")
-        cls._install(inst)
         return inst
+
+    async def _prepare(self) -> None:
+        await asyncio.wait_for(self.store.ensure_indexes(), self.timeout_s)
+        await self._open()
 
     async def _open(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -268,16 +271,22 @@ class AnalyticsConsumer(Manager):
         self.consumer = consumer
 
     async def _run(self) -> None:
+        await reconnect("analytics", self._prepare, **self.reconnect_cfg)
         backoff = 0.5
         while True:
             try:
                 await self._consume_batch()
                 backoff = 0.5
+                if self._failing:
+                    log.info("analytics batches are stored again")
+                    self._failing = False
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, PyMongoError, CommitFailedError, KafkaError) as exc:
                 metrics.CONSUMER_ERRORS.labels(NAME).inc()
-                log.warning("analytics batch not stored; will retry", extra={"error": repr(exc)[:2000]})
+                if not self._failing:  # one line per outage, not one per retry
+                    log.warning("analytics batch not stored; will retry", extra={"error": repr(exc)[:2000]})
+                self._failing = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
@@ -306,12 +315,11 @@ class AnalyticsConsumer(Manager):
                     consumer.seek(tp, records[0].offset)
                 raise
             for event in decoded:
-                metrics.EVENTS_CONSUMED.labels(NAME, str(event.get("type"))).inc()
+                metrics.EVENTS_CONSUMED.labels(NAME, metrics.event_label(event.get("type"))).inc()
         self.lag = await record_lag(consumer, NAME)
 
     def status(self) -> dict:
-        return consumer_status(self._task, self.lag)
+        return consumer_status(self._task, self.lag, self.consumer is not None and not self._failing)
 
-    async def close(self) -> None:
+    async def release(self) -> None:
         await stop_consumer(self._task, self.consumer, self.timeout_s, NAME)
-        type(self)._uninstall()

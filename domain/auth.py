@@ -38,6 +38,7 @@ import pymysql
 from domain import codec
 from domain.errors import APIError, not_found
 from managers.base import Manager
+from managers.mysql import UNAVAILABLE as mysql_unavailable
 from managers.mysql import MySQLManager
 
 log = logging.getLogger("singleton.auth")
@@ -201,12 +202,28 @@ class Authenticator(Manager):
         self._verdicts: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
         self._last_used_written: dict[str, float] = {}
         self._in_flight: dict[str, asyncio.Future[Principal | None]] = {}  # one lookup per key at a time
+        self._bootstrap: asyncio.Task | None = None
 
     @classmethod
-    def start(cls, cfg: dict) -> Authenticator:
-        inst = cls(cfg)
-        cls._install(inst)
+    def start(cls, config: dict) -> Authenticator:
+        """Install the verifier; with ``bootstrap_admin_key_file`` set, make the dev
+        admin key once MariaDB is ready (in the background: it may be down now)."""
+        cfg = config["auth"]
+        inst = cls._install(cls(cfg))
+        if cfg["enabled"] and cfg["bootstrap_admin_key_file"]:
+            inst._bootstrap = asyncio.create_task(inst._bootstrap_when_ready(cfg["bootstrap_admin_key_file"]))
         return inst
+
+    async def _bootstrap_when_ready(self, path: str) -> None:
+        mysql = MySQLManager.instance()
+        while True:
+            await mysql.ready.wait()
+            try:
+                await asyncio.wait_for(bootstrap_admin_key(path), 30)
+                return
+            except mysql_unavailable as exc:  # lost MariaDB again meanwhile: wait for it once more
+                log.warning("admin key bootstrap postponed", extra={"error": repr(exc)})
+                await asyncio.sleep(1)
 
     async def authenticate(self, key: str) -> Principal | None:
         """The principal of ``key``, or None for a malformed, unknown or revoked key."""
@@ -277,13 +294,7 @@ class Authenticator(Manager):
             raise InvalidToken("sub must be a string")
         return claims["sub"]
 
-    def close(self) -> None:
-        type(self)._uninstall()
-
-
-async def start_after_migrations(cfg: dict) -> Authenticator:
-    """The Authenticator, and the dev admin key if the config asks for one."""
-    inst = Authenticator.start(cfg)
-    if cfg["enabled"] and cfg["bootstrap_admin_key_file"]:
-        await asyncio.wait_for(bootstrap_admin_key(cfg["bootstrap_admin_key_file"]), 30)
-    return inst
+    async def release(self) -> None:
+        if self._bootstrap is not None:
+            self._bootstrap.cancel()
+            await asyncio.gather(self._bootstrap, return_exceptions=True)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from typing import Any
 
 from domain import codec
+from managers import metrics
+from managers.kafka_producer import UNAVAILABLE as KAFKA_UNAVAILABLE
+from managers.kafka_producer import KafkaProducerManager
+
+log = logging.getLogger("singleton.events")
 
 VERSION = 1
 USER_CREATED = "user_created"
@@ -26,3 +32,14 @@ def envelope(event_type: str, user_id: str | None, data: Any, occurred_at: dt.da
         "user_id": user_id,
         "data": data,
     }
+
+
+async def publish_health_check(report: dict) -> None:
+    """A ``health_check`` event straight to Kafka (not through the outbox: it records
+    no change, and a lost one is replaced by the next)."""
+    try:
+        await KafkaProducerManager.instance().send(codec.dumps(envelope(HEALTH_CHECK, None, report)))
+        metrics.HEALTH_EVENTS.labels("sent").inc()
+    except KAFKA_UNAVAILABLE as exc:
+        metrics.HEALTH_EVENTS.labels("failed").inc()
+        log.debug("health_check event not sent", extra={"error": repr(exc)})

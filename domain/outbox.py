@@ -10,6 +10,10 @@ least once, and consumers de-duplicate by ``event_id``.
 
 Order per user holds because every transaction that writes a user's event
 first locks that user's row: a user's outbox ids are assigned in commit order.
+
+Stopping never interrupts a batch between Kafka's acknowledgement and the mark:
+``close()`` lets the current batch finish, then flushes once more, so a clean
+shutdown publishes nothing twice.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import time
 
 from domain import codec
-from managers import metrics
+from managers import metrics, mysql
 from managers.base import Manager
 from managers.kafka_producer import KafkaProducerManager
 from managers.mysql import MySQLManager, Tx
@@ -51,14 +55,14 @@ class OutboxRelay(Manager):
         self.retention_hours: float = outbox_cfg["retention_hours"]
         self.idempotency_ttl_hours = idempotency_ttl_hours
         self._wakeup = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task | None = None
         self._next_housekeeping = 0.0
 
     @classmethod
-    def start(cls, outbox_cfg: dict, payments_cfg: dict) -> OutboxRelay:
-        inst = cls(outbox_cfg, payments_cfg["idempotency_ttl_hours"])
+    def start(cls, config: dict) -> OutboxRelay:
+        inst = cls._install(cls(config["outbox"], config["payments"]["idempotency_ttl_hours"]))
         inst._task = asyncio.create_task(inst._run(), name="outbox-relay")
-        cls._install(inst)
         return inst
 
     def notify(self) -> None:
@@ -68,7 +72,7 @@ class OutboxRelay(Manager):
     async def _run(self) -> None:
         backoff = self.poll_interval_s
         failing = False
-        while True:
+        while not self._stopping:
             try:
                 published = await self.relay_once()
                 if failing:
@@ -84,7 +88,8 @@ class OutboxRelay(Manager):
                 if not failing:  # one line per outage, not one per retry
                     log.warning("outbox relay cannot publish; rows wait", extra={"error": repr(exc)})
                 failing = True
-                await asyncio.sleep(backoff)
+                await self._refresh_gauges_if_possible()  # the backlog's age is what alerts watch now
+                await self._sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def _idle(self) -> None:
@@ -92,8 +97,12 @@ class OutboxRelay(Manager):
         if time.monotonic() >= self._next_housekeeping:
             await self._housekeeping()
             self._next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
+        await self._sleep(self.poll_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait for a commit's notify, a stop, or ``seconds``, whichever comes first."""
         try:
-            await asyncio.wait_for(self._wakeup.wait(), self.poll_interval_s)
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
         except TimeoutError:
             pass
         self._wakeup.clear()
@@ -121,8 +130,14 @@ class OutboxRelay(Manager):
             placeholders = ",".join(["%s"] * len(ids))
             await tx.execute(f"UPDATE outbox SET published_at = UTC_TIMESTAMP(6) WHERE id IN ({placeholders})", ids)
         for row in rows:
-            metrics.EVENTS_PUBLISHED.labels(row["event_type"]).inc()
+            metrics.EVENTS_PUBLISHED.labels(metrics.event_label(row["event_type"])).inc()
         return len(rows)
+
+    async def _refresh_gauges_if_possible(self) -> None:
+        try:
+            await self._refresh_gauges()
+        except mysql.UNAVAILABLE:
+            pass  # MariaDB is the outage: the gauges keep their last values, dependency_up says why
 
     async def _refresh_gauges(self) -> None:
         row = await MySQLManager.instance().fetchone(
@@ -148,12 +163,18 @@ class OutboxRelay(Manager):
                 (int(self.idempotency_ttl_hours * 3600),),
             )
 
-    async def close(self) -> None:
+    async def release(self) -> None:
+        """Let the batch in hand finish (published rows get marked), then flush once more."""
+        deadline_s = KafkaProducerManager.instance().timeout_s * 2
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._stopping = True
+            self._wakeup.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), deadline_s)
+            except TimeoutError:  # a batch stuck past its own deadline: give up on it, it is re-sent later
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
         try:  # one last flush, so a clean stop leaves nothing for the next start
-            await asyncio.wait_for(self.relay_once(), KafkaProducerManager.instance().timeout_s)
+            await asyncio.wait_for(self.relay_once(), deadline_s)
         except Exception as exc:
             log.warning("outbox not flushed at shutdown; rows wait for the next start", extra={"error": repr(exc)})
-        type(self)._uninstall()

@@ -45,10 +45,8 @@ class RateLimiter(Manager):
         self._failing_open = False  # the last check could not reach Redis and let the call through
 
     @classmethod
-    def start(cls, cfg: dict) -> RateLimiter:
-        inst = cls(cfg)
-        cls._install(inst)
-        return inst
+    def start(cls, config: dict) -> RateLimiter:
+        return cls._install(cls(config["rate_limit"]))
 
     async def check(self, method: str, principal: Principal | None, remote_ip: str) -> Verdict | None:
         """Take a token for this call; raise 429 ``rate_limited`` when the bucket is empty."""
@@ -84,9 +82,6 @@ class RateLimiter(Manager):
         if not self.enabled:
             return {"status": "disabled"}
         return {"status": "fail_open" if self._failing_open else "ok"}
-
-    def close(self) -> None:
-        type(self)._uninstall()
 
 
 def headers(verdict: Verdict) -> dict[str, str]:

@@ -84,14 +84,15 @@ def cached(user: dict) -> Cached:
 
 async def get(user_id: str) -> Cached:
     """The user as response bytes with its version, from Redis when cached, else from MariaDB."""
+    return await RedisManager.instance().read_through(cache_key(user_id), lambda: load(user_id))
 
-    async def load() -> Cached:
-        row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
-        if row is None:
-            raise not_found("user", user_id)
-        return cached(resource(row))
 
-    return await RedisManager.instance().read_through(cache_key(user_id), load)
+async def load(user_id: str) -> Cached:
+    """The user from MariaDB, as the cache keeps it."""
+    row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
+    if row is None:
+        raise not_found("user", user_id)
+    return cached(resource(row))
 
 
 async def lock(tx: Tx, user_id: str) -> dict | None:

@@ -26,12 +26,8 @@ from domain.errors import APIError, not_found
 from domain.ratelimit import RateLimiter
 from managers import kafka_producer, metrics, mongodb, mysql, redis
 from managers.config import ConfigManager
-from managers.kafka_consumer import KafkaConsumerManager
-from managers.kafka_producer import KafkaProducerManager
 from managers.logger import request_id_var
-from managers.mongodb import MongoManager
-from managers.mysql import MySQLManager
-from managers.redis import RedisManager
+from managers.metrics import MetricsManager
 
 log = logging.getLogger("singleton.http")
 access_log = logging.getLogger("singleton.access")
@@ -60,8 +56,6 @@ def forbidden(message: str) -> APIError:
 
 @tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
-    # Requests that have started and not yet finished; shutdown waits for zero.
-    in_flight = 0
     # Callable without an API key (the caller is then None, and rate limited by address).
     public = False
     # Every method needs an admin key; a user key gets 403.
@@ -70,32 +64,12 @@ class BaseHandler(tornado.web.RequestHandler):
     rate_limited = True
     request_id: str = ""
     principal: Principal | None = None
+    error: str | None = None  # why a request failed with 503, for the access line
     _body: bytearray
 
-    # -- the managers every handler shares -------------------------------------------------
     @property
     def config(self) -> ConfigManager:
         return ConfigManager.instance()
-
-    @property
-    def mysql(self) -> MySQLManager:
-        return MySQLManager.instance()
-
-    @property
-    def redis(self) -> RedisManager:
-        return RedisManager.instance()
-
-    @property
-    def mongodb(self) -> MongoManager:
-        return MongoManager.instance()
-
-    @property
-    def kafka(self) -> KafkaProducerManager:
-        return KafkaProducerManager.instance()
-
-    @property
-    def kafka_consumer(self) -> KafkaConsumerManager:
-        return KafkaConsumerManager.instance()
 
     # -- request lifecycle --------------------------------------------------------------------
     def set_default_headers(self) -> None:
@@ -127,7 +101,7 @@ class BaseHandler(tornado.web.RequestHandler):
             )
 
     async def prepare(self) -> None:
-        BaseHandler.in_flight += 1
+        MetricsManager.instance().request_started()
         self._counted = True
         self._body = bytearray()
         self._limit_body()
@@ -161,7 +135,14 @@ class BaseHandler(tornado.web.RequestHandler):
         if not authenticator.enabled:
             return AUTH_DISABLED
         key = self.bearer()
-        return None if key is None else await authenticator.authenticate(key)
+        if key is None:
+            return None
+        try:
+            return await authenticator.authenticate(key)
+        except DEPENDENCY_ERRORS:
+            if self.public:  # a public answer does not need to know who asked
+                return None
+            raise
 
     def bearer(self) -> str | None:
         """The credential of an ``Authorization: Bearer`` header, if there is one."""
@@ -186,7 +167,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_finish(self) -> None:
         if getattr(self, "_counted", False):
-            BaseHandler.in_flight -= 1
+            MetricsManager.instance().request_finished()
             self._counted = False
 
     def options(self, *args: Any, **kwargs: Any) -> None:
@@ -276,7 +257,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(value, (APIError, tornado.web.HTTPError)):
             return
         if isinstance(value, DEPENDENCY_ERRORS):
-            log.warning("dependency unavailable", extra={"error": repr(value), "path": self.request.path})
+            self.error = repr(value)[:300]  # on the access line: one line per request, not two
             return
         log.error("unhandled error", exc_info=(typ, value, tb), extra={"path": self.request.path})
 
@@ -324,5 +305,6 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             "remote_ip": handler.request.remote_ip,
             "key_id": principal.key_id if principal is not None else None,
             "user_agent": handler.request.headers.get("User-Agent", "")[:256],
+            **({"error": handler.error} if getattr(handler, "error", None) else {}),
         },
     )

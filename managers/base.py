@@ -1,14 +1,22 @@
-"""The singleton shape every manager shares, and bounded connect retries."""
+"""The singleton shape every manager shares, and the reconnect loop of a dependency.
+
+A manager is a class-level singleton: ``start(config)`` builds the one instance
+from the whole configuration and installs it on the class; ``instance()``
+returns it; ``close()`` releases what it holds and clears the slot.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Self, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("singleton.managers")
+
+STILL_DOWN_EVERY_S = 60.0  # while a dependency stays unreachable, one reminder line this often
 
 
 class NotStarted(RuntimeError):
@@ -16,16 +24,12 @@ class NotStarted(RuntimeError):
 
 
 class Manager:
-    """Base for class-level singletons.
-
-    ``start()`` builds the one instance and stores it on the class;
-    ``instance()`` returns it; ``close()`` releases it and clears the slot.
-    """
+    """Base for class-level singletons."""
 
     _instance: ClassVar[Manager | None] = None
 
     @classmethod
-    def instance(cls: type[T]) -> T:
+    def instance(cls) -> Self:
         inst = cls.__dict__.get("_instance")
         if inst is None:
             raise NotStarted(f"{cls.__name__} is not started")
@@ -36,44 +40,51 @@ class Manager:
         return cls.__dict__.get("_instance") is not None
 
     @classmethod
-    def _install(cls, inst: Manager) -> None:
+    def _install(cls, inst: Self) -> Self:
         if cls.started():
             raise RuntimeError(f"{cls.__name__} is already started")
         cls._instance = inst
+        return inst
 
-    @classmethod
-    def _uninstall(cls) -> None:
-        cls._instance = None
-
-
-async def with_retries(
-    what: str,
-    attempt: Callable[[], Awaitable[T]],
-    attempts: int,
-    delay_s: float,
-) -> T:
-    """Run ``attempt`` until it succeeds, at most ``attempts`` times.
-
-    Each attempt must carry its own deadline. The last error is raised with the
-    dependency named, so startup can report what it could not reach.
-    """
-    last: BaseException | None = None
-    for n in range(1, attempts + 1):
+    async def close(self) -> None:
+        """Release what the instance holds; the slot is cleared even if that fails."""
         try:
-            return await attempt()
-        except Exception as exc:  # any driver error: retry, then report it
-            last = exc
-            log.warning(
-                "connect failed",
-                extra={"dependency": what, "attempt": n, "attempts": attempts, "error": repr(exc)},
-            )
-            if n < attempts:
-                await asyncio.sleep(delay_s)
-    raise DependencyUnavailable(what, last)
+            await self.release()
+        finally:
+            if type(self).__dict__.get("_instance") is self:  # a newer instance keeps its slot
+                type(self)._instance = None
+
+    async def release(self) -> None:
+        """What ``close()`` releases: connections, tasks. Nothing by default."""
 
 
-class DependencyUnavailable(RuntimeError):
-    def __init__(self, dependency: str, cause: BaseException | None):
-        super().__init__(f"{dependency} unavailable: {cause!r}")
-        self.dependency = dependency
-        self.cause = cause
+async def reconnect(what: str, attempt: Callable[[], Awaitable[T]], initial_delay_s: float, max_delay_s: float) -> T:
+    """Run ``attempt`` until it succeeds, backing off from ``initial_delay_s`` to ``max_delay_s``.
+
+    Each attempt must carry its own deadline. The log gets one line when the
+    dependency is first found unreachable, a reminder a minute while it stays so,
+    and one line when it answers again: an outage is a few lines, not thousands.
+    """
+    delay, failures, reminded = initial_delay_s, 0, 0.0
+    while True:
+        try:
+            result = await attempt()
+        except Exception as exc:  # any driver error: wait and try again
+            failures += 1
+            now = time.monotonic()
+            if failures == 1:
+                log.warning("dependency unreachable; retrying in the background", extra=_fields(what, exc))
+                reminded = now
+            elif now - reminded >= STILL_DOWN_EVERY_S:
+                log.warning("dependency still unreachable", extra={**_fields(what, exc), "attempts": failures})
+                reminded = now
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+            continue
+        if failures:
+            log.info("dependency reachable again", extra={"dependency": what, "attempts": failures + 1})
+        return result
+
+
+def _fields(what: str, exc: BaseException) -> dict:
+    return {"dependency": what, "error": repr(exc)[:500]}

@@ -150,7 +150,7 @@ SCHEMA: dict = _obj(
             }
         ),
         "metrics": _obj({"host": _str, "port": {"type": "integer", "minimum": 0, "maximum": 65535}}),
-        "startup": _obj({"attempts": {"type": "integer", "minimum": 1}, "retry_delay_s": _pos}),
+        "reconnect": _obj({"initial_delay_s": _pos, "max_delay_s": _pos}),
     }
 )
 
@@ -241,13 +241,8 @@ class ConfigManager(Manager):
         self.data = data
 
     @classmethod
-    def start(cls, data: dict) -> ConfigManager:
-        inst = cls(data)
-        cls._install(inst)
-        return inst
+    def start(cls, config: dict) -> ConfigManager:
+        return cls._install(cls(config))
 
     def __getitem__(self, section: str) -> dict:
         return self.data[section]
-
-    def close(self) -> None:
-        type(self)._uninstall()

@@ -1,9 +1,12 @@
-"""KafkaConsumerManager: this instance's own reader of every partition.
+"""BroadcastConsumer: this instance's own reader of every partition, feeding the WebSocketHub.
 
-It joins no consumer group: each service instance assigns itself all
-partitions of the topic, starting at the latest offset, so every instance sees
-every event and can reach its own WebSocket clients. Events are dispatched by
-``type`` to the callbacks registered with ``subscribe``.
+It joins no consumer group: each service instance assigns itself all partitions
+of the topic, starting at the latest offset, so every instance sees every event
+and can reach its own WebSocket clients. ``start()`` returns at once; the
+consumer connects in the background, retrying while Kafka is down (a client
+that reconnects with ``last_event_id`` replays what it missed meanwhile).
+
+The helpers below (lag, status, stop) serve the analytics consumer too.
 """
 
 from __future__ import annotations
@@ -11,18 +14,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from managers import metrics
-from managers.base import Manager, with_retries
+from managers.base import Manager, reconnect
+from managers.websocket_hub import WebSocketHub
 
 log = logging.getLogger("singleton.kafka")
-# Called with the decoded event and its raw bytes (which can be forwarded as they are).
-EventCallback = Callable[[dict, bytes], Awaitable[None]]
 NAME = "broadcast"
 
 
@@ -37,9 +37,10 @@ async def record_lag(consumer: AIOKafkaConsumer, name: str) -> int:
     return lag
 
 
-def consumer_status(task: asyncio.Task | None, lag: int) -> dict:
+def consumer_status(task: asyncio.Task | None, lag: int, connected: bool = True) -> dict:
     """For /health: a consumer whose loop has ended is down (aiokafka#1037: watch them)."""
-    return {"status": "ok" if task is not None and not task.done() else "down", "lag": lag}
+    running = task is not None and not task.done()
+    return {"status": "ok" if running and connected else "down", "lag": lag}
 
 
 async def stop_consumer(
@@ -56,25 +57,24 @@ async def stop_consumer(
             log.warning("kafka consumer stop failed", extra={"consumer": name, "error": repr(exc)})
 
 
-class KafkaConsumerManager(Manager):
-    def __init__(self, cfg: dict):
+class BroadcastConsumer(Manager):
+    def __init__(self, cfg: dict, reconnect_cfg: dict):
         self.cfg = cfg
+        self.reconnect_cfg = reconnect_cfg
         self.topic: str = cfg["topic"]
         self.timeout_s: float = cfg["request_timeout_s"]
         self.consumer: AIOKafkaConsumer | None = None
-        self._callbacks: dict[str, list[EventCallback]] = defaultdict(list)
         self._task: asyncio.Task | None = None
+        self._failing = False
         self.lag = 0
 
     @classmethod
-    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> KafkaConsumerManager:
-        inst = cls(cfg)
-        await with_retries("kafka", inst._open, attempts, retry_delay_s)
+    def start(cls, config: dict) -> BroadcastConsumer:
+        inst = cls._install(cls(config["kafka"], config["reconnect"]))
         inst._task = asyncio.create_task(inst._run(), name="kafka-broadcast-consumer")
-        cls._install(inst)
         return inst
 
-    async def _open(self) -> None:
+    async def _open(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
             self.topic,
             bootstrap_servers=self.cfg["bootstrap_servers"],
@@ -87,27 +87,28 @@ class KafkaConsumerManager(Manager):
         try:
             await asyncio.wait_for(consumer.start(), self.timeout_s)
             await asyncio.wait_for(self._assigned(consumer), self.timeout_s)
-            # Resolve the end offsets now, so nothing produced after start() returns is missed.
+            # Resolve the end offsets now, so nothing produced after this is missed.
             for tp in consumer.assignment():
                 await asyncio.wait_for(consumer.position(tp), self.timeout_s)
         except BaseException:
             await asyncio.wait_for(consumer.stop(), self.timeout_s)
             raise
-        self.consumer = consumer
+        return consumer
 
     @staticmethod
     async def _assigned(consumer: AIOKafkaConsumer) -> None:
         while not consumer.assignment():  # noqa: ASYNC110 (aiokafka offers no event for this)
             await asyncio.sleep(0.05)
 
-    def subscribe(self, event_type: str, callback: EventCallback) -> None:
-        self._callbacks[event_type].append(callback)
+    def connected(self) -> bool:
+        """Reading (partitions assigned, positions known)."""
+        return self.consumer is not None
 
     def status(self) -> dict:
-        return consumer_status(self._task, self.lag)
+        return consumer_status(self._task, self.lag, self.connected() and not self._failing)
 
     async def _run(self) -> None:
-        assert self.consumer is not None
+        self.consumer = await reconnect("kafka", self._open, **self.reconnect_cfg)
         while True:
             try:
                 batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
@@ -116,27 +117,31 @@ class KafkaConsumerManager(Manager):
                         await self._dispatch(record.value)
                         await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
                 self.lag = await record_lag(self.consumer, NAME)
+                if self._failing:
+                    log.info("kafka fetch works again", extra={"consumer": NAME})
+                    self._failing = False
             except KafkaError as exc:
                 metrics.CONSUMER_ERRORS.labels(NAME).inc()
-                log.warning("kafka fetch failed", extra={"consumer": NAME, "error": repr(exc)})
+                if not self._failing:  # one line per outage, not one per retry
+                    log.warning("kafka fetch failed; retrying", extra={"consumer": NAME, "error": repr(exc)})
+                self._failing = True
                 await asyncio.sleep(1)
 
     async def _dispatch(self, raw: bytes) -> None:
         try:
             event = json.loads(raw)
             event_type = str(event["type"])
-        except (ValueError, KeyError, TypeError):
+            str(event["event_id"])
+        except (ValueError, KeyError, TypeError, RecursionError):
             metrics.CONSUMER_ERRORS.labels(NAME).inc()
             log.warning("skipping malformed event", extra={"consumer": NAME, "size": len(raw or b"")})
             return
-        metrics.EVENTS_CONSUMED.labels(NAME, event_type).inc()
-        for callback in self._callbacks.get(event_type, ()):
-            try:
-                await callback(event, raw)
-            except Exception:
-                metrics.CONSUMER_ERRORS.labels(NAME).inc()
-                log.exception("event callback failed", extra={"consumer": NAME, "type": event_type})
+        metrics.EVENTS_CONSUMED.labels(NAME, metrics.event_label(event_type)).inc()
+        try:
+            await WebSocketHub.instance().broadcast(event, raw)
+        except Exception:
+            metrics.CONSUMER_ERRORS.labels(NAME).inc()
+            log.exception("broadcast failed", extra={"consumer": NAME, "type": event_type})
 
-    async def close(self) -> None:
+    async def release(self) -> None:
         await stop_consumer(self._task, self.consumer, self.timeout_s, NAME)
-        type(self)._uninstall()

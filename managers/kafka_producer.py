@@ -3,7 +3,9 @@
 Idempotence stays off: with it on, ``send_and_wait`` and ``stop()`` can hang
 while the broker is down (aiokafka#1101). Consumers de-duplicate by
 ``event_id`` instead. A producer that timed out or broke is replaced, since a
-broken one can stay broken after a broker blip (aiokafka#1017).
+broken one can stay broken after a broker blip (aiokafka#1017). The producer is
+opened on first use: the service starts while Kafka is down, and the outbox keeps
+every event until it is back.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from managers.base import Manager, with_retries
+from managers.base import Manager
 
 log = logging.getLogger("singleton.kafka")
 UNAVAILABLE = (KafkaError, asyncio.TimeoutError, OSError)
@@ -29,11 +31,9 @@ class KafkaProducerManager(Manager):
         self.producer: AIOKafkaProducer | None = None
 
     @classmethod
-    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> KafkaProducerManager:
-        inst = cls(cfg)
-        await with_retries("kafka", inst._open, attempts, retry_delay_s)
-        cls._install(inst)
-        return inst
+    def start(cls, config: dict) -> KafkaProducerManager:
+        """Install the manager; the producer is opened on first use, so Kafka may be down now."""
+        return cls._install(cls(config["kafka"]))
 
     async def _open(self) -> None:
         producer = AIOKafkaProducer(
@@ -55,7 +55,7 @@ class KafkaProducerManager(Manager):
         try:
             await asyncio.wait_for(producer.stop(), self.timeout_s)
         except Exception as exc:
-            log.warning("kafka producer stop failed", extra={"error": repr(exc)})
+            log.debug("kafka producer stop failed (expected while the broker is down)", extra={"error": repr(exc)})
 
     async def _replace(self) -> None:
         old, self.producer = self.producer, None
@@ -97,8 +97,7 @@ class KafkaProducerManager(Manager):
         if metadata.partitions_for_topic(self.topic) is None:
             raise KafkaError(f"topic {self.topic!r} does not exist")
 
-    async def close(self) -> None:
+    async def release(self) -> None:
         if self.producer is not None:
             await self._stop_quietly(self.producer)
             self.producer = None
-        type(self)._uninstall()

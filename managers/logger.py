@@ -1,7 +1,13 @@
 """LoggerManager: structured JSON lines to stdout and a rotating file.
 
 Every line inside a request carries that request's id, taken from a context
-variable that ``handlers.base.BaseHandler.prepare`` sets.
+variable that ``handlers.base.BaseHandler.set_default_headers`` sets.
+
+During an outage the client libraries (aiokafka, PyMongo, redis-py, aiomysql)
+can log a warning per retry, thousands a minute. ``OutageFilter`` lets through
+one of a library's warnings per change of its dependency's state (the
+HealthMonitor reports the changes), counts the rest in
+``singleton_log_lines_suppressed_total`` and says how many once a minute.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from managers import metrics
 from managers.base import Manager
+from managers.metrics import LOG_SOURCES, Dependency
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -42,11 +50,46 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+class OutageFilter(logging.Filter):
+    """One warning of a client library per state change of its dependency; the rest counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._open = dict.fromkeys(LOG_SOURCES, True)  # the next warning of this library goes through
+        self._suppressed = dict.fromkeys(LOG_SOURCES, 0)  # since the last summary
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        source = record.name.partition(".")[0]
+        if source not in LOG_SOURCES or record.levelno < logging.WARNING:
+            return True
+        if self._open[source]:
+            self._open[source] = False
+            return True
+        self._suppressed[source] += 1
+        metrics.LOG_LINES_SUPPRESSED.labels(source).inc()
+        return False
+
+    def state_changed(self, dependency: Dependency) -> None:
+        """Let the next warning about ``dependency`` through: it may say something new."""
+        for source, dep in LOG_SOURCES.items():
+            if dep == dependency:
+                self._open[source] = True
+
+    def take_summary(self) -> dict[str, int]:
+        """What was suppressed since the last call (only the libraries that had any)."""
+        counts = {source: n for source, n in self._suppressed.items() if n}
+        self._suppressed = dict.fromkeys(LOG_SOURCES, 0)
+        return counts
+
+
 class LoggerManager(Manager):
     """Configures the root logger once; ``close()`` detaches its handlers."""
 
     def __init__(self, handlers: list[logging.Handler]):
         self.handlers = handlers
+        self.outages = OutageFilter()
+        for handler in handlers:
+            handler.addFilter(self.outages)
 
     @classmethod
     def start(cls, cfg: dict, stream: TextIO = sys.stdout) -> LoggerManager:
@@ -67,13 +110,16 @@ class LoggerManager(Manager):
         logging.getLogger("tornado.access").propagate = False
         for noisy in ("aiokafka", "kafka", "pymongo"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        inst = cls(handlers)
-        cls._install(inst)
-        return inst
+        return cls._install(cls(handlers))
 
-    def close(self) -> None:
+    def summarize_suppressed(self) -> None:
+        """One line saying how many client-library warnings were dropped since the last one."""
+        counts = self.outages.take_summary()
+        if counts:
+            logging.getLogger("singleton.logs").warning("client library warnings suppressed", extra={"counts": counts})
+
+    async def release(self) -> None:
         root = logging.getLogger()
         for h in self.handlers:
             root.removeHandler(h)
             h.close()
-        type(self)._uninstall()

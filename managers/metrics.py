@@ -24,6 +24,22 @@ class Dependency(enum.StrEnum):
     KAFKA = "kafka"
 
 
+# Event types as label values; anything else a message claims to be is "other".
+EVENT_TYPES = ("user_created", "user_updated", "payment_created", "payment_updated", "health_check")
+# The client libraries whose warnings are thinned out during an outage, by the dependency they talk to.
+LOG_SOURCES = {
+    "aiokafka": Dependency.KAFKA,
+    "kafka": Dependency.KAFKA,
+    "pymongo": Dependency.MONGODB,
+    "redis": Dependency.REDIS,
+    "aiomysql": Dependency.MYSQL,
+}
+
+
+def event_label(event_type: object) -> str:
+    return event_type if event_type in EVENT_TYPES else "other"  # type: ignore[return-value]
+
+
 REQUEST_DURATION = Histogram(
     f"{PREFIX}_http_request_duration_seconds",
     "HTTP request latency, by handler, method and status code",
@@ -111,6 +127,13 @@ RATE_LIMIT_FAIL_OPEN = Counter(
     f"{PREFIX}_rate_limit_fail_open",
     "Calls let through unchecked because Redis could not be reached (rate_limit.fail_open)",
 )
+REQUESTS_IN_FLIGHT = Gauge(f"{PREFIX}_http_requests_in_flight", "HTTP requests started and not yet finished")
+READY = Gauge(f"{PREFIX}_ready", "1 when this instance can serve its API (MariaDB reached and migrated), else 0")
+LOG_LINES_SUPPRESSED = Counter(
+    f"{PREFIX}_log_lines_suppressed",
+    "Warnings of client libraries not logged during an outage (one per state change is), by library",
+    ["source"],
+)
 ANALYTICS_WRITE_DURATION = Histogram(
     f"{PREFIX}_analytics_write_duration_seconds",
     "Time to write one batch of events to MongoDB",
@@ -126,8 +149,10 @@ for _op in ("get", "set", "rate_limit"):
     CACHE_ERRORS.labels(_op)
 for _role in ("admin", "user", "anonymous"):
     RATE_LIMITED.labels(_role)
-for _type in ("user_created", "user_updated", "payment_created", "payment_updated"):
+for _type in EVENT_TYPES:
     EVENTS_PUBLISHED.labels(_type)
+for _source in LOG_SOURCES:
+    LOG_LINES_SUPPRESSED.labels(_source)
 for _outcome in ("accepted", "refused_full", "refused_user_limit", "refused_ip_limit", "replaced"):
     WS_CONNECTS.labels(_outcome)
 for _reason in ("client", "lost", "replaced", "slow", "shutdown", "full"):
@@ -144,15 +169,19 @@ class MetricsManager(Manager):
 
     def __init__(self, registry: prometheus_client.CollectorRegistry):
         self.registry = registry
+        self.in_flight = 0  # requests started and not finished; shutdown waits for zero
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        REQUESTS_IN_FLIGHT.set(self.in_flight)
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        REQUESTS_IN_FLIGHT.set(self.in_flight)
 
     @classmethod
-    def start(cls, registry: prometheus_client.CollectorRegistry = prometheus_client.REGISTRY) -> MetricsManager:
-        inst = cls(registry)
-        cls._install(inst)
-        return inst
+    def start(cls, config: dict | None = None) -> MetricsManager:
+        return cls._install(cls(prometheus_client.REGISTRY))
 
     def render(self) -> tuple[str, bytes]:
         return prometheus_client.CONTENT_TYPE_LATEST, prometheus_client.generate_latest(self.registry)
-
-    def close(self) -> None:
-        type(self)._uninstall()

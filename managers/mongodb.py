@@ -12,7 +12,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from managers.base import Manager, with_retries
+from managers.base import Manager
 
 UNAVAILABLE = (PyMongoError, asyncio.TimeoutError)
 
@@ -24,7 +24,9 @@ class MongoManager(Manager):
         self.timeout_s = cfg["timeout_ms"] / 1000
 
     @classmethod
-    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> MongoManager:
+    def start(cls, config: dict) -> MongoManager:
+        """Install the manager; the client connects on first use, so MongoDB may be down now."""
+        cfg = config["mongodb"]
         t = cfg["timeout_ms"]
         client: AsyncMongoClient = AsyncMongoClient(
             cfg["uri"],
@@ -35,18 +37,10 @@ class MongoManager(Manager):
             appname="singleton-service",
             tz_aware=True,
         )
-        inst = cls(client, cfg)
-        try:
-            await with_retries("mongodb", inst.ping, attempts, retry_delay_s)
-        except BaseException:
-            await client.close()
-            raise
-        cls._install(inst)
-        return inst
+        return cls._install(cls(client, cfg))
 
     async def ping(self) -> None:
         await asyncio.wait_for(self.client.admin.command("ping"), self.timeout_s * 2)
 
-    async def close(self) -> None:
+    async def release(self) -> None:
         await asyncio.wait_for(self.client.close(), 5)
-        type(self)._uninstall()

@@ -1,9 +1,15 @@
 """MySQLManager: the aiomysql pool, with a deadline on every query.
 
+MariaDB is the one dependency the API cannot serve without, and still the
+service does not wait for it: ``start()`` returns at once and a background task
+connects (retrying with backoff for as long as it takes) and applies the
+migrations. Until then the manager is not ``ready`` and every query raises
+``NotReady``, which the API answers with 503 and ``/health/ready`` reports.
+
 aiomysql has no query timeout of its own, so every statement runs under
-``asyncio.timeout`` (not ``wait_for``, which costs a new task per statement on
-the hot path). A connection interrupted mid-statement is closed rather
-than returned to the pool, since its protocol state is unknown.
+``asyncio.timeout`` (which, unlike ``wait_for``, costs no new task per statement
+on the hot path). A connection interrupted mid-statement is closed rather than
+returned to the pool, since its protocol state is unknown.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from typing import Any
 import aiomysql
 import pymysql
 
-from managers.base import Manager, with_retries
+from managers import metrics
+from managers.base import Manager, reconnect
 
 log = logging.getLogger("singleton.mysql")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -33,6 +40,11 @@ def is_duplicate_key(exc: pymysql.err.IntegrityError) -> bool:
 
 
 ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
+
+
+class NotReady(ConnectionError):
+    """MariaDB has not been reached and migrated yet since this instance started."""
+
 
 # Errors that mean "the database is not there right now" (as opposed to a bad query).
 UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError, asyncio.TimeoutError, ConnectionError)
@@ -63,14 +75,30 @@ class Tx:
 
 
 class MySQLManager(Manager):
-    def __init__(self, pool: aiomysql.Pool, query_timeout_s: float):
-        self.pool = pool
-        self.query_timeout_s = query_timeout_s
+    def __init__(self, cfg: dict, reconnect_cfg: dict):
+        self.cfg = cfg
+        self.reconnect_cfg = reconnect_cfg
+        self.query_timeout_s: float = cfg["query_timeout_s"]
+        self.pool: aiomysql.Pool | None = None
+        self.ready = asyncio.Event()  # connected and migrated
+        self._task: asyncio.Task | None = None
 
     @classmethod
-    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> MySQLManager:
-        async def connect() -> aiomysql.Pool:
-            pool = await asyncio.wait_for(
+    def start(cls, config: dict) -> MySQLManager:
+        """Install the manager and connect in the background (see ``ready``)."""
+        inst = cls._install(cls(config["mysql"], config["reconnect"]))
+        inst._task = asyncio.create_task(inst._connect_until_ready(), name="mysql-connect")
+        return inst
+
+    async def _connect_until_ready(self) -> None:
+        await reconnect("mysql", self._connect_and_migrate, **self.reconnect_cfg)
+        self.ready.set()
+        metrics.READY.set(1)
+
+    async def _connect_and_migrate(self) -> None:
+        if self.pool is None:
+            cfg = self.cfg
+            self.pool = await asyncio.wait_for(
                 aiomysql.create_pool(
                     host=cfg["host"],
                     port=cfg["port"],
@@ -86,15 +114,16 @@ class MySQLManager(Manager):
                 ),
                 cfg["connect_timeout_s"] * 2,
             )
-            return pool
+        await self.migrate()
 
-        pool = await with_retries("mysql", connect, attempts, retry_delay_s)
-        inst = cls(pool, cfg["query_timeout_s"])
-        cls._install(inst)
-        return inst
+    async def wait_ready(self, timeout_s: float) -> None:
+        """For commands that need the database before they can do anything (``keys``)."""
+        await asyncio.wait_for(self.ready.wait(), timeout_s)
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[aiomysql.Connection]:
+    async def _connection(self, migrating: bool = False) -> AsyncIterator[aiomysql.Connection]:
+        if self.pool is None or not (migrating or self.ready.is_set()):
+            raise NotReady("mysql is not reachable yet")
         async with asyncio.timeout(self.query_timeout_s):
             conn = await self.pool.acquire()
         try:
@@ -128,11 +157,8 @@ class MySQLManager(Manager):
             if isolation is not None:
                 if isolation not in ISOLATION_LEVELS:
                     raise ValueError(f"unknown isolation level {isolation!r}")
-                async with conn.cursor() as cur:
-                    await asyncio.wait_for(
-                        cur.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}"),
-                        self.query_timeout_s,
-                    )
+                async with conn.cursor() as cur, asyncio.timeout(self.query_timeout_s):
+                    await cur.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
             async with asyncio.timeout(self.query_timeout_s):
                 await conn.begin()
             async with conn.cursor(aiomysql.DictCursor) as cur:
@@ -162,7 +188,7 @@ class MySQLManager(Manager):
         """
         applied_now: list[str] = []
         files = [(path.stem, path.read_text()) for path in sorted(directory.glob("*.sql"))]  # noqa: ASYNC240 (startup)
-        async with self._connection() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+        async with self._connection(migrating=True) as conn, conn.cursor(aiomysql.DictCursor) as cur:
             tx = Tx(cur, MIGRATION_LOCK_TIMEOUT_S + self.query_timeout_s)
             locked = await tx.fetchone("SELECT GET_LOCK('singleton_migrations', %s) AS ok", (MIGRATION_LOCK_TIMEOUT_S,))
             if not locked or locked["ok"] != 1:
@@ -193,10 +219,14 @@ class MySQLManager(Manager):
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
 
-    async def close(self) -> None:
-        self.pool.close()
-        await asyncio.wait_for(self.pool.wait_closed(), 5)
-        type(self)._uninstall()
+    async def release(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        metrics.READY.set(0)
+        if self.pool is not None:
+            self.pool.close()
+            await asyncio.wait_for(self.pool.wait_closed(), 5)
 
 
 def split_sql(text: str) -> list[str]:

@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from managers import metrics
-from managers.base import Manager, with_retries
+from managers.base import Manager
 
 log = logging.getLogger("singleton.redis")
 BYPASS_AFTER_ERROR_S = 1.0
@@ -82,12 +82,15 @@ class RedisManager(Manager):
         self.ttl_s = cfg["cache_ttl_s"]
         self.timeout_s = cfg["socket_timeout_s"] + cfg["connect_timeout_s"]
         self._bypass_until = 0.0
+        self._failing = False
         # Scripts are sent by hash; redis-py reloads one the server lost (NOSCRIPT) after a restart.
         self._put_if_newer = client.register_script(_PUT_IF_NEWER)
         self._take_token = client.register_script(_TAKE_TOKEN)
 
     @classmethod
-    async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> RedisManager:
+    def start(cls, config: dict) -> RedisManager:
+        """Install the manager; the client connects on first use, so Redis may be down now."""
+        cfg = config["redis"]
         client = aioredis.Redis.from_url(
             cfg["url"],
             socket_timeout=cfg["socket_timeout_s"],
@@ -98,25 +101,25 @@ class RedisManager(Manager):
             health_check_interval=30,
             max_connections=64,
         )
-        inst = cls(client, cfg)
-        try:
-            await with_retries("redis", inst.ping, attempts, retry_delay_s)
-        except BaseException:
-            await client.aclose()
-            raise
-        cls._install(inst)
-        return inst
+        return cls._install(cls(client, cfg))
 
     async def ping(self) -> None:
         async with asyncio.timeout(self.timeout_s):
             await self.client.ping()
+        self._succeeded()
 
     # -- cache-aside ---------------------------------------------------------------------
     def _failed(self, op: str, exc: BaseException) -> None:
         metrics.CACHE_ERRORS.labels(op).inc()
-        if time.monotonic() >= self._bypass_until:
-            log.warning("redis unavailable: bypassing it for a moment", extra={"op": op, "error": repr(exc)})
+        if not self._failing:  # one line per outage; HealthMonitor logs when it ends
+            log.warning(
+                "redis unavailable: reading through, rate limits fail open", extra={"op": op, "error": repr(exc)}
+            )
+        self._failing = True
         self._bypass_until = time.monotonic() + BYPASS_AFTER_ERROR_S
+
+    def _succeeded(self) -> None:
+        self._failing = False
 
     def bypassing(self) -> bool:
         """True for a moment after a failed call: Redis is not tried meanwhile."""
@@ -175,6 +178,5 @@ class RedisManager(Manager):
             raise
         return Bucket(bool(allowed), int(float(remaining)), float(retry_after), float(reset))
 
-    async def close(self) -> None:
+    async def release(self) -> None:
         await asyncio.wait_for(self.client.aclose(), 5)
-        type(self)._uninstall()

@@ -78,10 +78,8 @@ class WebSocketHub(Manager):
         self._recent: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
-    def start(cls, cfg: dict) -> WebSocketHub:
-        inst = cls(cfg)
-        cls._install(inst)
-        return inst
+    def start(cls, config: dict) -> WebSocketHub:
+        return cls._install(cls(config["websocket"]))
 
     # -- membership ------------------------------------------------------------------------
     def refusal(self, user_id: str, client_id: str, remote_ip: str) -> str | None:
@@ -194,7 +192,7 @@ class WebSocketHub(Manager):
             elif event_id not in conn.replayed_ids:
                 sent += self._write(conn, frame)
         if sent:
-            metrics.WS_FRAMES_SENT.labels(event_type).inc(sent)
+            metrics.WS_FRAMES_SENT.labels(metrics.event_label(event_type)).inc(sent)
             delay = _age_s(event.get("occurred_at"))
             if delay is not None:
                 metrics.WS_DELIVERY_DELAY.observe(delay)
@@ -241,12 +239,11 @@ class WebSocketHub(Manager):
         self._drop(conn, "slow")
         conn.socket.close(CLOSE_SLOW, "too much unsent data: reconnect with last_event_id")
 
-    def close(self) -> None:
+    async def release(self) -> None:
         for clients in list(self.by_user.values()):
             for conn in list(clients.values()):
                 self._drop(conn, "shutdown")
                 conn.socket.close(CLOSE_GOING_AWAY, "server shutting down")
-        type(self)._uninstall()
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""``python -m service [--config PATH] [--port N]``: run the service.
+"""``python -m service [--config PATH] [--port N] [--role all|api|relay|analytics]``: run the service.
 
 ``python -m service keys create --role admin|user [--user-id ID] | list | revoke ID``:
 manage API keys. ``create`` prints only the new key on stdout (it is shown nowhere
@@ -18,21 +18,27 @@ import time
 
 from domain import auth
 from domain.errors import APIError
-from handlers.base import BaseHandler
 from managers import config as config_module
-from managers.base import DependencyUnavailable
 from managers.logger import LoggerManager
+from managers.metrics import MetricsManager
 from managers.mysql import MySQLManager
 from service.app import make_app, make_metrics_app, server_options
-from service.lifecycle import shutdown, startup
+from service.lifecycle import ROLES, Lifecycle
 
 log = logging.getLogger("singleton.service")
+KEYS_WAIT_S = 30  # how long the keys commands wait for MariaDB
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m service", description="users-and-payments service")
     parser.add_argument("--config", help="path to config.yaml (default: the repository's)")
     parser.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="what this process runs (default all; see service/lifecycle.py ROLES)",
+    )
     commands = parser.add_subparsers(dest="command")
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key and print it (shown this once only)")
@@ -46,13 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def manage_keys(config: dict, args: argparse.Namespace) -> int:
     """The ``keys`` commands: MariaDB only, no port opened."""
+    mysql = MySQLManager.start(config)
     try:
-        mysql = await MySQLManager.start(config["mysql"])
-    except DependencyUnavailable as exc:
-        print(f"cannot reach {exc.dependency}: {exc.cause!r}", file=sys.stderr)
-        return 1
-    try:
-        await mysql.migrate()
+        await mysql.wait_ready(KEYS_WAIT_S)
         if args.action == "create":
             created = await auth.create_key(args.role, args.user_id)
             print(created["key"])
@@ -61,6 +63,9 @@ async def manage_keys(config: dict, args: argparse.Namespace) -> int:
                 print(json.dumps(key))
         else:
             print(json.dumps(await auth.revoke_key(args.key_id)))
+    except TimeoutError:
+        print(f"cannot reach mysql within {KEYS_WAIT_S} s", file=sys.stderr)
+        return 1
     except APIError as exc:
         print(f"{exc.code}: {exc.message}", file=sys.stderr)
         return 1
@@ -71,11 +76,12 @@ async def manage_keys(config: dict, args: argparse.Namespace) -> int:
 
 async def drain(timeout_s: float) -> None:
     """Wait, up to a deadline, for requests already being handled to finish."""
+    requests = MetricsManager.instance()
     deadline = time.monotonic() + timeout_s
-    while BaseHandler.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (a counter, not an event)
+    while requests.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (a counter, not an event)
         await asyncio.sleep(0.05)
-    if BaseHandler.in_flight:
-        log.warning("shutdown deadline passed with requests in flight", extra={"in_flight": BaseHandler.in_flight})
+    if requests.in_flight:
+        log.warning("shutdown deadline passed with requests in flight", extra={"in_flight": requests.in_flight})
 
 
 # Fewer, cheaper collections: the default first threshold (700) ran a young-generation
@@ -91,15 +97,13 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve(config: dict) -> int:
-    try:
-        await startup(config)
-    except DependencyUnavailable as exc:
-        log.error("startup failed", extra={"dependency": exc.dependency, "error": repr(exc.cause)})
-        return 1
+async def serve(config: dict, role: str) -> int:
+    lifecycle = Lifecycle(config, role)
+    await lifecycle.start()
     tune_gc()
     server_cfg, metrics_cfg = config["server"], config["metrics"]
-    server = make_app(config).listen(server_cfg["port"], address=server_cfg["host"], **server_options(config))
+    app = make_app(config, role=role)
+    server = app.listen(server_cfg["port"], address=server_cfg["host"], **server_options(config))
     metrics_server = make_metrics_app().listen(metrics_cfg["port"], address=metrics_cfg["host"])
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -107,7 +111,12 @@ async def serve(config: dict) -> int:
         loop.add_signal_handler(sig, stopping.set)
     log.info(
         "listening",
-        extra={"host": server_cfg["host"], "port": server_cfg["port"], "metrics_port": metrics_cfg["port"]},
+        extra={
+            "host": server_cfg["host"],
+            "port": server_cfg["port"],
+            "metrics_port": metrics_cfg["port"],
+            "role": role,
+        },
     )
     await stopping.wait()
 
@@ -116,7 +125,7 @@ async def serve(config: dict) -> int:
     metrics_server.stop()
     await drain(server_cfg["shutdown_timeout_s"])
     await asyncio.wait_for(server.close_all_connections(), server_cfg["shutdown_timeout_s"])
-    await shutdown()
+    await lifecycle.stop()
     log.info("stopped")
     return 0
 
@@ -129,16 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     except config_module.ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
+    return asyncio.run(run(config, args))
+
+
+async def run(config: dict, args: argparse.Namespace) -> int:
     if args.command == "keys":  # stdout is the command's answer: logs go to stderr
         logger = LoggerManager.start({**config["logging"], "file": "", "level": "WARNING"}, stream=sys.stderr)
-        run = manage_keys(config, args)
     else:
         logger = LoggerManager.start(config["logging"])
-        run = serve(config)
     try:
-        return asyncio.run(run)
+        return await (manage_keys(config, args) if args.command == "keys" else serve(config, args.role))
     finally:
-        logger.close()
+        await logger.close()
 
 
 if __name__ == "__main__":

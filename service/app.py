@@ -9,6 +9,7 @@ import tornado.web
 
 from handlers.base import NotFoundHandler, log_request
 
+API_ROLES = ("all", "api")
 HANDLER_MODULES = (
     "handlers.users",
     "handlers.payments",
@@ -21,10 +22,11 @@ HANDLER_MODULES = (
 )
 
 
-def make_app(config: dict, extra_handlers: list | None = None) -> tornado.web.Application:
+def make_app(config: dict, extra_handlers: list | None = None, role: str = "all") -> tornado.web.Application:
+    """The API for the roles that serve it (all, api); the health endpoints alone for the others."""
     ws = config["websocket"]
     routes: list = []
-    for name in HANDLER_MODULES:
+    for name in HANDLER_MODULES if role in API_ROLES else ("handlers.health",):
         routes.extend(importlib.import_module(name).default_handlers)
     routes.extend(extra_handlers or [])
     return tornado.web.Application(

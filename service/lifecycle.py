@@ -1,83 +1,107 @@
-"""Startup and shutdown: the managers are created once, in dependency order,
-before the port opens, and closed in reverse order after it closes."""
+"""Startup and shutdown, for each role a process can play.
+
+``ROLES`` lists, per role, the managers a process starts, in dependency order:
+this is the one place to read what runs where. ``Lifecycle.start`` pushes each
+manager it starts onto a stack, and ``stop`` unwinds it, so a failed start
+closes exactly what was started.
+
+Nothing here waits for a dependency. A manager that needs a connection makes it
+in the background (MariaDB, Kafka and MongoDB retry with backoff for as long as
+it takes; Redis connects on first use), so the port opens at once and
+``/health/ready`` says when the API can be served.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 
-from domain import auth, events
+from domain import events
 from domain.analytics import AnalyticsConsumer
 from domain.auth import Authenticator
 from domain.outbox import OutboxRelay
 from domain.ratelimit import RateLimiter
+from managers.base import Manager
 from managers.config import ConfigManager
-from managers.kafka_consumer import KafkaConsumerManager
+from managers.health import HealthMonitor
+from managers.kafka_consumer import BroadcastConsumer
 from managers.kafka_producer import KafkaProducerManager
 from managers.metrics import MetricsManager
 from managers.mongodb import MongoManager
 from managers.mysql import MySQLManager
 from managers.redis import RedisManager
 from managers.websocket_hub import WebSocketHub
-from service.health import HealthMonitor
 
 log = logging.getLogger("singleton.lifecycle")
 
-# Startup order; shutdown walks it backwards. The logger is outside it: it is
-# started first by main() and closed last, so every step can be logged.
-ORDER = (
+CLOSE_TIMEOUT_S = 15  # per manager; the slot is cleared even past it
+
+_API = (
     ConfigManager,
     MetricsManager,
     MySQLManager,
     Authenticator,
     RedisManager,
     RateLimiter,
-    MongoManager,
+    MongoManager,  # the analytics endpoints read it
     KafkaProducerManager,
     WebSocketHub,
-    KafkaConsumerManager,
-    AnalyticsConsumer,
-    OutboxRelay,
-    HealthMonitor,
+    BroadcastConsumer,  # this instance's sockets get every event
 )
+ROLES: dict[str, tuple[type[Manager], ...]] = {
+    # One process does everything: the default, and what `make run` starts.
+    "all": (*_API, AnalyticsConsumer, OutboxRelay, HealthMonitor),
+    # REST and WebSocket only; run the relay and analytics elsewhere.
+    "api": (*_API, HealthMonitor),
+    # MariaDB's outbox to Kafka.
+    "relay": (ConfigManager, MetricsManager, MySQLManager, KafkaProducerManager, OutboxRelay, HealthMonitor),
+    # Kafka to MongoDB, in the shared consumer group.
+    "analytics": (ConfigManager, MetricsManager, MongoManager, AnalyticsConsumer, HealthMonitor),
+}
 
 
-async def startup(config: dict) -> None:
-    """Create every manager; on failure close what was created and re-raise."""
-    retry = {"attempts": config["startup"]["attempts"], "retry_delay_s": config["startup"]["retry_delay_s"]}
-    try:
-        ConfigManager.start(config)
-        MetricsManager.start()
-        mysql = await MySQLManager.start(config["mysql"], **retry)
-        await mysql.migrate()
-        await auth.start_after_migrations(config["auth"])
-        await RedisManager.start(config["redis"], **retry)
-        RateLimiter.start(config["rate_limit"])
-        await MongoManager.start(config["mongodb"], **retry)
-        await KafkaProducerManager.start(config["kafka"], **retry)
-        hub = WebSocketHub.start(config["websocket"])
-        consumer = await KafkaConsumerManager.start(config["kafka"], **retry)
-        for event_type in events.DOMAIN_TYPES:
-            consumer.subscribe(event_type, hub.broadcast)
-        await AnalyticsConsumer.start(config["kafka"], **retry)
-        OutboxRelay.start(config["outbox"], config["payments"])
-        HealthMonitor.start(config["server"], config["kafka"])
-    except BaseException:
-        await shutdown()
-        raise
-    log.info("managers started", extra={"managers": [cls.__name__ for cls in ORDER]})
+class Lifecycle:
+    def __init__(self, config: dict, role: str = "all"):
+        self.config = config
+        self.role = role
+        self._stack: list[Manager] = []
 
-
-async def shutdown() -> None:
-    """Close every started manager in reverse order; one failure does not stop the rest."""
-    for cls in reversed(ORDER):
-        if not cls.started():
-            continue
+    async def start(self) -> None:
+        """Start the role's managers in order; on failure close what was started and re-raise."""
         try:
-            result = cls.instance().close()
-            if inspect.isawaitable(result):
-                await asyncio.wait_for(result, 10)
-        except Exception:
-            log.exception("close failed", extra={"manager": cls.__name__})
-            cls._uninstall()
+            for cls in ROLES[self.role]:
+                self._stack.append(cls.start(self.config))
+            watch(HealthMonitor.instance())
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("managers started", extra={"role": self.role, "managers": [type(m).__name__ for m in self._stack]})
+
+    async def restart(self, cls: type[Manager]) -> Manager:
+        """Close ``cls``'s instance and start a fresh one in its place."""
+        index = next(i for i, m in enumerate(self._stack) if type(m) is cls)
+        await self._stack[index].close()
+        self._stack[index] = cls.start(self.config)
+        watch(HealthMonitor.instance())
+        return self._stack[index]
+
+    async def stop(self) -> None:
+        """Close every started manager, last started first; one failure does not stop the rest."""
+        while self._stack:
+            manager = self._stack.pop()
+            try:
+                await asyncio.wait_for(manager.close(), CLOSE_TIMEOUT_S)
+            except Exception:
+                log.exception("close failed", extra={"manager": type(manager).__name__})
+
+
+def watch(monitor: HealthMonitor) -> None:
+    """What /health reports beyond the dependencies, for the parts this process runs."""
+    if BroadcastConsumer.started():
+        monitor.watch("consumers.broadcast", BroadcastConsumer.instance().status)
+    if AnalyticsConsumer.started():
+        monitor.watch("consumers.analytics", AnalyticsConsumer.instance().status)
+    if RateLimiter.started():
+        monitor.watch("rate_limiter", RateLimiter.instance().status)
+    if KafkaProducerManager.started():
+        monitor.on_report(events.publish_health_check)

@@ -14,12 +14,20 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from domain import auth
+from domain.analytics import AnalyticsConsumer
 from domain.errors import APIError
 from handlers.base import BaseHandler
 from managers import config as config_module
+from managers.config import ConfigManager
+from managers.health import HealthMonitor
+from managers.kafka_consumer import BroadcastConsumer
+from managers.kafka_producer import KafkaProducerManager
+from managers.mongodb import MongoManager
+from managers.mysql import MySQLManager
+from managers.redis import RedisManager
 from service.app import make_app
-from service.lifecycle import shutdown, startup
-from tests.helpers import TEST_OVERRIDES, ensure_database
+from service.lifecycle import Lifecycle
+from tests.helpers import TEST_OVERRIDES, ensure_database, wait_until
 
 
 async def ensure_topic(kafka_cfg: dict, partitions: int = 3) -> None:
@@ -53,11 +61,19 @@ def io_loop():
 
 @pytest.fixture(scope="session")
 def services(io_loop, config):
+    """Every manager started, and every dependency reached, before the first test."""
     ensure_database(config["mysql"])
     io_loop.run_sync(lambda: ensure_topic(config["kafka"]), timeout=60)
-    io_loop.run_sync(lambda: startup(config), timeout=120)
-    yield
-    io_loop.run_sync(shutdown, timeout=60)
+    lifecycle = Lifecycle(config)
+    io_loop.run_sync(lifecycle.start, timeout=60)
+
+    async def all_connected():
+        report = await HealthMonitor.instance().refresh()
+        return report["status"] == "ok" and AnalyticsConsumer.instance().consumer is not None
+
+    io_loop.run_sync(lambda: wait_until(all_connected, timeout=90, interval=0.2, what="every dependency"), timeout=100)
+    yield lifecycle
+    io_loop.run_sync(lifecycle.stop, timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -84,12 +100,10 @@ class ManagersHandler(BaseHandler):
     public = True
 
     def get(self) -> None:
-        self.write_json(
-            {
-                name: id(getattr(self, name))
-                for name in ("config", "mysql", "redis", "mongodb", "kafka", "kafka_consumer")
-            }
-        )
+        self.write_json({cls.__name__: id(cls.instance()) for cls in SHARED_MANAGERS})
+
+
+SHARED_MANAGERS = (ConfigManager, MySQLManager, RedisManager, MongoManager, KafkaProducerManager, BroadcastConsumer)
 
 
 class GateHandler(BaseHandler):

@@ -30,7 +30,6 @@ TEST_OVERRIDES: dict[str, dict[str, Any]] = {
     "redis": {"url": f"redis://127.0.0.1:{REDIS_PORT}/15"},
     "kafka": {"topic": "singleton-events-test", "analytics_group": "singleton-analytics-test"},
     "logging": {"file": "", "level": "WARNING"},
-    "startup": {"attempts": 3, "retry_delay_s": 0.5},
     # The suite makes its own keys (tests/conftest.py), so the dev admin key file is left alone.
     "auth": {"bootstrap_admin_key_file": ""},
     # Limits far above what the suite sends, so only the tests about limits meet them;
@@ -154,3 +153,49 @@ async def consumer_drain(consumer: AIOKafkaConsumer, window_ms: int = 1000) -> l
     """Whatever else arrives within a short window (to show nothing extra was sent)."""
     batches = await consumer.getmany(timeout_ms=window_ms)
     return [json.loads(r.value) for records in batches.values() for r in records]
+
+
+class TcpProxy:
+    """A TCP forwarder to a real server, on a port of its own, that a test can open
+    and close: the dependency is unreachable until ``open()``, like a server that is
+    not up yet. Runs on the test's own event loop."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.target_port), 5)
+        except OSError:
+            writer.close()
+            return
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)

@@ -72,3 +72,31 @@ async def test_reads_and_writes_go_on_without_redis(api):
         return await RedisManager.instance().client.exists(users.cache_key(user["id"]))
 
     await wait_until(cached_again, timeout=20, interval=0.3, what="the cache to be used again after Redis returned")
+
+
+@pytest.mark.gen_test
+async def test_a_slow_read_never_puts_back_a_version_older_than_a_committed_write(api):
+    """The interleaving that used to leave version 1 cached for the TTL, forced step by
+    step: a read loads version 1, an update commits version 2, then the read puts back."""
+    user = await api.new_user(name="Version one")
+    redis = RedisManager.instance()
+    key = users.cache_key(user["id"])
+    await redis.client.delete(key)
+    loaded, resume = asyncio.Event(), asyncio.Event()
+
+    async def slow_load():
+        entry = await users.load(user["id"])  # version 1, from MariaDB
+        loaded.set()
+        await resume.wait()  # ... and slow to put it back
+        return entry
+
+    reading = asyncio.ensure_future(redis.read_through(key, slow_load))
+    await asyncio.wait_for(loaded.wait(), 5)
+    code, updated, _ = await api.put(f"/api/v1/users/{user['id']}", {"name": "Version two"})
+    assert code == 200 and updated["version"] == 2
+    resume.set()
+    assert (await reading).version == 1  # the slow reader answers with what it read, and tries to cache it
+
+    assert await redis.client.hget(key, "v") == b"2"
+    code, body, headers = await api.get(f"/api/v1/users/{user['id']}")
+    assert body["name"] == "Version two" and headers["ETag"] == '"2"'

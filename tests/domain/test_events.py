@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
+from domain.outbox import OutboxRelay
+from managers.kafka_producer import KafkaProducerManager
 from managers.mysql import MySQLManager
-from tests.helpers import ROOT, consumer_drain, end_positions, metric, read_events, topic_consumer, wait_until
+from tests.helpers import (
+    ROOT,
+    consumer_drain,
+    end_positions,
+    free_port,
+    metric,
+    read_events,
+    topic_consumer,
+    wait_until,
+)
+from tests.service.test_main import service_env
 
 
 def of_user(seen: list[dict], user_id: str) -> list[dict]:
@@ -84,15 +100,23 @@ def publish_failures() -> float:
 
 
 @pytest.mark.gen_test(timeout=300)
-async def test_writes_succeed_while_kafka_is_down_and_their_events_follow(api, config):
+async def test_writes_succeed_while_kafka_is_down_and_their_events_follow(api, config, tmp_path):
     loop = asyncio.get_running_loop()
     if ", started by devstack)" not in kafka("status"):
         pytest.skip("this checkout's devstack did not start Kafka, so it may not stop it")
     start = await end_positions(config["kafka"])
+    # A second instance, logging at INFO to a file, lives through the outage too: what it logs is checked below.
+    witness = await Instance.start(tmp_path / "witness.log", api)
     await loop.run_in_executor(None, kafka, "down")
+    down_since = time.monotonic()
     try:
-        code, health, _ = await api.get("/health")
-        assert code == 503 and health["down"] == ["kafka"]
+
+        async def kafka_down():
+            code, health, _ = await api.get("/health")
+            return health["dependencies"]["kafka"]["status"] == "down" and (code, health)
+
+        code, health = await wait_until(kafka_down, timeout=20, what="the monitor to see kafka down")
+        assert code == 200 and health["status"] == "degraded" and health["ready"] is True
         user = await api.new_user(name="Offline")
         payment = await api.new_payment(user["id"])
         code, _, _ = await api.put(f"/api/v1/payments/{payment['id']}/status", {"status": "completed"})
@@ -100,6 +124,7 @@ async def test_writes_succeed_while_kafka_is_down_and_their_events_follow(api, c
         assert await pending() >= 3
         before = publish_failures()
         await wait_until(lambda: publish_failures() > before, timeout=30, what="the relay to fail while Kafka is down")
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_since)))  # an outage long enough to be noisy
     finally:
         await loop.run_in_executor(None, kafka, "up")
 
@@ -111,6 +136,91 @@ async def test_writes_succeed_while_kafka_is_down_and_their_events_follow(api, c
         await asyncio.wait_for(consumer.stop(), 15)
     await wait_until(pending_is_zero, timeout=30, what="the outbox to be marked published")
 
+    lines = await witness.stop()
+    noisy = [line for line in lines if line["level"] != "info" and line["logger"] != "singleton.access"]
+    from_clients = [line for line in noisy if line["logger"].partition(".")[0] in ("aiokafka", "kafka")]
+    assert len(from_clients) <= 3, f"one client-library warning per state change: {from_clients}"
+    assert len(noisy) <= 12, f"an outage of {OUTAGE_S} s is a few lines, not thousands: {noisy}"
+    assert [line["dependency"] for line in lines if line["msg"] == "dependency down"] == ["kafka"]
+    assert [line["dependency"] for line in lines if line["msg"] == "dependency up"] == ["kafka"]
+
+
+OUTAGE_S = 15
+
 
 async def pending_is_zero() -> bool:
     return await pending() == 0
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_stop_between_kafkas_acknowledgement_and_the_mark_publishes_nothing_twice(
+    api, config, services, monkeypatch
+):
+    """The SIGTERM double publish: the relay was cancelled after Kafka acknowledged a
+    batch and before it marked the rows, and the final flush sent them again."""
+    producer = KafkaProducerManager.instance()
+    acknowledged, resume = asyncio.Event(), asyncio.Event()
+    send_batch = producer.send_batch
+
+    async def acknowledged_then_held(messages, topic=None):
+        await send_batch(messages, topic)  # Kafka has them
+        acknowledged.set()
+        await resume.wait()  # ... and the stop comes before the rows are marked
+
+    consumer = await topic_consumer(config["kafka"])
+    try:
+        monkeypatch.setattr(producer, "send_batch", acknowledged_then_held)
+        user = await api.new_user(name="Published once")
+        await asyncio.wait_for(acknowledged.wait(), 15)
+        relay = OutboxRelay.instance()
+        stopping = asyncio.ensure_future(relay.close())
+        await wait_until(lambda: relay._stopping, what="the relay to be told to stop")
+        resume.set()
+        await asyncio.wait_for(stopping, 30)
+        monkeypatch.undo()
+        await services.restart(OutboxRelay)
+        await api.put(f"/api/v1/users/{user['id']}", {"name": "Then changed"})  # goes through the new relay
+
+        seen = await read_events(consumer, lambda s: len(of_user(s, user["id"])) >= 2)
+        seen += await consumer_drain(consumer)
+        assert [e["type"] for e in of_user(seen, user["id"])] == ["user_created", "user_updated"]
+        assert await pending() == 0
+    finally:
+        resume.set()
+        await asyncio.wait_for(consumer.stop(), 15)
+
+
+class Instance:
+    """Another service process, logging to a file, for what it says during an outage."""
+
+    def __init__(self, proc: subprocess.Popen, log_file):
+        self.proc, self.log_file = proc, log_file
+
+    @classmethod
+    async def start(cls, log_file, api) -> Instance:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(port)],
+            cwd=ROOT,
+            env=service_env(SINGLETON_LOGGING__LEVEL="INFO"),
+            stdout=log_file.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        service = api.at(f"http://127.0.0.1:{port}")
+
+        async def healthy():
+            assert proc.poll() is None, log_file.read_text()[-3000:]
+            try:
+                return (await service.get("/health"))[1]["status"] == "ok"
+            except OSError:
+                return False
+
+        await wait_until(healthy, timeout=60, interval=0.2, what="the witness instance to be healthy")
+        return cls(proc, log_file)
+
+    async def stop(self) -> list[dict]:
+        self.proc.send_signal(signal.SIGTERM)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: self.proc.wait(timeout=30))
+        text = self.log_file.read_text()
+        assert self.proc.returncode == 0, text[-3000:]
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]

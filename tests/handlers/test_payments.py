@@ -138,13 +138,24 @@ async def test_concurrent_status_updates_follow_the_state_machine(api):
     targets = ["completed", "failed", "cancelled", "processing"] * 4
     results = await asyncio.gather(*(api.put(path, {"status": s}) for s in targets))
     code, final, _ = await api.get(f"/api/v1/payments/{payment['id']}")
-    changes = final["version"] - 1
-    # Whatever the interleaving, every 200 is a legal move or a no-op, every 409 a refused one,
-    # and the version counts exactly the moves that happened.
     assert {c for c, _, _ in results} <= {200, 409}
-    assert 1 <= changes <= 2
-    ok_statuses = [body["status"] for c, body, _ in results if c == 200]
-    assert final["status"] in ok_statuses
+
+    # Every move that happened left its event in the same transaction. Without the row
+    # lock, two requests could both move version 1 to 2: two events with one version.
+    rows = await MySQLManager.instance().fetchall(
+        "SELECT payload FROM outbox WHERE partition_key = %s AND event_type = 'payment_updated' ORDER BY id",
+        (user["id"],),
+    )
+    moves = [json.loads(row["payload"])["data"] for row in rows]
+    moves = [m for m in moves if m["id"] == payment["id"]]
+    assert [m["version"] for m in moves] == list(range(2, final["version"] + 1)), "each move its own version"
+    assert final["version"] == 1 + len(moves)
+    assert 1 <= len(moves) <= 2  # pending -> one of four, and from processing maybe one more
+    for before, after in zip([{"status": "pending"}, *moves], moves, strict=False):
+        assert after["previous_status"] == before["status"]  # a chain of legal moves, none lost
+    assert final["status"] == moves[-1]["status"]
+    # A 200 is a move or a no-op; its body is the payment at some version that existed.
+    assert all(body["version"] <= final["version"] for c, body, _ in results if c == 200)
 
 
 @pytest.mark.gen_test

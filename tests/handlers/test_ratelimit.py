@@ -67,9 +67,13 @@ async def test_with_redis_gone_the_limiter_fails_open_and_says_so(api, monkeypat
         codes = [(await api.post("/api/v1/payments", body))[0] for _ in range(3)]
         assert codes == [201, 201, 201], "fail open: writes go on without the limiter"
         assert metric("singleton_rate_limit_fail_open_total") >= failed_open + 3
-        code, health, _ = await api.get("/health")
-        assert health["rate_limiter"] == {"status": "fail_open"}
-        assert health["status"] != "ok"
+
+        async def shown():
+            code, health, _ = await api.get("/health")
+            return health["rate_limiter"] == {"status": "fail_open"} and (code, health)
+
+        code, health = await wait_until(shown, timeout=10, what="/health to show the limiter failing open")
+        assert code == 200 and health["status"] == "degraded" and "rate_limiter" in health["down"]
 
         monkeypatch.setattr(RateLimiter.instance(), "fail_open", False)
         code, error, headers = await api.post("/api/v1/payments", body)

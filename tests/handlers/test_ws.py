@@ -18,6 +18,8 @@ import tornado.websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from managers import websocket_hub
+from managers.kafka_producer import KafkaProducerManager
+from managers.mysql import MySQLManager
 from managers.websocket_hub import WebSocketHub
 from service.app import make_app
 from tests.helpers import metric, wait_until
@@ -354,3 +356,25 @@ async def test_sockets_per_user_and_per_address_are_limited_before_the_upgrade(a
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_event_published_twice_reaches_a_socket_once(api, config):
+    """At-least-once Kafka: the relay may publish an event again; the hub drops the repeat."""
+    user = await api.new_user()
+    client = await Client.connect(api, user["id"], "once")
+    try:
+        first = await api.new_payment(user["id"], amount="1.00")
+        frame = await client.next_frame("payment_created", id=first["id"])
+        row = await MySQLManager.instance().fetchone(
+            "SELECT partition_key, payload FROM outbox WHERE event_id = %s", (frame["event_id"],)
+        )
+        dropped = metric("singleton_websocket_duplicate_events_dropped_total")
+        # The very bytes the relay sent, sent again, as a relay retry after a lost acknowledgement would.
+        await KafkaProducerManager.instance().send(row["payload"].encode(), key=row["partition_key"].encode())
+        second = await api.new_payment(user["id"], amount="2.00")
+        await client.next_frame("payment_created", id=second["id"])  # everything before it has arrived
+        assert [f.get("event_id") for f in client.frames].count(frame["event_id"]) == 1
+        assert metric("singleton_websocket_duplicate_events_dropped_total") == dropped + 1
+    finally:
+        client.close()

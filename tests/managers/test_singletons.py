@@ -9,7 +9,7 @@ import pytest
 
 from managers.base import Manager, NotStarted
 from managers.config import ConfigManager
-from managers.kafka_consumer import KafkaConsumerManager, consumer_status
+from managers.kafka_consumer import BroadcastConsumer, consumer_status
 from managers.kafka_producer import KafkaProducerManager
 from managers.mongodb import MongoManager
 from managers.mysql import MySQLManager
@@ -24,12 +24,12 @@ async def test_handlers_see_the_same_manager_instances(http_client, base_url):
         seen.append(json.loads(response.body))
     assert seen[0] == seen[1] == seen[2]
     assert seen[0] == {
-        "config": id(ConfigManager.instance()),
-        "mysql": id(MySQLManager.instance()),
-        "redis": id(RedisManager.instance()),
-        "mongodb": id(MongoManager.instance()),
-        "kafka": id(KafkaProducerManager.instance()),
-        "kafka_consumer": id(KafkaConsumerManager.instance()),
+        "ConfigManager": id(ConfigManager.instance()),
+        "MySQLManager": id(MySQLManager.instance()),
+        "RedisManager": id(RedisManager.instance()),
+        "MongoManager": id(MongoManager.instance()),
+        "KafkaProducerManager": id(KafkaProducerManager.instance()),
+        "BroadcastConsumer": id(BroadcastConsumer.instance()),
     }
 
 
@@ -41,16 +41,12 @@ async def test_each_manager_reaches_its_real_server(services):
     await KafkaProducerManager.instance().ping()
 
 
-def test_manager_lifecycle_instance_start_close():
+@pytest.mark.gen_test
+async def test_manager_lifecycle_instance_start_close():
     class Thing(Manager):
         @classmethod
         def start(cls):
-            inst = cls()
-            cls._install(inst)
-            return inst
-
-        def close(self):
-            type(self)._uninstall()
+            return cls._install(cls())
 
     assert not Thing.started()
     with pytest.raises(NotStarted):
@@ -61,7 +57,7 @@ def test_manager_lifecycle_instance_start_close():
         Thing.start()
     # Each subclass has its own slot: starting Thing did not start any other manager.
     assert "_instance" not in Manager.__dict__ or Manager.__dict__["_instance"] is None
-    first.close()
+    await first.close()
     assert not Thing.started()
 
 

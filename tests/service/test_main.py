@@ -1,4 +1,4 @@
-"""``python -m service`` as a real process: bad config, unreachable dependency, clean shutdown."""
+"""``python -m service`` as a real process: bad config, clean shutdown, the keys commands, the first admin key."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import uuid
 import pymysql
 import pytest
 
-from handlers.base import BaseHandler
+from managers.metrics import MetricsManager
 from service.__main__ import drain
 from tests.conftest import GateHandler
 from tests.helpers import ROOT, env_overrides, free_port, wait_until
@@ -43,18 +43,6 @@ def test_invalid_config_exits_non_zero_naming_the_key_before_connecting():
     assert result.returncode == 2
     assert "kafka.request_timeout_s" in result.stderr
     assert "connect failed" not in result.stdout + result.stderr
-
-
-def test_unreachable_dependency_exits_1_naming_it():
-    env = service_env(
-        SINGLETON_MYSQL__PORT=str(free_port()), SINGLETON_STARTUP__ATTEMPTS="2", SINGLETON_STARTUP__RETRY_DELAY_S="0.1"
-    )
-    result = run_service("--port", str(free_port()), env=env, timeout=60)
-    assert result.returncode == 1
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    failed = [line for line in lines if line["msg"] == "startup failed"]
-    assert failed and failed[0]["dependency"] == "mysql"
-    assert "Traceback" not in result.stderr
 
 
 def test_sigterm_stops_cleanly_with_exit_0():
@@ -177,7 +165,7 @@ def wait_for_health(proc: subprocess.Popen, port: int, timeout: float = 60) -> N
 async def test_drain_waits_for_in_flight_requests(http_client, base_url):
     GateHandler.gate = asyncio.Event()
     request = asyncio.ensure_future(http_client.fetch(f"{base_url}/_test/gate"))
-    await wait_until(lambda: BaseHandler.in_flight > 0, what="the gated request to start")
+    await wait_until(lambda: MetricsManager.instance().in_flight > 0, what="the gated request to start")
     draining = asyncio.ensure_future(drain(timeout_s=10))
     await asyncio.sleep(0.2)
     assert not draining.done(), "drain returned while a request was still in flight"
@@ -185,4 +173,4 @@ async def test_drain_waits_for_in_flight_requests(http_client, base_url):
     response = await request
     await asyncio.wait_for(draining, 5)
     assert response.code == 200
-    assert BaseHandler.in_flight == 0
+    assert MetricsManager.instance().in_flight == 0
