@@ -139,12 +139,6 @@ ANALYTICS_WRITE_DURATION = Histogram(
     "Time to write one batch of events to MongoDB",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-LOG_LINES_SUPPRESSED = Counter(
-    f"{PREFIX}_log_lines_suppressed",
-    "Third-party client log lines dropped during a dependency outage, by the logger they came from",
-    ["source"],
-)
-READY = Gauge(f"{PREFIX}_ready", "1 when this instance can serve its API (MariaDB reachable and migrated), else 0")
 
 for _dep in Dependency:
     DEPENDENCY_UP.labels(_dep.value)
@@ -168,8 +162,6 @@ for _consumer in ("broadcast", "analytics"):
     CONSUMER_ERRORS.labels(_consumer)
 for _outcome in ("sent", "failed"):
     HEALTH_EVENTS.labels(_outcome)
-for _source in ("aiokafka", "kafka", "pymongo", "redis", "aiomysql"):
-    LOG_LINES_SUPPRESSED.labels(_source)
 
 
 class MetricsManager(Manager):
