@@ -39,7 +39,7 @@ from domain import codec
 from domain.errors import APIError, not_found
 from managers.base import Manager
 from managers.mysql import UNAVAILABLE as mysql_unavailable
-from managers.mysql import MySQLManager
+from managers.mysql import MySQLManager, is_missing_parent
 
 log = logging.getLogger("singleton.auth")
 
@@ -55,7 +55,6 @@ _CACHE_MAX = 10_000  # verdicts kept at most (unknown keys included, so guessing
 _LAST_USED_EVERY_S = 60  # last_used_at is written at most this often per key and instance
 _BOOTSTRAP_LOCK = "singleton_bootstrap_admin_key"
 _COLUMNS = "id, prefix, role, user_id, created_at, last_used_at, revoked_at"
-FOREIGN_KEY_MISSING = 1452  # ER_NO_REFERENCED_ROW_2
 
 
 class Principal(NamedTuple):
@@ -131,7 +130,7 @@ async def create_key(role: str, user_id: str | None = None) -> dict:
                 (row["id"], row["prefix"], _hash(key), role, user_id, row["created_at"]),
             )
     except pymysql.err.IntegrityError as exc:
-        if exc.args and exc.args[0] == FOREIGN_KEY_MISSING:
+        if is_missing_parent(exc):
             raise APIError(
                 422, "user_not_found", f"user {user_id} does not exist", details=[{"field": "user_id"}]
             ) from None

@@ -27,16 +27,16 @@ from domain import codec
 from managers import metrics, mysql
 from managers.base import Manager
 from managers.kafka_producer import KafkaProducerManager
-from managers.mysql import MySQLManager, Tx
+from managers.mysql import MySQLManager, Statement
 
 log = logging.getLogger("singleton.outbox")
 MAX_BACKOFF_S = 5.0
 HOUSEKEEPING_EVERY_S = 60.0
 
 
-async def add(tx: Tx, event: dict) -> None:
-    """Record ``event`` in the caller's transaction."""
-    await tx.execute(
+def insert(event: dict) -> Statement:
+    """The statement that records ``event``; run it in the transaction of its change."""
+    return (
         "INSERT INTO outbox (event_id, event_type, partition_key, payload, created_at)"
         " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6))",
         (event["event_id"], event["type"], event["user_id"], codec.dumps(event).decode()),
@@ -128,7 +128,8 @@ class OutboxRelay(Manager):
             )
             ids = [row["id"] for row in rows]
             placeholders = ",".join(["%s"] * len(ids))
-            await tx.execute(f"UPDATE outbox SET published_at = UTC_TIMESTAMP(6) WHERE id IN ({placeholders})", ids)
+            mark = (f"UPDATE outbox SET published_at = UTC_TIMESTAMP(6) WHERE id IN ({placeholders})", ids)
+            await tx.script([mark], commit=True)
         for row in rows:
             metrics.EVENTS_PUBLISHED.labels(metrics.event_label(row["event_type"])).inc()
         return len(rows)

@@ -16,7 +16,7 @@ import pymysql
 from domain import codec, events, outbox, users
 from domain.errors import APIError, not_found
 from domain.money import MoneyError, format_amount, parse_amount
-from managers.mysql import MySQLManager, Tx, is_duplicate_key
+from managers.mysql import MySQLManager, Statement, Tx, is_duplicate_key, is_missing_parent
 from managers.redis import Cached, RedisManager
 
 PENDING = "pending"
@@ -105,27 +105,31 @@ async def create(
     }
     payment = resource(row)
     response = codec.dumps(payment)
+    # One round trip: BEGIN, the user's lock (its events commit in order), the
+    # idempotency key already holding its response, the payment, its event, COMMIT.
+    # A missing user fails the payment's foreign key; a key in use fails its own.
+    statements: list[Statement] = [users.lock_statement(user_id)]
+    if idempotency_key is not None:
+        statements.append(
+            (
+                "INSERT INTO idempotency_keys (idem_key, request_hash, status_code, response_body, created_at)"
+                " VALUES (%s, %s, 201, %s, %s)",
+                (idempotency_key, fingerprint, response.decode(), now),
+            )
+        )
+    statements.append(
+        (
+            f"INSERT INTO payments ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            tuple(row[c.strip()] for c in _COLUMNS.split(",")),
+        )
+    )
+    statements.append(outbox.insert(events.envelope(events.PAYMENT_CREATED, user_id, payment, now)))
     try:
         async with MySQLManager.instance().transaction() as tx:
-            if idempotency_key is not None:
-                # Blocks while another request holding this key is still in its transaction.
-                await tx.execute(
-                    "INSERT INTO idempotency_keys (idem_key, request_hash, created_at) VALUES (%s, %s, %s)",
-                    (idempotency_key, fingerprint, now),
-                )
-            if await users.lock(tx, user_id) is None:
-                raise user_not_found(user_id)
-            await tx.execute(
-                f"INSERT INTO payments ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                tuple(row[c.strip()] for c in _COLUMNS.split(",")),
-            )
-            await outbox.add(tx, events.envelope(events.PAYMENT_CREATED, user_id, payment, now))
-            if idempotency_key is not None:
-                await tx.execute(
-                    "UPDATE idempotency_keys SET status_code = 201, response_body = %s WHERE idem_key = %s",
-                    (response.decode(), idempotency_key),
-                )
+            await tx.script(statements, commit=True)
     except pymysql.err.IntegrityError as exc:
+        if is_missing_parent(exc):
+            raise user_not_found(user_id) from None
         if idempotency_key is None or not is_duplicate_key(exc):
             raise
         return await _replay(idempotency_key, fingerprint)
@@ -169,12 +173,17 @@ async def get(payment_id: str) -> Cached:
 
 # -- status ---------------------------------------------------------------------------------
 async def _lock_payment(tx: Tx, payment_id: str) -> dict:
-    owner = await tx.fetchone("SELECT user_id FROM payments WHERE id = %s", (payment_id,))
-    if owner is None:
+    """The payment, with its user's row and its own locked (user first, then payment:
+    one lock order everywhere), in the transaction's first round trip."""
+    lock_owner = (
+        "SELECT id FROM users WHERE id = (SELECT user_id FROM payments WHERE id = %s) FOR UPDATE",
+        (payment_id,),
+    )
+    row = await tx.fetchone(
+        f"SELECT {_COLUMNS} FROM payments WHERE id = %s FOR UPDATE", (payment_id,), first=[lock_owner]
+    )
+    if row is None:
         raise not_found("payment", payment_id)
-    await users.lock(tx, owner["user_id"])  # user first, then payment: one lock order everywhere
-    row = await tx.fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s FOR UPDATE", (payment_id,))
-    assert row is not None  # payments are never deleted
     return row
 
 
@@ -190,7 +199,8 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict:
     """Move along the state machine; the same status again is a no-op with no event.
 
     Each change writes its event and its ``payment_status_history`` row in the
-    same transaction as the change itself.
+    same transaction as the change itself: two round trips, the locking read with
+    its BEGIN, then the writes with the COMMIT.
     """
     async with MySQLManager.instance().transaction() as tx:
         row = await _lock_payment(tx, payment_id)
@@ -206,18 +216,23 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict:
             )
         now = _now()
         updated = {**row, "status": new_status, "version": row["version"] + 1, "updated_at": now}
-        await tx.execute(
-            "UPDATE payments SET status = %s, version = %s, updated_at = %s WHERE id = %s",
-            (new_status, updated["version"], now, payment_id),
-        )
-        await tx.execute(
-            "INSERT INTO payment_status_history (payment_id, from_status, to_status, version, actor_key_id,"
-            " request_id, remote_ip, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (payment_id, current, new_status, updated["version"], *actor, now),
-        )
         payment = resource(updated)
         data = {**payment, "previous_status": current}
-        await outbox.add(tx, events.envelope(events.PAYMENT_UPDATED, row["user_id"], data, now))
+        await tx.script(
+            [
+                (
+                    "UPDATE payments SET status = %s, version = %s, updated_at = %s WHERE id = %s",
+                    (new_status, updated["version"], now, payment_id),
+                ),
+                (
+                    "INSERT INTO payment_status_history (payment_id, from_status, to_status, version, actor_key_id,"
+                    " request_id, remote_ip, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (payment_id, current, new_status, updated["version"], *actor, now),
+                ),
+                outbox.insert(events.envelope(events.PAYMENT_UPDATED, row["user_id"], data, now)),
+            ],
+            commit=True,
+        )
     await RedisManager.instance().cache_put(cache_key(payment_id), cached(payment))
     outbox.notify_committed()
     return payment
@@ -264,8 +279,8 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
 
 
 async def list_for_user(user_id: str, limit: int, cursor: str | None, status: str | None) -> dict:
-    if not await users.exists(user_id):
-        raise not_found("user", user_id)
+    """A page, newest first: one round trip (an empty page takes a second, to tell an
+    unknown user, 404, from one with no payments)."""
     where, args = ["user_id = %s"], [user_id]
     if status is not None:
         where.append("status = %s")
@@ -278,5 +293,7 @@ async def list_for_user(user_id: str, limit: int, cursor: str | None, status: st
         f"SELECT {_COLUMNS} FROM payments WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
         (*args, limit + 1),
     )
+    if not rows and not await users.exists(user_id):
+        raise not_found("user", user_id)
     page, more = rows[:limit], len(rows) > limit
     return {"items": [resource(r) for r in page], "next_cursor": encode_cursor(page[-1]) if more else None}

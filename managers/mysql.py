@@ -24,6 +24,7 @@ from typing import Any
 
 import aiomysql
 import pymysql
+from pymysql.constants import CLIENT
 
 from managers import metrics
 from managers.base import Manager, reconnect
@@ -33,10 +34,15 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_LOCK_TIMEOUT_S = 30
 
 DUPLICATE_KEY = 1062  # ER_DUP_ENTRY
+MISSING_PARENT = 1452  # ER_NO_REFERENCED_ROW_2: a foreign key names no row
 
 
 def is_duplicate_key(exc: pymysql.err.IntegrityError) -> bool:
     return bool(exc.args) and exc.args[0] == DUPLICATE_KEY
+
+
+def is_missing_parent(exc: pymysql.err.IntegrityError) -> bool:
+    return bool(exc.args) and exc.args[0] == MISSING_PARENT
 
 
 ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
@@ -50,23 +56,51 @@ class NotReady(ConnectionError):
 UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError, asyncio.TimeoutError, ConnectionError)
 
 
-class Tx:
-    """A cursor bound to one connection, with the manager's deadline on each call."""
+Statement = tuple[str, Sequence[Any] | None]  # SQL with %s placeholders, and its arguments
 
-    def __init__(self, cursor: aiomysql.DictCursor, timeout_s: float):
+
+class Tx:
+    """A cursor bound to one connection, with the manager's deadline on each call.
+
+    Statements go in as few round trips as the caller allows: in a transaction the
+    first call also carries its BEGIN, ``script`` sends several statements at once,
+    and ``script(..., commit=True)`` ends the transaction in the same trip.
+    Arguments are escaped by the driver (``mogrify``), as for a single statement.
+    """
+
+    def __init__(self, cursor: aiomysql.DictCursor, timeout_s: float, prelude: Sequence[str] = ()):
         self._cur = cursor
         self._timeout = timeout_s
+        self._prelude = list(prelude)  # what the first call sends first (BEGIN)
+        self.began = False
+        self.committed = False
 
     async def execute(self, sql: str, args: Sequence[Any] | dict | None = None) -> int:
-        async with asyncio.timeout(self._timeout):
-            return await self._cur.execute(sql, args)
+        return (await self.script([(sql, args)]))[0]
 
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+    async def script(self, statements: Sequence[Statement], commit: bool = False) -> list[int]:
+        """Run ``statements`` in one round trip; the row count of each. The first one
+        that fails raises, and the server runs none after it."""
+        prelude, self._prelude = self._prelude, []
+        texts = [*prelude, *(self._cur.mogrify(sql, args) for sql, args in statements)]
+        if commit:
+            texts.append("COMMIT")
         async with asyncio.timeout(self._timeout):
-            return await self._cur.executemany(sql, rows)
+            await self._cur.execute(";\n".join(texts))
+            counts = [self._cur.rowcount]
+            while len(counts) < len(texts) - commit and await self._cur.nextset():
+                counts.append(self._cur.rowcount)
+            if commit:
+                await self._cur.nextset()
+        self.began = self.began or bool(prelude)
+        self.committed = commit
+        return counts[len(prelude) :]
 
-    async def fetchone(self, sql: str, args: Sequence[Any] | dict | None = None) -> dict | None:
-        await self.execute(sql, args)
+    async def fetchone(
+        self, sql: str, args: Sequence[Any] | dict | None = None, first: Sequence[Statement] = ()
+    ) -> dict | None:
+        """The first row of ``sql``, run after the statements ``first`` in the same round trip."""
+        await self.script([*first, (sql, args)])
         return await self._cur.fetchone()
 
     async def fetchall(self, sql: str, args: Sequence[Any] | dict | None = None) -> list[dict]:
@@ -111,6 +145,9 @@ class MySQLManager(Manager):
                     pool_recycle=cfg["pool_recycle_s"],
                     autocommit=True,
                     charset="utf8mb4",
+                    # Tx.script sends a transaction's statements together (our own SQL only;
+                    # every argument is escaped by the driver).
+                    client_flag=CLIENT.MULTI_STATEMENTS,
                 ),
                 cfg["connect_timeout_s"] * 2,
             )
@@ -151,20 +188,21 @@ class MySQLManager(Manager):
     async def transaction(self, isolation: str | None = None) -> AsyncIterator[Tx]:
         """BEGIN ... COMMIT on one connection; any exception rolls back.
 
+        The BEGIN travels with the first statement, and ``tx.script(..., commit=True)``
+        commits with the last, so a transaction of one batch is one round trip.
         ``isolation`` (e.g. ``"READ COMMITTED"``) applies to this transaction only.
         """
-        async with self._connection() as conn:
-            if isolation is not None:
-                if isolation not in ISOLATION_LEVELS:
-                    raise ValueError(f"unknown isolation level {isolation!r}")
-                async with conn.cursor() as cur, asyncio.timeout(self.query_timeout_s):
-                    await cur.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
-            async with asyncio.timeout(self.query_timeout_s):
-                await conn.begin()
-            async with conn.cursor(aiomysql.DictCursor) as cur:
-                yield Tx(cur, self.query_timeout_s)
-            async with asyncio.timeout(self.query_timeout_s):
-                await conn.commit()
+        prelude = ["BEGIN"]
+        if isolation is not None:
+            if isolation not in ISOLATION_LEVELS:
+                raise ValueError(f"unknown isolation level {isolation!r}")
+            prelude.insert(0, f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+        async with self._connection() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+            tx = Tx(cur, self.query_timeout_s, prelude)
+            yield tx
+            if tx.began and not tx.committed:
+                async with asyncio.timeout(self.query_timeout_s):
+                    await conn.commit()
 
     @contextlib.asynccontextmanager
     async def cursor(self) -> AsyncIterator[Tx]:
