@@ -5,11 +5,23 @@ The bucket is one Lua script on Redis's own clock, so every instance shares it
 and no read-modify-write race exists. When Redis cannot be reached the limiter
 fails open by default (``rate_limit.fail_open``): the call goes through, the
 metric ``singleton_rate_limit_fail_open`` counts it and ``/health`` shows it.
+
+Not a Redis round trip per call: an instance takes a small share of a bucket at
+once (a tenth of a second's rate, at most 10 tokens) and spends it locally for
+up to ``SHARE_TTL_S``. Every token still comes out of the shared bucket, so a
+client never gets more than its limit in count; what the share changes is when:
+over any window a client can be at most ``share - 1`` calls per instance ahead
+of the exact bucket, for at most a second. A share left unspent is forfeited,
+so a client spread over many instances may get slightly less than its limit.
+An empty bucket is remembered too, until its next token is due: a client that
+keeps knocking while refused costs no Redis call either.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections import OrderedDict
 from typing import NamedTuple
 
 from domain.auth import Principal
@@ -20,6 +32,21 @@ from managers.redis import RedisManager
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ANONYMOUS = "anonymous"
+SHARE_OF_A_SECOND = 0.1  # an instance takes this much of a second's rate at once
+SHARE_MAX = 10
+SHARE_TTL_S = 1.0  # an unspent share is forfeited after this
+SHARES_MAX = 10_000  # buckets with a local share at most (per address ones included)
+
+
+class Share:
+    """Tokens this instance took from a bucket in advance, or (``refused``) an empty
+    bucket remembered until its next token is due."""
+
+    __slots__ = ("tokens", "expires", "remaining", "reset_s", "refused")
+
+    def __init__(self, tokens: int, expires: float, remaining: int, reset_s: float, refused: bool = False):
+        self.tokens, self.expires, self.remaining, self.reset_s = tokens, expires, remaining, reset_s
+        self.refused = refused
 
 
 class Rate(NamedTuple):
@@ -43,6 +70,7 @@ class RateLimiter(Manager):
         self.write = Rate(cfg["write_per_s"], cfg["write_burst"])
         self.anonymous = Rate(cfg["anonymous_per_s"], cfg["anonymous_burst"])
         self._failing_open = False  # the last check could not reach Redis and let the call through
+        self._shares: OrderedDict[str, Share] = OrderedDict()
 
     @classmethod
     def start(cls, config: dict) -> RateLimiter:
@@ -57,8 +85,17 @@ class RateLimiter(Manager):
         else:
             kind, rate = ("r", self.read) if method in READ_METHODS else ("w", self.write)
             role, bucket = principal.role, f"rl:key:{principal.key_id}:{kind}"
+        now = time.monotonic()
+        share = self._shares.get(bucket)
+        if share is not None and share.expires > now:
+            if share.tokens > 0:
+                share.tokens -= 1
+                return Verdict(rate.burst, share.remaining + share.tokens, share.reset_s)
+            if share.refused:
+                raise refused(rate, role, share.expires - now, Verdict(rate.burst, 0, share.reset_s))
+        wanted = max(1, min(SHARE_MAX, int(rate.per_s * SHARE_OF_A_SECOND)))
         try:
-            taken = await RedisManager.instance().take_token(bucket, rate.per_s, rate.burst)
+            taken = await RedisManager.instance().take_tokens(bucket, rate.per_s, rate.burst, wanted)
         except redis.UNAVAILABLE:
             if not self.fail_open:
                 raise
@@ -66,22 +103,34 @@ class RateLimiter(Manager):
             self._failing_open = True
             return None
         self._failing_open = False
-        verdict = Verdict(rate.burst, taken.remaining, taken.reset_s)
-        if not taken.allowed:
-            metrics.RATE_LIMITED.labels(role).inc()
-            raise APIError(
-                429,
-                "rate_limited",
-                f"too many requests: {rate.per_s:g} per second, bursts of {rate.burst}",
-                headers={"Retry-After": str(max(1, math.ceil(taken.retry_after_s))), **headers(verdict)},
-            )
-        return verdict
+        if taken.taken < 1:
+            remember = min(taken.retry_after_s, SHARE_TTL_S)
+            self._keep(bucket, Share(0, now + remember, 0, taken.reset_s, refused=True))
+            raise refused(rate, role, taken.retry_after_s, Verdict(rate.burst, 0, taken.reset_s))
+        self._keep(bucket, Share(taken.taken - 1, now + SHARE_TTL_S, taken.remaining, taken.reset_s))
+        return Verdict(rate.burst, taken.remaining + taken.taken - 1, taken.reset_s)
+
+    def _keep(self, bucket: str, share: Share) -> None:
+        self._shares[bucket] = share
+        self._shares.move_to_end(bucket)
+        while len(self._shares) > SHARES_MAX:
+            self._shares.popitem(last=False)
 
     def status(self) -> dict:
         """For /health: whether calls are being let through unchecked (Redis out of reach)."""
         if not self.enabled:
             return {"status": "disabled"}
         return {"status": "fail_open" if self._failing_open else "ok"}
+
+
+def refused(rate: Rate, role: str, retry_after_s: float, verdict: Verdict) -> APIError:
+    metrics.RATE_LIMITED.labels(role).inc()
+    return APIError(
+        429,
+        "rate_limited",
+        f"too many requests: {rate.per_s:g} per second, bursts of {rate.burst}",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after_s))), **headers(verdict)},
+    )
 
 
 def headers(verdict: Verdict) -> dict[str, str]:

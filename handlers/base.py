@@ -287,9 +287,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     duration = handler.request.request_time()
     name = type(handler).__name__
     method = handler.request.method or ""
-    label = method if method in METHOD_LABELS else "other"
-    metrics.REQUEST_DURATION.labels(name, label, str(status)).observe(duration)
-    metrics.REQUESTS.labels(name, label, str(status)).inc()
+    duration_series, count_series = metrics.request_series(name, method if method in METHOD_LABELS else "other", status)
+    duration_series.observe(duration)
+    count_series.inc()
     level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
     principal = getattr(handler, "principal", None)
     access_log.log(

@@ -3,6 +3,10 @@
 Every line inside a request carries that request's id, taken from a context
 variable that ``handlers.base.BaseHandler.set_default_headers`` sets.
 
+The event loop only hands each record to a queue (``DeferredHandler``): a
+thread of its own formats the JSON and writes it, so an access line per request
+costs the loop a few microseconds, not a write to two files.
+
 During an outage the client libraries (aiokafka, PyMongo, redis-py, aiomysql)
 can log a warning per retry, thousands a minute. ``OutageFilter`` lets through
 one of a library's warnings per change of its dependency's state (the
@@ -16,6 +20,7 @@ import contextvars
 import json
 import logging
 import logging.handlers
+import queue
 import sys
 import time
 from pathlib import Path
@@ -39,15 +44,22 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        rid = request_id_var.get()
-        if rid is not None:
-            line["request_id"] = rid
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _STANDARD and not key.startswith("_") and value is not None:
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class DeferredHandler(logging.handlers.QueueHandler):
+    """The loop's side of the log: note the request id, queue the record. Formatting
+    and writing happen in the QueueListener's thread."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if "request_id" not in record.__dict__:
+            record.request_id = request_id_var.get()
+        return record
 
 
 class OutageFilter(logging.Filter):
@@ -85,32 +97,40 @@ class OutageFilter(logging.Filter):
 class LoggerManager(Manager):
     """Configures the root logger once; ``close()`` detaches its handlers."""
 
-    def __init__(self, handlers: list[logging.Handler]):
-        self.handlers = handlers
+    def __init__(self, handler: DeferredHandler, listener: logging.handlers.QueueListener):
+        self.handler = handler
+        self.listener = listener
         self.outages = OutageFilter()
-        for handler in handlers:
-            handler.addFilter(self.outages)
+        handler.addFilter(self.outages)
 
     @classmethod
     def start(cls, cfg: dict, stream: TextIO = sys.stdout) -> LoggerManager:
         formatter = JsonFormatter()
-        handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
+        writers: list[logging.Handler] = [logging.StreamHandler(stream)]
         if cfg["file"]:
             path = Path(cfg["file"])
             path.parent.mkdir(parents=True, exist_ok=True)
-            handlers.append(
+            writers.append(
                 logging.handlers.RotatingFileHandler(path, maxBytes=cfg["max_bytes"], backupCount=cfg["backups"])
             )
+        for writer in writers:
+            writer.setFormatter(formatter)
+        records: queue.SimpleQueue = queue.SimpleQueue()
+        handler = DeferredHandler(records)
+        listener = logging.handlers.QueueListener(records, *writers)
+        listener.start()
+        # What a record would otherwise gather and no line shows: the caller's frame
+        # (a stack walk per record), thread and process names.
+        logging._srcfile = None
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         root = logging.getLogger()
-        for h in handlers:
-            h.setFormatter(formatter)
-            root.addHandler(h)
+        root.addHandler(handler)
         root.setLevel(cfg["level"])
         # Tornado's own access log is replaced by handlers.base.log_request.
         logging.getLogger("tornado.access").propagate = False
         for noisy in ("aiokafka", "kafka", "pymongo"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        return cls._install(cls(handlers))
+        return cls._install(cls(handler, listener))
 
     def summarize_suppressed(self) -> None:
         """One line saying how many client-library warnings were dropped since the last one."""
@@ -119,7 +139,8 @@ class LoggerManager(Manager):
             logging.getLogger("singleton.logs").warning("client library warnings suppressed", extra={"counts": counts})
 
     async def release(self) -> None:
-        root = logging.getLogger()
-        for h in self.handlers:
-            root.removeHandler(h)
-            h.close()
+        """Detach from the root logger, then let the thread write what is queued."""
+        logging.getLogger().removeHandler(self.handler)
+        self.listener.stop()
+        for writer in self.listener.handlers:
+            writer.close()

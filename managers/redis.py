@@ -40,24 +40,23 @@ return 1
 """
 
 # A token bucket, refilled at ARGV[1] tokens/s up to ARGV[2], on the server's clock.
-# Returns allowed (0/1), tokens left, seconds until one is free, seconds until full.
-_TAKE_TOKEN = """
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+# Takes up to ARGV[3] whole tokens. Returns how many it took, tokens left, seconds
+# until one is free (when it took none), seconds until full.
+_TAKE_TOKENS = """
+local rate, burst, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(state[1]), tonumber(state[2])
 if tokens == nil then tokens, at = burst, now end
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local allowed, wait = 0, 0
-if tokens >= 1 then
-  tokens, allowed = tokens - 1, 1
-else
-  wait = (1 - tokens) / rate
-end
+local taken = math.min(wanted, math.floor(tokens))
+local wait = 0
+if taken < 1 then wait = (1 - tokens) / rate end
+tokens = tokens - taken
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, tostring(tokens), tostring(wait), tostring((burst - tokens) / rate)}
+return {taken, tostring(tokens), tostring(wait), tostring((burst - tokens) / rate)}
 """
 
 
@@ -70,7 +69,7 @@ class Cached(NamedTuple):
 
 
 class Bucket(NamedTuple):
-    allowed: bool
+    taken: int
     remaining: int
     retry_after_s: float
     reset_s: float
@@ -85,7 +84,7 @@ class RedisManager(Manager):
         self._failing = False
         # Scripts are sent by hash; redis-py reloads one the server lost (NOSCRIPT) after a restart.
         self._put_if_newer = client.register_script(_PUT_IF_NEWER)
-        self._take_token = client.register_script(_TAKE_TOKEN)
+        self._take_tokens = client.register_script(_TAKE_TOKENS)
 
     @classmethod
     def start(cls, config: dict) -> RedisManager:
@@ -166,17 +165,18 @@ class RedisManager(Manager):
         return entry
 
     # -- rate limiting -------------------------------------------------------------------
-    async def take_token(self, key: str, per_s: float, burst: int) -> Bucket:
-        """Take one token from the bucket ``key`` (created full); raises when Redis is out of reach."""
+    async def take_tokens(self, key: str, per_s: float, burst: int, wanted: int = 1) -> Bucket:
+        """Take up to ``wanted`` tokens from the bucket ``key`` (created full); raises when
+        Redis is out of reach."""
         if self.bypassing():
             raise ConnectionError("redis recently failed; not retried yet")
         try:
             async with asyncio.timeout(self.timeout_s):
-                allowed, remaining, retry_after, reset = await self._take_token(keys=[key], args=[per_s, burst])
+                taken, remaining, retry_after, reset = await self._take_tokens(keys=[key], args=[per_s, burst, wanted])
         except UNAVAILABLE as exc:
             self._failed("rate_limit", exc)
             raise
-        return Bucket(bool(allowed), int(float(remaining)), float(retry_after), float(reset))
+        return Bucket(int(taken), int(float(remaining)), float(retry_after), float(reset))
 
     async def release(self) -> None:
         await asyncio.wait_for(self.client.aclose(), 5)

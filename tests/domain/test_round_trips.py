@@ -4,6 +4,7 @@ calls are counted, not replaced). Fewer trips is latency a client does not wait 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from decimal import Decimal
 
 import aiomysql
@@ -48,11 +49,12 @@ async def test_a_payment_is_created_in_one_round_trip_with_or_without_a_key(api,
     sent = round_trips()
     await payments.create(body, Decimal(1000))
     assert len(sent) == 1 and sent[0].startswith("BEGIN") and sent[0].endswith("COMMIT"), sent
+    key = f"round-trip-{uuid.uuid4()}"
     sent = round_trips()
-    created = await payments.create(body, Decimal(1000), "round-trip-key")
+    created = await payments.create(body, Decimal(1000), key)
     assert len(sent) == 1, sent
     sent = round_trips()
-    replayed = await payments.create(body, Decimal(1000), "round-trip-key")
+    replayed = await payments.create(body, Decimal(1000), key)
     assert replayed.replayed and replayed.body == created.body
     assert len(sent) <= 3, sent  # the attempt, its rollback, the stored response
 

@@ -4,10 +4,12 @@ failing open (or closed, if configured) when Redis is gone."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from domain.ratelimit import Rate, RateLimiter
+from managers.redis import RedisManager
 from tests.helpers import metric, run_make, stop_redis, wait_until
 
 
@@ -57,14 +59,21 @@ async def test_calls_without_a_valid_key_are_limited_per_address(api, monkeypatc
 @pytest.mark.gen_test(timeout=180)
 async def test_with_redis_gone_the_limiter_fails_open_and_says_so(api, monkeypatch):
     user = await api.new_user()
+    me = await api.as_user(user["id"])  # a fresh key: a bucket of its own
     monkeypatch.setattr(RateLimiter.instance(), "write", Rate(per_s=0.001, burst=1))
     body = {"user_id": user["id"], "amount": "1.00", "currency": "USD"}
-    assert (await api.post("/api/v1/payments", body))[0] == 201
-    assert (await api.post("/api/v1/payments", body))[0] == 429
+    assert (await me.post("/api/v1/payments", body))[0] == 201
+    assert (await me.post("/api/v1/payments", body))[0] == 429
     failed_open = metric("singleton_rate_limit_fail_open_total")
     stop_redis()
     try:
-        codes = [(await api.post("/api/v1/payments", body))[0] for _ in range(3)]
+        # The refusal is remembered locally for at most a second; then the limiter asks
+        # Redis, cannot reach it, and lets the calls through.
+        async def let_through():
+            return (await me.post("/api/v1/payments", body))[0] == 201
+
+        await wait_until(let_through, timeout=5, interval=0.2, what="the limiter to fail open")
+        codes = [(await me.post("/api/v1/payments", body))[0] for _ in range(3)]
         assert codes == [201, 201, 201], "fail open: writes go on without the limiter"
         assert metric("singleton_rate_limit_fail_open_total") >= failed_open + 3
 
@@ -76,7 +85,7 @@ async def test_with_redis_gone_the_limiter_fails_open_and_says_so(api, monkeypat
         assert code == 200 and health["status"] == "degraded" and "rate_limiter" in health["down"]
 
         monkeypatch.setattr(RateLimiter.instance(), "fail_open", False)
-        code, error, headers = await api.post("/api/v1/payments", body)
+        code, error, headers = await me.post("/api/v1/payments", body)
         assert code == 503 and error["error"]["code"] == "dependency_unavailable" and headers["Retry-After"]
         monkeypatch.setattr(RateLimiter.instance(), "fail_open", True)
     finally:
@@ -88,3 +97,29 @@ async def test_with_redis_gone_the_limiter_fails_open_and_says_so(api, monkeypat
         return code == 200 and RateLimiter.instance().status() == {"status": "ok"}
 
     await wait_until(limiting_again, timeout=20, interval=0.3, what="the limiter to use Redis again")
+
+
+@pytest.mark.gen_test
+async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis(api, monkeypatch):
+    """A tenth of a second's rate is taken at once and spent locally: 100 reads/s means
+    one Redis call per 10 reads, and never more reads than the bucket holds."""
+    user = await api.new_user()
+    me = await api.as_user(user["id"])
+    monkeypatch.setattr(RateLimiter.instance(), "read", Rate(per_s=100, burst=25))
+    calls = []
+    take_tokens = RedisManager.take_tokens
+
+    async def counted(self, *args, **kwargs):
+        calls.append(args)
+        return await take_tokens(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisManager, "take_tokens", counted)
+    started = time.monotonic()
+    codes = [(await me.get(f"/api/v1/users/{user['id']}"))[0] for _ in range(80)]
+    elapsed = time.monotonic() - started
+    assert codes.count(200) >= 25, "at least the bucket's 25"
+    # At most what the bucket held and refilled, plus the share not yet spent (the stated bound).
+    assert codes.count(200) <= 25 + 100 * elapsed + (10 - 1), (codes.count(200), elapsed)
+    assert 429 in codes
+    granted = [c for c in calls if c[0].endswith(":r")]
+    assert len(granted) <= len(codes) // 4, f"{len(granted)} Redis calls for {len(codes)} reads"
