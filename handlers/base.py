@@ -27,7 +27,6 @@ from domain.ratelimit import RateLimiter
 from managers import kafka_producer, metrics, mongodb, mysql, redis
 from managers.config import ConfigManager
 from managers.logger import request_id_var
-from managers.metrics import MetricsManager
 
 log = logging.getLogger("singleton.http")
 access_log = logging.getLogger("singleton.access")
@@ -43,6 +42,23 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 # With auth.enabled false (a benchmark of its cost), every caller acts as admin.
 AUTH_DISABLED = Principal("", ADMIN, None)
+
+
+class Traffic:
+    """An application's requests in flight, and whether it is draining: shutdown stops
+    accepting, asks each client to close (``Connection: close``) and waits for zero."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.draining = False
+
+    def started(self) -> None:
+        self.in_flight += 1
+        metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        metrics.REQUESTS_IN_FLIGHT.set(self.in_flight)
 
 
 def unauthorized(message: str, error: str | None = None) -> APIError:
@@ -101,8 +117,11 @@ class BaseHandler(tornado.web.RequestHandler):
             )
 
     async def prepare(self) -> None:
-        MetricsManager.instance().request_started()
+        traffic: Traffic = self.application.settings["traffic"]
+        traffic.started()
         self._counted = True
+        if traffic.draining:  # this connection's last request: the process is stopping
+            self.set_header("Connection", "close")
         self._body = bytearray()
         self._limit_body()
         preflight = self.request.method == "OPTIONS"
@@ -167,7 +186,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_finish(self) -> None:
         if getattr(self, "_counted", False):
-            MetricsManager.instance().request_finished()
+            self.application.settings["traffic"].finished()
             self._counted = False
 
     def options(self, *args: Any, **kwargs: Any) -> None:

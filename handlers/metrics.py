@@ -5,6 +5,7 @@ are: it needs no key, and the API port does not serve it."""
 from __future__ import annotations
 
 from handlers.base import BaseHandler
+from handlers.health import LiveHandler, ReadyHandler
 from managers.metrics import MetricsManager
 
 
@@ -18,4 +19,8 @@ class MetricsHandler(BaseHandler):
         self.finish(body)
 
 
-default_handlers = [(r"/metrics", MetricsHandler)]
+default_handlers = [
+    (r"/metrics", MetricsHandler),
+    (r"/health/live", LiveHandler),
+    (r"/health/ready", ReadyHandler),
+]

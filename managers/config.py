@@ -50,6 +50,7 @@ SCHEMA: dict = _obj(
             {
                 "host": _str,
                 "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "processes": {"type": "integer", "minimum": 1, "maximum": 64},
                 "max_body_bytes": {"type": "integer", "minimum": 1},
                 "max_header_bytes": {"type": "integer", "minimum": 1024},
                 "idle_connection_timeout_s": _pos,

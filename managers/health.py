@@ -97,6 +97,12 @@ class HealthMonitor(Manager):
     def ready(self) -> bool:
         return self.report is not None and self.report["ready"]
 
+    async def wait_ready(self) -> None:
+        """Until a report says ready (a fresh check at least every probe interval)."""
+        while not self.ready():
+            await asyncio.sleep(self.interval_s / 4)
+            self._tick()
+
     def _tick(self) -> None:
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self.refresh(), name="health-refresh")
@@ -119,8 +125,11 @@ class HealthMonitor(Manager):
         self._log_changes(dependencies)
         report = assess(dependencies, watched, essential=self._essential(deps))
         report["checked_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        was_ready = self.ready()
         self.report, self._reported_at = report, time.monotonic()
         self.checks += 1
+        if report["ready"] != was_ready:
+            log.info("instance ready" if report["ready"] else "instance not ready")
         metrics.READY.set(1 if report["ready"] else 0)
         self._maybe_notify(report)
         return report

@@ -46,10 +46,10 @@ def consumer_status(task: asyncio.Task | None, lag: int, connected: bool = True)
 async def stop_consumer(
     task: asyncio.Task | None, consumer: AIOKafkaConsumer | None, timeout_s: float, name: str
 ) -> None:
-    """Cancel a consumer's loop, then stop the consumer under a deadline."""
+    """Cancel a consumer's loop, then stop the consumer, each under a deadline."""
     if task is not None:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait({task}, timeout=timeout_s)
     if consumer is not None:
         try:
             await asyncio.wait_for(consumer.stop(), timeout_s)

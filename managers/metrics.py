@@ -179,15 +179,6 @@ class MetricsManager(Manager):
 
     def __init__(self, registry: prometheus_client.CollectorRegistry):
         self.registry = registry
-        self.in_flight = 0  # requests started and not finished; shutdown waits for zero
-
-    def request_started(self) -> None:
-        self.in_flight += 1
-        REQUESTS_IN_FLIGHT.set(self.in_flight)
-
-    def request_finished(self) -> None:
-        self.in_flight -= 1
-        REQUESTS_IN_FLIGHT.set(self.in_flight)
 
     @classmethod
     def start(cls, config: dict | None = None) -> MetricsManager:

@@ -13,17 +13,22 @@ import gc
 import json
 import logging
 import signal
+import socket
 import sys
 import time
 
+import tornado.httpserver
+
 from domain import auth
 from domain.errors import APIError
+from handlers.base import Traffic
 from managers import config as config_module
+from managers.health import HealthMonitor
 from managers.logger import LoggerManager
-from managers.metrics import MetricsManager
 from managers.mysql import MySQLManager
-from service.app import make_app, make_metrics_app, server_options
+from service.app import make_app, make_ops_app, server_options
 from service.lifecycle import ROLES, Lifecycle
+from service.supervisor import Supervisor
 
 log = logging.getLogger("singleton.service")
 KEYS_WAIT_S = 30  # how long the keys commands wait for MariaDB
@@ -33,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m service", description="users-and-payments service")
     parser.add_argument("--config", help="path to config.yaml (default: the repository's)")
     parser.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker of the supervisor's
+    parser.add_argument("--join-when-ready", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--role",
         choices=ROLES,
@@ -74,14 +81,15 @@ async def manage_keys(config: dict, args: argparse.Namespace) -> int:
     return 0
 
 
-async def drain(timeout_s: float) -> None:
-    """Wait, up to a deadline, for requests already being handled to finish."""
-    requests = MetricsManager.instance()
+async def drain(traffic: Traffic, timeout_s: float) -> None:
+    """Wait, up to a deadline, for requests already being handled to finish; meanwhile
+    every response asks its client to close the connection."""
+    traffic.draining = True
     deadline = time.monotonic() + timeout_s
-    while requests.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (a counter, not an event)
+    while traffic.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (a counter, not an event)
         await asyncio.sleep(0.05)
-    if requests.in_flight:
-        log.warning("shutdown deadline passed with requests in flight", extra={"in_flight": requests.in_flight})
+    if traffic.in_flight:
+        log.warning("shutdown deadline passed with requests in flight", extra={"in_flight": traffic.in_flight})
 
 
 # Fewer, cheaper collections: the default first threshold (700) ran a young-generation
@@ -97,18 +105,31 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve(config: dict, role: str) -> int:
+async def serve(config: dict, role: str, listen_fd: int | None = None, join_when_ready: bool = False) -> int:
+    """One worker: the managers, the API on the port (or on the supervisor's socket), the ops listener.
+
+    A worker that replaces another (``join_when_ready``) takes connections from the
+    shared socket only once it is ready: until then the others serve them.
+    """
     lifecycle = Lifecycle(config, role)
     await lifecycle.start()
     tune_gc()
     server_cfg, metrics_cfg = config["server"], config["metrics"]
     app = make_app(config, role=role)
-    server = app.listen(server_cfg["port"], address=server_cfg["host"], **server_options(config))
-    metrics_server = make_metrics_app().listen(metrics_cfg["port"], address=metrics_cfg["host"])
+    server = tornado.httpserver.HTTPServer(app, **server_options(config))
+    metrics_server = make_ops_app().listen(metrics_cfg["port"], address=metrics_cfg["host"])
+    if listen_fd is None:
+        server.listen(server_cfg["port"], address=server_cfg["host"])
+    else:
+        if join_when_ready:
+            await HealthMonitor.instance().wait_ready()
+        server.add_sockets([socket.socket(fileno=listen_fd)])
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    if listen_fd is not None:  # a worker: restarts are the supervisor's business
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log.info(
         "listening",
         extra={
@@ -123,7 +144,7 @@ async def serve(config: dict, role: str) -> int:
     log.info("stopping: no new connections, draining requests")
     server.stop()
     metrics_server.stop()
-    await drain(server_cfg["shutdown_timeout_s"])
+    await drain(app.settings["traffic"], server_cfg["shutdown_timeout_s"])
     await asyncio.wait_for(server.close_all_connections(), server_cfg["shutdown_timeout_s"])
     await lifecycle.stop()
     log.info("stopped")
@@ -147,7 +168,12 @@ async def run(config: dict, args: argparse.Namespace) -> int:
     else:
         logger = LoggerManager.start(config["logging"])
     try:
-        return await (manage_keys(config, args) if args.command == "keys" else serve(config, args.role))
+        if args.command == "keys":
+            return await manage_keys(config, args)
+        if config["server"]["processes"] > 1 and args.listen_fd is None:
+            passed_on = [*(["--config", args.config] if args.config else []), "--role", args.role]
+            return await Supervisor(config, passed_on).run()
+        return await serve(config, args.role, args.listen_fd, args.join_when_ready)
     finally:
         await logger.close()
 

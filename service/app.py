@@ -7,7 +7,7 @@ import importlib
 
 import tornado.web
 
-from handlers.base import NotFoundHandler, log_request
+from handlers.base import NotFoundHandler, Traffic, log_request
 
 API_ROLES = ("all", "api")
 HANDLER_MODULES = (
@@ -33,16 +33,20 @@ def make_app(config: dict, extra_handlers: list | None = None, role: str = "all"
         routes,
         log_function=log_request,
         default_handler_class=NotFoundHandler,
+        traffic=Traffic(),
         websocket_ping_interval=ws["ping_interval_s"],
         websocket_ping_timeout=ws["ping_timeout_s"],
         websocket_max_message_size=ws["max_message_bytes"],
     )
 
 
-def make_metrics_app() -> tornado.web.Application:
-    """GET /metrics alone, for the listener on ``metrics.host``/``metrics.port``."""
+def make_ops_app() -> tornado.web.Application:
+    """The listener on ``metrics.host``/``metrics.port``: /metrics, and this process's own
+    /health/live and /health/ready (what a supervisor asks of one worker)."""
     routes = importlib.import_module("handlers.metrics").default_handlers
-    return tornado.web.Application(routes, log_function=log_request, default_handler_class=NotFoundHandler)
+    return tornado.web.Application(
+        routes, log_function=log_request, default_handler_class=NotFoundHandler, traffic=Traffic()
+    )
 
 
 def server_options(config: dict) -> dict:

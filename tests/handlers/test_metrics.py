@@ -10,13 +10,13 @@ import pytest
 import tornado.httpserver
 import tornado.testing
 
-from service.app import make_metrics_app
+from service.app import make_ops_app
 
 
 @pytest.fixture
 def metrics_url(services):
     sock, port = tornado.testing.bind_unused_port()
-    server = tornado.httpserver.HTTPServer(make_metrics_app())
+    server = tornado.httpserver.HTTPServer(make_ops_app())
     server.add_sockets([sock])
     yield f"http://127.0.0.1:{port}/metrics"
     server.stop()

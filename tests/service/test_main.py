@@ -17,7 +17,6 @@ import uuid
 import pymysql
 import pytest
 
-from managers.metrics import MetricsManager
 from service.__main__ import drain
 from tests.conftest import GateHandler
 from tests.helpers import ROOT, env_overrides, free_port, wait_until
@@ -162,15 +161,16 @@ def wait_for_health(proc: subprocess.Popen, port: int, timeout: float = 60) -> N
 
 
 @pytest.mark.gen_test
-async def test_drain_waits_for_in_flight_requests(http_client, base_url):
+async def test_drain_waits_for_in_flight_requests(http_client, base_url, app):
     GateHandler.gate = asyncio.Event()
     request = asyncio.ensure_future(http_client.fetch(f"{base_url}/_test/gate"))
-    await wait_until(lambda: MetricsManager.instance().in_flight > 0, what="the gated request to start")
-    draining = asyncio.ensure_future(drain(timeout_s=10))
+    traffic = app.settings["traffic"]
+    await wait_until(lambda: traffic.in_flight > 0, what="the gated request to start")
+    draining = asyncio.ensure_future(drain(traffic, timeout_s=10))
     await asyncio.sleep(0.2)
     assert not draining.done(), "drain returned while a request was still in flight"
     GateHandler.gate.set()
     response = await request
     await asyncio.wait_for(draining, 5)
     assert response.code == 200
-    assert MetricsManager.instance().in_flight == 0
+    assert traffic.in_flight == 0
