@@ -16,7 +16,8 @@ import re
 from asyncio import Future
 
 import tornado.websocket
-from tornado.iostream import StreamClosedError
+from tornado import httputil
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
 from domain import codec, replay, schemas, users
@@ -29,6 +30,7 @@ from managers.websocket_hub import Connection, WebSocketHub
 log = logging.getLogger("singleton.websocket")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 SUPPORTED_VERSIONS = ("7", "8", "13")  # what Tornado's WebSocket protocol accepts
+EMPTY_HEADERS = httputil.HTTPHeaders()  # shared by every open socket, never written to
 
 
 class WsTokensHandler(BaseHandler):
@@ -100,6 +102,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     async def open(self, *args, **kwargs) -> None:
         hub = WebSocketHub.instance()
         self.conn = hub.add(self, self.user_id, self.client_id, self.remote_ip)
+        self._forget_the_handshake()
         if self.conn is None:
             return
         hub.send_frame(self.conn, {"type": "connected", "user_id": self.user_id, "client_id": self.client_id})
@@ -110,6 +113,14 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             except mysql.UNAVAILABLE as exc:  # the database is out of reach: say so and go live
                 log.warning("replay unavailable", extra={"user_id": self.user_id, "error": repr(exc)})
         hub.go_live(self.conn, self.last_event_id, missed)
+
+    def _forget_the_handshake(self) -> None:
+        """Drop what only the upgrade needed (its headers, the token in its query): a
+        socket lives for hours, and across 10,000s of them each kilobyte counts."""
+        self.request.headers = EMPTY_HEADERS
+        self.request.arguments = self.request.query_arguments = {}
+        self.request.uri = self.request.query = ""
+        self._headers = EMPTY_HEADERS
 
     def on_message(self, message: str | bytes) -> None:
         if self.conn is None:
@@ -129,19 +140,33 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
                 },
             )
 
-    def write_frame(self, frame: bytes) -> Future[None]:
-        """Write a message the hub already framed (``websocket_hub.text_frame``).
+    def write_frame(self, frame: bytes) -> Future[None] | None:
+        """Write a message the hub already framed (``websocket_hub.text_frame``); a
+        Future for what is left to send, or None when the kernel took it all.
 
         The hub frames an event once for all of its user's connections; Tornado's
         ``write_message`` would frame it again per connection and wrap each write
         in a new task. No compression is negotiated (``get_compression_options``
         is left at None), so these bytes are exactly what ``write_message`` sends.
+        When nothing else is waiting to be written, the frame goes straight to the
+        socket: one ``send`` and no Future, which is most writes of a fan-out.
         """
         ws = self.ws_connection
         if ws is None or ws.is_closing() or ws.stream is None:
             raise WebSocketClosedError()
+        stream = ws.stream
         try:
-            return ws.stream.write(frame)
+            if type(stream) is IOStream and not stream.writing():  # plain TCP, nothing queued before it
+                try:
+                    sent = stream.socket.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    raise WebSocketClosedError() from None
+                if sent == len(frame):
+                    return None
+                frame = frame[sent:]
+            return stream.write(frame)
         except StreamClosedError:
             raise WebSocketClosedError() from None
 

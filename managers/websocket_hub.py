@@ -44,7 +44,7 @@ RECENT_EVENTS = 10_000  # event ids remembered to drop a re-published event
 class Socket(Protocol):
     """What the hub needs of a connection (``handlers.ws.EventsSocket``)."""
 
-    def write_frame(self, frame: bytes) -> Future[None]: ...
+    def write_frame(self, frame: bytes) -> Future[None] | None: ...
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
@@ -223,11 +223,12 @@ class WebSocketHub(Manager):
             self._close_slow(conn)
             return False
         try:
-            written = conn.socket.write_frame(frame)
+            pending = conn.socket.write_frame(frame)
         except WebSocketClosedError:
             return False
-        conn.pending_bytes += size
-        written.add_done_callback(functools.partial(_flushed, conn, size))
+        if pending is not None:  # the kernel's buffer is full: count it until it is flushed
+            conn.pending_bytes += size
+            pending.add_done_callback(functools.partial(_flushed, conn, size))
         return True
 
     def _close_slow(self, conn: Connection) -> None:
