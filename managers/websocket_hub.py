@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 import struct
 from asyncio import Future
@@ -26,7 +27,6 @@ from typing import Protocol
 
 from tornado.websocket import WebSocketClosedError
 
-from domain import codec
 from managers import metrics
 from managers.base import Manager
 
@@ -208,7 +208,7 @@ class WebSocketHub(Manager):
 
     def send_frame(self, conn: Connection, frame: dict) -> bool:
         """A message of the hub's own (connected, pong, replay_complete, ...) to one connection."""
-        return self._send(conn, codec.dumps(frame), frame["type"])
+        return self._send(conn, json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode(), frame["type"])
 
     def _send(self, conn: Connection, payload: bytes, frame_type: str) -> bool:
         if not self._write(conn, text_frame(payload)):
