@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,30 @@ def env_overrides(overrides: dict[str, dict[str, Any]] = TEST_OVERRIDES) -> dict
         for key, value in values.items():
             env[f"SINGLETON_{section.upper()}__{key.upper()}"] = str(value) if value != "" else ""
     return env
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``python -m service`` subprocess: the suite's overrides
+    on top of the caller's, so it finds the same backing services (a second devstack
+    on other ports included) and uses the same test databases as the suite."""
+    env = dict(os.environ)
+    env.update(env_overrides())
+    env.update(extra)
+    return env
+
+
+def wait_for_health(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
+    """Wait for a service subprocess's /health to answer 200; fail if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                assert response.status == 200
+                return
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"service did not become healthy within {timeout} s"
+            time.sleep(0.2)
 
 
 async def wait_until(

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import stat
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 
@@ -20,14 +18,7 @@ import pytest
 from handlers.base import BaseHandler
 from service.__main__ import drain
 from tests.conftest import GateHandler
-from tests.helpers import ROOT, env_overrides, free_port, wait_until
-
-
-def service_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SINGLETON_")}
-    env.update(env_overrides())
-    env.update(extra)
-    return env
+from tests.helpers import ROOT, free_port, service_env, wait_for_health, wait_until
 
 
 def run_service(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -158,19 +149,6 @@ def run_until_healthy_then_stop(env: dict[str, str], check_key: str | None = Non
             proc.kill()
     assert proc.returncode == 0, err
     return out
-
-
-def wait_for_health(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                assert response.status == 200
-                return
-        except OSError:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, f"service did not become healthy within {timeout} s"
-            time.sleep(0.2)
 
 
 @pytest.mark.gen_test
