@@ -39,7 +39,7 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 def is_uuid(value: str) -> bool:
     """A UUID as this service writes them: lower-case hex, hyphenated."""
-    return _UUID.match(value) is not None
+    return _UUID.fullmatch(value) is not None
 
 
 def rfc3339(value: dt.datetime) -> str:

@@ -46,7 +46,7 @@ def parse_amount(value: Decimal | int | str, currency: str, maximum: Decimal) ->
     if exponent is None:
         raise MoneyError("unknown_currency", f"{currency!r} is not an ISO 4217 currency code", field="currency")
     if isinstance(value, str):
-        if not _AMOUNT_RE.match(value):
+        if not _AMOUNT_RE.fullmatch(value):
             raise MoneyError("invalid_amount", 'amount must be a plain decimal such as "100.50"')
         value = Decimal(value)
     elif isinstance(value, bool) or not isinstance(value, (Decimal, int)):

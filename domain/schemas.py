@@ -4,6 +4,7 @@ for the docs and the checks."""
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,28 @@ def _registry() -> Registry:
 
 
 @functools.cache
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """A ``pattern`` read as JSON Schema reads it (ECMA 262), where a final ``$`` is the
+    end of the string: Python's ``$`` also matches before a final newline, which would
+    let ``"Ada\\n"`` through a pattern that refuses control characters."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict) -> Any:
+    if validator.is_type(instance, "string") and not ecma_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
+@functools.cache
 def validator(name: str) -> jsonschema.Draft202012Validator:
     if name not in openapi()["components"]["schemas"]:
         raise KeyError(f"no schema {name!r} in {OPENAPI_PATH.name}")
-    return jsonschema.Draft202012Validator({"$ref": f"{_BASE_URI}#/components/schemas/{name}"}, registry=_registry())
+    return _Validator({"$ref": f"{_BASE_URI}#/components/schemas/{name}"}, registry=_registry())
 
 
 def _field(error: jsonschema.ValidationError) -> str:

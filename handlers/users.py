@@ -42,13 +42,13 @@ class UserHandler(BaseHandler):
 class UserPaymentsHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
         user_id = self.visible_user_id(user_id)
-        limit = self.get_query_argument("limit", "20")
-        if not _LIMIT.match(limit) or not 1 <= int(limit) <= 100:
+        limit = self.query("limit", "20")
+        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 100:
             raise APIError(400, "invalid_limit", "limit must be an integer from 1 to 100")
-        status = self.get_query_argument("status", None)
+        status = self.query("status")
         if status is not None and status not in payments.TRANSITIONS:
             raise APIError(400, "invalid_status", f"status must be one of: {', '.join(payments.TRANSITIONS)}")
-        cursor = self.get_query_argument("cursor", None)
+        cursor = self.query("cursor")
         self.write_json(await payments.list_for_user(user_id, int(limit), cursor, status))
 
 

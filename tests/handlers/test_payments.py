@@ -51,6 +51,7 @@ async def test_amounts_follow_the_currency_exponent(api, amount, currency, shown
         ("10", "ABC", "unknown_currency", "currency"),
         (-1, "USD", "validation_failed", "amount"),
         ("12,50", "USD", "validation_failed", "amount"),
+        ("12.50\n", "USD", "validation_failed", "amount"),
         ("10", "usd", "validation_failed", "currency"),
         (None, "USD", "validation_failed", "amount"),
     ],
