@@ -78,13 +78,31 @@ def _message(error: jsonschema.ValidationError) -> str:
     return error.message if len(error.message) <= MAX_MESSAGE else error.message[:MAX_MESSAGE] + "..."
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogates(value: Any, path: str = "") -> list[str]:
+    """The fields holding half of a UTF-16 pair (JSON's ``"\\ud800"`` alone), which no
+    database column can store. The document's patterns cannot say this: the regex
+    engines other tools check them with have no surrogates to name."""
+    if isinstance(value, str):
+        return [path or "<body>"] if _SURROGATE.search(value) else []
+    if isinstance(value, dict):
+        return [f for key, item in value.items() for f in _lone_surrogates(item, f"{path}.{key}" if path else key)]
+    if isinstance(value, list):
+        return [f for i, item in enumerate(value) for f in _lone_surrogates(item, f"{path}.{i}" if path else str(i))]
+    return []
+
+
 def validate(name: str, body: Any) -> dict:
     """Check ``body`` against ``components.schemas[name]``; 422 listing every problem."""
     try:
         errors = sorted(validator(name).iter_errors(body), key=lambda e: list(e.absolute_path))
+        surrogates = _lone_surrogates(body)
     except RecursionError:
         raise APIError(422, "validation_failed", "request body is nested too deeply") from None
-    if errors:
-        details = [{"field": _field(e), "message": _message(e)} for e in errors]
+    details = [{"field": _field(e), "message": _message(e)} for e in errors]
+    details += [{"field": field, "message": "holds a lone surrogate"} for field in surrogates]
+    if details:
         raise APIError(422, "validation_failed", "request body failed validation", details=details)
     return body

@@ -137,11 +137,23 @@ async def test_control_and_bidi_characters_are_refused_in_names_and_descriptions
 
 
 @pytest.mark.gen_test
-async def test_a_lone_surrogate_is_refused_not_a_500(api):
+@pytest.mark.parametrize("field", ["name", "email"])
+async def test_a_lone_surrogate_is_refused_not_a_500(api, field):
     user = await api.new_user()
-    raw = json.dumps({"name": "x"}).replace('"x"', '"\\ud800"').encode()
+    raw = json.dumps({field: "x"}).replace('"x"', '"a\\ud800"').encode()
     code, body, _ = await api.put(f"/api/v1/users/{user['id']}", raw=raw)
     assert (code, body["error"]["code"]) == (422, "validation_failed")
+    assert field in [d["field"] for d in body["error"]["details"]]
+
+
+@pytest.mark.gen_test
+async def test_a_lone_surrogate_in_a_payment_description_is_refused(api):
+    user = await api.new_user()
+    payment = {"user_id": user["id"], "amount": "1.00", "currency": "USD", "description": "x"}
+    raw = json.dumps(payment).replace('"x"', '"\\udfff tail"').encode()
+    code, body, _ = await api.post("/api/v1/payments", raw=raw)
+    assert (code, body["error"]["code"]) == (422, "validation_failed")
+    assert [d["field"] for d in body["error"]["details"]] == ["description"]
 
 
 @pytest.mark.gen_test
