@@ -85,12 +85,53 @@ async def test_limits_that_are_not_plain_digits_in_range_are_400(api, limit):
         "from=0001-01-01T00:00:00Z",
         "from=2026-01-01T00:00:00",
         "to=yesterday",
+        "to=0000-01-01T00:00:00Z",  # RFC 3339 has a year 0; the service's times start at year 1
+        "to=9999-12-31T23:59:60Z",
     ],
 )
 async def test_analytics_windows_at_the_ends_of_time_are_400(api, query):
     code, body, _ = await api.get(f"/api/v1/analytics/summary?{query}")
     assert code == 400, body
     assert body["error"]["code"] in ("invalid_time", "invalid_window")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",  # `?to=` is a bad time, not a missing one
+        "2026-01-01 00:00:00Z",  # ISO 8601 forms that datetime.fromisoformat takes and RFC 3339 does not
+        "20260101T000000Z",
+        "2026-01-01T00:00Z",
+        "2026-01-01T00:00:00+0000",
+        "2026-W01-1T00:00:00Z",
+        "2026-01-01T00:00:00,5Z",
+        "2026-01-01T00:00:00.Z",
+        "2026-01-01T00:00:00Z\n",
+        " 2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:60Z",  # a leap second only ends a UTC day
+        "2026-01-01T00:00:00+24:00",
+    ],
+)
+async def test_a_time_that_is_not_rfc_3339_is_400_invalid_time(api, value):
+    code, body, _ = await api.get(f"/api/v1/analytics/summary?to={urllib.parse.quote(value)}")
+    assert (code, body["error"]["code"]) == (400, "invalid_time"), body
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("to", "shown"),
+    [
+        ("2026-07-01t12:00:00.1234567z", "2026-07-01T12:00:00.123Z"),  # lower case and any fraction are RFC 3339
+        ("2026-06-30T23:59:60Z", "2026-07-01T00:00:00.000Z"),  # a leap second: the next day's first instant
+        ("2026-07-01T01:59:60+02:00", "2026-07-01T00:00:00.000Z"),
+        ("2026-07-01T00:00:00-00:00", "2026-07-01T00:00:00.000Z"),
+    ],
+)
+async def test_every_rfc_3339_form_is_taken(api, to, shown):
+    code, body, _ = await api.get(f"/api/v1/analytics/summary?to={urllib.parse.quote(to)}")
+    assert code == 200, body
+    assert body["to"] == shown
 
 
 @pytest.mark.gen_test
