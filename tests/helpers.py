@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -63,6 +64,13 @@ def service_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_service(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -m service ARGS`` to its end (e.g. ``keys create``), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def wait_for_health(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
     """Wait for a service subprocess's /health to answer 200; fail if it exits first."""
     deadline = time.monotonic() + timeout
@@ -105,15 +113,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_database(cfg: dict) -> None:
+def _server_sql(cfg: dict, *statements: str) -> None:
     conn = pymysql.connect(
         host=cfg["host"], port=cfg["port"], user=cfg["user"], password=cfg["password"], connect_timeout=5
     )
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{cfg['database']}` CHARACTER SET utf8mb4")
+            for statement in statements:
+                cur.execute(statement)
     finally:
         conn.close()
+
+
+def ensure_database(cfg: dict) -> None:
+    _server_sql(cfg, f"CREATE DATABASE IF NOT EXISTS `{cfg['database']}` CHARACTER SET utf8mb4")
+
+
+def fresh_database(cfg: dict, name: str) -> None:
+    """An empty database ``name`` beside the suite's, for a service process to start on."""
+    _server_sql(cfg, f"DROP DATABASE IF EXISTS `{name}`", f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
 
 
 def stop_redis() -> None:

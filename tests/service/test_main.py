@@ -12,19 +12,12 @@ import sys
 import urllib.request
 import uuid
 
-import pymysql
 import pytest
 
 from handlers.base import BaseHandler
 from service.__main__ import drain
 from tests.conftest import GateHandler
-from tests.helpers import ROOT, free_port, service_env, wait_for_health, wait_until
-
-
-def run_service(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+from tests.helpers import ROOT, free_port, fresh_database, run_service, service_env, wait_for_health, wait_until
 
 
 def test_invalid_config_exits_non_zero_naming_the_key_before_connecting():
@@ -98,16 +91,7 @@ def test_keys_cli_creates_lists_and_revokes(services):
 
 def test_first_start_with_no_admin_key_writes_one_to_a_private_file(tmp_path, config):
     database = "singleton_test_bootstrap"
-    conn = pymysql.connect(
-        host=config["mysql"]["host"],
-        port=config["mysql"]["port"],
-        user=config["mysql"]["user"],
-        password=config["mysql"]["password"],
-    )
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
-        cur.execute(f"CREATE DATABASE `{database}`")
-    conn.close()
+    fresh_database(config["mysql"], database)
     key_file = tmp_path / "secrets" / "admin.key"
     env = service_env(SINGLETON_MYSQL__DATABASE=database, SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE=str(key_file))
 
