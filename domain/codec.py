@@ -39,7 +39,7 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 def is_uuid(value: str) -> bool:
     """A UUID as this service writes them: lower-case hex, hyphenated."""
-    return _UUID.match(value) is not None
+    return _UUID.fullmatch(value) is not None
 
 
 def rfc3339(value: dt.datetime) -> str:
@@ -47,6 +47,52 @@ def rfc3339(value: dt.datetime) -> str:
         value = value.replace(tzinfo=dt.UTC)
     value = value.astimezone(dt.UTC)
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_RFC3339 = re.compile(
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def parse_rfc3339(value: str) -> dt.datetime:
+    """An RFC 3339 date-time (JSON Schema's ``format: date-time``), in UTC.
+
+    Exactly that grammar: ``datetime.fromisoformat`` also takes ISO 8601 forms RFC 3339
+    does not (``2026-01-01 00:00Z``, ``20260101T000000Z``, ``+0000``). A leap second
+    (``23:59:60`` in UTC) is the next day's first instant. ValueError for anything else,
+    including a valid time outside the years 1 to 9999.
+    """
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise ValueError(f"not an RFC 3339 date-time: {value[:64]!r}")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, zone = match.group(7) or "", match.group(8).upper()
+    offset = dt.timedelta(0)
+    if zone != "Z":
+        hours, minutes = int(zone[1:3]), int(zone[4:6])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"not an RFC 3339 offset: {zone}")
+        offset = (-1 if zone[0] == "-" else 1) * dt.timedelta(hours=hours, minutes=minutes)
+    leap = second == 60
+    try:
+        local = dt.datetime(
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            59 if leap else second,
+            int(fraction[:6].ljust(6, "0")),
+            tzinfo=dt.timezone(offset),
+        )
+        utc = local.astimezone(dt.UTC)
+        if leap:
+            if (utc.hour, utc.minute) != (23, 59):
+                raise ValueError("a leap second is 23:59:60 in UTC")
+            utc += dt.timedelta(seconds=1)
+    except OverflowError:  # an offset or a leap second past year 1 or 9999
+        raise ValueError(f"{value[:64]!r} is outside the years 1 to 9999") from None
+    return utc
 
 
 def _default(value: Any) -> Any:

@@ -31,20 +31,22 @@ _AMOUNT_RE = re.compile(AMOUNT_PATTERN)
 
 
 class MoneyError(ValueError):
-    """An amount that cannot be taken; ``code`` is the API error code."""
+    """An amount that cannot be taken; ``code`` is the API error code, ``field`` the
+    request field at fault."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, field: str = "amount"):
         super().__init__(message)
         self.code = code
+        self.field = field
 
 
 def parse_amount(value: Decimal | int | str, currency: str, maximum: Decimal) -> int:
     """Validate an amount for ``currency`` and return it in minor units."""
     exponent = EXPONENTS.get(currency)
     if exponent is None:
-        raise MoneyError("unknown_currency", f"{currency!r} is not an ISO 4217 currency code")
+        raise MoneyError("unknown_currency", f"{currency!r} is not an ISO 4217 currency code", field="currency")
     if isinstance(value, str):
-        if not _AMOUNT_RE.match(value):
+        if not _AMOUNT_RE.fullmatch(value):
             raise MoneyError("invalid_amount", 'amount must be a plain decimal such as "100.50"')
         value = Decimal(value)
     elif isinstance(value, bool) or not isinstance(value, (Decimal, int)):

@@ -88,7 +88,7 @@ async def create(
     try:
         amount_minor = parse_amount(body["amount"], body["currency"], max_amount)
     except MoneyError as exc:
-        raise APIError(422, exc.code, str(exc), details=[{"field": "amount", "message": str(exc)}]) from None
+        raise APIError(422, exc.code, str(exc), details=[{"field": exc.field, "message": str(exc)}]) from None
     user_id, description = body["user_id"], body.get("description")
     fingerprint = request_fingerprint(user_id, amount_minor, body["currency"], description)
     now = _now()

@@ -4,6 +4,7 @@ for the docs and the checks."""
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,28 @@ def _registry() -> Registry:
 
 
 @functools.cache
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """A ``pattern`` read as JSON Schema reads it (ECMA 262), where a final ``$`` is the
+    end of the string: Python's ``$`` also matches before a final newline, which would
+    let ``"Ada\\n"`` through a pattern that refuses control characters."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict) -> Any:
+    if validator.is_type(instance, "string") and not ecma_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
+@functools.cache
 def validator(name: str) -> jsonschema.Draft202012Validator:
     if name not in openapi()["components"]["schemas"]:
         raise KeyError(f"no schema {name!r} in {OPENAPI_PATH.name}")
-    return jsonschema.Draft202012Validator({"$ref": f"{_BASE_URI}#/components/schemas/{name}"}, registry=_registry())
+    return _Validator({"$ref": f"{_BASE_URI}#/components/schemas/{name}"}, registry=_registry())
 
 
 def _field(error: jsonschema.ValidationError) -> str:
@@ -59,13 +78,31 @@ def _message(error: jsonschema.ValidationError) -> str:
     return error.message if len(error.message) <= MAX_MESSAGE else error.message[:MAX_MESSAGE] + "..."
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogates(value: Any, path: str = "") -> list[str]:
+    """The fields holding half of a UTF-16 pair (JSON's ``"\\ud800"`` alone), which no
+    database column can store. The document's patterns cannot say this: the regex
+    engines other tools check them with have no surrogates to name."""
+    if isinstance(value, str):
+        return [path or "<body>"] if _SURROGATE.search(value) else []
+    if isinstance(value, dict):
+        return [f for key, item in value.items() for f in _lone_surrogates(item, f"{path}.{key}" if path else key)]
+    if isinstance(value, list):
+        return [f for i, item in enumerate(value) for f in _lone_surrogates(item, f"{path}.{i}" if path else str(i))]
+    return []
+
+
 def validate(name: str, body: Any) -> dict:
     """Check ``body`` against ``components.schemas[name]``; 422 listing every problem."""
     try:
         errors = sorted(validator(name).iter_errors(body), key=lambda e: list(e.absolute_path))
+        surrogates = _lone_surrogates(body)
     except RecursionError:
         raise APIError(422, "validation_failed", "request body is nested too deeply") from None
-    if errors:
-        details = [{"field": _field(e), "message": _message(e)} for e in errors]
+    details = [{"field": _field(e), "message": _message(e)} for e in errors]
+    details += [{"field": field, "message": "holds a lone surrogate"} for field in surrogates]
+    if details:
         raise APIError(422, "validation_failed", "request body failed validation", details=details)
     return body

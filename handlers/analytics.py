@@ -14,12 +14,10 @@ MAX_WINDOW = dt.timedelta(days=366)
 
 def _time(value: str, name: str) -> dt.datetime:
     try:
-        parsed = dt.datetime.fromisoformat(value)
-        if parsed.tzinfo is None:
-            raise APIError(400, "invalid_time", f"{name} must carry a time zone (Z or an offset)")
-        return parsed.astimezone(dt.UTC)
-    except (ValueError, OverflowError):  # OverflowError: an offset pushing year 1 or 9999 out of range
-        raise APIError(400, "invalid_time", f"{name} must be an RFC 3339 time such as 2026-01-31T00:00:00Z") from None
+        return codec.parse_rfc3339(value)
+    except ValueError:
+        message = f"{name} must be an RFC 3339 time with a zone, such as 2026-01-31T00:00:00Z, in the years 1 to 9999"
+        raise APIError(400, "invalid_time", message) from None
 
 
 class UserAnalyticsHandler(BaseHandler):
@@ -39,10 +37,10 @@ class SummaryHandler(BaseHandler):
 
     async def get(self) -> None:
         now = dt.datetime.now(dt.UTC)
-        raw_from, raw_to = self.get_query_argument("from", None), self.get_query_argument("to", None)
-        end = _time(raw_to, "to") if raw_to else now
+        raw_from, raw_to = self.query("from"), self.query("to")
+        end = _time(raw_to, "to") if raw_to is not None else now  # `?to=` is a bad time, not no time
         try:
-            start = _time(raw_from, "from") if raw_from else end - dt.timedelta(days=1)
+            start = _time(raw_from, "from") if raw_from is not None else end - dt.timedelta(days=1)
         except OverflowError:  # the default window would start before year 1
             raise APIError(400, "invalid_window", "to is too early for the default one-day window") from None
         if start >= end:

@@ -19,7 +19,7 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as HTTP
 class PaymentsHandler(BaseHandler):
     async def post(self) -> None:
         key = self.request.headers.get("Idempotency-Key")
-        if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
             raise APIError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters")
         body = schemas.validate("PaymentCreate", self.get_json_body())
         if not self.caller.can_see(body["user_id"]):

@@ -13,6 +13,7 @@ from domain.errors import APIError
 from handlers.base import BaseHandler
 
 _LIMIT = re.compile(r"^[0-9]{1,3}$")
+MAX_IF_MATCH = 1024  # the document's maxLength: a list of a few ETags, not a payload
 
 
 class UsersHandler(BaseHandler):
@@ -33,8 +34,11 @@ class UserHandler(BaseHandler):
 
     async def put(self, user_id: str) -> None:
         user_id = self.visible_user_id(user_id)
+        if_match = self.request.headers.get("If-Match")
+        if if_match is not None and len(if_match) > MAX_IF_MATCH:
+            raise APIError(400, "invalid_if_match", f"If-Match is longer than {MAX_IF_MATCH} characters")
         changes = schemas.validate("UserUpdate", users.normalized(self.get_json_body()))
-        user = await users.update(user_id, changes, self.request.headers.get("If-Match"))
+        user = await users.update(user_id, changes, if_match)
         self.set_header("ETag", users.etag(user["version"]))
         self.write_json(user)
 
@@ -42,13 +46,13 @@ class UserHandler(BaseHandler):
 class UserPaymentsHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
         user_id = self.visible_user_id(user_id)
-        limit = self.get_query_argument("limit", "20")
-        if not _LIMIT.match(limit) or not 1 <= int(limit) <= 100:
+        limit = self.query("limit", "20")
+        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 100:
             raise APIError(400, "invalid_limit", "limit must be an integer from 1 to 100")
-        status = self.get_query_argument("status", None)
+        status = self.query("status")
         if status is not None and status not in payments.TRANSITIONS:
             raise APIError(400, "invalid_status", f"status must be one of: {', '.join(payments.TRANSITIONS)}")
-        cursor = self.get_query_argument("cursor", None)
+        cursor = self.query("cursor")
         self.write_json(await payments.list_for_user(user_id, int(limit), cursor, status))
 
 

@@ -55,13 +55,13 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     async def get(self, *args, **kwargs) -> None:
         self._check_handshake()
         self.user_id = self._token_user()
-        requested = self.get_query_argument("user_id", None)
+        requested = self.query("user_id")
         if requested is not None and requested != self.user_id:
             raise forbidden("user_id is not the token's user")
-        self.client_id = self.get_query_argument("client_id", "")
-        if not _CLIENT_ID.match(self.client_id):
+        self.client_id = self.query("client_id", "")
+        if not _CLIENT_ID.fullmatch(self.client_id):
             raise APIError(400, "invalid_client_id", "client_id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
-        last = self.get_query_argument("last_event_id", None)
+        last = self.query("last_event_id")
         self.last_event_id = None if last is None else self.resource_id(last, "event", status=400)
         refusal = WebSocketHub.instance().refusal(self.user_id, self.client_id, self.remote_ip)
         if refusal is not None:
@@ -87,7 +87,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
             raise forbidden("this Origin may not open a WebSocket here (cors.allowed_origins)")
 
     def _token_user(self) -> str:
-        token = self.get_query_argument("token", None) or self.bearer()
+        token = self.query("token") or self.bearer()
         if token is None:
             raise unauthorized("a token is required: POST /api/v1/ws-tokens, then /ws?token=...")
         try:

@@ -8,7 +8,9 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,37 @@ def env_overrides(overrides: dict[str, dict[str, Any]] = TEST_OVERRIDES) -> dict
     return env
 
 
+def service_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``python -m service`` subprocess: the suite's overrides
+    on top of the caller's, so it finds the same backing services (a second devstack
+    on other ports included) and uses the same test databases as the suite."""
+    env = dict(os.environ)
+    env.update(env_overrides())
+    env.update(extra)
+    return env
+
+
+def run_service(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -m service ARGS`` to its end (e.g. ``keys create``), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def wait_for_health(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
+    """Wait for a service subprocess's /health to answer 200; fail if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                assert response.status == 200
+                return
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"service did not become healthy within {timeout} s"
+            time.sleep(0.2)
+
+
 async def wait_until(
     predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05, what: str = ""
 ) -> Any:
@@ -79,15 +112,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_database(cfg: dict) -> None:
+def _server_sql(cfg: dict, *statements: str) -> None:
     conn = pymysql.connect(
         host=cfg["host"], port=cfg["port"], user=cfg["user"], password=cfg["password"], connect_timeout=5
     )
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{cfg['database']}` CHARACTER SET utf8mb4")
+            for statement in statements:
+                cur.execute(statement)
     finally:
         conn.close()
+
+
+def ensure_database(cfg: dict) -> None:
+    _server_sql(cfg, f"CREATE DATABASE IF NOT EXISTS `{cfg['database']}` CHARACTER SET utf8mb4")
+
+
+def fresh_database(cfg: dict, name: str) -> None:
+    """An empty database ``name`` beside the suite's, for a service process to start on."""
+    _server_sql(cfg, f"DROP DATABASE IF EXISTS `{name}`", f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
 
 
 def stop_redis() -> None:

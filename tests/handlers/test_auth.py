@@ -135,17 +135,18 @@ async def test_a_key_is_shown_once_and_stored_only_as_a_hash(api, world):
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
-    "body",
+    ("body", "field"),
     [
-        {"role": "user"},
-        {"role": "admin", "user_id": "00000000-0000-4000-8000-000000000000"},
-        {"role": "root"},
-        {"role": "user", "user_id": "00000000-0000-4000-8000-000000000000"},
+        ({"role": "user"}, "user_id"),
+        ({"role": "admin", "user_id": "00000000-0000-4000-8000-000000000000"}, "role"),
+        ({"role": "root"}, "role"),
+        ({"role": "user", "user_id": "00000000-0000-4000-8000-000000000000"}, "user_id"),  # no such user
     ],
 )
-async def test_a_key_needs_a_role_that_fits_its_user(api, body):
+async def test_a_key_needs_a_role_that_fits_its_user(api, body, field):
     code, response, _ = await api.post("/api/v1/api-keys", body)
     assert code == 422, response
+    assert [d["field"] for d in response["error"]["details"]] == [field]
 
 
 @pytest.mark.gen_test

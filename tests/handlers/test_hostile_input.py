@@ -66,7 +66,9 @@ async def test_a_deep_websocket_message_gets_an_error_frame_and_the_socket_stays
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("limit", ["²", "١", "0", "101", "-1", "1e2", "5.0", "99999999999999999999"])
+@pytest.mark.parametrize(
+    "limit", ["²", "١", "0", "101", "-1", "1e2", "5.0", "99999999999999999999", "5\n", " 5", "5\x01"]
+)
 async def test_limits_that_are_not_plain_digits_in_range_are_400(api, limit):
     user = await api.new_user()
     code, body, _ = await api.get(f"/api/v1/users/{user['id']}/payments?limit={urllib.parse.quote(limit)}")
@@ -83,12 +85,53 @@ async def test_limits_that_are_not_plain_digits_in_range_are_400(api, limit):
         "from=0001-01-01T00:00:00Z",
         "from=2026-01-01T00:00:00",
         "to=yesterday",
+        "to=0000-01-01T00:00:00Z",  # RFC 3339 has a year 0; the service's times start at year 1
+        "to=9999-12-31T23:59:60Z",
     ],
 )
 async def test_analytics_windows_at_the_ends_of_time_are_400(api, query):
     code, body, _ = await api.get(f"/api/v1/analytics/summary?{query}")
     assert code == 400, body
     assert body["error"]["code"] in ("invalid_time", "invalid_window")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",  # `?to=` is a bad time, not a missing one
+        "2026-01-01 00:00:00Z",  # ISO 8601 forms that datetime.fromisoformat takes and RFC 3339 does not
+        "20260101T000000Z",
+        "2026-01-01T00:00Z",
+        "2026-01-01T00:00:00+0000",
+        "2026-W01-1T00:00:00Z",
+        "2026-01-01T00:00:00,5Z",
+        "2026-01-01T00:00:00.Z",
+        "2026-01-01T00:00:00Z\n",
+        " 2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:60Z",  # a leap second only ends a UTC day
+        "2026-01-01T00:00:00+24:00",
+    ],
+)
+async def test_a_time_that_is_not_rfc_3339_is_400_invalid_time(api, value):
+    code, body, _ = await api.get(f"/api/v1/analytics/summary?to={urllib.parse.quote(value)}")
+    assert (code, body["error"]["code"]) == (400, "invalid_time"), body
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("to", "shown"),
+    [
+        ("2026-07-01t12:00:00.1234567z", "2026-07-01T12:00:00.123Z"),  # lower case and any fraction are RFC 3339
+        ("2026-06-30T23:59:60Z", "2026-07-01T00:00:00.000Z"),  # a leap second: the next day's first instant
+        ("2026-07-01T01:59:60+02:00", "2026-07-01T00:00:00.000Z"),
+        ("2026-07-01T00:00:00-00:00", "2026-07-01T00:00:00.000Z"),
+    ],
+)
+async def test_every_rfc_3339_form_is_taken(api, to, shown):
+    code, body, _ = await api.get(f"/api/v1/analytics/summary?to={urllib.parse.quote(to)}")
+    assert code == 200, body
+    assert body["to"] == shown
 
 
 @pytest.mark.gen_test
@@ -114,7 +157,16 @@ async def test_emails_are_normalised_before_they_are_checked_and_stored(api):
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
     "text",
-    ["evil\u202etxt.exe", "zero\u200bwidth", "bell\x07", "line\nbreak", "nul\x00", "isolate\u2066x", "bom\ufeff"],
+    [
+        "evil\u202etxt.exe",
+        "zero\u200bwidth",
+        "bell\x07",
+        "line\nbreak",
+        "nul\x00",
+        "isolate\u2066x",
+        "bom\ufeff",
+        "trailing newline\n",  # Python's $ matches before a final newline; JSON Schema's does not
+    ],
 )
 async def test_control_and_bidi_characters_are_refused_in_names_and_descriptions(api, text):
     code, body, _ = await api.post("/api/v1/users", {"email": "c@example.com", "name": text})
@@ -126,11 +178,23 @@ async def test_control_and_bidi_characters_are_refused_in_names_and_descriptions
 
 
 @pytest.mark.gen_test
-async def test_a_lone_surrogate_is_refused_not_a_500(api):
+@pytest.mark.parametrize("field", ["name", "email"])
+async def test_a_lone_surrogate_is_refused_not_a_500(api, field):
     user = await api.new_user()
-    raw = json.dumps({"name": "x"}).replace('"x"', '"\\ud800"').encode()
+    raw = json.dumps({field: "x"}).replace('"x"', '"a\\ud800"').encode()
     code, body, _ = await api.put(f"/api/v1/users/{user['id']}", raw=raw)
     assert (code, body["error"]["code"]) == (422, "validation_failed")
+    assert field in [d["field"] for d in body["error"]["details"]]
+
+
+@pytest.mark.gen_test
+async def test_a_lone_surrogate_in_a_payment_description_is_refused(api):
+    user = await api.new_user()
+    payment = {"user_id": user["id"], "amount": "1.00", "currency": "USD", "description": "x"}
+    raw = json.dumps(payment).replace('"x"', '"\\udfff tail"').encode()
+    code, body, _ = await api.post("/api/v1/payments", raw=raw)
+    assert (code, body["error"]["code"]) == (422, "validation_failed")
+    assert [d["field"] for d in body["error"]["details"]] == ["description"]
 
 
 @pytest.mark.gen_test

@@ -42,26 +42,28 @@ async def test_amounts_follow_the_currency_exponent(api, amount, currency, shown
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
-    ("amount", "currency", "code"),
+    ("amount", "currency", "code", "field"),
     [
-        ("1.001", "USD", "invalid_amount"),
-        ("1.5", "JPY", "invalid_amount"),
-        ("0", "USD", "invalid_amount"),
-        ("1000000.01", "USD", "amount_too_large"),
-        ("10", "ABC", "unknown_currency"),
-        (-1, "USD", "validation_failed"),
-        ("12,50", "USD", "validation_failed"),
-        ("10", "usd", "validation_failed"),
-        (None, "USD", "validation_failed"),
+        ("1.001", "USD", "invalid_amount", "amount"),
+        ("1.5", "JPY", "invalid_amount", "amount"),
+        ("0", "USD", "invalid_amount", "amount"),
+        ("1000000.01", "USD", "amount_too_large", "amount"),
+        ("10", "ABC", "unknown_currency", "currency"),
+        (-1, "USD", "validation_failed", "amount"),
+        ("12,50", "USD", "validation_failed", "amount"),
+        ("12.50\n", "USD", "validation_failed", "amount"),
+        ("10", "usd", "validation_failed", "currency"),
+        (None, "USD", "validation_failed", "amount"),
     ],
 )
-async def test_bad_amounts_and_currencies_are_422(api, amount, currency, code):
+async def test_bad_amounts_and_currencies_are_422_naming_the_field(api, amount, currency, code, field):
     user = await api.new_user()
     status, body, _ = await api.post(
         "/api/v1/payments", {"user_id": user["id"], "amount": amount, "currency": currency}
     )
     assert status == 422, body
     assert body["error"]["code"] == code
+    assert [d["field"] for d in body["error"]["details"]] == [field]
 
 
 @pytest.mark.gen_test

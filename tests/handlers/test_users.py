@@ -91,6 +91,17 @@ async def test_stale_if_match_is_412(api):
     assert code == 200
 
 
+@pytest.mark.gen_test
+async def test_an_if_match_over_the_documented_1024_characters_is_400(api):
+    user = await api.new_user()
+    path = f"/api/v1/users/{user['id']}"
+    tags = ", ".join(f'"{n}"' for n in range(1, 300))  # 1,983 characters, the current ETag first
+    code, body, _ = await api.put(path, {"name": "Long"}, headers={"If-Match": tags})
+    assert (code, body["error"]["code"]) == (400, "invalid_if_match")
+    code, _, _ = await api.put(path, {"name": "Short"}, headers={"If-Match": tags[:1024]})
+    assert code == 200
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_concurrent_updates_are_not_lost(api):
     user = await api.new_user()

@@ -125,7 +125,9 @@ async def test_another_users_id_is_403_so_no_cross_user_subscription(api, base_u
     [
         ({}, "invalid_client_id"),
         ({"client_id": "bad id!"}, "invalid_client_id"),
+        ({"client_id": "c1\n"}, "invalid_client_id"),  # a regex's $ also matches before a final newline
         ({"client_id": "c1", "last_event_id": "x"}, "invalid_event_id"),
+        ({"client_id": "c1", "last_event_id": "00000000-0000-4000-8000-000000000000\n"}, "invalid_event_id"),
     ],
 )
 async def test_bad_upgrade_parameters_get_json_400(api, base_url, params, code):

@@ -4,35 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import stat
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 
-import pymysql
 import pytest
 
 from service.__main__ import drain
 from tests.conftest import GateHandler
-from tests.helpers import ROOT, env_overrides, free_port, wait_until
-
-
-def service_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SINGLETON_")}
-    env.update(env_overrides())
-    env.update(extra)
-    return env
-
-
-def run_service(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+from tests.helpers import ROOT, free_port, fresh_database, run_service, service_env, wait_for_health, wait_until
 
 
 def test_invalid_config_exits_non_zero_naming_the_key_before_connecting():
@@ -94,16 +78,7 @@ def test_keys_cli_creates_lists_and_revokes(services):
 
 def test_first_start_with_no_admin_key_writes_one_to_a_private_file(tmp_path, config):
     database = "singleton_test_bootstrap"
-    conn = pymysql.connect(
-        host=config["mysql"]["host"],
-        port=config["mysql"]["port"],
-        user=config["mysql"]["user"],
-        password=config["mysql"]["password"],
-    )
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
-        cur.execute(f"CREATE DATABASE `{database}`")
-    conn.close()
+    fresh_database(config["mysql"], database)
     key_file = tmp_path / "secrets" / "admin.key"
     env = service_env(SINGLETON_MYSQL__DATABASE=database, SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE=str(key_file))
 
@@ -145,19 +120,6 @@ def run_until_healthy_then_stop(env: dict[str, str], check_key: str | None = Non
             proc.kill()
     assert proc.returncode == 0, err
     return out
-
-
-def wait_for_health(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                assert response.status == 200
-                return
-        except OSError:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, f"service did not become healthy within {timeout} s"
-            time.sleep(0.2)
 
 
 @pytest.mark.gen_test

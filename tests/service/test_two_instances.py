@@ -12,8 +12,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from managers.mongodb import MongoManager
 from tests.handlers.test_ws import Client
-from tests.helpers import ROOT, free_port, wait_until
-from tests.service.test_main import service_env
+from tests.helpers import ROOT, free_port, service_env, wait_until
 
 
 @pytest.fixture

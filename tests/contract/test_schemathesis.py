@@ -1,0 +1,153 @@
+"""The OpenAPI document against the running service, checked by schemathesis.
+
+A real ``python -m service`` on the real backing services, on a database of its own
+made empty for each run, with the suite's other overrides (rate limits far above what
+the run sends). It holds an admin key made the way an operator makes one
+(``python -m service keys create``). schemathesis runs with every check on and is
+configured by ``schemathesis.toml`` beside this file, twice:
+
+1. every phase, 200 examples per operation, however long that takes (about 45 s);
+2. the stateful phase again for a fixed time. Each of its suites ends as soon as the
+   service's state changes what Hypothesis draws (it counts that as flaky, not as a
+   failure), so one pass covers only a few links; repeating it covers most of them.
+
+Both use the config's fixed seed. The whole report of a failing run is the failure
+message, followed by any error the service logged during the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from domain.schemas import openapi
+from tests.helpers import ROOT, free_port, fresh_database, run_service, service_env, wait_for_health
+
+CONFIG = Path(__file__).with_name("schemathesis.toml")
+DATABASE = "singleton_test_contract"
+MIN_EXAMPLES = 200
+STATEFUL_SECONDS = 60
+RUN_TIMEOUT_S = 300  # a hang guard: each run takes one to two minutes on 2 cores
+SCHEMA_ITSELF = "GET /openapi.json"  # schemathesis does not fuzz the document it loaded
+
+
+@pytest.fixture
+def contract_env(config):
+    """The environment of the service and the CLI: the suite's, on an empty database."""
+    fresh_database(config["mysql"], DATABASE)
+    return service_env(SINGLETON_MYSQL__DATABASE=DATABASE)
+
+
+@pytest.fixture
+def live_service(contract_env, tmp_path):
+    """``python -m service`` on a free port; yields its URL and the path of its log."""
+    port = free_port()
+    log_path = tmp_path / "service.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(port)],
+            cwd=ROOT,
+            env=contract_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_health(proc, port)
+        yield f"http://127.0.0.1:{port}", log_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, log_path.read_text()[-4000:]
+
+
+def admin_call(base_url: str, key: str, path: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        base_url + path,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def schemathesis(base_url: str, env: dict[str, str], workdir: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run", "--no-color", *options]
+        + [f"{base_url}/openapi.json"],
+        cwd=workdir,  # anything schemathesis writes stays out of the tree
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+
+
+def operations() -> dict[str, bool]:
+    """Every documented operation, and whether it takes any input (parameter or body):
+    of one that takes none, schemathesis has one request to make, and makes it once."""
+    return {
+        f"{method.upper()} {path}": bool(item.get("parameters") or op.get("parameters") or op.get("requestBody"))
+        for path, item in openapi()["paths"].items()
+        for method, op in item.items()
+        if method != "parameters"
+    }
+
+
+def fuzzed_per_operation(report: Path) -> Counter:
+    """Test cases of the fuzzing phase per operation, from schemathesis's NDJSON report."""
+    counts: Counter = Counter()
+    with report.open() as events:
+        for line in events:
+            finished = json.loads(line).get("ScenarioFinished")
+            if finished and finished["phase"] == "fuzzing" and finished["recorder"]:
+                for case in finished["recorder"]["cases"].values():
+                    counts[f"{case['value']['method']} {case['value']['path']}"] += 1
+    return counts
+
+
+@pytest.mark.timeout(2 * RUN_TIMEOUT_S + 60)
+def test_the_service_keeps_every_promise_of_its_openapi_document(contract_env, live_service, tmp_path):
+    base_url, service_log = live_service
+    healthy_at = service_log.stat().st_size  # what the service logged while it started is not the run's
+    created = run_service("keys", "create", "--role", "admin", env=contract_env)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    user = admin_call(base_url, key, "/api/v1/users", {"email": f"{uuid.uuid4().hex}@example.com", "name": "Contract"})
+    revocable = admin_call(base_url, key, "/api/v1/api-keys", {"role": "user", "user_id": user["id"]})
+    env = {
+        **os.environ,
+        "CONTRACT_ADMIN_KEY": key,
+        "CONTRACT_USER_ID": user["id"],
+        "CONTRACT_REVOCABLE_KEY_ID": revocable["id"],
+    }
+    report = tmp_path / "run.ndjson"
+
+    runs = [
+        schemathesis(base_url, env, tmp_path, "--report", "ndjson", "--report-ndjson-path", str(report)),
+        schemathesis(base_url, env, tmp_path, "--phases", "stateful", "--max-time", str(STATEFUL_SECONDS)),
+    ]
+
+    logged = service_log.read_bytes()[healthy_at:].decode(errors="replace")
+    errors = [line for line in logged.splitlines() if '"level": "error"' in line]
+    for result in runs:
+        assert result.returncode == 0, result.stdout + result.stderr + "\n".join(errors[:20])
+    assert errors == [], "\n".join(errors[:20])
+    counts = fuzzed_per_operation(report)
+    documented = operations()
+    assert set(documented) - set(counts) == {SCHEMA_ITSELF}, f"not fuzzed: {set(documented) - set(counts)}"
+    thin = {op: n for op, n in counts.items() if n < MIN_EXAMPLES and documented[op]}
+    assert not thin, f"fewer than {MIN_EXAMPLES} examples: {thin} (all: {dict(counts)})"
