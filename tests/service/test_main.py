@@ -20,7 +20,10 @@ from tests.helpers import ROOT, env_overrides, free_port, wait_until
 
 
 def service_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SINGLETON_")}
+    """The environment of a service subprocess: the same config the tests' own managers
+    load (the caller's SINGLETON_* variables, e.g. a second devstack's ports, then the
+    test overrides), plus ``extra``."""
+    env = dict(os.environ)
     env.update(env_overrides())
     env.update(extra)
     return env
