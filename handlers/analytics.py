@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from domain import codec, users
-from domain.analytics import AnalyticsConsumer
+from domain.analytics_consumer import AnalyticsConsumer
 from domain.errors import APIError
 from handlers.base import BaseHandler
 
@@ -34,6 +34,10 @@ class UserAnalyticsHandler(BaseHandler):
         self.write_json({"user_id": user_id, **stats, "last_activity": codec.rfc3339(last) if last else None})
 
 
+def _minute(t: dt.datetime) -> dt.datetime:
+    return t.replace(second=0, microsecond=0)
+
+
 class SummaryHandler(BaseHandler):
     async def get(self) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -44,6 +48,10 @@ class SummaryHandler(BaseHandler):
             raise APIError(400, "invalid_window", "from must be before to")
         if end - start > MAX_WINDOW:
             raise APIError(400, "invalid_window", "the window may span at most 366 days")
+        # Totals are kept per minute: the window used is [from, to) with both rounded down.
+        start, end = _minute(start), _minute(end)
+        if start == end:
+            raise APIError(400, "invalid_window", "from and to fall in one minute; the summary counts whole minutes")
         summary = await AnalyticsConsumer.instance().store.summary(start, end)
         self.write_json({"from": codec.rfc3339(start), "to": codec.rfc3339(end), **summary})
 

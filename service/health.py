@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from tornado.ioloop import PeriodicCallback
 
 from domain import codec, events
-from domain.analytics import AnalyticsConsumer
+from domain.analytics_consumer import AnalyticsConsumer
 from managers import metrics
 from managers.base import Manager
 from managers.kafka_consumer import KafkaConsumerManager

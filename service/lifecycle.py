@@ -8,7 +8,7 @@ import inspect
 import logging
 
 from domain import events
-from domain.analytics import AnalyticsConsumer
+from domain.analytics_consumer import AnalyticsConsumer
 from domain.outbox import OutboxRelay
 from managers.config import ConfigManager
 from managers.kafka_consumer import KafkaConsumerManager
