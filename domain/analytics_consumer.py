@@ -6,6 +6,10 @@ fails (MongoDB, Kafka, a stale write) is read again from the committed offsets,
 and the store counts each event once whatever it sees again. When a rebalance
 takes partitions away, the batch in progress is finished and committed first, so
 a partition never has two writers.
+
+``lag`` is the group's backlog on every partition of the topic (end offsets minus
+the group's committed offsets), read before the first fetch and refreshed every
+``LAG_REFRESH_S``: a fresh instance reports what the group still has to read.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from domain import codec, events
 from domain.analytics import NAME, AnalyticsStore, Delivery
 from managers import metrics
 from managers.base import Manager, with_retries
-from managers.kafka_consumer import consumer_status, record_lag, stop_consumer
+from managers.kafka_consumer import consumer_status, group_lag, stop_consumer
 from managers.mongodb import MongoManager
 
 log = logging.getLogger("singleton.analytics")
 MAX_BACKOFF_S = 5.0
 BATCH = 500
 PER_EVENT_S = 0.02  # a batch's deadline grows with its size
+LAG_REFRESH_S = 1.0
 KNOWN_TYPES = (*events.DOMAIN_TYPES, events.HEALTH_CHECK)  # metric labels stay bounded
 
 
@@ -54,12 +59,14 @@ class AnalyticsConsumer(Manager):
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
         self._batch = asyncio.Lock()
-        self.lag = 0
+        self.lag: int | None = None  # None until the group's offsets were first read
+        self._lag_due = 0.0
 
     @classmethod
     async def start(cls, cfg: dict, attempts: int = 1, retry_delay_s: float = 1.0) -> AnalyticsConsumer:
         inst = cls(cfg, AnalyticsStore(MongoManager.instance().db))
         await with_retries("kafka", inst._open, attempts, retry_delay_s)
+        await inst._refresh_lag()
         inst._task = asyncio.create_task(inst._run(), name="kafka-analytics-consumer")
         cls._install(inst)
         return inst
@@ -84,6 +91,17 @@ class AnalyticsConsumer(Manager):
         consumer.subscribe([self.cfg["topic"]], listener=_FinishBatchFirst(self._batch))
         self.consumer = consumer
 
+    async def _refresh_lag(self) -> None:
+        """The group's backlog; a failure keeps the last value (and logs) until the next try."""
+        assert self.consumer is not None
+        self._lag_due = time.monotonic() + LAG_REFRESH_S
+        try:
+            self.lag = await group_lag(self.consumer, self.cfg["topic"], self.timeout_s)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("analytics lag not read", extra={"error": repr(exc)})
+            return
+        metrics.CONSUMER_LAG.labels(NAME).set(self.lag)
+
     async def _run(self) -> None:
         backoff = 0.5
         while True:
@@ -105,7 +123,8 @@ class AnalyticsConsumer(Manager):
         if batches:
             async with self._batch:
                 await self._store(consumer, batches)
-        self.lag = await record_lag(consumer, NAME)
+        if time.monotonic() >= self._lag_due:
+            await self._refresh_lag()
 
     async def _store(self, consumer: AIOKafkaConsumer, batches: dict) -> None:
         deliveries = []

@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from managers import metrics
@@ -37,7 +37,22 @@ async def record_lag(consumer: AIOKafkaConsumer, name: str) -> int:
     return lag
 
 
-def consumer_status(task: asyncio.Task | None, lag: int) -> dict:
+async def group_lag(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> int:
+    """What the consumer's group has yet to read on every partition of ``topic``: end offsets
+    minus the group's committed offsets (the beginning where it committed none). Needs no
+    assignment and no fetch, so it is known from the start and counts other members' partitions."""
+    async with asyncio.timeout(timeout_s):
+        while not (partitions := consumer.partitions_for_topic(topic)):  # noqa: ASYNC110 (no event for metadata)
+            await asyncio.sleep(0.05)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        committed = dict(zip(tps, await asyncio.gather(*(consumer.committed(tp) for tp in tps)), strict=True))
+        missing = [tp for tp, offset in committed.items() if offset is None]
+        starts = await consumer.beginning_offsets(missing) if missing else {}
+    return sum(max(ends[tp] - (starts[tp] if offset is None else offset), 0) for tp, offset in committed.items())
+
+
+def consumer_status(task: asyncio.Task | None, lag: int | None) -> dict:
     """For /health: a consumer whose loop has ended is down (aiokafka#1037: watch them)."""
     return {"status": "ok" if task is not None and not task.done() else "down", "lag": lag}
 

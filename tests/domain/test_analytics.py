@@ -1,5 +1,5 @@
 """Analytics through the running service and its consumer, on the real Kafka and FerretDB:
-statistics per user, a window summary, each event counted once."""
+statistics per user, a window summary, each event counted once, the group's lag."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from pymongo.errors import AutoReconnect
 
 from domain import codec
 from domain.analytics_consumer import AnalyticsConsumer
 from managers.kafka_producer import KafkaProducerManager
 from managers.mongodb import MongoManager
-from tests.helpers import metric, read_events, topic_consumer, wait_until
+from tests.helpers import end_positions, metric, read_events, topic_consumer, wait_until
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -209,3 +210,47 @@ async def test_a_consumer_killed_between_two_writes_counts_exactly_once_it_reads
     stats = await stats_when(api, user["id"], lambda s: s["payment_count"] >= 1)
     assert stats["payment_count"] == 1 and stats["by_currency"] == {"TND": {"count": 1, "total": "41.000"}}
     assert metric("singleton_kafka_consumer_errors_total", {"consumer": "analytics"}) > errors
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_lag_is_the_groups_backlog_before_the_first_fetch(services, config):
+    """A new consumer of a group that committed offsets 4 short of the end of every
+    partition reports that backlog before reading anything."""
+    kafka = {**config["kafka"], "analytics_group": f"singleton-analytics-lag-{uuid.uuid4().hex[:8]}"}
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=kafka["bootstrap_servers"], group_id=kafka["analytics_group"], enable_auto_commit=False
+    )
+    await asyncio.wait_for(committer.start(), 15)
+    try:
+        tps = sorted(await end_positions(kafka))
+        committer.assign(tps)
+        ends = await committer.end_offsets(tps)
+        starts = await committer.beginning_offsets(tps)
+        await asyncio.wait_for(committer.commit({tp: max(ends[tp] - 4, starts[tp]) for tp in tps}), 15)
+    finally:
+        await asyncio.wait_for(committer.stop(), 15)
+    expected = sum(ends[tp] - max(ends[tp] - 4, starts[tp]) for tp in tps)
+    assert expected > 0
+
+    consumer = AnalyticsConsumer(kafka, AnalyticsConsumer.instance().store)
+    try:
+        await consumer._open()  # what start() does before its loop's first fetch
+        await consumer._refresh_lag()
+        assert consumer.lag == expected
+        assert consumer.status() == {"status": "down", "lag": expected}  # no loop: it reads nothing
+    finally:
+        if consumer.consumer is not None:  # not close(): that would uninstall the service's consumer
+            await asyncio.wait_for(consumer.consumer.stop(), 15)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_health_reports_the_analytics_lag_and_it_drains_to_zero(api):
+    user = await api.new_user()
+    await api.new_payment(user["id"], amount="5.00")
+    await stats_when(api, user["id"], lambda s: s["payment_count"] == 1)
+
+    async def drained():
+        code, health, _ = await api.get("/health")
+        return health["consumers"]["analytics"]["lag"] == 0
+
+    await wait_until(drained, timeout=30, interval=0.2, what="the analytics lag back to 0")
