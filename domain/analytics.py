@@ -11,37 +11,45 @@ payment as at its 100,000th, and no document grows with history:
 
 - ``events``: one marker per event, ``_id`` = ``event_id``, holding the
   (partition, offset) where the event was first read;
-- ``user_totals``: per user, count and total per currency and status, and the
-  time of its last event (``$max``);
+- ``user_totals``: per user, count and total per currency and status
+  (``c.USD_pending_n``, ``c.USD_pending_t``), and the time of its last event;
 - ``buckets``: the same counts per calendar slot of the payment's ``created_at``
   (a status change moves counts inside the slot of the payment's creation), per
-  partition: a month document holds one slot per day (``M:2026-11:0``), a day
-  document one per hour (``D:2026-11-26:0``), an hour document one per minute
-  (``H:2026-11-26T01:0``). A summary window reads whole days from months, the
-  hours of its two partial days and the minutes of its two partial hours: at
-  most 17 documents per partition for a year;
+  partition, on seven levels (domain/buckets.py): a year document holds one slot
+  per month (``Y:2026:0``, ``s.11.USD_pending_n``), a month one per decade of
+  days, ... a 10-minute span one per minute. A summary window reads whole months
+  from years, and at most two documents of each finer level at its edges: at most
+  14 small documents per partition, whatever the window;
 - ``partitions``: the partitions seen, so a summary knows which buckets to read.
 
 Why every count is exact. Every counter document stores, per partition, the
-offset of the last event applied to it (``applied.<partition>``). A batch:
+offset of the last event applied to it (``applied.<partition>``), and changes
+only through one update that ``$inc``s its counters, ``$set``s that offset and
+``$max``es the last activity together. A batch:
 
 1. inserts the markers (``insert_many``, unordered; duplicate keys expected). An
    event whose marker holds another (partition, offset) is a second copy the
    outbox relay published (same key, so same partition, later offset): skipped.
    One whose marker holds its own (partition, offset) is this delivery seen again
-   after a failure: processed, and step 3 stops it from counting twice;
-2. reads the documents the batch touches, by ``_id``;
-3. folds into each document only the events above its ``applied`` offset and
-   writes it with one update filtered on that offset being unchanged
-   (compare-and-set): ``$inc`` the counters, ``$set`` the offset, ``$max`` the
-   last activity. Counters and offset live in one document, so they change together;
-4. fails the batch on any failed or unmatched write. The consumer then commits
-   nothing, seeks back to the committed offsets and reads the batch again.
+   after a failure: processed, and step 2 stops it from counting twice;
+2. writes each document it touches with one guarded update (bulk ``update``
+   commands, unordered). A batch seen for the first time (``read=False``, the
+   normal case) folds all its events into each document, guarded by "the
+   document holds none of them": each applied offset below the first event's
+   (an upsert that finds the document holding some fails on its ``_id``). A batch
+   seen again (``read=True``: after a failure, after start, after a rebalance)
+   first reads the documents by ``_id``, folds into each only the events above
+   its applied offset, and guards the write by "that offset is unchanged"
+   (compare-and-set);
+3. fails on any refused or unmatched write. The consumer then commits nothing,
+   seeks back to the committed offsets, and applies the batch again with
+   ``read=True``.
 
 So a batch Kafka delivers again (not committed before a failure or a restart)
 adds to each document exactly the events it lacks; so does a consumer that died
 between two writes (the documents written carry their new offsets, the others
-their old ones); and a second copy of an event is never counted. A document has
+their old ones); a batch re-applied without reading cannot count twice (its
+guards refuse); and a second copy of an event is never counted. A document has
 one writer: a user's events share a partition, buckets are per partition, a
 partition has one reader in the group, and the consumer finishes its batch before
 a rebalance takes a partition away. (FerretDB's updates are read-modify-write,
@@ -51,8 +59,10 @@ FerretDB 1.24 shapes the queries (measured, docs/BENCHMARKS.md): only equality
 filters reach PostgreSQL (``$in`` and ranges are evaluated over the whole
 collection), so every read is by ``_id``; an update command of 50 statements
 deadlocks its connection pool, so updates go out in commands of at most
-``MAX_UPDATES_PER_COMMAND``; ``$group`` returns 0 for every accumulator after the
-first, so the store sums documents itself.
+``MAX_UPDATES_PER_COMMAND``, ``WRITE_CONCURRENCY`` at a time; ``bulk_write``
+fails with a KeyError on FerretDB's reply to a refused statement, so the store
+sends the ``update`` command itself; ``$group`` returns 0 for every accumulator
+after the first, so the store sums documents itself.
 """
 
 from __future__ import annotations
@@ -66,12 +76,11 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from bson import Int64
-from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from domain import events
+from domain import buckets, events
 from domain.money import EXPONENTS, format_amount
 from domain.payments import TRANSITIONS
 from managers import metrics
@@ -80,23 +89,13 @@ log = logging.getLogger("singleton.analytics")
 NAME = "analytics"
 DUPLICATE_KEY = 11000
 # FerretDB 1.24.2 on PostgreSQL holds a pooled connection per statement of an update
-# command until the command ends: 50 statements exhaust its 50-connection pool and
-# deadlock it. 16 leaves room for reads, the API and other instances.
-MAX_UPDATES_PER_COMMAND = 16
+# command until the command ends, plus one to write: at 50 statements its 50-connection
+# pool deadlocks, for every client. An instance holds at most
+# WRITE_CONCURRENCY * (MAX_UPDATES_PER_COMMAND + 1) = 18 of them (and READ_CONCURRENCY
+# for reads), which leaves room for the API and a second instance.
+MAX_UPDATES_PER_COMMAND = 8
+WRITE_CONCURRENCY = 2
 READ_CONCURRENCY = 8  # reads by _id in flight at once (each holds a FerretDB connection)
-DAY, HOUR, MINUTE = dt.timedelta(days=1), dt.timedelta(hours=1), dt.timedelta(minutes=1)
-
-
-class Level(NamedTuple):
-    """One level of the calendar: documents named by ``doc`` hold one slot per ``unit``."""
-
-    prefix: str
-    doc: str
-    slot: str
-    unit: dt.timedelta
-
-
-LEVELS = (Level("M", "%Y-%m", "%d", DAY), Level("D", "%Y-%m-%d", "%H", HOUR), Level("H", "%Y-%m-%dT%H", "%M", MINUTE))
 
 
 class Delivery(NamedTuple):
@@ -108,7 +107,8 @@ class Delivery(NamedTuple):
 
 
 class StaleWrite(PyMongoError):
-    """A compare-and-set update matched nothing: the document changed since it was read."""
+    """A guarded write refused or matched nothing: the document already holds some of the
+    batch, or changed since it was read."""
 
 
 def _when(value: str) -> dt.datetime:
@@ -124,12 +124,13 @@ def _minor(amount: str, currency: str) -> int:
 
 
 def _moves(event: dict) -> list[tuple[str, int]]:
-    """The counter paths (``<currency>.<status>``) an event changes, and by how many payments."""
+    """The counters (``<currency>_<status>``) an event changes, and by how many payments.
+    Flat keys: FerretDB reads and writes a document in time that grows with its nesting."""
     data = event["data"]
     if event["type"] == events.PAYMENT_CREATED:
-        return [(f"{data['currency']}.{data['status']}", 1)]
+        return [(f"{data['currency']}_{data['status']}", 1)]
     if event["type"] == events.PAYMENT_UPDATED:
-        return [(f"{data['currency']}.{data['previous_status']}", -1), (f"{data['currency']}.{data['status']}", 1)]
+        return [(f"{data['currency']}_{data['previous_status']}", -1), (f"{data['currency']}_{data['status']}", 1)]
     return []
 
 
@@ -146,8 +147,9 @@ def _usable(event: Any) -> bool:
             data = event["data"]
             _minor(data["amount"], data["currency"])
             _when(data["created_at"])
-            for status in {data["status"], data.get("previous_status", data["status"])}:
-                if status not in TRANSITIONS:
+            moved = [data["previous_status"]] if event["type"] == events.PAYMENT_UPDATED else []
+            for status in [data["status"], *moved]:
+                if status not in TRANSITIONS:  # a counter key is made of it
                     raise ValueError(f"unknown status {status!r}")
     except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
         metrics.CONSUMER_ERRORS.labels(NAME).inc()
@@ -156,9 +158,17 @@ def _usable(event: Any) -> bool:
     return True
 
 
-def _slots(created_at: dt.datetime, partition: int) -> list[tuple[str, str]]:
-    """(bucket document id, slot) of a payment created at ``created_at``, on every level."""
-    return [(f"{lv.prefix}:{created_at:{lv.doc}}:{partition}", f"{created_at:{lv.slot}}") for lv in LEVELS]
+def marker(delivery: Delivery) -> dict:
+    """The ``events`` document of an event: where it was first read."""
+    event = delivery.event
+    return {
+        "_id": event["event_id"],
+        "p": delivery.partition,
+        "o": Int64(delivery.offset),
+        "type": event["type"],
+        "user_id": event["user_id"],
+        "occurred_at": _when(event["occurred_at"]),
+    }
 
 
 class Change(NamedTuple):
@@ -176,23 +186,31 @@ def changes(delivery: Delivery) -> list[Change]:
     """Every document an event changes, and how (``$inc`` paths; the user's last activity)."""
     event, p, o = delivery.event, delivery.partition, delivery.offset
     inc: dict[str, int] = {}
-    for path, n in _moves(event):
+    for key, n in _moves(event):
         amount = _minor(event["data"]["amount"], event["data"]["currency"])
-        inc[f"{path}.n"] = inc.get(f"{path}.n", 0) + n
-        inc[f"{path}.t"] = inc.get(f"{path}.t", 0) + n * amount
+        inc[f"{key}_n"] = inc.get(f"{key}_n", 0) + n
+        inc[f"{key}_t"] = inc.get(f"{key}_t", 0) + n * amount
     user = {f"c.{k}": v for k, v in inc.items()}
     out = [Change("user_totals", event["user_id"], p, o, user, _when(event["occurred_at"]))]
     if inc:
-        for doc_id, slot in _slots(_when(event["data"]["created_at"]), p):
-            out.append(Change("buckets", doc_id, p, o, {f"s.{slot}.{k}": v for k, v in inc.items()}, None))
+        for doc_key, slot in buckets.place(_when(event["data"]["created_at"])):
+            out.append(Change("buckets", f"{doc_key}:{p}", p, o, {f"s.{slot}.{k}": v for k, v in inc.items()}, None))
     return out
 
 
-def _update(doc_id: str, stored: dict | None, pending: list[Change]) -> UpdateOne | None:
-    """One compare-and-set update folding the changes above the document's applied offsets."""
+def _update(doc_id: str, pending: list[Change], stored: dict | None) -> dict | None:
+    """One guarded update statement: ``$inc`` the counters, ``$set`` the applied offsets,
+    ``$max`` the last activity.
+
+    Not read (``stored`` None, a batch seen for the first time): every change is folded, and
+    the filter requires that the document holds none of them (each applied offset below the
+    first change's); a document that does fails the write (the upsert hits its ``_id``). Read
+    (after a failure; ``{}`` if absent): only the changes above the stored offsets are folded,
+    and the filter requires those offsets unchanged (compare-and-set)."""
     applied = (stored or {}).get("applied", {})
     inc: Counter[str] = Counter()
     last: dt.datetime | None = None
+    first: dict[str, int] = {}
     newest: dict[str, int] = {}
     for change in pending:
         key = str(change.partition)
@@ -201,24 +219,26 @@ def _update(doc_id: str, stored: dict | None, pending: list[Change]) -> UpdateOn
         inc.update(change.inc)
         if change.last_activity is not None:
             last = max(last or change.last_activity, change.last_activity)
+        first[key] = min(first.get(key, change.offset), change.offset)
         newest[key] = max(newest.get(key, change.offset), change.offset)
     if not newest:
         return None
-    cas = {f"applied.{k}": applied[k] if k in applied else {"$exists": False} for k in newest}
+    if stored is None:
+        guard = {f"applied.{k}": {"$not": {"$gte": Int64(o)}} for k, o in first.items()}
+    else:
+        guard = {f"applied.{k}": applied[k] if k in applied else {"$exists": False} for k in newest}
     update: dict[str, dict] = {"$set": {f"applied.{k}": Int64(o) for k, o in newest.items()}}
     if counters := {path: Int64(n) for path, n in inc.items() if n}:
         update["$inc"] = counters
     if last is not None:
         update["$max"] = {"last_activity": last}
-    return UpdateOne({"_id": doc_id, **cas}, update, upsert=stored is None)
+    return {"q": {"_id": doc_id, **guard}, "u": update, "upsert": not applied}
 
 
 def _tally(rows: Counter, counters: dict) -> None:
-    """Add ``{currency: {status: {n, t}}}`` into ``rows`` keyed (currency, status)."""
-    for currency, statuses in counters.items():
-        for status, c in statuses.items():
-            rows[(currency, status, "n")] += c.get("n", 0)
-            rows[(currency, status, "t")] += c.get("t", 0)
+    """Add ``{"USD_pending_n": 3, "USD_pending_t": 1050}`` into ``rows`` keyed (currency, status, n|t)."""
+    for key, value in counters.items():
+        rows[tuple(key.split("_"))] += value
 
 
 def fold(rows: Counter) -> dict:
@@ -242,32 +262,6 @@ def fold(rows: Counter) -> dict:
     return {"payment_count": count, "by_currency": by_currency, "by_status": dict(sorted(by_status.items()))}
 
 
-def _floor(t: dt.datetime, unit: dt.timedelta) -> dt.datetime:
-    t = t.replace(second=0, microsecond=0)
-    if unit >= HOUR:
-        t = t.replace(minute=0)
-    return t.replace(hour=0) if unit >= DAY else t
-
-
-def cover(start: dt.datetime, end: dt.datetime, level: int = 0) -> list[tuple[int, dt.datetime]]:
-    """Minute-aligned [start, end) as whole slots, (level, slot start), coarsest where they fit."""
-    unit = LEVELS[level].unit
-    first = _floor(start, unit)
-    first += unit if first < start else dt.timedelta()
-    last = _floor(end, unit)
-    if level == len(LEVELS) - 1 or first >= last:
-        return _steps(start, end, level) if level == len(LEVELS) - 1 else cover(start, end, level + 1)
-    return cover(start, first, level + 1) + _steps(first, last, level) + cover(last, end, level + 1)
-
-
-def _steps(start: dt.datetime, end: dt.datetime, level: int) -> list[tuple[int, dt.datetime]]:
-    out, t = [], start
-    while t < end:
-        out.append((level, t))
-        t += LEVELS[level].unit
-    return out
-
-
 def _chunks(items: list, size: int) -> Iterable[list]:
     return (items[i : i + size] for i in range(0, len(items), size))
 
@@ -279,8 +273,12 @@ class AnalyticsStore:
         self.db = db
         self._partitions: set[int] = set()  # known to be recorded in ``partitions``
 
-    async def apply(self, batch: list[Delivery]) -> int:
-        """Fold a batch into the counters; return how many events were new."""
+    async def apply(self, batch: list[Delivery], read: bool = False) -> int:
+        """Fold a batch into the counters; return how many events were new.
+
+        ``read=False`` for a batch seen the first time: no reads, and a document that already
+        holds some of its events (an earlier attempt wrote them) fails the batch. ``read=True``
+        for a batch seen again: each document gets exactly the events it lacks."""
         usable = [d for d in batch if _usable(d.event)]
         if not usable:
             return 0
@@ -290,12 +288,17 @@ class AnalyticsStore:
         for delivery in accepted:
             for change in changes(delivery):
                 pending[(change.collection, change.doc_id)].append(change)
-        names = ("user_totals", "buckets")
-        ids = {name: [doc_id for coll, doc_id in pending if coll == name] for name in names}
-        stored = await asyncio.gather(*(self._read(self.db[n], ids[n], {"applied": 1}) for n in names))
-        for name, docs in zip(names, stored, strict=True):
-            updates = [_update(i, docs.get(i), pending[(name, i)]) for i in ids[name]]
-            await self._write(self.db[name], [u for u in updates if u is not None])
+        stored: dict[tuple[str, str], dict] = {}
+        if read:
+            names = ("user_totals", "buckets")
+            ids = {name: [doc_id for coll, doc_id in pending if coll == name] for name in names}
+            found = await asyncio.gather(*(self._read(self.db[n], ids[n], {"applied": 1}) for n in names))
+            stored = {(n, i): docs.get(i, {}) for n, docs in zip(names, found, strict=True) for i in ids[n]}
+        updates: dict[str, list[dict]] = defaultdict(list)
+        for (name, doc_id), changed in pending.items():
+            if (update := _update(doc_id, changed, stored.get((name, doc_id)))) is not None:
+                updates[name].append(update)
+        await self._write(updates)
         return new
 
     async def _first_copies(self, deliveries: list[Delivery]) -> tuple[list[Delivery], int]:
@@ -304,17 +307,7 @@ class AnalyticsStore:
         first: dict[str, Delivery] = {}
         for d in deliveries:
             first.setdefault(d.event["event_id"], d)
-        docs = [
-            {
-                "_id": event_id,
-                "p": d.partition,
-                "o": Int64(d.offset),
-                "type": d.event["type"],
-                "user_id": d.event["user_id"],
-                "occurred_at": _when(d.event["occurred_at"]),
-            }
-            for event_id, d in first.items()
-        ]
+        docs = [marker(d) for d in first.values()]
         seen: dict[str, tuple[int, int]] = {doc["_id"]: (doc["p"], doc["o"]) for doc in docs}
         duplicates: list[str] = []
         try:
@@ -342,25 +335,51 @@ class AnalyticsStore:
             self._partitions.update(new)
 
     @staticmethod
-    async def _read(coll: AsyncCollection, ids: list[str], projection: dict | None = None) -> dict[str, dict]:
-        """Documents by ``_id``, one equality read each: FerretDB 1.24 evaluates ``$in``
-        over the whole collection, but takes an ``_id`` lookup to an index."""
-        found: dict[str, dict] = {}
-        for chunk in _chunks(ids, READ_CONCURRENCY):
-            docs = await asyncio.gather(*(coll.find_one({"_id": i}, projection) for i in chunk))
-            found.update({doc["_id"]: doc for doc in docs if doc is not None})
-        return found
+    async def _read(coll: AsyncCollection, ids: list[str], projection=None) -> dict[str, dict]:
+        """Documents by ``_id``, one equality read each (FerretDB 1.24 evaluates ``$in`` over
+        the whole collection, but takes an ``_id`` lookup to an index), READ_CONCURRENCY at a
+        time. ``projection``: one for all, or a function of the ``_id``."""
+        slots = asyncio.Semaphore(READ_CONCURRENCY)
 
-    async def _write(self, coll: AsyncCollection, updates: list[UpdateOne]) -> None:
-        for chunk in _chunks(updates, MAX_UPDATES_PER_COMMAND):
-            await self._bulk(coll, chunk)
+        async def one(doc_id: str) -> dict | None:
+            async with slots:
+                return await coll.find_one({"_id": doc_id}, projection(doc_id) if callable(projection) else projection)
+
+        return {doc["_id"]: doc for doc in await asyncio.gather(*(one(i) for i in ids)) if doc is not None}
+
+    async def _write(self, updates: dict[str, list[dict]]) -> None:
+        """Every update, in commands of at most MAX_UPDATES_PER_COMMAND, WRITE_CONCURRENCY at a time."""
+        slots = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+        async def command(coll: AsyncCollection, chunk: list[dict]) -> None:
+            async with slots:
+                await self._bulk(coll, chunk)
+
+        tasks = [
+            asyncio.ensure_future(command(self.db[name], chunk))
+            for name, ops in updates.items()
+            for chunk in _chunks(ops, MAX_UPDATES_PER_COMMAND)
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # a failed batch leaves no write of its own running
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
     @staticmethod
-    async def _bulk(coll: AsyncCollection, updates: list[UpdateOne]) -> None:
-        """One update command; every statement must match (or upsert) its document."""
-        result = await coll.bulk_write(updates, ordered=False)
-        if result.matched_count + result.upserted_count != len(updates):
-            raise StaleWrite(f"{len(updates) - result.matched_count - result.upserted_count} stale writes")
+    async def _bulk(coll: AsyncCollection, statements: list[dict]) -> None:
+        """One ``update`` command, unordered; every statement must match or upsert its document.
+
+        Sent as the command rather than through ``bulk_write``: FerretDB 1.24 answers a failed
+        statement with ``writeErrors`` and no ``nModified``, which ``bulk_write`` meets with
+        a KeyError (it also stops at that statement, ordered or not)."""
+        reply = await coll.database.command({"update": coll.name, "updates": statements, "ordered": False})
+        if reply.get("writeErrors"):
+            raise StaleWrite(f"update refused: {reply['writeErrors'][0].get('errmsg')}")
+        if reply.get("n") != len(statements):
+            raise StaleWrite(f"{len(statements) - reply.get('n', 0)} of {len(statements)} updates matched nothing")
 
     async def user_stats(self, user_id: str) -> dict | None:
         """Totals from the user's one counters document."""
@@ -374,14 +393,15 @@ class AnalyticsStore:
     async def summary(self, start: dt.datetime, end: dt.datetime) -> dict:
         """Totals of the payments created in [start, end), both whole minutes."""
         wanted: dict[str, list[str]] = defaultdict(list)
-        for level, t in cover(start, end):
-            lv = LEVELS[level]
-            wanted[f"{lv.prefix}:{t:{lv.doc}}"].append(f"{t:{lv.slot}}")
+        for level, t in buckets.cover(start, end):
+            wanted[buckets.doc_key(level, t)].append(buckets.slot_key(level, t))
         partitions = [doc["_id"] async for doc in self.db.partitions.find({})]
-        docs = await self._read(self.db.buckets, [f"{key}:{p}" for key in wanted for p in partitions])
+        ids = [f"{key}:{p}" for key in wanted for p in partitions]
+        docs = await self._read(
+            self.db.buckets, ids, lambda i: {f"s.{slot}": 1 for slot in wanted[i.rsplit(":", 1)[0]]}
+        )
         rows: Counter = Counter()
-        for doc_id, doc in docs.items():
-            slots = doc.get("s", {})
-            for slot in wanted[doc_id.rsplit(":", 1)[0]]:
-                _tally(rows, slots.get(slot, {}))
+        for doc in docs.values():
+            for counters in doc.get("s", {}).values():
+                _tally(rows, counters)
         return fold(rows)

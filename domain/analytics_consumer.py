@@ -3,9 +3,11 @@ folded into the analytics store (domain/analytics.py), at least once.
 
 A batch's offsets are committed only after the store wrote all of it. A batch that
 fails (MongoDB, Kafka, a stale write) is read again from the committed offsets,
-and the store counts each event once whatever it sees again. When a rebalance
-takes partitions away, the batch in progress is finished and committed first, so
-a partition never has two writers.
+and the store counts each event once whatever it sees again: the batch after a
+failure, the first after start and the first after a rebalance are applied with
+``read=True``, the others without reads. When a rebalance takes partitions away,
+the batch in progress is finished and committed first, so a partition never has
+two writers.
 
 ``lag`` is the group's backlog on every partition of the topic (end offsets minus
 the group's committed offsets), read before the first fetch and refreshed every
@@ -37,18 +39,19 @@ LAG_REFRESH_S = 1.0
 KNOWN_TYPES = (*events.DOMAIN_TYPES, events.HEALTH_CHECK)  # metric labels stay bounded
 
 
-class _FinishBatchFirst(ConsumerRebalanceListener):
-    """Holds a rebalance until the batch in progress is stored and committed."""
+class _Rebalance(ConsumerRebalanceListener):
+    """Holds a rebalance until the batch in progress is stored and committed; after it,
+    the first batch reads before it writes (it may hold what a member that died wrote)."""
 
-    def __init__(self, lock: asyncio.Lock):
-        self.lock = lock
+    def __init__(self, owner: AnalyticsConsumer):
+        self.owner = owner
 
     async def on_partitions_revoked(self, revoked) -> None:
-        async with self.lock:
+        async with self.owner.batch_lock:
             pass
 
     async def on_partitions_assigned(self, assigned) -> None:
-        pass
+        self.owner.reread = True
 
 
 class AnalyticsConsumer(Manager):
@@ -58,7 +61,8 @@ class AnalyticsConsumer(Manager):
         self.timeout_s: float = cfg["request_timeout_s"]
         self.consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
-        self._batch = asyncio.Lock()
+        self.batch_lock = asyncio.Lock()
+        self.reread = True  # read before writing: first batch, and a batch seen again
         self.lag: int | None = None  # None until the group's offsets were first read
         self._lag_due = 0.0
 
@@ -88,7 +92,7 @@ class AnalyticsConsumer(Manager):
             raise
         # Subscribing after start() joins the group in the background: a join can wait
         # for a departed member's session to expire, and startup should not.
-        consumer.subscribe([self.cfg["topic"]], listener=_FinishBatchFirst(self._batch))
+        consumer.subscribe([self.cfg["topic"]], listener=_Rebalance(self))
         self.consumer = consumer
 
     async def _refresh_lag(self) -> None:
@@ -121,7 +125,7 @@ class AnalyticsConsumer(Manager):
         consumer = self.consumer
         batches = await consumer.getmany(timeout_ms=500, max_records=BATCH)
         if batches:
-            async with self._batch:
+            async with self.batch_lock:
                 await self._store(consumer, batches)
         if time.monotonic() >= self._lag_due:
             await self._refresh_lag()
@@ -135,13 +139,17 @@ class AnalyticsConsumer(Manager):
                 metrics.CONSUMER_ERRORS.labels(NAME).inc()
         try:
             started = time.perf_counter()
-            await asyncio.wait_for(self.store.apply(deliveries), self.timeout_s + PER_EVENT_S * len(deliveries))
+            deadline = self.timeout_s + PER_EVENT_S * len(deliveries)
+            await asyncio.wait_for(self.store.apply(deliveries, read=self.reread), deadline)
             elapsed = time.perf_counter() - started
             metrics.ANALYTICS_WRITE_DURATION.observe(elapsed)
             log.debug("analytics batch stored", extra={"events": len(deliveries), "seconds": round(elapsed, 3)})
             await asyncio.wait_for(consumer.commit(), self.timeout_s)
+            self.reread = False
         except BaseException:
-            # Not committed: read the batch again (aiokafka would otherwise skip it, #1046).
+            # Not committed: read the batch again (aiokafka would otherwise skip it, #1046),
+            # and let the store read what it wrote of it.
+            self.reread = True
             for tp, records in batches.items():
                 consumer.seek(tp, records[0].offset)
             raise
