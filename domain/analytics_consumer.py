@@ -33,7 +33,7 @@ from managers.mongodb import MongoManager
 
 log = logging.getLogger("singleton.analytics")
 MAX_BACKOFF_S = 5.0
-BATCH = 500
+BATCH = 1000
 PER_EVENT_S = 0.02  # a batch's deadline grows with its size
 LAG_REFRESH_S = 1.0
 KNOWN_TYPES = (*events.DOMAIN_TYPES, events.HEALTH_CHECK)  # metric labels stay bounded
