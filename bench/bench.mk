@@ -6,7 +6,7 @@
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 
-.PHONY: bench bench-deps bench-profile bench-variants bench-report
+.PHONY: bench bench-deps bench-profile bench-variants bench-report bench-analytics
 
 bench-deps: install
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
@@ -19,6 +19,9 @@ bench-profile: bench-deps ## py-spy profiles of GET user, POST payments and the 
 
 bench-variants: bench-deps ## Measure uvloop / orjson (service unchanged)
 	$(PY) -m bench.variants
+
+bench-analytics: install services ## The analytics store on this FerretDB backend (FERRETDB_BACKEND), 1,000,000 payments
+	$(PY) -m bench.analytics
 
 bench-report: ## Rewrite docs/BENCHMARKS.md and the plots from docs/bench/*.json
 	$(PY) -m bench.report

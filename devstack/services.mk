@@ -1,4 +1,4 @@
-# Local backing services (MariaDB, Redis, Kafka, FerretDB) for development and tests.
+# Local backing services (MariaDB, Redis, Kafka, FerretDB on PostgreSQL) for development and tests.
 # Include from the top-level Makefile:   include devstack/services.mk
 # Pass SERVICES="redis kafka" to act on some of them only.
 DEVSTACK_SERVICES_SH := $(dir $(lastword $(MAKEFILE_LIST)))services.sh
@@ -6,7 +6,7 @@ SERVICES ?=
 
 .PHONY: services services-stop services-status services-tools tools
 
-services: ## Install if needed, start and wait for mariadb, redis, kafka, ferretdb
+services: ## Install if needed, start and wait for mariadb, redis, kafka, ferretdb (and its postgres)
 	@bash $(DEVSTACK_SERVICES_SH) up $(SERVICES)
 
 services-stop: ## Stop the services that devstack started

@@ -6,7 +6,10 @@
 #   devstack/services.sh status [SERVICE...]   print each service up/down
 #   devstack/services.sh tools                 install promtool (prometheus), wrk and chromium
 #
-# SERVICE is one of: mariadb redis kafka ferretdb (default: all four).
+# SERVICE is one of: mariadb redis kafka ferretdb postgres (default: the first
+# four). FerretDB stores its data in PostgreSQL (FERRETDB_BACKEND=postgresql, the
+# default) or SQLite (FERRETDB_BACKEND=sqlite); with PostgreSQL, `ferretdb` also
+# means its `postgres`: up starts it first, down stops it after, status shows it.
 # All servers listen on 127.0.0.1 only. State lives under $DEVSTACK_DIR
 # (default: <repo>/.devstack): data/, logs/, run/ (pid files), cache/ (kafka jars,
 # ferretdb binary). See devstack/README.md.
@@ -29,6 +32,8 @@ REDIS_PORT="${REDIS_PORT:-6379}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 MONGO_PORT="${MONGO_PORT:-27017}"
+POSTGRES_PORT="${POSTGRES_PORT:-5433}" # not 5432: never collide with a system cluster
+FERRETDB_BACKEND="${FERRETDB_BACKEND:-postgresql}"
 FERRETDB_DEBUG_ADDR="${FERRETDB_DEBUG_ADDR:--}" # "-" disables FerretDB's debug HTTP handler
 
 MYSQL_DATABASE=singleton_db
@@ -37,6 +42,9 @@ MYSQL_PASSWORD_FILE="$SECRETS_DIR/mysql.password"
 MYSQL_SOCKET="$RUN_DIR/mysqld.sock"
 KAFKA_TOPIC=singleton-events
 KAFKA_TOPIC_PARTITIONS=3
+POSTGRES_DATABASE=ferretdb
+POSTGRES_USER=ferretdb
+POSTGRES_PASSWORD=ferretdb
 
 ALL_SERVICES=(mariadb redis kafka ferretdb)
 
@@ -156,7 +164,7 @@ stop_service() {
     return 0
   fi
   log "$service: stopping pid $pid"
-  kill -TERM "$pid" 2>/dev/null || true
+  kill "-$(stop_signal "$service")" "$pid" 2>/dev/null || true
   local deadline=$(($(now) + grace))
   while alive "$pid" && (($(now) < deadline)); do
     sleep 0.3
@@ -430,6 +438,105 @@ kafka_up() {
   log "kafka: ready (pid $pid, topic $KAFKA_TOPIC)"
 }
 
+# ---------------------------------------------------------------- postgres (FerretDB's backend)
+
+# Debian's cluster tools live in /usr/lib/postgresql/<major>/bin, off PATH: take the newest.
+pg_bin() {
+  local dir
+  dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+  [[ -n "$dir" && -x "$dir/postgres" ]] || return 1
+  echo "$dir"
+}
+
+# initdb and postgres refuse to run as root: as root, run them as the `postgres`
+# user (which Debian's package creates); run by another user, they run as that user.
+PG_OWNER=""
+[[ "$(id -u)" == 0 ]] && PG_OWNER=postgres
+as_pg() {
+  if [[ -n "$PG_OWNER" ]]; then runuser -u "$PG_OWNER" -- "$@"; else "$@"; fi
+}
+
+# The data directory and the socket directory, where the cluster's owner can reach
+# them: under $DATA_DIR and $RUN_DIR, unless a parent of the checkout is closed to
+# that user (e.g. a home directory of mode 700); then in /var/tmp, linked from
+# $DATA_DIR/postgres so the README's "delete data/<service>" still holds.
+PG_DATA="$DATA_DIR/postgres"
+PG_SOCKET_DIR="$RUN_DIR/postgres"
+pg_paths() {
+  [[ -n "$PG_OWNER" ]] || return 0
+  if runuser -u "$PG_OWNER" -- test -x "$DATA_DIR" -a -x "$RUN_DIR" 2>/dev/null; then
+    [[ ! -L "$PG_DATA" ]] || PG_DATA="$(readlink -f "$PG_DATA")"
+    return 0
+  fi
+  local base
+  base="/var/tmp/devstack-postgres-$(echo "$DEVSTACK_DIR" | sha256sum | cut -c1-12)"
+  log "postgres: $DEVSTACK_DIR is not reachable by user $PG_OWNER: keeping its data in $base"
+  mkdir -p "$base/data" "$base/run"
+  chown "$PG_OWNER:" "$base" "$base/data" "$base/run"
+  [[ -e "$PG_DATA" ]] || ln -s "$base/data" "$PG_DATA"
+  PG_DATA="$base/data"
+  PG_SOCKET_DIR="$base/run"
+}
+
+postgres_ready() {
+  [[ "$(PGPASSWORD="$POSTGRES_PASSWORD" PGCONNECT_TIMEOUT=3 psql -X -h 127.0.0.1 -p "$POSTGRES_PORT" \
+    -U "$POSTGRES_USER" -d "$POSTGRES_DATABASE" -A -t -c 'SELECT 1' 2>/dev/null)" == 1 ]]
+}
+
+# pg_super ARGS...: psql as the superuser over the cluster's own socket (peer auth).
+# shellcheck disable=SC2120 # called with arguments through wait_for
+pg_super() {
+  as_pg psql -X -h "$PG_SOCKET_DIR" -p "$POSTGRES_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"
+}
+
+postgres_up() {
+  local logfile="$LOG_DIR/postgres.log" bin
+  need_cmd psql postgresql-client
+  if postgres_ready; then
+    log "postgres: reusing server on 127.0.0.1:$POSTGRES_PORT"
+    return 0
+  fi
+  free_ports postgres "$POSTGRES_PORT"
+  bin="$(pg_bin)" || { apt_install postgresql && bin="$(pg_bin)"; } ||
+    fail postgres "$LOG_DIR/apt.log" "no PostgreSQL server in /usr/lib/postgresql/*/bin after installing"
+  pg_paths
+  mkdir -p "$PG_SOCKET_DIR"
+  [[ -z "$PG_OWNER" ]] || chown "$PG_OWNER:" "$PG_SOCKET_DIR"
+  touch "$logfile"
+
+  if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
+    log "postgres: initialising $PG_DATA"
+    mkdir -p "$PG_DATA"
+    [[ -z "$PG_OWNER" ]] || chown "$PG_OWNER:" "$PG_DATA"
+    chmod 700 "$PG_DATA"
+    # UTF8 with the C locale (what FerretDB needs); TCP clients need a password,
+    # the socket admits only the OS user that owns the cluster.
+    as_pg "$bin/initdb" -D "$PG_DATA" -U postgres -E UTF8 --locale=C \
+      --auth-local=peer --auth-host=scram-sha-256 >>"$logfile" 2>&1 ||
+      fail postgres "$logfile" "initdb failed"
+  fi
+
+  log "postgres: starting on 127.0.0.1:$POSTGRES_PORT"
+  local pid owner=()
+  # setpriv execs the server in place (runuser would stay as its parent and not pass
+  # SIGINT on), so the recorded pid is the postmaster's and `down` can signal it.
+  [[ -z "$PG_OWNER" ]] || owner=(setpriv --reuid="$PG_OWNER" --regid="$PG_OWNER" --init-groups --)
+  pid="$(spawn postgres "$logfile" "${owner[@]}" "$bin/postgres" -D "$PG_DATA" \
+    -h 127.0.0.1 -p "$POSTGRES_PORT" -k "$PG_SOCKET_DIR")"
+  wait_for postgres 60 "$pid" pg_super -A -t -c 'SELECT 1' || fail postgres "$logfile" "server did not come up"
+
+  # Idempotent: FerretDB's role and its database, created before FerretDB first connects.
+  pg_super >>"$logfile" 2>&1 <<SQL || fail postgres "$logfile" "creating role/database failed"
+SELECT 'CREATE ROLE $POSTGRES_USER LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$POSTGRES_USER')\gexec
+ALTER ROLE $POSTGRES_USER PASSWORD '$POSTGRES_PASSWORD';
+SELECT 'CREATE DATABASE $POSTGRES_DATABASE OWNER $POSTGRES_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$POSTGRES_DATABASE')\gexec
+SQL
+  pg_super -d "$POSTGRES_DATABASE" -v dbname="$POSTGRES_DATABASE" -f "$DEVSTACK_SRC/postgres/ferretdb-id-index.sql" >>"$logfile" 2>&1 ||
+    fail postgres "$logfile" "installing the _id index trigger failed"
+  wait_for postgres 60 "$pid" postgres_ready || fail postgres "$logfile" "SELECT 1 as $POSTGRES_USER failed"
+  log "postgres: ready (pid $pid)"
+}
+
 # ---------------------------------------------------------------- ferretdb
 
 FERRETDB_BIN="$CACHE_DIR/ferretdb/ferretdb"
@@ -487,21 +594,39 @@ ferretdb_up() {
   local logfile="$LOG_DIR/ferretdb.log"
   go_build mongoping "$MONGOPING_BIN" build_mongoping \
     "$FERRETDB_MOD/go.mod" "$FERRETDB_MOD/go.sum" "$FERRETDB_MOD"/mongoping/*.go
+  local running
+  running="$(cat "$RUN_DIR/ferretdb.backend" 2>/dev/null || echo sqlite)"
+  if our_pid ferretdb >/dev/null && [[ "$running" != "$FERRETDB_BACKEND" ]]; then
+    log "ferretdb: ours runs on $running, $FERRETDB_BACKEND wanted: restarting it"
+    stop_service ferretdb "$(stop_grace ferretdb)"
+  fi
+  [[ "$FERRETDB_BACKEND" != postgresql ]] || postgres_up
   if ferretdb_ready; then
     log "ferretdb: reusing server on 127.0.0.1:$MONGO_PORT"
     return 0
   fi
   go_build ferretdb "$FERRETDB_BIN" build_ferretdb "$FERRETDB_MOD/go.mod" "$FERRETDB_MOD/go.sum"
   free_ports ferretdb "$MONGO_PORT"
-  mkdir -p "$DATA_DIR/ferretdb" "$DATA_DIR/ferretdb-state"
+  mkdir -p "$DATA_DIR/ferretdb-state"
 
-  log "ferretdb: starting on 127.0.0.1:$MONGO_PORT"
+  local backend
+  case $FERRETDB_BACKEND in
+  postgresql)
+    backend=(--handler=postgresql
+      --postgresql-url="postgres://$POSTGRES_USER:$POSTGRES_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DATABASE")
+    ;;
+  sqlite)
+    mkdir -p "$DATA_DIR/ferretdb"
+    backend=(--handler=sqlite --sqlite-url="file:$DATA_DIR/ferretdb/")
+    ;;
+  esac
+  log "ferretdb: starting on 127.0.0.1:$MONGO_PORT ($FERRETDB_BACKEND backend)"
   local pid
-  pid="$(DO_NOT_TRACK=1 spawn ferretdb "$logfile" "$FERRETDB_BIN" \
-    --handler=sqlite --sqlite-url="file:$DATA_DIR/ferretdb/" \
+  pid="$(DO_NOT_TRACK=1 spawn ferretdb "$logfile" "$FERRETDB_BIN" "${backend[@]}" \
     --state-dir="$DATA_DIR/ferretdb-state" \
     --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr="$FERRETDB_DEBUG_ADDR" \
     --telemetry=disable --log-level=warn)"
+  echo "$FERRETDB_BACKEND" >"$RUN_DIR/ferretdb.backend"
   wait_for ferretdb 60 "$pid" ferretdb_ready || fail ferretdb "$logfile" "MongoDB ping failed"
   log "ferretdb: ready (pid $pid)"
 }
@@ -512,9 +637,32 @@ service_ready() { "${1}_ready"; }
 
 stop_grace() {
   case $1 in
-  mariadb | kafka) echo 60 ;;
+  mariadb | kafka | postgres) echo 60 ;;
   *) echo 15 ;;
   esac
+}
+
+# PostgreSQL's TERM waits for every client to leave; INT is its fast shutdown.
+stop_signal() {
+  case $1 in
+  postgres) echo INT ;;
+  *) echo TERM ;;
+  esac
+}
+
+# with_backend CMD SERVICE...: the list with `postgres` put before `ferretdb` when
+# FerretDB runs on PostgreSQL, and always for down (a cluster left from an earlier
+# run on PostgreSQL stops too). up walks the list forwards, down backwards.
+with_backend() {
+  local cmd=$1 s
+  shift
+  for s in "$@"; do
+    if [[ "$s" == ferretdb && " $* " != *" postgres "* ]] &&
+      [[ "$FERRETDB_BACKEND" == postgresql || "$cmd" == down ]]; then
+      echo postgres
+    fi
+    echo "$s"
+  done
 }
 
 cmd_up() {
@@ -560,7 +708,7 @@ cmd_tools() {
 }
 
 usage() {
-  echo "usage: $0 up|down|status [${ALL_SERVICES[*]}] | tools" >&2
+  echo "usage: $0 up|down|status [${ALL_SERVICES[*]} postgres] | tools" >&2
   exit 2
 }
 
@@ -572,8 +720,11 @@ main() {
   [[ ${#services[@]} -gt 0 ]] || services=("${ALL_SERVICES[@]}")
   local s
   for s in "${services[@]}"; do
-    [[ " ${ALL_SERVICES[*]} " == *" $s "* ]] || { echo "unknown service: $s" >&2; usage; }
+    [[ " ${ALL_SERVICES[*]} postgres " == *" $s "* ]] || { echo "unknown service: $s" >&2; usage; }
   done
+  [[ "$FERRETDB_BACKEND" == postgresql || "$FERRETDB_BACKEND" == sqlite ]] ||
+    { echo "FERRETDB_BACKEND must be postgresql or sqlite, not '$FERRETDB_BACKEND'" >&2; exit 2; }
+  mapfile -t services < <(with_backend "$cmd" "${services[@]}")
   mkdir -p "$DATA_DIR" "$LOG_DIR" "$RUN_DIR" "$CACHE_DIR"
   case $cmd in
   up) ensure_secrets && cmd_up "${services[@]}" ;;

@@ -1,17 +1,68 @@
-"""Analytics in MongoDB: raw events and per-user payment statistics, each event counted once.
+"""Analytics in MongoDB: per-user counters and calendar pre-aggregates, each event counted once.
 
-``AnalyticsConsumer`` reads the topic in one consumer group shared by every
-instance, writes a batch to MongoDB, and only then commits the batch's
-offsets (at least once). Writes are idempotent, so a redelivered event never
-counts twice:
+``AnalyticsConsumer`` (domain/analytics_consumer.py) hands every Kafka batch to
+``AnalyticsStore.apply`` and commits the batch's offsets only once it returned.
+Each event is a pure delta on counters: ``payment_created`` adds one payment and
+its amount to (currency, status); ``payment_updated`` carries ``previous_status``
+and moves one payment and its amount from (currency, previous_status) to
+(currency, status). Amounts are integer minor units (domain/money.py). Every
+counter is changed with ``$inc``, so an event costs the same at a user's first
+payment as at its 100,000th, and no document grows with history:
 
-- ``events``: one document per event, ``_id`` = ``event_id`` (a duplicate insert
-  is skipped);
-- ``payments``: each payment's latest state, replaced only by a higher
-  ``version`` (so order and repeats do not matter); the window summary is an
-  aggregation pipeline over it;
-- ``user_stats``: per user, the same latest state of each of its payments and
-  the time of its last event (``$max``), so its totals are one document read.
+- ``events``: one marker per event, ``_id`` = ``event_id``, holding the
+  (partition, offset) where the event was first read;
+- ``user_totals``: per user, count and total per currency and status
+  (``c.USD_pending_n``, ``c.USD_pending_t``), and the time of its last event;
+- ``buckets``: the same counts per calendar slot of the payment's ``created_at``
+  (a status change moves counts inside the slot of the payment's creation), per
+  partition, on seven levels (domain/buckets.py): a year document holds one slot
+  per month (``Y:2026:0``, ``s.11.USD_pending_n``), a month one per decade of
+  days, ... a 10-minute span one per minute. A summary window reads whole months
+  from years, and at most two documents of each finer level at its edges: at most
+  14 small documents per partition, whatever the window;
+- ``partitions``: the partitions seen, so a summary knows which buckets to read.
+
+Why every count is exact. Every counter document stores, per partition, the
+offset of the last event applied to it (``applied.<partition>``), and changes
+only through one update that ``$inc``s its counters, ``$set``s that offset and
+``$max``es the last activity together. A batch:
+
+1. inserts the markers (``insert_many``, unordered; duplicate keys expected). An
+   event whose marker holds another (partition, offset) is a second copy the
+   outbox relay published (same key, so same partition, later offset): skipped.
+   One whose marker holds its own (partition, offset) is this delivery seen again
+   after a failure: processed, and step 2 stops it from counting twice;
+2. writes each document it touches with one guarded update (bulk ``update``
+   commands, unordered). A batch seen for the first time (``read=False``, the
+   normal case) folds all its events into each document, guarded by "the
+   document holds none of them": each applied offset below the first event's
+   (an upsert that finds the document holding some fails on its ``_id``). A batch
+   seen again (``read=True``: after a failure, after start, after a rebalance)
+   first reads the documents by ``_id``, folds into each only the events above
+   its applied offset, and guards the write by "that offset is unchanged"
+   (compare-and-set);
+3. fails on any refused or unmatched write. The consumer then commits nothing,
+   seeks back to the committed offsets, and applies the batch again with
+   ``read=True``.
+
+So a batch Kafka delivers again (not committed before a failure or a restart)
+adds to each document exactly the events it lacks; so does a consumer that died
+between two writes (the documents written carry their new offsets, the others
+their old ones); a batch re-applied without reading cannot count twice (its
+guards refuse); and a second copy of an event is never counted. A document has
+one writer: a user's events share a partition, buckets are per partition, a
+partition has one reader in the group, and the consumer finishes its batch before
+a rebalance takes a partition away. (FerretDB's updates are read-modify-write,
+not atomic between two writers of one document.)
+
+FerretDB 1.24 shapes the queries (measured, docs/BENCHMARKS.md): only equality
+filters reach PostgreSQL (``$in`` and ranges are evaluated over the whole
+collection), so every read is by ``_id``; an update command of 50 statements
+deadlocks its connection pool, so updates go out in commands of at most
+``MAX_UPDATES_PER_COMMAND``, ``WRITE_CONCURRENCY`` at a time; ``bulk_write``
+fails with a KeyError on FerretDB's reply to a refused statement, so the store
+sends the ``update`` command itself; ``$group`` returns 0 for every accumulator
+after the first, so the store sums documents itself.
 """
 
 from __future__ import annotations
@@ -19,53 +70,72 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from decimal import Decimal
+from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CommitFailedError, KafkaError
+from bson import Int64
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from domain import codec, events
+from domain import buckets, events
 from domain.money import EXPONENTS, format_amount
+from domain.payments import TRANSITIONS
 from managers import metrics
-from managers.base import Manager, reconnect
-from managers.kafka_consumer import consumer_status, record_lag, stop_consumer
 from managers.mongodb import MongoManager
 
 log = logging.getLogger("singleton.analytics")
 NAME = "analytics"
 DUPLICATE_KEY = 11000
-MAX_BACKOFF_S = 5.0
-BATCH = 100
-PER_EVENT_S = 0.1
+# FerretDB 1.24.2 on PostgreSQL holds a pooled connection per statement of an update
+# command until the command ends, plus one to write: at 50 statements its 50-connection
+# pool deadlocks, for every client. An instance holds at most
+# WRITE_CONCURRENCY * (MAX_UPDATES_PER_COMMAND + 1) = 18 of them (and READ_CONCURRENCY
+# for reads), which leaves room for the API and a second instance.
+MAX_UPDATES_PER_COMMAND = 8
+WRITE_CONCURRENCY = 2
+READ_CONCURRENCY = 8  # reads by _id in flight at once (each holds a FerretDB connection)
+
+
+class Delivery(NamedTuple):
+    """One Kafka record as the store sees it: where it was read, and its decoded event."""
+
+    partition: int
+    offset: int
+    event: Any
+
+
+class StaleWrite(PyMongoError):
+    """A guarded write refused or matched nothing: the document already holds some of the
+    batch, or changed since it was read."""
 
 
 def _when(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
 def _minor(amount: str, currency: str) -> int:
     """The exact decimal string of a payment back to integer minor units."""
-    return int(Decimal(amount).scaleb(EXPONENTS[currency]))
+    minor = Decimal(amount).scaleb(EXPONENTS[currency])
+    if minor <= 0 or minor != minor.to_integral_value():
+        raise ValueError(f"{amount} is not a positive {currency} amount")
+    return int(minor)
 
 
-USER_COPY = ("currency", "amount_minor", "status", "version")  # what a user document keeps of a payment
+def _moves(event: dict) -> list[tuple[str, int]]:
+    """The counters (``<currency>_<status>``) an event changes, and by how many payments.
+    Flat keys: FerretDB reads and writes a document in time that grows with its nesting."""
+    data = event["data"]
+    if event["type"] == events.PAYMENT_CREATED:
+        return [(f"{data['currency']}_{data['status']}", 1)]
+    if event["type"] == events.PAYMENT_UPDATED:
+        return [(f"{data['currency']}_{data['previous_status']}", -1), (f"{data['currency']}_{data['status']}", 1)]
+    return []
 
 
-def _state(payment: dict) -> dict:
-    return {
-        "user_id": payment["user_id"],
-        "currency": payment["currency"],
-        "amount_minor": _minor(payment["amount"], payment["currency"]),
-        "status": payment["status"],
-        "version": payment["version"],
-        "created_at": _when(payment["created_at"]),
-    }
-
-
-def _usable(event: dict) -> bool:
+def _usable(event: Any) -> bool:
     """A domain event with what the store reads; anything else (health_check, a
     malformed message) is skipped, never retried forever."""
     if not isinstance(event, dict) or event.get("type") not in events.DOMAIN_TYPES:
@@ -75,8 +145,13 @@ def _usable(event: dict) -> bool:
         if not (isinstance(event["event_id"], str) and isinstance(event["user_id"], str)):
             raise TypeError("event_id and user_id must be strings")
         if event["type"] in (events.PAYMENT_CREATED, events.PAYMENT_UPDATED):
-            _state(event["data"])
-            str(event["data"]["id"])
+            data = event["data"]
+            _minor(data["amount"], data["currency"])
+            _when(data["created_at"])
+            moved = [data["previous_status"]] if event["type"] == events.PAYMENT_UPDATED else []
+            for status in [data["status"], *moved]:
+                if status not in TRANSITIONS:  # a counter key is made of it
+                    raise ValueError(f"unknown status {status!r}")
     except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:
         metrics.CONSUMER_ERRORS.labels(NAME).inc()
         log.warning("skipping malformed event", extra={"consumer": NAME, "error": repr(exc)})
@@ -84,242 +159,259 @@ def _usable(event: dict) -> bool:
     return True
 
 
+def marker(delivery: Delivery) -> dict:
+    """The ``events`` document of an event: where it was first read."""
+    event = delivery.event
+    return {
+        "_id": event["event_id"],
+        "p": delivery.partition,
+        "o": Int64(delivery.offset),
+        "type": event["type"],
+        "user_id": event["user_id"],
+        "occurred_at": _when(event["occurred_at"]),
+    }
+
+
+class Change(NamedTuple):
+    """What one event adds to one document."""
+
+    collection: str
+    doc_id: str
+    partition: int
+    offset: int
+    inc: dict[str, int]
+    last_activity: dt.datetime | None
+
+
+def changes(delivery: Delivery) -> list[Change]:
+    """Every document an event changes, and how (``$inc`` paths; the user's last activity)."""
+    event, p, o = delivery.event, delivery.partition, delivery.offset
+    inc: dict[str, int] = {}
+    for key, n in _moves(event):
+        amount = _minor(event["data"]["amount"], event["data"]["currency"])
+        inc[f"{key}_n"] = inc.get(f"{key}_n", 0) + n
+        inc[f"{key}_t"] = inc.get(f"{key}_t", 0) + n * amount
+    user = {f"c.{k}": v for k, v in inc.items()}
+    out = [Change("user_totals", event["user_id"], p, o, user, _when(event["occurred_at"]))]
+    if inc:
+        for doc_key, slot in buckets.place(_when(event["data"]["created_at"])):
+            out.append(Change("buckets", f"{doc_key}:{p}", p, o, {f"s.{slot}.{k}": v for k, v in inc.items()}, None))
+    return out
+
+
+def _update(doc_id: str, pending: list[Change], stored: dict | None) -> dict | None:
+    """One guarded update statement: ``$inc`` the counters, ``$set`` the applied offsets,
+    ``$max`` the last activity.
+
+    Not read (``stored`` None, a batch seen for the first time): every change is folded, and
+    the filter requires that the document holds none of them (each applied offset below the
+    first change's); a document that does fails the write (the upsert hits its ``_id``). Read
+    (after a failure; ``{}`` if absent): only the changes above the stored offsets are folded,
+    and the filter requires those offsets unchanged (compare-and-set)."""
+    applied = (stored or {}).get("applied", {})
+    inc: Counter[str] = Counter()
+    last: dt.datetime | None = None
+    first: dict[str, int] = {}
+    newest: dict[str, int] = {}
+    for change in pending:
+        key = str(change.partition)
+        if key in applied and change.offset <= applied[key]:
+            continue  # already in the document: written before a failure
+        inc.update(change.inc)
+        if change.last_activity is not None:
+            last = max(last or change.last_activity, change.last_activity)
+        first[key] = min(first.get(key, change.offset), change.offset)
+        newest[key] = max(newest.get(key, change.offset), change.offset)
+    if not newest:
+        return None
+    if stored is None:
+        guard = {f"applied.{k}": {"$not": {"$gte": Int64(o)}} for k, o in first.items()}
+    else:
+        guard = {f"applied.{k}": applied[k] if k in applied else {"$exists": False} for k in newest}
+    update: dict[str, dict] = {"$set": {f"applied.{k}": Int64(o) for k, o in newest.items()}}
+    if counters := {path: Int64(n) for path, n in inc.items() if n}:
+        update["$inc"] = counters
+    if last is not None:
+        update["$max"] = {"last_activity": last}
+    return {"q": {"_id": doc_id, **guard}, "u": update, "upsert": not applied}
+
+
+def _tally(rows: Counter, counters: dict) -> None:
+    """Add ``{"USD_pending_n": 3, "USD_pending_t": 1050}`` into ``rows`` keyed (currency, status, n|t)."""
+    for key, value in counters.items():
+        rows[tuple(key.split("_"))] += value
+
+
+def fold(rows: Counter) -> dict:
+    """(currency, status) counts and totals into totals per currency and per status, exact."""
+    by_currency: dict[str, dict] = {}
+    by_status: dict[str, dict] = {}
+    minor_by_currency: Counter[str] = Counter()
+    count = 0
+    for currency, status in sorted({(c, s) for c, s, _ in rows}):
+        n, total = int(rows[(currency, status, "n")]), int(rows[(currency, status, "t")])
+        if n == 0:
+            continue  # every payment counted here has moved on to another status
+        count += n
+        by_currency.setdefault(currency, {"count": 0})["count"] += n
+        minor_by_currency[currency] += total
+        entry = by_status.setdefault(status, {"count": 0, "totals": {}})
+        entry["count"] += n
+        entry["totals"][currency] = format_amount(total, currency)
+    for currency, total in minor_by_currency.items():
+        by_currency[currency]["total"] = format_amount(total, currency)
+    return {"payment_count": count, "by_currency": by_currency, "by_status": dict(sorted(by_status.items()))}
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    return (items[i : i + size] for i in range(0, len(items), size))
+
+
 class AnalyticsStore:
-    """The MongoDB side: idempotent writes and the aggregation pipelines."""
+    """The MongoDB side: markers, counters, and the reads the API serves."""
 
-    def __init__(self, mongo: MongoManager):
-        self.db = mongo.db
+    def __init__(self, db: AsyncDatabase):
+        self.db = db
+        self._partitions: set[int] = set()  # known to be recorded in ``partitions``
 
-    async def ensure_indexes(self) -> None:
-        await self.db.payments.create_index([("user_id", 1)])
-        await self.db.payments.create_index([("created_at", 1)])
-        await self.db.events.create_index([("user_id", 1), ("occurred_at", 1)])
+    async def apply(self, batch: list[Delivery], read: bool = False) -> int:
+        """Fold a batch into the counters; return how many events were new.
 
-    async def apply(self, batch: list[dict]) -> int:
-        """Write a batch; return how many events were new."""
-        domain_events = [e for e in batch if _usable(e)]
-        if not domain_events:
+        ``read=False`` for a batch seen the first time: no reads, and a document that already
+        holds some of its events (an earlier attempt wrote them) fails the batch. ``read=True``
+        for a batch seen again: each document gets exactly the events it lacks."""
+        usable = [d for d in batch if _usable(d.event)]
+        if not usable:
             return 0
-        docs = [
-            {
-                "_id": e["event_id"],
-                "type": e["type"],
-                "user_id": e["user_id"],
-                "occurred_at": _when(e["occurred_at"]),
-                "data": e["data"],
-            }
-            for e in domain_events
-        ]
+        await self._record_partitions({d.partition for d in usable})
+        accepted, new = await self._first_copies(usable)
+        pending: dict[tuple[str, str], list[Change]] = defaultdict(list)
+        for delivery in accepted:
+            for change in changes(delivery):
+                pending[(change.collection, change.doc_id)].append(change)
+        stored: dict[tuple[str, str], dict] = {}
+        if read:
+            names = ("user_totals", "buckets")
+            ids = {name: [doc_id for coll, doc_id in pending if coll == name] for name in names}
+            found = await asyncio.gather(*(self._read(self.db[n], ids[n], {"applied": 1}) for n in names))
+            stored = {(n, i): docs.get(i, {}) for n, docs in zip(names, found, strict=True) for i in ids[n]}
+        updates: dict[str, list[dict]] = defaultdict(list)
+        for (name, doc_id), changed in pending.items():
+            if (update := _update(doc_id, changed, stored.get((name, doc_id)))) is not None:
+                updates[name].append(update)
+        await self._write(updates)
+        return new
+
+    async def _first_copies(self, deliveries: list[Delivery]) -> tuple[list[Delivery], int]:
+        """The deliveries to count (first copies, or this same delivery again) and how many
+        events are new: markers record where each event was first read."""
+        first: dict[str, Delivery] = {}
+        for d in deliveries:
+            first.setdefault(d.event["event_id"], d)
+        docs = [marker(d) for d in first.values()]
+        seen: dict[str, tuple[int, int]] = {doc["_id"]: (doc["p"], doc["o"]) for doc in docs}
+        duplicates: list[str] = []
         try:
             await self.db.events.insert_many(docs, ordered=False)
-            new = len(docs)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(err.get("code") != DUPLICATE_KEY for err in errors):
                 raise
-            new = len(docs) - len(errors)
-        latest: dict[str, dict] = {}  # per payment, only the highest version in the batch matters
-        for event in domain_events:
-            if event["type"] in (events.PAYMENT_CREATED, events.PAYMENT_UPDATED):
-                payment = event["data"]
-                if payment["id"] not in latest or payment["version"] > latest[payment["id"]]["version"]:
-                    latest[payment["id"]] = payment
-        by_user: dict[str, list[dict]] = defaultdict(list)
-        for payment in latest.values():
-            await self._store_payment(payment)
-            by_user[payment["user_id"]].append(payment)
-        last_activity: dict[str, dt.datetime] = {}
-        for event in domain_events:
-            when = _when(event["occurred_at"])
-            last_activity[event["user_id"]] = max(when, last_activity.get(event["user_id"], when))
-        for user_id, when in last_activity.items():
-            await self._store_user(user_id, by_user.get(user_id, []), when)
-        return new
+            duplicates = [docs[err["index"]]["_id"] for err in errors]
+        markers = await self._read(self.db.events, duplicates, {"p": 1, "o": 1})
+        if len(markers) != len(duplicates):
+            raise StaleWrite("an event marker vanished between its insert and its read")
+        seen.update({event_id: (m["p"], m["o"]) for event_id, m in markers.items()})
+        accepted = [d for d in deliveries if seen[d.event["event_id"]] == (d.partition, d.offset)]
+        return accepted, len(docs) - len(duplicates)
 
-    # Every write below reads and writes one document by _id. Conditions beyond _id
-    # make FerretDB 1.24 (SQLite) scan the whole collection (~60 ms here against ~8 ms).
-    # A read-then-write is safe because one user's events share a partition, and a
-    # partition has one reader in the group at a time.
+    async def _record_partitions(self, partitions: set[int]) -> None:
+        new = sorted(partitions - self._partitions)
+        if new:
+            try:
+                await self.db.partitions.insert_many([{"_id": p} for p in new], ordered=False)
+            except BulkWriteError as exc:
+                if any(err.get("code") != DUPLICATE_KEY for err in exc.details.get("writeErrors", [])):
+                    raise
+            self._partitions.update(new)
 
-    async def _store_payment(self, payment: dict) -> None:
-        """Keep the payment's latest state; an older or repeated version changes nothing."""
-        stored = await self.db.payments.find_one({"_id": payment["id"]}, {"version": 1})
-        if stored is None or stored["version"] < payment["version"]:
-            await self.db.payments.replace_one({"_id": payment["id"]}, _state(payment), upsert=True)
+    @staticmethod
+    async def _read(coll: AsyncCollection, ids: list[str], projection=None) -> dict[str, dict]:
+        """Documents by ``_id``, one equality read each (FerretDB 1.24 evaluates ``$in`` over
+        the whole collection, but takes an ``_id`` lookup to an index), READ_CONCURRENCY at a
+        time. ``projection``: one for all, or a function of the ``_id``."""
+        slots = asyncio.Semaphore(READ_CONCURRENCY)
 
-    async def _store_user(self, user_id: str, payments: list[dict], when: dt.datetime) -> None:
-        """The user's copy of each payment's latest state, and its last activity."""
-        doc = await self.db.user_stats.find_one({"_id": user_id}) or {}
-        known = doc.get("payments", {})
-        changes = {
-            f"payments.{p['id']}": {k: v for k, v in _state(p).items() if k in USER_COPY}
-            for p in payments
-            if p["id"] not in known or known[p["id"]]["version"] < p["version"]
-        }
-        if changes or doc.get("last_activity") is None or doc["last_activity"] < when:
-            update: dict = {"$max": {"last_activity": when}}
-            if changes:
-                update["$set"] = changes
-            await self.db.user_stats.update_one({"_id": user_id}, update, upsert=True)
+        async def one(doc_id: str) -> dict | None:
+            async with slots:
+                return await coll.find_one({"_id": doc_id}, projection(doc_id) if callable(projection) else projection)
 
-    async def _grouped(self, match: dict) -> list[dict]:
-        """Count and total per (currency, status) of the payments matching ``match``.
+        return {doc["_id"]: doc for doc in await asyncio.gather(*(one(i) for i in ids)) if doc is not None}
 
-        Two pipelines of one accumulator each: FerretDB 1.24 computes only the first
-        accumulator of a ``$group`` with a compound ``_id`` and returns 0 for the rest.
-        """
-        key = {"currency": "$currency", "status": "$status"}
+    async def _write(self, updates: dict[str, list[dict]]) -> None:
+        """Every update, in commands of at most MAX_UPDATES_PER_COMMAND, WRITE_CONCURRENCY at a time."""
+        slots = asyncio.Semaphore(WRITE_CONCURRENCY)
 
-        async def group(accumulator: dict) -> dict:
-            cursor = await self.db.payments.aggregate(
-                [{"$match": match}, {"$group": {"_id": key, "value": accumulator}}]
-            )
-            return {(row["_id"]["currency"], row["_id"]["status"]): row["value"] async for row in cursor}
+        async def command(coll: AsyncCollection, chunk: list[dict]) -> None:
+            async with slots:
+                await self._bulk(coll, chunk)
 
-        counts, totals = await asyncio.gather(group({"$sum": 1}), group({"$sum": "$amount_minor"}))
-        return [
-            {"_id": {"currency": currency, "status": status}, "count": n, "total": totals.get((currency, status), 0)}
-            for (currency, status), n in counts.items()
+        tasks = [
+            asyncio.ensure_future(command(self.db[name], chunk))
+            for name, ops in updates.items()
+            for chunk in _chunks(ops, MAX_UPDATES_PER_COMMAND)
         ]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # a failed batch leaves no write of its own running
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    @staticmethod
+    async def _bulk(coll: AsyncCollection, statements: list[dict]) -> None:
+        """One ``update`` command, unordered; every statement must match or upsert its document.
+
+        Sent as the command rather than through ``bulk_write``: FerretDB 1.24 answers a failed
+        statement with ``writeErrors`` and no ``nModified``, which ``bulk_write`` meets with
+        a KeyError (it also stops at that statement, ordered or not)."""
+        reply = await coll.database.command({"update": coll.name, "updates": statements, "ordered": False})
+        if reply.get("writeErrors"):
+            raise StaleWrite(f"update refused: {reply['writeErrors'][0].get('errmsg')}")
+        if reply.get("n") != len(statements):
+            raise StaleWrite(f"{len(statements) - reply.get('n', 0)} of {len(statements)} updates matched nothing")
 
     async def user_stats(self, user_id: str) -> dict | None:
-        """Totals from the user's document: one read, however many payments it holds."""
-        doc = await self.db.user_stats.find_one({"_id": user_id})
+        """Totals from the user's one counters document."""
+        doc = await self.db.user_totals.find_one({"_id": user_id})
         if doc is None:
             return None
-        rows: dict[tuple[str, str], dict] = {}
-        for p in doc.get("payments", {}).values():
-            row = rows.setdefault(
-                (p["currency"], p["status"]),
-                {"_id": {"currency": p["currency"], "status": p["status"]}, "count": 0, "total": 0},
-            )
-            row["count"] += 1
-            row["total"] += p["amount_minor"]
-        return {**fold(list(rows.values())), "last_activity": doc.get("last_activity")}
+        rows: Counter = Counter()
+        _tally(rows, doc.get("c", {}))
+        return {**fold(rows), "last_activity": doc.get("last_activity")}
 
     async def summary(self, start: dt.datetime, end: dt.datetime) -> dict:
-        rows = await self._grouped({"created_at": {"$gte": start, "$lt": end}})
+        """Totals of the payments created in [start, end), both whole minutes."""
+        wanted: dict[str, list[str]] = defaultdict(list)
+        for level, t in buckets.cover(start, end):
+            wanted[buckets.doc_key(level, t)].append(buckets.slot_key(level, t))
+        partitions = [doc["_id"] async for doc in self.db.partitions.find({})]
+        ids = [f"{key}:{p}" for key in wanted for p in partitions]
+        docs = await self._read(
+            self.db.buckets, ids, lambda i: {f"s.{slot}": 1 for slot in wanted[i.rsplit(":", 1)[0]]}
+        )
+        rows: Counter = Counter()
+        for doc in docs.values():
+            for counters in doc.get("s", {}).values():
+                _tally(rows, counters)
         return fold(rows)
 
 
-def fold(rows: list[dict]) -> dict:
-    """Grouped (currency, status) rows into totals per currency and per status, exact."""
-    by_currency: dict[str, dict] = {}
-    by_status: dict[str, dict] = defaultdict(lambda: {"count": 0, "totals": {}})
-    minor_by_currency: dict[str, int] = defaultdict(int)
-    minor_by_status: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    count = 0
-    for row in rows:
-        currency, status = row["_id"]["currency"], row["_id"]["status"]
-        n, total = int(row["count"]), int(row["total"])
-        count += n
-        by_currency.setdefault(currency, {"count": 0})["count"] += n
-        minor_by_currency[currency] += total
-        by_status[status]["count"] += n
-        minor_by_status[status][currency] += total
-    for currency, total in minor_by_currency.items():
-        by_currency[currency]["total"] = format_amount(total, currency)
-    for status, totals in minor_by_status.items():
-        by_status[status]["totals"] = {c: format_amount(t, c) for c, t in sorted(totals.items())}
-    return {
-        "payment_count": count,
-        "by_currency": dict(sorted(by_currency.items())),
-        "by_status": dict(sorted(by_status.items())),
-    }
+# -- what the API reads (any role that runs MongoManager, with or without the consumer) ---------
+async def user_stats(user_id: str) -> dict | None:
+    return await AnalyticsStore(MongoManager.instance().db).user_stats(user_id)
 
 
-class AnalyticsConsumer(Manager):
-    def __init__(self, cfg: dict, reconnect_cfg: dict, store: AnalyticsStore):
-        self.cfg = cfg
-        self.reconnect_cfg = reconnect_cfg
-        self.store = store
-        self.timeout_s: float = cfg["request_timeout_s"]
-        self.consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task | None = None
-        self._failing = False
-        self.lag = 0
-
-    @classmethod
-    def start(cls, config: dict) -> AnalyticsConsumer:
-        """Install the consumer; it connects in the background (Kafka or MongoDB may be down now)."""
-        inst = cls._install(cls(config["kafka"], config["reconnect"], AnalyticsStore(MongoManager.instance())))
-        inst._task = asyncio.create_task(inst._run(), name="kafka-analytics-consumer")
-        return inst
-
-    async def _prepare(self) -> None:
-        await asyncio.wait_for(self.store.ensure_indexes(), self.timeout_s)
-        await self._open()
-
-    async def _open(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.cfg["bootstrap_servers"],
-            client_id=f"{self.cfg['client_id']}-analytics",
-            group_id=self.cfg["analytics_group"],
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=BATCH,
-            request_timeout_ms=int(self.timeout_s * 1000) + 1000,
-        )
-        try:
-            await asyncio.wait_for(consumer.start(), self.timeout_s)
-        except BaseException:
-            await asyncio.wait_for(consumer.stop(), self.timeout_s)
-            raise
-        # Subscribing after start() joins the group in the background: a join can wait
-        # for a departed member's session to expire, and startup should not.
-        consumer.subscribe([self.cfg["topic"]])
-        self.consumer = consumer
-
-    async def _run(self) -> None:
-        await reconnect("analytics", self._prepare, **self.reconnect_cfg)
-        backoff = 0.5
-        while True:
-            try:
-                await self._consume_batch()
-                backoff = 0.5
-                if self._failing:
-                    log.info("analytics batches are stored again")
-                    self._failing = False
-            except asyncio.CancelledError:
-                raise
-            except (TimeoutError, PyMongoError, CommitFailedError, KafkaError) as exc:
-                metrics.CONSUMER_ERRORS.labels(NAME).inc()
-                if not self._failing:  # one line per outage, not one per retry
-                    log.warning("analytics batch not stored; will retry", extra={"error": repr(exc)[:2000]})
-                self._failing = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-
-    async def _consume_batch(self) -> None:
-        assert self.consumer is not None
-        consumer = self.consumer
-        batches = await consumer.getmany(timeout_ms=500, max_records=BATCH)
-        if batches:
-            decoded = []
-            for record in (r for rs in batches.values() for r in rs):
-                try:
-                    decoded.append(codec.loads(record.value))
-                except codec.InvalidJSON:
-                    metrics.CONSUMER_ERRORS.labels(NAME).inc()
-            try:
-                started = time.perf_counter()
-                # Each event costs a few MongoDB round trips: the deadline grows with the batch.
-                await asyncio.wait_for(self.store.apply(decoded), self.timeout_s + PER_EVENT_S * len(decoded))
-                elapsed = time.perf_counter() - started
-                metrics.ANALYTICS_WRITE_DURATION.observe(elapsed)
-                log.debug("analytics batch stored", extra={"events": len(decoded), "seconds": round(elapsed, 3)})
-                await asyncio.wait_for(consumer.commit(), self.timeout_s)
-            except BaseException:
-                # Not committed: read the batch again (aiokafka would otherwise skip it, #1046).
-                for tp, records in batches.items():
-                    consumer.seek(tp, records[0].offset)
-                raise
-            for event in decoded:
-                metrics.EVENTS_CONSUMED.labels(NAME, metrics.event_label(event.get("type"))).inc()
-        self.lag = await record_lag(consumer, NAME)
-
-    def status(self) -> dict:
-        return consumer_status(self._task, self.lag, self.consumer is not None and not self._failing)
-
-    async def release(self) -> None:
-        await stop_consumer(self._task, self.consumer, self.timeout_s, NAME)
+async def summary(start: dt.datetime, end: dt.datetime) -> dict:
+    return await AnalyticsStore(MongoManager.instance().db).summary(start, end)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from domain import codec, users
-from domain.analytics import AnalyticsConsumer
+from domain import analytics, codec, users
 from domain.errors import APIError
 from handlers.base import BaseHandler
 
@@ -23,13 +22,17 @@ def _time(value: str, name: str) -> dt.datetime:
 class UserAnalyticsHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
         user_id = self.visible_user_id(user_id)
-        stats = await AnalyticsConsumer.instance().store.user_stats(user_id)
+        stats = await analytics.user_stats(user_id)
         if stats is None:
             if not await users.exists(user_id):
                 raise APIError(404, "not_found", f"user {user_id} not found")
             stats = {"payment_count": 0, "by_currency": {}, "by_status": {}, "last_activity": None}
         last = stats.get("last_activity")
         self.write_json({"user_id": user_id, **stats, "last_activity": codec.rfc3339(last) if last else None})
+
+
+def _minute(t: dt.datetime) -> dt.datetime:
+    return t.replace(second=0, microsecond=0)
 
 
 class SummaryHandler(BaseHandler):
@@ -47,7 +50,11 @@ class SummaryHandler(BaseHandler):
             raise APIError(400, "invalid_window", "from must be before to")
         if end - start > MAX_WINDOW:
             raise APIError(400, "invalid_window", "the window may span at most 366 days")
-        summary = await AnalyticsConsumer.instance().store.summary(start, end)
+        # Totals are kept per minute: the window used is [from, to) with both rounded down.
+        start, end = _minute(start), _minute(end)
+        if start == end:
+            raise APIError(400, "invalid_window", "from and to fall in one minute; the summary counts whole minutes")
+        summary = await analytics.summary(start, end)
         self.write_json({"from": codec.rfc3339(start), "to": codec.rfc3339(end), **summary})
 
 

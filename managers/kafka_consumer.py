@@ -1,12 +1,21 @@
-"""BroadcastConsumer: this instance's own reader of every partition, feeding the WebSocketHub.
+"""The topic's two kinds of reader.
 
-It joins no consumer group: each service instance assigns itself all partitions
-of the topic, starting at the latest offset, so every instance sees every event
-and can reach its own WebSocket clients. ``start()`` returns at once; the
-consumer connects in the background, retrying while Kafka is down (a client
-that reconnects with ``last_event_id`` replays what it missed meanwhile).
+``BroadcastConsumer``: this instance's own reader of every partition, feeding the
+WebSocketHub. It joins no consumer group: each service instance assigns itself
+all partitions of the topic, starting at the latest offset, so every instance
+sees every event and can reach its own WebSocket clients.
 
-The helpers below (lag, status, stop) serve the analytics consumer too.
+``GroupConsumer``: a reader in a consumer group shared by every instance (each
+partition has one reader at a time), at least once: a batch's offsets are
+committed only after ``handle`` stored it; a batch that fails is read again from
+the committed offsets, flagged ``redelivered`` (so is the first batch after start
+or a rebalance), and a rebalance waits for the batch in hand to be stored and
+committed. Its ``lag`` is the group's backlog on every partition (end offsets
+minus committed offsets), known before the first fetch. The domain subclasses it
+with what a batch means (domain/analytics_consumer.py).
+
+Both return from ``start()`` at once and connect in the background, retrying
+while Kafka is down; both log an outage once, not once per retry.
 """
 
 from __future__ import annotations
@@ -14,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from typing import NamedTuple
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from managers import metrics
 from managers.base import Manager, reconnect
@@ -37,7 +48,22 @@ async def record_lag(consumer: AIOKafkaConsumer, name: str) -> int:
     return lag
 
 
-def consumer_status(task: asyncio.Task | None, lag: int, connected: bool = True) -> dict:
+async def group_lag(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> int:
+    """What the consumer's group has yet to read on every partition of ``topic``: end offsets
+    minus the group's committed offsets (the beginning where it committed none). Needs no
+    assignment and no fetch, so it is known from the start and counts other members' partitions."""
+    async with asyncio.timeout(timeout_s):
+        while not (partitions := consumer.partitions_for_topic(topic)):  # noqa: ASYNC110 (no event for metadata)
+            await asyncio.sleep(0.05)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        committed = dict(zip(tps, await asyncio.gather(*(consumer.committed(tp) for tp in tps)), strict=True))
+        missing = [tp for tp, offset in committed.items() if offset is None]
+        starts = await consumer.beginning_offsets(missing) if missing else {}
+    return sum(max(ends[tp] - (starts[tp] if offset is None else offset), 0) for tp, offset in committed.items())
+
+
+def consumer_status(task: asyncio.Task | None, lag: int | None, connected: bool = True) -> dict:
     """For /health: a consumer whose loop has ended is down (aiokafka#1037: watch them)."""
     running = task is not None and not task.done()
     return {"status": "ok" if running and connected else "down", "lag": lag}
@@ -145,3 +171,150 @@ class BroadcastConsumer(Manager):
 
     async def release(self) -> None:
         await stop_consumer(self._task, self.consumer, self.timeout_s, NAME)
+
+
+class Record(NamedTuple):
+    """One Kafka record as a GroupConsumer's ``handle`` sees it."""
+
+    partition: int
+    offset: int
+    value: bytes
+
+
+class _HoldRebalance(ConsumerRebalanceListener):
+    """A rebalance waits until the batch in hand is stored and committed, so a partition
+    never has two writers; the first batch after it is flagged ``redelivered``."""
+
+    def __init__(self, owner: GroupConsumer):
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        async with self.owner.batch_lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self.owner.redelivered = True
+
+
+class GroupConsumer(Manager):
+    """Reads the topic in the consumer group ``group``, at least once (see the module)."""
+
+    name = "group"  # metric label and log field
+    batch_size = 1000
+    per_record_s = 0.02  # a batch's deadline grows with its size
+    lag_refresh_s = 1.0
+
+    def __init__(self, config: dict, group: str):
+        self.cfg = config["kafka"]
+        self.reconnect_cfg = config["reconnect"]
+        self.group = group
+        self.timeout_s: float = self.cfg["request_timeout_s"]
+        self.consumer: AIOKafkaConsumer | None = None
+        self.batch_lock = asyncio.Lock()
+        self.redelivered = True  # the first batch after start, a failure or a rebalance
+        self.lag: int | None = None  # None until the group's offsets were first read
+        self._lag_due = 0.0
+        self._failing = False
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    def start(cls, config: dict) -> GroupConsumer:
+        inst = cls._install(cls(config))
+        inst._task = asyncio.create_task(inst._run(), name=f"kafka-{cls.name}-consumer")
+        return inst
+
+    # -- what a subclass says -------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Before the first fetch (and again on each reconnect): e.g. the store's indexes."""
+
+    async def handle(self, records: list[Record], redelivered: bool) -> None:
+        """Store a batch; raise to have it read again. ``redelivered``: some records may
+        already have been stored (after a failure, a start or a rebalance)."""
+        raise NotImplementedError
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def _connect(self) -> None:
+        await self.prepare()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.cfg["bootstrap_servers"],
+            client_id=f"{self.cfg['client_id']}-{self.name}",
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.batch_size,
+            request_timeout_ms=int(self.timeout_s * 1000) + 1000,
+        )
+        try:
+            await asyncio.wait_for(consumer.start(), self.timeout_s)
+        except BaseException:
+            await asyncio.wait_for(consumer.stop(), self.timeout_s)
+            raise
+        # Subscribing after start() joins the group in the background: a join can wait
+        # for a departed member's session to expire, and nothing else should.
+        consumer.subscribe([self.cfg["topic"]], listener=_HoldRebalance(self))
+        self.consumer = consumer
+        await self._refresh_lag()
+
+    async def _run(self) -> None:
+        await reconnect(self.name, self._connect, **self.reconnect_cfg)
+        backoff = self.reconnect_cfg["initial_delay_s"]
+        while True:
+            try:
+                await self._next_batch()
+                backoff = self.reconnect_cfg["initial_delay_s"]
+                if self._failing:
+                    log.info("batches are stored again", extra={"consumer": self.name})
+                    self._failing = False
+            except (TimeoutError, CommitFailedError, KafkaError, *self.retried) as exc:
+                metrics.CONSUMER_ERRORS.labels(self.name).inc()
+                if not self._failing:  # one line per outage, not one per retry
+                    log.warning(
+                        "batch not stored; will retry", extra={"consumer": self.name, "error": repr(exc)[:2000]}
+                    )
+                self._failing = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.reconnect_cfg["max_delay_s"])
+
+    retried: tuple[type[BaseException], ...] = ()  # a subclass's store errors that mean "try again"
+
+    async def _next_batch(self) -> None:
+        assert self.consumer is not None
+        batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+        if batches:
+            async with self.batch_lock:
+                await self._store(batches)
+        if time.monotonic() >= self._lag_due:
+            await self._refresh_lag()
+
+    async def _store(self, batches: dict) -> None:
+        assert self.consumer is not None
+        records = [Record(r.partition, r.offset, r.value) for rs in batches.values() for r in rs]
+        try:
+            async with asyncio.timeout(self.timeout_s + self.per_record_s * len(records)):
+                await self.handle(records, self.redelivered)
+            await asyncio.wait_for(self.consumer.commit(), self.timeout_s)
+            self.redelivered = False
+        except BaseException:
+            # Not committed: read the batch again (aiokafka would otherwise skip it, #1046),
+            # flagged so the store reads what it wrote of it.
+            self.redelivered = True
+            for tp, rs in batches.items():
+                if tp in self.consumer.assignment():
+                    self.consumer.seek(tp, rs[0].offset)
+            raise
+
+    async def _refresh_lag(self) -> None:
+        """The group's backlog; a failure keeps the last value until the next try."""
+        assert self.consumer is not None
+        self._lag_due = time.monotonic() + self.lag_refresh_s
+        try:
+            self.lag = await group_lag(self.consumer, self.cfg["topic"], self.timeout_s)
+        except (TimeoutError, KafkaError):
+            return  # the fetch loop's own failure says what is wrong
+        metrics.CONSUMER_LAG.labels(self.name).set(self.lag)
+
+    def status(self) -> dict:
+        return consumer_status(self._task, self.lag, self.consumer is not None and not self._failing)
+
+    async def release(self) -> None:
+        await stop_consumer(self._task, self.consumer, self.timeout_s, self.name)

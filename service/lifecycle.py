@@ -17,7 +17,7 @@ import asyncio
 import logging
 
 from domain import events
-from domain.analytics import AnalyticsConsumer
+from domain.analytics_consumer import AnalyticsConsumer
 from domain.auth import Authenticator
 from domain.outbox import OutboxRelay
 from domain.ratelimit import RateLimiter

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from domain import auth
-from domain.analytics import AnalyticsConsumer
+from domain.analytics_consumer import AnalyticsConsumer
 from domain.errors import APIError
 from handlers.base import BaseHandler
 from managers import config as config_module
