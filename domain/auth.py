@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jwt
-import pymysql
 
 from domain import codec
 from domain.errors import APIError, not_found
+from managers import mysql
 from managers.base import Manager
-from managers.mysql import UNAVAILABLE as mysql_unavailable
 from managers.mysql import MySQLManager, is_missing_parent
 
 log = logging.getLogger("singleton.auth")
@@ -129,7 +128,7 @@ async def create_key(role: str, user_id: str | None = None) -> dict:
                 "INSERT INTO api_keys (id, prefix, hash, role, user_id, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
                 (row["id"], row["prefix"], _hash(key), role, user_id, row["created_at"]),
             )
-    except pymysql.err.IntegrityError as exc:
+    except mysql.IntegrityError as exc:
         if is_missing_parent(exc):
             raise APIError(
                 422, "user_not_found", f"user {user_id} does not exist", details=[{"field": "user_id"}]
@@ -220,7 +219,7 @@ class Authenticator(Manager):
             try:
                 await asyncio.wait_for(bootstrap_admin_key(path), 30)
                 return
-            except mysql_unavailable as exc:  # lost MariaDB again meanwhile: wait for it once more
+            except mysql.UNAVAILABLE as exc:  # lost MariaDB again meanwhile: wait for it once more
                 log.warning("admin key bootstrap postponed", extra={"error": repr(exc)})
                 await asyncio.sleep(1)
 

@@ -11,11 +11,10 @@ import uuid
 from decimal import Decimal
 from typing import NamedTuple
 
-import pymysql
-
 from domain import codec, events, outbox, users
 from domain.errors import APIError, not_found
 from domain.money import MoneyError, format_amount, parse_amount
+from managers import mysql
 from managers.mysql import MySQLManager, Statement, Tx, is_duplicate_key, is_missing_parent
 from managers.redis import Cached, RedisManager
 
@@ -127,7 +126,7 @@ async def create(
     try:
         async with MySQLManager.instance().transaction() as tx:
             await tx.script(statements, commit=True)
-    except pymysql.err.IntegrityError as exc:
+    except mysql.IntegrityError as exc:
         if is_missing_parent(exc):
             raise user_not_found(user_id) from None
         if idempotency_key is None or not is_duplicate_key(exc):

@@ -7,10 +7,9 @@ import unicodedata
 import uuid
 from typing import Any
 
-import pymysql
-
 from domain import codec, events, outbox
 from domain.errors import APIError, not_found
+from managers import mysql
 from managers.mysql import MySQLManager, Statement, Tx, is_duplicate_key
 from managers.redis import Cached, RedisManager
 
@@ -72,7 +71,7 @@ async def create(email: str, name: str) -> dict:
             await tx.script(
                 [insert_user, outbox.insert(events.envelope(events.USER_CREATED, row["id"], user, now))], commit=True
             )
-    except pymysql.err.IntegrityError as exc:
+    except mysql.IntegrityError as exc:
         if is_duplicate_key(exc):
             raise APIError(*EMAIL_TAKEN) from None
         raise
@@ -142,7 +141,7 @@ async def update(user_id: str, changes: dict, if_match: str | None = None) -> di
             )
             event = outbox.insert(events.envelope(events.USER_UPDATED, user_id, user, now))
             await tx.script([update_user, event], commit=True)
-    except pymysql.err.IntegrityError as exc:
+    except mysql.IntegrityError as exc:
         if is_duplicate_key(exc):
             raise APIError(*EMAIL_TAKEN) from None
         raise

@@ -33,6 +33,7 @@ log = logging.getLogger("singleton.mysql")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_LOCK_TIMEOUT_S = 30
 
+IntegrityError = pymysql.err.IntegrityError  # a constraint refused a statement
 DUPLICATE_KEY = 1062  # ER_DUP_ENTRY
 MISSING_PARENT = 1452  # ER_NO_REFERENCED_ROW_2: a foreign key names no row
 
