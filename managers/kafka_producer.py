@@ -29,13 +29,21 @@ class KafkaProducerManager(Manager):
         self.topic: str = cfg["topic"]
         self.timeout_s: float = cfg["request_timeout_s"]
         self.producer: AIOKafkaProducer | None = None
+        self._opening = asyncio.Lock()  # concurrent first uses open one producer, not one each
 
     @classmethod
     def start(cls, config: dict) -> KafkaProducerManager:
         """Install the manager; the producer is opened on first use, so Kafka may be down now."""
         return cls._install(cls(config["kafka"]))
 
-    async def _open(self) -> None:
+    async def _ready(self) -> AIOKafkaProducer:
+        """The open producer; opened now (by whoever asks first) if there is none."""
+        async with self._opening:
+            if self.producer is None:
+                self.producer = await self._open()
+            return self.producer
+
+    async def _open(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.cfg["bootstrap_servers"],
             client_id=self.cfg["client_id"],
@@ -49,7 +57,13 @@ class KafkaProducerManager(Manager):
         except BaseException:
             await self._stop_quietly(producer)
             raise
-        self.producer = producer
+        return producer
+
+    async def _discard(self, producer: AIOKafkaProducer) -> None:
+        """A producer that failed is not used again (the next call opens a new one)."""
+        if self.producer is producer:
+            self.producer = None
+        await self._stop_quietly(producer)
 
     async def _stop_quietly(self, producer: AIOKafkaProducer) -> None:
         try:
@@ -57,22 +71,13 @@ class KafkaProducerManager(Manager):
         except Exception as exc:
             log.debug("kafka producer stop failed (expected while the broker is down)", extra={"error": repr(exc)})
 
-    async def _replace(self) -> None:
-        old, self.producer = self.producer, None
-        if old is not None:
-            await self._stop_quietly(old)
-        await self._open()
-
     async def send_batch(self, messages: Sequence[tuple[bytes | None, bytes]], topic: str | None = None) -> None:
         """Publish (key, value) pairs in order and wait until the broker acknowledged all.
 
         Raises on failure or deadline; the producer is then replaced before the
         next call, so one outage never leaves a broken producer behind.
         """
-        if self.producer is None:
-            await self._replace()
-        assert self.producer is not None
-        producer, topic = self.producer, topic or self.topic
+        producer, topic = await self._ready(), topic or self.topic
 
         async def publish() -> None:
             futures = [await producer.send(topic, value, key=key) for key, value in messages]
@@ -81,8 +86,7 @@ class KafkaProducerManager(Manager):
         try:
             await asyncio.wait_for(publish(), self.timeout_s)
         except UNAVAILABLE:
-            await self._stop_quietly(self.producer)
-            self.producer = None
+            await self._discard(producer)
             raise
 
     async def send(self, value: bytes, key: bytes | None = None, topic: str | None = None) -> None:
@@ -90,10 +94,12 @@ class KafkaProducerManager(Manager):
 
     async def ping(self) -> None:
         """A real metadata round trip to the broker; the topic must exist."""
-        if self.producer is None:
-            await self._replace()
-        assert self.producer is not None
-        metadata = await asyncio.wait_for(self.producer.client.fetch_all_metadata(), self.timeout_s)
+        producer = await self._ready()
+        try:
+            metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), self.timeout_s)
+        except UNAVAILABLE:
+            await self._discard(producer)
+            raise
         if metadata.partitions_for_topic(self.topic) is None:
             raise KafkaError(f"topic {self.topic!r} does not exist")
 
