@@ -200,7 +200,6 @@ class Authenticator(Manager):
         self._verdicts: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
         self._last_used_written: dict[str, float] = {}
         self._in_flight: dict[str, asyncio.Future[Principal | None]] = {}  # one lookup per key at a time
-        self._bootstrap: asyncio.Task | None = None
 
     @classmethod
     def start(cls, config: dict) -> Authenticator:
@@ -209,7 +208,7 @@ class Authenticator(Manager):
         cfg = config["auth"]
         inst = cls._install(cls(cfg))
         if cfg["enabled"] and cfg["bootstrap_admin_key_file"]:
-            inst._bootstrap = asyncio.create_task(inst._bootstrap_when_ready(cfg["bootstrap_admin_key_file"]))
+            inst._run_in_background(inst._bootstrap_when_ready(cfg["bootstrap_admin_key_file"]), "admin-key-bootstrap")
         return inst
 
     async def _bootstrap_when_ready(self, path: str) -> None:
@@ -293,6 +292,4 @@ class Authenticator(Manager):
         return claims["sub"]
 
     async def release(self) -> None:
-        if self._bootstrap is not None:
-            self._bootstrap.cancel()
-            await asyncio.gather(self._bootstrap, return_exceptions=True)
+        await self._stop_background(5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import uuid
 from typing import Any
@@ -15,12 +16,23 @@ from managers.kafka_producer import KafkaProducerManager
 log = logging.getLogger("singleton.events")
 
 VERSION = 1
-USER_CREATED = "user_created"
-USER_UPDATED = "user_updated"
-PAYMENT_CREATED = "payment_created"
-PAYMENT_UPDATED = "payment_updated"
-HEALTH_CHECK = "health_check"
-DOMAIN_TYPES = (USER_CREATED, USER_UPDATED, PAYMENT_CREATED, PAYMENT_UPDATED)
+
+
+class EventType(enum.StrEnum):
+    """What the topic carries (and the WebSocket frames that forward it)."""
+
+    USER_CREATED = "user_created"
+    USER_UPDATED = "user_updated"
+    PAYMENT_CREATED = "payment_created"
+    PAYMENT_UPDATED = "payment_updated"
+    HEALTH_CHECK = "health_check"
+
+
+USER_CREATED, USER_UPDATED = EventType.USER_CREATED, EventType.USER_UPDATED
+PAYMENT_CREATED, PAYMENT_UPDATED = EventType.PAYMENT_CREATED, EventType.PAYMENT_UPDATED
+HEALTH_CHECK = EventType.HEALTH_CHECK
+DOMAIN_TYPES = (USER_CREATED, USER_UPDATED, PAYMENT_CREATED, PAYMENT_UPDATED)  # a user's changes
+metrics.count_by_name(EventType, metrics.EVENTS_PUBLISHED, metrics.WS_FRAMES_SENT)
 
 
 def envelope(event_type: str, user_id: str | None, data: Any, occurred_at: dt.datetime | None = None) -> dict:
@@ -39,7 +51,7 @@ async def publish_health_check(report: dict) -> None:
     no change, and a lost one is replaced by the next)."""
     try:
         await KafkaProducerManager.instance().send(codec.dumps(envelope(HEALTH_CHECK, None, report)))
-        metrics.HEALTH_EVENTS.labels("sent").inc()
+        metrics.HEALTH_EVENTS.labels(metrics.Outcome.SENT).inc()
     except KAFKA_UNAVAILABLE as exc:
-        metrics.HEALTH_EVENTS.labels("failed").inc()
+        metrics.HEALTH_EVENTS.labels(metrics.Outcome.FAILED).inc()
         log.debug("health_check event not sent", extra={"error": repr(exc)})

@@ -56,13 +56,12 @@ class OutboxRelay(Manager):
         self.idempotency_ttl_hours = idempotency_ttl_hours
         self._wakeup = asyncio.Event()
         self._stopping = False
-        self._task: asyncio.Task | None = None
         self._next_housekeeping = 0.0
 
     @classmethod
     def start(cls, config: dict) -> OutboxRelay:
         inst = cls._install(cls(config["outbox"], config["payments"]["idempotency_ttl_hours"]))
-        inst._task = asyncio.create_task(inst._run(), name="outbox-relay")
+        inst._run_in_background(inst._run(), "outbox-relay")
         return inst
 
     def notify(self) -> None:
@@ -173,8 +172,7 @@ class OutboxRelay(Manager):
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), deadline_s)
             except TimeoutError:  # a batch stuck past its own deadline: give up on it, it is re-sent later
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+                await self._stop_background(deadline_s)
         try:  # one last flush, so a clean stop leaves nothing for the next start
             await asyncio.wait_for(self.relay_once(), deadline_s)
         except Exception as exc:

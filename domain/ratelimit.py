@@ -24,14 +24,16 @@ import time
 from collections import OrderedDict
 from typing import NamedTuple
 
-from domain.auth import Principal
+from domain.auth import ROLES, Principal
 from domain.errors import APIError
 from managers import metrics, redis
 from managers.base import Manager
 from managers.redis import RedisManager
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-ANONYMOUS = "anonymous"
+ANONYMOUS = "anonymous"  # the role of a call without a valid key
+for _role in (*ROLES, ANONYMOUS):  # rejections by role: zeros before the first
+    metrics.RATE_LIMITED.labels(_role)
 SHARE_OF_A_SECOND = 0.1  # an instance takes this much of a second's rate at once
 SHARE_MAX = 10
 SHARE_TTL_S = 1.0  # an unspent share is forfeited after this

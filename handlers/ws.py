@@ -25,7 +25,8 @@ from domain.auth import Authenticator, InvalidToken
 from domain.errors import APIError
 from handlers.base import BaseHandler, forbidden, origin_allowed, unauthorized
 from managers import mysql
-from managers.websocket_hub import Connection, WebSocketHub
+from managers.metrics import SocketClosed
+from managers.websocket_hub import Connection, Frame, WebSocketHub
 
 log = logging.getLogger("singleton.websocket")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -105,7 +106,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self._forget_the_handshake()
         if self.conn is None:
             return
-        hub.send_frame(self.conn, {"type": "connected", "user_id": self.user_id, "client_id": self.client_id})
+        hub.send(self.conn, {"type": Frame.CONNECTED, "user_id": self.user_id, "client_id": self.client_id})
         missed = None
         if self.last_event_id is not None:
             try:
@@ -130,12 +131,12 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         except (codec.InvalidJSON, AttributeError):
             kind = None
         if kind == "ping":
-            WebSocketHub.instance().send_frame(self.conn, {"type": "pong"})
+            WebSocketHub.instance().send(self.conn, {"type": Frame.PONG})
         else:
-            WebSocketHub.instance().send_frame(
+            WebSocketHub.instance().send(
                 self.conn,
                 {
-                    "type": "error",
+                    "type": Frame.ERROR,
                     "error": {"code": "unknown_message", "message": 'the only client message is {"type": "ping"}'},
                 },
             )
@@ -174,7 +175,8 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         # Also called for a request that closed before its handshake completed: no conn then.
         if self.conn is not None and WebSocketHub.started():
             # No close code: the peer vanished or stopped answering pings.
-            WebSocketHub.instance().remove(self.conn, "client" if self.close_code is not None else "lost")
+            reason = SocketClosed.CLIENT if self.close_code is not None else SocketClosed.LOST
+            WebSocketHub.instance().remove(self.conn, reason)
 
 
 default_handlers = [

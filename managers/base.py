@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import ClassVar, Self, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ClassVar, Self, TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("singleton.managers")
@@ -27,6 +27,7 @@ class Manager:
     """Base for class-level singletons."""
 
     _instance: ClassVar[Manager | None] = None
+    _task: asyncio.Task | None = None  # the loop of a manager that has one (connecting, consuming)
 
     @classmethod
     def instance(cls) -> Self:
@@ -56,6 +57,16 @@ class Manager:
 
     async def release(self) -> None:
         """What ``close()`` releases: connections, tasks. Nothing by default."""
+
+    def _run_in_background(self, loop: Coroutine[Any, Any, Any], name: str) -> None:
+        """Start this manager's own loop; ``_stop_background`` ends it."""
+        self._task = asyncio.create_task(loop, name=name)
+
+    async def _stop_background(self, timeout_s: float) -> None:
+        """Cancel the loop and give it ``timeout_s`` to end."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=timeout_s)
 
 
 async def reconnect(what: str, attempt: Callable[[], Awaitable[T]], initial_delay_s: float, max_delay_s: float) -> T:

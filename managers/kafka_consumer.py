@@ -34,7 +34,6 @@ from managers.base import Manager, reconnect
 from managers.websocket_hub import WebSocketHub
 
 log = logging.getLogger("singleton.kafka")
-NAME = "broadcast"
 
 
 async def record_lag(consumer: AIOKafkaConsumer, name: str) -> int:
@@ -63,46 +62,61 @@ async def group_lag(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) ->
     return sum(max(ends[tp] - (starts[tp] if offset is None else offset), 0) for tp, offset in committed.items())
 
 
-def consumer_status(task: asyncio.Task | None, lag: int | None, connected: bool = True) -> dict:
-    """For /health: a consumer whose loop has ended is down (aiokafka#1037: watch them)."""
-    running = task is not None and not task.done()
-    return {"status": "ok" if running and connected else "down", "lag": lag}
+class TopicReader(Manager):
+    """What both readers share: their loop in the background, connecting with retries,
+    its state for /health, and one log line per outage of their fetches."""
 
+    name = "reader"  # metric label, log field, task name
 
-async def stop_consumer(
-    task: asyncio.Task | None, consumer: AIOKafkaConsumer | None, timeout_s: float, name: str
-) -> None:
-    """Cancel a consumer's loop, then stop the consumer, each under a deadline."""
-    if task is not None:
-        task.cancel()
-        await asyncio.wait({task}, timeout=timeout_s)
-    if consumer is not None:
-        try:
-            await asyncio.wait_for(consumer.stop(), timeout_s)
-        except Exception as exc:
-            log.warning("kafka consumer stop failed", extra={"consumer": name, "error": repr(exc)})
-
-
-class BroadcastConsumer(Manager):
-    def __init__(self, cfg: dict, reconnect_cfg: dict):
-        self.cfg = cfg
-        self.reconnect_cfg = reconnect_cfg
-        self.topic: str = cfg["topic"]
-        self.timeout_s: float = cfg["request_timeout_s"]
+    def __init__(self, config: dict):
+        self.cfg = config["kafka"]
+        self.reconnect_cfg = config["reconnect"]
+        self.timeout_s: float = self.cfg["request_timeout_s"]
         self.consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task | None = None
+        self.lag: int | None = None  # None until first known
         self._failing = False
-        self.lag = 0
 
     @classmethod
-    def start(cls, config: dict) -> BroadcastConsumer:
-        inst = cls._install(cls(config["kafka"], config["reconnect"]))
-        inst._task = asyncio.create_task(inst._run(), name="kafka-broadcast-consumer")
+    def start(cls, config: dict) -> TopicReader:
+        inst = cls._install(cls(config))
+        inst._run_in_background(inst._run(), f"kafka-{cls.name}-consumer")
         return inst
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _failed(self, exc: BaseException) -> None:
+        metrics.CONSUMER_ERRORS.labels(self.name).inc()
+        if not self._failing:  # one line per outage, not one per retry
+            log.warning("kafka consumer failing; retrying", extra={"consumer": self.name, "error": repr(exc)[:2000]})
+        self._failing = True
+
+    def _succeeded(self) -> None:
+        if self._failing:
+            log.info("kafka consumer works again", extra={"consumer": self.name})
+        self._failing = False
+
+    def status(self) -> dict:
+        """For /health: a reader whose loop has ended is down (aiokafka#1037: watch them)."""
+        running = self._task is not None and not self._task.done()
+        ok = running and self.consumer is not None and not self._failing
+        return {"status": "ok" if ok else "down", "lag": self.lag}
+
+    async def release(self) -> None:
+        await self._stop_background(self.timeout_s)
+        if self.consumer is not None:
+            try:
+                await asyncio.wait_for(self.consumer.stop(), self.timeout_s)
+            except Exception as exc:
+                log.warning("kafka consumer stop failed", extra={"consumer": self.name, "error": repr(exc)})
+
+
+class BroadcastConsumer(TopicReader):
+    name = metrics.Consumer.BROADCAST
 
     async def _open(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
-            self.topic,
+            self.cfg["topic"],
             bootstrap_servers=self.cfg["bootstrap_servers"],
             client_id=f"{self.cfg['client_id']}-broadcast",
             group_id=None,  # no group: this instance is assigned every partition
@@ -126,13 +140,6 @@ class BroadcastConsumer(Manager):
         while not consumer.assignment():  # noqa: ASYNC110 (aiokafka offers no event for this)
             await asyncio.sleep(0.05)
 
-    def connected(self) -> bool:
-        """Reading (partitions assigned, positions known)."""
-        return self.consumer is not None
-
-    def status(self) -> dict:
-        return consumer_status(self._task, self.lag, self.connected() and not self._failing)
-
     async def _run(self) -> None:
         self.consumer = await reconnect("kafka", self._open, **self.reconnect_cfg)
         while True:
@@ -142,15 +149,10 @@ class BroadcastConsumer(Manager):
                     for record in records:
                         await self._dispatch(record.value)
                         await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
-                self.lag = await record_lag(self.consumer, NAME)
-                if self._failing:
-                    log.info("kafka fetch works again", extra={"consumer": NAME})
-                    self._failing = False
+                self.lag = await record_lag(self.consumer, self.name)
+                self._succeeded()
             except KafkaError as exc:
-                metrics.CONSUMER_ERRORS.labels(NAME).inc()
-                if not self._failing:  # one line per outage, not one per retry
-                    log.warning("kafka fetch failed; retrying", extra={"consumer": NAME, "error": repr(exc)})
-                self._failing = True
+                self._failed(exc)
                 await asyncio.sleep(1)
 
     async def _dispatch(self, raw: bytes) -> None:
@@ -159,18 +161,15 @@ class BroadcastConsumer(Manager):
             event_type = str(event["type"])
             str(event["event_id"])
         except (ValueError, KeyError, TypeError, RecursionError):
-            metrics.CONSUMER_ERRORS.labels(NAME).inc()
-            log.warning("skipping malformed event", extra={"consumer": NAME, "size": len(raw or b"")})
+            metrics.CONSUMER_ERRORS.labels(self.name).inc()
+            log.warning("skipping malformed event", extra={"consumer": self.name, "size": len(raw or b"")})
             return
-        metrics.EVENTS_CONSUMED.labels(NAME, metrics.event_label(event_type)).inc()
+        metrics.EVENTS_CONSUMED.labels(self.name, metrics.event_label(event_type)).inc()
         try:
             await WebSocketHub.instance().broadcast(event, raw)
         except Exception:
-            metrics.CONSUMER_ERRORS.labels(NAME).inc()
-            log.exception("broadcast failed", extra={"consumer": NAME, "type": event_type})
-
-    async def release(self) -> None:
-        await stop_consumer(self._task, self.consumer, self.timeout_s, NAME)
+            metrics.CONSUMER_ERRORS.labels(self.name).inc()
+            log.exception("broadcast failed", extra={"consumer": self.name, "type": event_type})
 
 
 class Record(NamedTuple):
@@ -196,32 +195,20 @@ class _HoldRebalance(ConsumerRebalanceListener):
         self.owner.redelivered = True
 
 
-class GroupConsumer(Manager):
+class GroupConsumer(TopicReader):
     """Reads the topic in the consumer group ``group``, at least once (see the module)."""
 
-    name = "group"  # metric label and log field
     batch_size = 1000
     per_record_s = 0.02  # a batch's deadline grows with its size
     lag_refresh_s = 1.0
+    retried: tuple[type[BaseException], ...] = ()  # a subclass's store errors that mean "try again"
 
     def __init__(self, config: dict, group: str):
-        self.cfg = config["kafka"]
-        self.reconnect_cfg = config["reconnect"]
+        super().__init__(config)
         self.group = group
-        self.timeout_s: float = self.cfg["request_timeout_s"]
-        self.consumer: AIOKafkaConsumer | None = None
         self.batch_lock = asyncio.Lock()
         self.redelivered = True  # the first batch after start, a failure or a rebalance
-        self.lag: int | None = None  # None until the group's offsets were first read
         self._lag_due = 0.0
-        self._failing = False
-        self._task: asyncio.Task | None = None
-
-    @classmethod
-    def start(cls, config: dict) -> GroupConsumer:
-        inst = cls._install(cls(config))
-        inst._task = asyncio.create_task(inst._run(), name=f"kafka-{cls.name}-consumer")
-        return inst
 
     # -- what a subclass says -------------------------------------------------------------
     async def prepare(self) -> None:
@@ -312,9 +299,3 @@ class GroupConsumer(Manager):
         except (TimeoutError, KafkaError):
             return  # the fetch loop's own failure says what is wrong
         metrics.CONSUMER_LAG.labels(self.name).set(self.lag)
-
-    def status(self) -> dict:
-        return consumer_status(self._task, self.lag, self.consumer is not None and not self._failing)
-
-    async def release(self) -> None:
-        await stop_consumer(self._task, self.consumer, self.timeout_s, self.name)

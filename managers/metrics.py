@@ -1,14 +1,16 @@
 """Every Prometheus metric the service exports, declared in one place.
 
 Names follow ``singleton_<noun>_<verb>_<unit>``. Labels are bounded: handler
-class names, not URLs; label values from enums are pre-created so dashboards
-see zeros before the first event.
+class names, not URLs; every other label's values are an enum below (or, for event
+types, the domain's ``EventType`` and the hub's ``Frame``, declared with ``count_by_name``), the same
+values the code uses, pre-created so dashboards see zeros before the first event.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Iterable
 
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
@@ -25,8 +27,46 @@ class Dependency(enum.StrEnum):
     KAFKA = "kafka"
 
 
-# Event types as label values; anything else a message claims to be is "other".
-EVENT_TYPES = ("user_created", "user_updated", "payment_created", "payment_updated", "health_check")
+class Consumer(enum.StrEnum):
+    BROADCAST = "broadcast"
+    ANALYTICS = "analytics"
+
+
+class CacheLookup(enum.StrEnum):
+    HIT = "hit"
+    MISS = "miss"
+    ERROR = "error"  # Redis failed
+    BYPASS = "bypass"  # Redis failed a moment ago: not tried
+
+
+class RedisOp(enum.StrEnum):
+    GET = "get"
+    SET = "set"
+    RATE_LIMIT = "rate_limit"
+
+
+class SocketOutcome(enum.StrEnum):
+    ACCEPTED = "accepted"
+    REFUSED_FULL = "refused_full"
+    REFUSED_USER_LIMIT = "refused_user_limit"
+    REFUSED_IP_LIMIT = "refused_ip_limit"
+    REPLACED = "replaced"
+
+
+class SocketClosed(enum.StrEnum):
+    CLIENT = "client"  # the peer closed it
+    LOST = "lost"  # the peer vanished or stopped answering pings
+    REPLACED = "replaced"  # a newer socket with the same client id
+    SLOW = "slow"  # too much unsent data
+    SHUTDOWN = "shutdown"
+    FULL = "full"  # the hub was full
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"
+    FAILED = "failed"
+
+
 # The client libraries whose warnings are thinned out during an outage, by the dependency they talk to.
 LOG_SOURCES = {
     "aiokafka": Dependency.KAFKA,
@@ -46,8 +86,21 @@ def request_series(handler: str, method: str, code: int) -> tuple[Histogram, Cou
     return REQUEST_DURATION.labels(*labels), REQUESTS.labels(*labels)
 
 
+_EVENT_TYPES: set[str] = set()
+
+
+def count_by_name(types: Iterable[str], *series: Counter) -> None:
+    """Declare event (or frame) types as label values: counted by name, and their
+    series in ``series`` pre-created. Any other type a message claims is "other"."""
+    for t in types:
+        _EVENT_TYPES.add(t)
+        for counter in series:
+            counter.labels(t)
+
+
 def event_label(event_type: object) -> str:
-    return event_type if event_type in EVENT_TYPES else "other"  # type: ignore[return-value]
+    """The label of a type a message claims: a declared one, or "other" (bounded)."""
+    return event_type if event_type in _EVENT_TYPES else "other"  # type: ignore[return-value]
 
 
 REQUEST_DURATION = Histogram(
@@ -153,24 +206,20 @@ ANALYTICS_WRITE_DURATION = Histogram(
 for _dep in Dependency:
     DEPENDENCY_UP.labels(_dep.value)
     DEPENDENCY_CHECK_DURATION.labels(_dep.value)
-for _result in ("hit", "miss", "error", "bypass"):
+for _result in CacheLookup:
     CACHE_LOOKUPS.labels(_result)
-for _op in ("get", "set", "rate_limit"):
+for _op in RedisOp:
     CACHE_ERRORS.labels(_op)
-for _role in ("admin", "user", "anonymous"):
-    RATE_LIMITED.labels(_role)
-for _type in EVENT_TYPES:
-    EVENTS_PUBLISHED.labels(_type)
 for _source in LOG_SOURCES:
     LOG_LINES_SUPPRESSED.labels(_source)
-for _outcome in ("accepted", "refused_full", "refused_user_limit", "refused_ip_limit", "replaced"):
+for _outcome in SocketOutcome:
     WS_CONNECTS.labels(_outcome)
-for _reason in ("client", "lost", "replaced", "slow", "shutdown", "full"):
+for _reason in SocketClosed:
     WS_DISCONNECTS.labels(_reason)
-for _consumer in ("broadcast", "analytics"):
+for _consumer in Consumer:
     CONSUMER_LAG.labels(_consumer)
     CONSUMER_ERRORS.labels(_consumer)
-for _outcome in ("sent", "failed"):
+for _outcome in Outcome:
     HEALTH_EVENTS.labels(_outcome)
 
 

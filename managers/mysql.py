@@ -26,7 +26,6 @@ import aiomysql
 import pymysql
 from pymysql.constants import CLIENT
 
-from managers import metrics
 from managers.base import Manager, reconnect
 
 log = logging.getLogger("singleton.mysql")
@@ -116,19 +115,17 @@ class MySQLManager(Manager):
         self.query_timeout_s: float = cfg["query_timeout_s"]
         self.pool: aiomysql.Pool | None = None
         self.ready = asyncio.Event()  # connected and migrated
-        self._task: asyncio.Task | None = None
 
     @classmethod
     def start(cls, config: dict) -> MySQLManager:
         """Install the manager and connect in the background (see ``ready``)."""
         inst = cls._install(cls(config["mysql"], config["reconnect"]))
-        inst._task = asyncio.create_task(inst._connect_until_ready(), name="mysql-connect")
+        inst._run_in_background(inst._connect_until_ready(), "mysql-connect")
         return inst
 
     async def _connect_until_ready(self) -> None:
         await reconnect("mysql", self._connect_and_migrate, **self.reconnect_cfg)
         self.ready.set()
-        metrics.READY.set(1)
 
     async def _connect_and_migrate(self) -> None:
         if self.pool is None:
@@ -259,10 +256,7 @@ class MySQLManager(Manager):
         await self.fetchone("SELECT 1")
 
     async def release(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        metrics.READY.set(0)
+        await self._stop_background(self.query_timeout_s)
         if self.pool is not None:
             self.pool.close()
             await asyncio.wait_for(self.pool.wait_closed(), 5)

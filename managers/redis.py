@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from managers import metrics
 from managers.base import Manager
+from managers.metrics import CacheLookup, RedisOp
 
 log = logging.getLogger("singleton.redis")
 BYPASS_AFTER_ERROR_S = 1.0
@@ -108,7 +109,7 @@ class RedisManager(Manager):
         self._succeeded()
 
     # -- cache-aside ---------------------------------------------------------------------
-    def _failed(self, op: str, exc: BaseException) -> None:
+    def _failed(self, op: RedisOp, exc: BaseException) -> None:
         metrics.CACHE_ERRORS.labels(op).inc()
         if not self._failing:  # one line per outage; HealthMonitor logs when it ends
             log.warning(
@@ -126,19 +127,19 @@ class RedisManager(Manager):
 
     async def cache_get(self, key: str) -> Cached | None:
         if self.bypassing():
-            metrics.CACHE_LOOKUPS.labels("bypass").inc()
+            metrics.CACHE_LOOKUPS.labels(CacheLookup.BYPASS).inc()
             return None
         try:
             async with asyncio.timeout(self.timeout_s):
                 version, owner, body = await self.client.hmget(key, ("v", "o", "b"))
         except UNAVAILABLE as exc:
-            metrics.CACHE_LOOKUPS.labels("error").inc()
-            self._failed("get", exc)
+            metrics.CACHE_LOOKUPS.labels(CacheLookup.ERROR).inc()
+            self._failed(RedisOp.GET, exc)
             return None
         if body is None:
-            metrics.CACHE_LOOKUPS.labels("miss").inc()
+            metrics.CACHE_LOOKUPS.labels(CacheLookup.MISS).inc()
             return None
-        metrics.CACHE_LOOKUPS.labels("hit").inc()
+        metrics.CACHE_LOOKUPS.labels(CacheLookup.HIT).inc()
         return Cached(body, int(version), owner.decode())
 
     async def cache_put(self, key: str, entry: Cached) -> None:
@@ -153,7 +154,7 @@ class RedisManager(Manager):
             async with asyncio.timeout(self.timeout_s):
                 await self._put_if_newer(keys=[key], args=[entry.version, entry.owner, entry.body, self.ttl_s])
         except UNAVAILABLE as exc:
-            self._failed("set", exc)
+            self._failed(RedisOp.SET, exc)
 
     async def read_through(self, key: str, load: Callable[[], Awaitable[Cached]]) -> Cached:
         """Cache-aside: the cached entry, else ``load()``'s, which is then cached."""
@@ -174,7 +175,7 @@ class RedisManager(Manager):
             async with asyncio.timeout(self.timeout_s):
                 taken, remaining, retry_after, reset = await self._take_tokens(keys=[key], args=[per_s, burst, wanted])
         except UNAVAILABLE as exc:
-            self._failed("rate_limit", exc)
+            self._failed(RedisOp.RATE_LIMIT, exc)
             raise
         return Bucket(int(taken), int(float(remaining)), float(retry_after), float(reset))
 

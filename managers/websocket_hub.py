@@ -16,6 +16,7 @@ hub delivered recently is never delivered again, so an event published twice
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import functools
 import json
 import logging
@@ -29,6 +30,7 @@ from tornado.websocket import WebSocketClosedError
 
 from managers import metrics
 from managers.base import Manager
+from managers.metrics import SocketClosed, SocketOutcome
 
 log = logging.getLogger("singleton.websocket")
 
@@ -39,6 +41,20 @@ CLOSE_REPLACED = 4001  # a newer connection with the same user and client id
 CLOSE_SLOW = 4008  # unsent data passed the bound
 
 RECENT_EVENTS = 10_000  # event ids remembered to drop a re-published event
+
+
+class Frame(enum.StrEnum):
+    """The hub's own messages (events are forwarded as they came)."""
+
+    CONNECTED = "connected"
+    PONG = "pong"
+    ERROR = "error"
+    REPLAY = "replay"  # a missed event, replayed (its own type inside)
+    REPLAY_COMPLETE = "replay_complete"
+    REPLAY_UNAVAILABLE = "replay_unavailable"
+
+
+metrics.count_by_name(Frame, metrics.WS_FRAMES_SENT)
 
 
 class Socket(Protocol):
@@ -92,10 +108,10 @@ class WebSocketHub(Manager):
         if client_id in clients:
             return None
         if len(clients) >= self.max_per_user:
-            metrics.WS_CONNECTS.labels("refused_user_limit").inc()
+            metrics.WS_CONNECTS.labels(SocketOutcome.REFUSED_USER_LIMIT).inc()
             return f"this user already has {self.max_per_user} open sockets"
         if self.by_ip.get(remote_ip, 0) >= self.max_per_ip:
-            metrics.WS_CONNECTS.labels("refused_ip_limit").inc()
+            metrics.WS_CONNECTS.labels(SocketOutcome.REFUSED_IP_LIMIT).inc()
             return f"this address already has {self.max_per_ip} open sockets"
         return None
 
@@ -103,27 +119,27 @@ class WebSocketHub(Manager):
         """Register a new connection; None (and the socket closed) when the hub is full."""
         old = self.by_user.get(user_id, {}).get(client_id)
         if old is None and self.count >= self.max_connections:
-            metrics.WS_CONNECTS.labels("refused_full").inc()
-            metrics.WS_DISCONNECTS.labels("full").inc()
+            metrics.WS_CONNECTS.labels(SocketOutcome.REFUSED_FULL).inc()
+            metrics.WS_DISCONNECTS.labels(SocketClosed.FULL).inc()
             socket.close(CLOSE_TRY_AGAIN, "server is at its connection limit")
             return None
         if old is not None:
-            self._drop(old, "replaced")
+            self._drop(old, SocketClosed.REPLACED)
             old.socket.close(CLOSE_REPLACED, "replaced by a newer connection with the same client_id")
-            metrics.WS_CONNECTS.labels("replaced").inc()
+            metrics.WS_CONNECTS.labels(SocketOutcome.REPLACED).inc()
         conn = Connection(socket, user_id, client_id, remote_ip)
         self.by_user.setdefault(user_id, {})[client_id] = conn
         self.by_ip[remote_ip] = self.by_ip.get(remote_ip, 0) + 1
         self.count += 1
         metrics.WS_CONNECTIONS.set(self.count)
-        metrics.WS_CONNECTS.labels("accepted").inc()
+        metrics.WS_CONNECTS.labels(SocketOutcome.ACCEPTED).inc()
         return conn
 
-    def remove(self, conn: Connection, reason: str = "client") -> None:
+    def remove(self, conn: Connection, reason: SocketClosed = SocketClosed.CLIENT) -> None:
         """Called from on_close; a no-op for a connection already dropped by the hub."""
         self._drop(conn, reason)
 
-    def _drop(self, conn: Connection, reason: str) -> None:
+    def _drop(self, conn: Connection, reason: SocketClosed) -> None:
         clients = self.by_user.get(conn.user_id)
         if clients is None or clients.get(conn.client_id) is not conn:
             return
@@ -148,10 +164,10 @@ class WebSocketHub(Manager):
         cannot be done), then the live events held meanwhile, then go live."""
         if last_event_id is not None:
             if missed is None:
-                self.send_frame(
+                self.send(
                     conn,
                     {
-                        "type": "replay_unavailable",
+                        "type": Frame.REPLAY_UNAVAILABLE,
                         "last_event_id": last_event_id,
                         "message": "cannot replay from that id: refetch state over REST",
                     },
@@ -159,13 +175,13 @@ class WebSocketHub(Manager):
             else:
                 for event_id, payload in missed:
                     conn.replayed_ids.add(event_id)
-                    self._send(conn, payload, "replay")
-                self.send_frame(conn, {"type": "replay_complete", "count": len(missed)})
+                    self._write(conn, text_frame(payload), Frame.REPLAY)
+                self.send(conn, {"type": Frame.REPLAY_COMPLETE, "count": len(missed)})
         held, conn.held = conn.held, []
         conn.live = True
         for event_id, payload, event_type in held:
             if event_id not in conn.replayed_ids:
-                self._send(conn, payload, event_type)
+                self._write(conn, text_frame(payload), event_type)
 
     # -- sending ---------------------------------------------------------------------------
     async def broadcast(self, event: dict, raw: bytes) -> None:
@@ -206,18 +222,14 @@ class WebSocketHub(Manager):
             self._recent.popitem(last=False)
         return False
 
-    def send_frame(self, conn: Connection, frame: dict) -> bool:
-        """A message of the hub's own (connected, pong, replay_complete, ...) to one connection."""
-        return self._send(conn, json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode(), frame["type"])
+    def send(self, conn: Connection, message: dict) -> bool:
+        """A message of the hub's own (a ``Frame``: connected, pong, ...) to one connection."""
+        payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+        return self._write(conn, text_frame(payload), message["type"])
 
-    def _send(self, conn: Connection, payload: bytes, frame_type: str) -> bool:
-        if not self._write(conn, text_frame(payload)):
-            return False
-        metrics.WS_FRAMES_SENT.labels(frame_type).inc()
-        return True
-
-    def _write(self, conn: Connection, frame: bytes) -> bool:
-        """One framed message to one connection, unless its backlog would pass the bound."""
+    def _write(self, conn: Connection, frame: bytes, kind: str | None = None) -> bool:
+        """One framed message to one connection, unless its backlog would pass the bound;
+        counted as a frame of ``kind`` if given (a broadcast counts its frames at once)."""
         size = len(frame)
         if conn.pending_bytes + size > self.max_pending_bytes:
             self._close_slow(conn)
@@ -229,6 +241,8 @@ class WebSocketHub(Manager):
         if pending is not None:  # the kernel's buffer is full: count it until it is flushed
             conn.pending_bytes += size
             pending.add_done_callback(functools.partial(_flushed, conn, size))
+        if kind is not None:
+            metrics.WS_FRAMES_SENT.labels(metrics.event_label(kind)).inc()
         return True
 
     def _close_slow(self, conn: Connection) -> None:
@@ -237,13 +251,13 @@ class WebSocketHub(Manager):
             "closing slow websocket client",
             extra={"user_id": conn.user_id, "client_id": conn.client_id, "pending_bytes": conn.pending_bytes},
         )
-        self._drop(conn, "slow")
+        self._drop(conn, SocketClosed.SLOW)
         conn.socket.close(CLOSE_SLOW, "too much unsent data: reconnect with last_event_id")
 
     async def release(self) -> None:
         for clients in list(self.by_user.values()):
             for conn in list(clients.values()):
-                self._drop(conn, "shutdown")
+                self._drop(conn, SocketClosed.SHUTDOWN)
                 conn.socket.close(CLOSE_GOING_AWAY, "server shutting down")
 
 

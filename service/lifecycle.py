@@ -97,10 +97,9 @@ class Lifecycle:
 
 def watch(monitor: HealthMonitor) -> None:
     """What /health reports beyond the dependencies, for the parts this process runs."""
-    if BroadcastConsumer.started():
-        monitor.watch("consumers.broadcast", BroadcastConsumer.instance().status)
-    if AnalyticsConsumer.started():
-        monitor.watch("consumers.analytics", AnalyticsConsumer.instance().status)
+    for consumer in (BroadcastConsumer, AnalyticsConsumer):
+        if consumer.started():
+            monitor.watch(f"consumers.{consumer.name}", consumer.instance().status)
     if RateLimiter.started():
         monitor.watch("rate_limiter", RateLimiter.instance().status)
     if KafkaProducerManager.started():

@@ -9,7 +9,7 @@ import pytest
 
 from managers.base import Manager, NotStarted
 from managers.config import ConfigManager
-from managers.kafka_consumer import BroadcastConsumer, consumer_status
+from managers.kafka_consumer import BroadcastConsumer
 from managers.kafka_producer import KafkaProducerManager
 from managers.mongodb import MongoManager
 from managers.mysql import MySQLManager
@@ -62,12 +62,13 @@ async def test_manager_lifecycle_instance_start_close():
 
 
 @pytest.mark.gen_test
-async def test_a_consumer_whose_loop_ended_reports_down():
+async def test_a_consumer_whose_loop_ended_reports_down(config):
     async def loop():
         return None
 
-    task = asyncio.ensure_future(loop())
-    assert consumer_status(task, 0)["status"] == "ok"
-    await task
-    assert consumer_status(task, 7) == {"status": "down", "lag": 7}
-    assert consumer_status(None, 0)["status"] == "down"
+    reader = BroadcastConsumer(config)  # not started: its state is set by hand (pure logic)
+    assert reader.status()["status"] == "down"  # no loop at all
+    reader._task, reader.consumer, reader.lag = asyncio.ensure_future(loop()), object(), 7
+    assert reader.status() == {"status": "ok", "lag": 7}
+    await reader._task
+    assert reader.status() == {"status": "down", "lag": 7}
