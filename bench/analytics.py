@@ -54,7 +54,7 @@ def _pick(rng: random.Random, weights: dict[str, int]) -> str:
 def _created(rng: random.Random, user: str, at: dt.datetime, status: str = "pending") -> dict:
     row = {"id": str(uuid.uuid4()), "user_id": user, "currency": _pick(rng, CURRENCIES), "description": None}
     row |= {"amount_minor": rng.randint(100, 50_000), "status": status, "version": 1}
-    data = payments.resource(row | {"created_at": at, "updated_at": at})
+    data = payments.to_api(row | {"created_at": at, "updated_at": at})
     return events.envelope(events.PAYMENT_CREATED, user, data, at)
 
 

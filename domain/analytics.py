@@ -80,7 +80,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from domain import buckets, events
+from domain import buckets, codec, events
 from domain.money import EXPONENTS, format_amount
 from domain.payments import TRANSITIONS
 from managers import metrics
@@ -112,10 +112,6 @@ class StaleWrite(PyMongoError):
     batch, or changed since it was read."""
 
 
-def _when(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
-
-
 def _minor(amount: str, currency: str) -> int:
     """The exact decimal string of a payment back to integer minor units."""
     minor = Decimal(amount).scaleb(EXPONENTS[currency])
@@ -141,13 +137,13 @@ def _usable(event: Any) -> bool:
     if not isinstance(event, dict) or event.get("type") not in events.DOMAIN_TYPES:
         return False
     try:
-        _when(event["occurred_at"])
+        codec.from_rfc3339(event["occurred_at"])
         if not (isinstance(event["event_id"], str) and isinstance(event["user_id"], str)):
             raise TypeError("event_id and user_id must be strings")
         if event["type"] in (events.PAYMENT_CREATED, events.PAYMENT_UPDATED):
             data = event["data"]
             _minor(data["amount"], data["currency"])
-            _when(data["created_at"])
+            codec.from_rfc3339(data["created_at"])
             moved = [data["previous_status"]] if event["type"] == events.PAYMENT_UPDATED else []
             for status in [data["status"], *moved]:
                 if status not in TRANSITIONS:  # a counter key is made of it
@@ -168,7 +164,7 @@ def marker(delivery: Delivery) -> dict:
         "o": Int64(delivery.offset),
         "type": event["type"],
         "user_id": event["user_id"],
-        "occurred_at": _when(event["occurred_at"]),
+        "occurred_at": codec.from_rfc3339(event["occurred_at"]),
     }
 
 
@@ -192,9 +188,9 @@ def changes(delivery: Delivery) -> list[Change]:
         inc[f"{key}_n"] = inc.get(f"{key}_n", 0) + n
         inc[f"{key}_t"] = inc.get(f"{key}_t", 0) + n * amount
     user = {f"c.{k}": v for k, v in inc.items()}
-    out = [Change("user_totals", event["user_id"], p, o, user, _when(event["occurred_at"]))]
+    out = [Change("user_totals", event["user_id"], p, o, user, codec.from_rfc3339(event["occurred_at"]))]
     if inc:
-        for doc_key, slot in buckets.place(_when(event["data"]["created_at"])):
+        for doc_key, slot in buckets.place(codec.from_rfc3339(event["data"]["created_at"])):
             out.append(Change("buckets", f"{doc_key}:{p}", p, o, {f"s.{slot}.{k}": v for k, v in inc.items()}, None))
     return out
 

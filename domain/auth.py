@@ -89,20 +89,9 @@ def key_prefix(key: str) -> str:
     return key[: len(role_part) + _PREFIX_CHARS]
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def key_resource(row: dict) -> dict:
-    return {
-        "id": row["id"],
-        "prefix": row["prefix"],
-        "role": row["role"],
-        "user_id": row["user_id"],
-        "created_at": codec.rfc3339(row["created_at"]),
-        "last_used_at": codec.rfc3339(row["last_used_at"]) if row["last_used_at"] else None,
-        "revoked_at": codec.rfc3339(row["revoked_at"]) if row["revoked_at"] else None,
-    }
+def key_to_api(row: dict) -> dict:
+    """A key as the API lists it: never its secret, nor its hash."""
+    return codec.api_view(row, ("id", "prefix", "role", "user_id"), ("created_at", "last_used_at", "revoked_at"))
 
 
 # -- keys in MariaDB --------------------------------------------------------------------------
@@ -118,7 +107,7 @@ async def create_key(role: str, user_id: str | None = None) -> dict:
         "prefix": key_prefix(key),
         "role": role,
         "user_id": user_id,
-        "created_at": _now(),
+        "created_at": codec.utc_now(),
         "last_used_at": None,
         "revoked_at": None,
     }
@@ -134,26 +123,28 @@ async def create_key(role: str, user_id: str | None = None) -> dict:
                 422, "user_not_found", f"user {user_id} does not exist", details=[{"field": "user_id"}]
             ) from None
         raise
-    resource = key_resource(row)
-    del resource["last_used_at"], resource["revoked_at"]
-    return {**resource, "key": key}
+    created = key_to_api(row)
+    del created["last_used_at"], created["revoked_at"]
+    return {**created, "key": key}
 
 
 async def list_keys() -> list[dict]:
     rows = await MySQLManager.instance().fetchall(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
-    return [key_resource(row) for row in rows]
+    return [key_to_api(row) for row in rows]
 
 
 async def revoke_key(key_id: str) -> dict:
     """Revoke a key (again is a no-op); this instance forgets it at once."""
     async with MySQLManager.instance().cursor() as cur:
-        await cur.execute("UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (_now(), key_id))
+        await cur.execute(
+            "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (codec.utc_now(), key_id)
+        )
         row = await cur.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))
     if row is None:
         raise not_found("api key", key_id)
     if Authenticator.started():
         Authenticator.instance().forget(key_id)
-    return key_resource(row)
+    return key_to_api(row)
 
 
 async def bootstrap_admin_key(path: str) -> bool:
@@ -265,7 +256,7 @@ class Authenticator(Manager):
         if now - self._last_used_written.get(row["id"], -_LAST_USED_EVERY_S) >= _LAST_USED_EVERY_S:
             self._last_used_written[row["id"]] = now
             async with mysql.cursor() as cur:
-                await cur.execute("UPDATE api_keys SET last_used_at = %s WHERE id = %s", (_now(), row["id"]))
+                await cur.execute("UPDATE api_keys SET last_used_at = %s WHERE id = %s", (codec.utc_now(), row["id"]))
         return Principal(row["id"], row["role"], row["user_id"])
 
     def forget(self, key_id: str) -> None:

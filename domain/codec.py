@@ -42,6 +42,17 @@ def is_uuid(value: str) -> bool:
     return _UUID.fullmatch(value) is not None
 
 
+def utc_now() -> dt.datetime:
+    """Now in UTC, naive: how MariaDB's DATETIME(6) columns hold times."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def from_rfc3339(value: str) -> dt.datetime:
+    """One of our own timestamps (``rfc3339``) back to an aware UTC datetime. Client
+    input goes through the strict ``parse_rfc3339`` instead."""
+    return dt.datetime.fromisoformat(value).astimezone(dt.UTC)
+
+
 def rfc3339(value: dt.datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
@@ -93,6 +104,13 @@ def parse_rfc3339(value: str) -> dt.datetime:
     except OverflowError:  # an offset or a leap second past year 1 or 9999
         raise ValueError(f"{value[:64]!r} is outside the years 1 to 9999") from None
     return utc
+
+
+def api_view(row: dict, fields: tuple[str, ...], times: tuple[str, ...]) -> dict:
+    """A database row as the API shows it: ``fields`` as they are, ``times`` in RFC 3339 (or null)."""
+    view = {name: row[name] for name in fields}
+    view.update({name: rfc3339(row[name]) if row[name] is not None else None for name in times})
+    return view
 
 
 def _default(value: Any) -> Any:

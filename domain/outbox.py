@@ -19,7 +19,6 @@ shutdown publishes nothing twice.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 
@@ -146,7 +145,7 @@ class OutboxRelay(Manager):
         assert row is not None
         metrics.OUTBOX_PENDING.set(row["pending"])
         oldest = row["oldest"]
-        age = (dt.datetime.now(dt.UTC).replace(tzinfo=None) - oldest).total_seconds() if oldest else 0
+        age = (codec.utc_now() - oldest).total_seconds() if oldest else 0
         metrics.OUTBOX_OLDEST_AGE.set(max(age, 0))
 
     async def _housekeeping(self) -> None:

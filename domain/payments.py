@@ -35,22 +35,12 @@ def cache_key(payment_id: str) -> str:
     return f"payment:{payment_id}"
 
 
-def resource(row: dict) -> dict:
-    return {
-        "id": row["id"],
-        "user_id": row["user_id"],
-        "amount": format_amount(row["amount_minor"], row["currency"]),
-        "currency": row["currency"],
-        "description": row["description"],
-        "status": row["status"],
-        "version": row["version"],
-        "created_at": codec.rfc3339(row["created_at"]),
-        "updated_at": codec.rfc3339(row["updated_at"]),
-    }
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+def to_api(row: dict) -> dict:
+    """The payment as the API shows it (and as its events carry it): the amount exact, in
+    the currency's minor-unit digits."""
+    fields = ("id", "user_id", "currency", "description", "status", "version")
+    view = codec.api_view(row, fields, ("created_at", "updated_at"))
+    return {**view, "amount": format_amount(row["amount_minor"], row["currency"])}
 
 
 # -- create ---------------------------------------------------------------------------------
@@ -90,7 +80,7 @@ async def create(
         raise APIError(422, exc.code, str(exc), details=[{"field": exc.field, "message": str(exc)}]) from None
     user_id, description = body["user_id"], body.get("description")
     fingerprint = request_fingerprint(user_id, amount_minor, body["currency"], description)
-    now = _now()
+    now = codec.utc_now()
     row = {
         "id": str(uuid.uuid4()),
         "user_id": user_id,
@@ -102,7 +92,7 @@ async def create(
         "created_at": now,
         "updated_at": now,
     }
-    payment = resource(row)
+    payment = to_api(row)
     response = codec.dumps(payment)
     # One round trip: BEGIN, the user's lock (its events commit in order), the
     # idempotency key already holding its response, the payment, its event, COMMIT.
@@ -165,7 +155,7 @@ async def get(payment_id: str) -> Cached:
         row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
         if row is None:
             raise not_found("payment", payment_id)
-        return cached(resource(row))
+        return cached(to_api(row))
 
     return await RedisManager.instance().read_through(cache_key(payment_id), load)
 
@@ -205,7 +195,7 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict:
         row = await _lock_payment(tx, payment_id)
         current = row["status"]
         if new_status == current:
-            return resource(row)
+            return to_api(row)
         if new_status not in TRANSITIONS[current]:
             raise APIError(
                 409,
@@ -213,9 +203,9 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict:
                 f"a {current} payment cannot become {new_status}",
                 details={"from": current, "to": new_status, "allowed": sorted(TRANSITIONS[current])},
             )
-        now = _now()
+        now = codec.utc_now()
         updated = {**row, "status": new_status, "version": row["version"] + 1, "updated_at": now}
-        payment = resource(updated)
+        payment = to_api(updated)
         data = {**payment, "previous_status": current}
         await tx.script(
             [
@@ -295,4 +285,4 @@ async def list_for_user(user_id: str, limit: int, cursor: str | None, status: st
     if not rows and not await users.exists(user_id):
         raise not_found("user", user_id)
     page, more = rows[:limit], len(rows) > limit
-    return {"items": [resource(r) for r in page], "next_cursor": encode_cursor(page[-1]) if more else None}
+    return {"items": [to_api(r) for r in page], "next_cursor": encode_cursor(page[-1]) if more else None}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from domain import codec, events, outbox
@@ -37,22 +38,24 @@ def normalized(body: Any) -> Any:
     return body
 
 
-def resource(row: dict) -> dict:
-    return {
-        "id": row["id"],
-        "email": row["email"],
-        "name": row["name"],
-        "version": row["version"],
-        "created_at": codec.rfc3339(row["created_at"]),
-        "updated_at": codec.rfc3339(row["updated_at"]),
-    }
+def to_api(row: dict) -> dict:
+    """The user as the API shows it (and as its events carry it)."""
+    return codec.api_view(row, ("id", "email", "name", "version"), ("created_at", "updated_at"))
 
 
-EMAIL_TAKEN = (409, "email_taken", "another user already has this email")
+@contextlib.contextmanager
+def email_must_be_free() -> Iterator[None]:
+    """Another user's email (the unique key refusing it) is 409 ``email_taken``."""
+    try:
+        yield
+    except mysql.IntegrityError as exc:
+        if is_duplicate_key(exc):
+            raise APIError(409, "email_taken", "another user already has this email") from None
+        raise
 
 
 async def create(email: str, name: str) -> dict:
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    now = codec.utc_now()
     row = {
         "id": str(uuid.uuid4()),
         "email": email,
@@ -61,20 +64,16 @@ async def create(email: str, name: str) -> dict:
         "created_at": now,
         "updated_at": now,
     }
-    user = resource(row)
+    user = to_api(row)
     insert_user = (
         f"INSERT INTO users ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
         (row["id"], row["email"], row["name"], 1, now, now),
     )
-    try:  # one round trip: BEGIN, the user, its event, COMMIT
+    event = outbox.insert(events.envelope(events.USER_CREATED, row["id"], user, now))
+    # One round trip: BEGIN, the user, its event, COMMIT.
+    with email_must_be_free():
         async with MySQLManager.instance().transaction() as tx:
-            await tx.script(
-                [insert_user, outbox.insert(events.envelope(events.USER_CREATED, row["id"], user, now))], commit=True
-            )
-    except mysql.IntegrityError as exc:
-        if is_duplicate_key(exc):
-            raise APIError(*EMAIL_TAKEN) from None
-        raise
+            await tx.script([insert_user, event], commit=True)
     outbox.notify_committed()
     return user
 
@@ -93,7 +92,7 @@ async def load(user_id: str) -> Cached:
     row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
     if row is None:
         raise not_found("user", user_id)
-    return cached(resource(row))
+    return cached(to_api(row))
 
 
 def lock_statement(user_id: str) -> Statement:
@@ -118,7 +117,7 @@ async def update(user_id: str, changes: dict, if_match: str | None = None) -> di
 
     Two round trips: BEGIN with the locking read, then the update, its event and COMMIT.
     """
-    try:
+    with email_must_be_free():
         async with MySQLManager.instance().transaction() as tx:
             row = await lock(tx, user_id)
             if row is None:
@@ -131,20 +130,16 @@ async def update(user_id: str, changes: dict, if_match: str | None = None) -> di
                     details={"current_etag": etag(row["version"])},
                 )
             if all(row[field] == value for field, value in changes.items()):
-                return resource(row)
-            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+                return to_api(row)
+            now = codec.utc_now()
             updated = {**row, **changes, "version": row["version"] + 1, "updated_at": now}
-            user = resource(updated)
+            user = to_api(updated)
             update_user = (
                 "UPDATE users SET email = %s, name = %s, version = %s, updated_at = %s WHERE id = %s",
                 (updated["email"], updated["name"], updated["version"], now, user_id),
             )
             event = outbox.insert(events.envelope(events.USER_UPDATED, user_id, user, now))
             await tx.script([update_user, event], commit=True)
-    except mysql.IntegrityError as exc:
-        if is_duplicate_key(exc):
-            raise APIError(*EMAIL_TAKEN) from None
-        raise
     await RedisManager.instance().cache_put(cache_key(user_id), cached(user))
     outbox.notify_committed()
     return user

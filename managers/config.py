@@ -86,7 +86,7 @@ SCHEMA: dict = _obj(
         ),
         "payments": _obj(
             {
-                "max_amount": {"type": "string", "pattern": r"^[0-9]{1,15}(\.[0-9]{1,4})?$"},
+                "max_amount": {"type": "integer", "minimum": 1, "maximum": 10**15},
                 "idempotency_ttl_hours": _pos,
             }
         ),

@@ -203,24 +203,21 @@ ANALYTICS_WRITE_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
-for _dep in Dependency:
-    DEPENDENCY_UP.labels(_dep.value)
-    DEPENDENCY_CHECK_DURATION.labels(_dep.value)
-for _result in CacheLookup:
-    CACHE_LOOKUPS.labels(_result)
-for _op in RedisOp:
-    CACHE_ERRORS.labels(_op)
-for _source in LOG_SOURCES:
-    LOG_LINES_SUPPRESSED.labels(_source)
-for _outcome in SocketOutcome:
-    WS_CONNECTS.labels(_outcome)
-for _reason in SocketClosed:
-    WS_DISCONNECTS.labels(_reason)
-for _consumer in Consumer:
-    CONSUMER_LAG.labels(_consumer)
-    CONSUMER_ERRORS.labels(_consumer)
-for _outcome in Outcome:
-    HEALTH_EVENTS.labels(_outcome)
+# Every series of a one-label metric, created now: dashboards see zeros before the first event.
+for _series, _values in (
+    (DEPENDENCY_UP, Dependency),
+    (DEPENDENCY_CHECK_DURATION, Dependency),
+    (CACHE_LOOKUPS, CacheLookup),
+    (CACHE_ERRORS, RedisOp),
+    (LOG_LINES_SUPPRESSED, LOG_SOURCES),
+    (WS_CONNECTS, SocketOutcome),
+    (WS_DISCONNECTS, SocketClosed),
+    (CONSUMER_LAG, Consumer),
+    (CONSUMER_ERRORS, Consumer),
+    (HEALTH_EVENTS, Outcome),
+):
+    for _value in _values:
+        _series.labels(_value)
 
 
 class MetricsManager(Manager):

@@ -150,7 +150,7 @@ class Supervisor:
         if ops_port is None:
             ops_port = base + index if base else 0
         if not ops_port:
-            ops_port = _free_port()
+            ops_port = free_port()
         env = {
             **os.environ,
             "SINGLETON_METRICS__PORT": str(ops_port),
@@ -190,7 +190,8 @@ class Supervisor:
             self.workers[worker.index] = await self._spawn(worker.index, worker.ops_port)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a child process to bind)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from typing import Any
 import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
+
+from service.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,12 +105,6 @@ async def wait_until(
 def metric(name: str, labels: dict[str, str] | None = None) -> float:
     """The current value of one of the service's Prometheus samples (0 before the first)."""
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server_sql(cfg: dict, *statements: str) -> None:

@@ -61,7 +61,7 @@ class Feed:
     def created(self, user_id: str, at: dt.datetime, amount: str = "10.00", currency: str = "USD") -> Delivery:
         row = {"id": str(uuid.uuid4()), "user_id": user_id, "currency": currency, "description": None}
         row |= {"amount_minor": parse_amount(amount, currency, MAX), "status": "pending", "version": 1}
-        data = payments.resource(row | {"created_at": at, "updated_at": at})
+        data = payments.to_api(row | {"created_at": at, "updated_at": at})
         self.payments[data["id"]] = data
         return self.deliver(events.envelope(events.PAYMENT_CREATED, user_id, data, at))
 

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from domain.money import EXPONENTS, MoneyError, format_amount, parse_amount
+from domain import schemas
+from domain.money import AMOUNT_PATTERN, EXPONENTS, MoneyError, format_amount, parse_amount
 
 MAX = Decimal("1000000")
 
@@ -55,3 +56,10 @@ def test_bad_amounts_are_refused_with_a_code(amount, currency, code):
 def test_exponent_table_has_the_common_and_the_odd_ones():
     assert EXPONENTS["USD"] == 2 and EXPONENTS["JPY"] == 0 and EXPONENTS["KWD"] == 3 and EXPONENTS["CLF"] == 4
     assert all(len(code) == 3 and code.isupper() for code in EXPONENTS)
+
+
+def test_the_document_states_the_string_amount_rule_the_code_applies():
+    """One rule, two readers: the OpenAPI document (which validates requests first) and
+    parse_amount must agree on what a decimal-string amount is."""
+    amount = schemas.openapi()["components"]["schemas"]["Amount"]
+    assert {"type": "string", "pattern": AMOUNT_PATTERN} in amount["oneOf"]

@@ -105,7 +105,7 @@ async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis
     one Redis call per 10 reads, and never more reads than the bucket holds."""
     user = await api.new_user()
     me = await api.as_user(user["id"])
-    monkeypatch.setattr(RateLimiter.instance(), "read", Rate(per_s=100, burst=25))
+    monkeypatch.setattr(RateLimiter.instance(), "read", Rate(per_s=100, burst=50))
     calls = []
     take_tokens = RedisManager.take_tokens
 
@@ -115,11 +115,12 @@ async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis
 
     monkeypatch.setattr(RedisManager, "take_tokens", counted)
     started = time.monotonic()
-    codes = [(await me.get(f"/api/v1/users/{user['id']}"))[0] for _ in range(80)]
+    codes = []
+    for n in range(80):
+        codes.append((await me.get(f"/api/v1/users/{user['id']}"))[0])
+        if n == 39:  # the bucket held 50 and refills: every share so far was a full 10
+            assert len(calls) == 4, f"{len(calls)} Redis calls for 40 reads"
     elapsed = time.monotonic() - started
-    assert codes.count(200) >= 25, "at least the bucket's 25"
+    assert codes.count(200) >= 50, "at least the bucket's 50"
     # At most what the bucket held and refilled, plus the share not yet spent (the stated bound).
-    assert codes.count(200) <= 25 + 100 * elapsed + (10 - 1), (codes.count(200), elapsed)
-    assert 429 in codes
-    granted = [c for c in calls if c[0].endswith(":r")]
-    assert len(granted) <= len(codes) // 4, f"{len(granted)} Redis calls for {len(codes)} reads"
+    assert codes.count(200) <= 50 + 100 * elapsed + (10 - 1), (codes.count(200), elapsed)
