@@ -112,7 +112,7 @@ class StaleWrite(PyMongoError):
     batch, or changed since it was read."""
 
 
-def _minor(amount: str, currency: str) -> int:
+def minor_units(amount: str, currency: str) -> int:
     """The exact decimal string of a payment back to integer minor units."""
     minor = Decimal(amount).scaleb(EXPONENTS[currency])
     if minor <= 0 or minor != minor.to_integral_value():
@@ -120,7 +120,7 @@ def _minor(amount: str, currency: str) -> int:
     return int(minor)
 
 
-def _moves(event: dict) -> list[tuple[str, int]]:
+def counter_moves(event: dict) -> list[tuple[str, int]]:
     """The counters (``<currency>_<status>``) an event changes, and by how many payments.
     Flat keys: FerretDB reads and writes a document in time that grows with its nesting."""
     data = event["data"]
@@ -142,7 +142,7 @@ def _usable(event: Any) -> bool:
             raise TypeError("event_id and user_id must be strings")
         if event["type"] in (events.PAYMENT_CREATED, events.PAYMENT_UPDATED):
             data = event["data"]
-            _minor(data["amount"], data["currency"])
+            minor_units(data["amount"], data["currency"])
             codec.from_rfc3339(data["created_at"])
             moved = [data["previous_status"]] if event["type"] == events.PAYMENT_UPDATED else []
             for status in [data["status"], *moved]:
@@ -183,8 +183,8 @@ def changes(delivery: Delivery) -> list[Change]:
     """Every document an event changes, and how (``$inc`` paths; the user's last activity)."""
     event, p, o = delivery.event, delivery.partition, delivery.offset
     inc: dict[str, int] = {}
-    for key, n in _moves(event):
-        amount = _minor(event["data"]["amount"], event["data"]["currency"])
+    for key, n in counter_moves(event):
+        amount = minor_units(event["data"]["amount"], event["data"]["currency"])
         inc[f"{key}_n"] = inc.get(f"{key}_n", 0) + n
         inc[f"{key}_t"] = inc.get(f"{key}_t", 0) + n * amount
     user = {f"c.{k}": v for k, v in inc.items()}
@@ -232,13 +232,13 @@ def _update(doc_id: str, pending: list[Change], stored: dict | None) -> dict | N
     return {"q": {"_id": doc_id, **guard}, "u": update, "upsert": not applied}
 
 
-def _tally(rows: Counter, counters: dict) -> None:
+def add_counters(rows: Counter, counters: dict) -> None:
     """Add ``{"USD_pending_n": 3, "USD_pending_t": 1050}`` into ``rows`` keyed (currency, status, n|t)."""
     for key, value in counters.items():
         rows[tuple(key.split("_"))] += value
 
 
-def fold(rows: Counter) -> dict:
+def totals(rows: Counter) -> dict:
     """(currency, status) counts and totals into totals per currency and per status, exact."""
     by_currency: dict[str, dict] = {}
     by_status: dict[str, dict] = {}
@@ -384,8 +384,8 @@ class AnalyticsStore:
         if doc is None:
             return None
         rows: Counter = Counter()
-        _tally(rows, doc.get("c", {}))
-        return {**fold(rows), "last_activity": doc.get("last_activity")}
+        add_counters(rows, doc.get("c", {}))
+        return {**totals(rows), "last_activity": doc.get("last_activity")}
 
     async def summary(self, start: dt.datetime, end: dt.datetime) -> dict:
         """Totals of the payments created in [start, end), both whole minutes."""
@@ -400,8 +400,8 @@ class AnalyticsStore:
         rows: Counter = Counter()
         for doc in docs.values():
             for counters in doc.get("s", {}).values():
-                _tally(rows, counters)
-        return fold(rows)
+                add_counters(rows, counters)
+        return totals(rows)
 
 
 # -- what the API reads (any role that runs MongoManager, with or without the consumer) ---------

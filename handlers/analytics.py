@@ -11,7 +11,7 @@ from handlers.base import BaseHandler
 MAX_WINDOW = dt.timedelta(days=366)
 
 
-def _time(value: str, name: str) -> dt.datetime:
+def _query_time(value: str, name: str) -> dt.datetime:
     try:
         return codec.parse_rfc3339(value)
     except ValueError:
@@ -31,7 +31,7 @@ class UserAnalyticsHandler(BaseHandler):
         self.write_json({"user_id": user_id, **stats, "last_activity": codec.rfc3339(last) if last else None})
 
 
-def _minute(t: dt.datetime) -> dt.datetime:
+def _whole_minute(t: dt.datetime) -> dt.datetime:
     return t.replace(second=0, microsecond=0)
 
 
@@ -41,9 +41,9 @@ class SummaryHandler(BaseHandler):
     async def get(self) -> None:
         now = dt.datetime.now(dt.UTC)
         raw_from, raw_to = self.query("from"), self.query("to")
-        end = _time(raw_to, "to") if raw_to is not None else now  # `?to=` is a bad time, not no time
+        end = _query_time(raw_to, "to") if raw_to is not None else now  # `?to=` is a bad time, not no time
         try:
-            start = _time(raw_from, "from") if raw_from is not None else end - dt.timedelta(days=1)
+            start = _query_time(raw_from, "from") if raw_from is not None else end - dt.timedelta(days=1)
         except OverflowError:  # the default window would start before year 1
             raise APIError(400, "invalid_window", "to is too early for the default one-day window") from None
         if start >= end:
@@ -51,7 +51,7 @@ class SummaryHandler(BaseHandler):
         if end - start > MAX_WINDOW:
             raise APIError(400, "invalid_window", "the window may span at most 366 days")
         # Totals are kept per minute: the window used is [from, to) with both rounded down.
-        start, end = _minute(start), _minute(end)
+        start, end = _whole_minute(start), _whole_minute(end)
         if start == end:
             raise APIError(400, "invalid_window", "from and to fall in one minute; the summary counts whole minutes")
         summary = await analytics.summary(start, end)

@@ -25,7 +25,7 @@ from domain.analytics import (
     WRITE_CONCURRENCY,
     AnalyticsStore,
     Delivery,
-    fold,
+    totals,
 )
 from domain.analytics_consumer import AnalyticsConsumer
 from domain.money import parse_amount
@@ -82,7 +82,7 @@ def counted(payments, keep=lambda payment: True) -> dict:
         if keep(p):
             rows[(p["currency"], p["status"], "n")] += 1
             rows[(p["currency"], p["status"], "t")] += parse_amount(p["amount"], p["currency"], MAX)
-    return fold(rows)
+    return totals(rows)
 
 
 def created_in(start: dt.datetime, end: dt.datetime):
