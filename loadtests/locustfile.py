@@ -122,7 +122,9 @@ POOLS = Pools()
 
 def _check(response, *expected: int, also_ok: tuple[int, ...] = ()) -> dict | None:
     """Mark the response: success for ``expected`` (body returned) or ``also_ok``
-    (expected 4xx, no body), failure for anything else."""
+    (expected 4xx, no body), failure for anything else. A 429 is the service's rate
+    limit doing its job (one key drives this whole load): counted, not a failure."""
+    also_ok = (*also_ok, 429)
     if response.status_code in expected:
         try:
             body = response.json()
