@@ -14,11 +14,13 @@ over any window a client can be at most ``share - 1`` calls per instance ahead
 of the exact bucket, for at most a second. A share left unspent is forfeited,
 so a client spread over many instances may get slightly less than its limit.
 An empty bucket is remembered too, until its next token is due: a client that
-keeps knocking while refused costs no Redis call either.
+keeps knocking while refused costs no Redis call either. Concurrent calls that
+find the share spent wait for one of them to fetch the next, instead of all asking.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -73,6 +75,7 @@ class RateLimiter(Manager):
         self.anonymous = Rate(cfg["anonymous_per_s"], cfg["anonymous_burst"])
         self._failing_open = False  # the last check could not reach Redis and let the call through
         self._shares: OrderedDict[str, Share] = OrderedDict()
+        self._refills: dict[str, asyncio.Future[None]] = {}  # buckets whose share is being asked for
 
     @classmethod
     def start(cls, config: dict) -> RateLimiter:
@@ -87,14 +90,37 @@ class RateLimiter(Manager):
         else:
             kind, rate = ("r", self.read) if method in READ_METHODS else ("w", self.write)
             role, bucket = principal.role, f"rl:key:{principal.key_id}:{kind}"
+        while (verdict := self._spend_share(bucket, rate, role)) is None:
+            refilling = self._refills.get(bucket)
+            if refilling is None:
+                return await self._refill(bucket, rate, role)
+            await asyncio.shield(refilling)  # one request asks Redis for the share; the others wait for it
+        return verdict
+
+    def _spend_share(self, bucket: str, rate: Rate, role: str) -> Verdict | None:
+        """A token of this instance's share of ``bucket``, or None when it has none to give."""
         now = time.monotonic()
         share = self._shares.get(bucket)
-        if share is not None and share.expires > now:
-            if share.tokens > 0:
-                share.tokens -= 1
-                return Verdict(rate.burst, share.remaining + share.tokens, share.reset_s)
-            if share.refused:
-                raise refused(rate, role, share.expires - now, Verdict(rate.burst, 0, share.reset_s))
+        if share is None or share.expires <= now:
+            return None
+        if share.tokens > 0:
+            share.tokens -= 1
+            return Verdict(rate.burst, share.remaining + share.tokens, share.reset_s)
+        if share.refused:
+            raise refused(rate, role, share.expires - now, Verdict(rate.burst, 0, share.reset_s))
+        return None
+
+    async def _refill(self, bucket: str, rate: Rate, role: str) -> Verdict | None:
+        """Take a new share of ``bucket`` from Redis, and one of its tokens for this call."""
+        done = self._refills[bucket] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._take_share(bucket, rate, role)
+        finally:
+            del self._refills[bucket]
+            done.set_result(None)
+
+    async def _take_share(self, bucket: str, rate: Rate, role: str) -> Verdict | None:
+        now = time.monotonic()
         wanted = max(1, min(SHARE_MAX, int(rate.per_s * SHARE_OF_A_SECOND)))
         try:
             taken = await RedisManager.instance().take_tokens(bucket, rate.per_s, rate.burst, wanted)

@@ -124,3 +124,21 @@ async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis
     assert codes.count(200) >= 50, "at least the bucket's 50"
     # At most what the bucket held and refilled, plus the share not yet spent (the stated bound).
     assert codes.count(200) <= 50 + 100 * elapsed + (10 - 1), (codes.count(200), elapsed)
+
+
+@pytest.mark.gen_test
+async def test_concurrent_calls_that_find_the_share_spent_ask_redis_once(api, monkeypatch):
+    user = await api.new_user()
+    me = await api.as_user(user["id"])
+    monkeypatch.setattr(RateLimiter.instance(), "read", Rate(per_s=100, burst=50))
+    calls = []
+    take_tokens = RedisManager.take_tokens
+
+    async def counted(self, *args, **kwargs):
+        calls.append(args)
+        return await take_tokens(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisManager, "take_tokens", counted)
+    results = await asyncio.gather(*(me.get(f"/api/v1/users/{user['id']}") for _ in range(40)))
+    assert [code for code, _, _ in results] == [200] * 40
+    assert len(calls) == 4, f"{len(calls)} Redis calls for 40 concurrent reads (a share is 10)"
