@@ -33,6 +33,7 @@ class Consumer(enum.StrEnum):
 
 
 class CacheLookup(enum.StrEnum):
+    LOCAL = "local"  # this instance's near cache
     HIT = "hit"
     MISS = "miss"
     ERROR = "error"  # Redis failed
