@@ -13,8 +13,8 @@ here. Request metrics are recorded once, in ``log_request`` (the application's
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -95,7 +95,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         if not self.request_id:  # also called again by clear() before an error page
             incoming = self.request.headers.get("X-Request-ID", "")
-            self.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+            self.request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         self.set_header("X-Request-ID", self.request_id)
         request_id_var.set(self.request_id)
         self._set_cors_headers()

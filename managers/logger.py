@@ -37,7 +37,15 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line. A record is formatted once, however many handlers write it."""
+
     def format(self, record: logging.LogRecord) -> str:
+        formatted = record.__dict__.get("_json")
+        if formatted is None:
+            formatted = record._json = self._format(record)
+        return formatted
+
+    def _format(self, record: logging.LogRecord) -> str:
         line = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
