@@ -1,0 +1,82 @@
+"""The analytics backlog as Kafka has it: the topic's end offsets minus the analytics
+group's committed offsets, polled from outside the service (what the service itself
+reports is in ``HealthWatch.lags``). Nothing is read while Kafka is down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from chaos.stack import ANALYTICS_GROUP, TOPIC, Stack
+
+EVERY_S = 0.5
+CALL_TIMEOUT_S = 2.0
+PARTITIONS = [TopicPartition(TOPIC, p) for p in range(3)]
+
+
+class BacklogWatch:
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.seen: list[tuple[float, int]] = []
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                self.seen.append((started, await asyncio.wait_for(self._lag(), CALL_TIMEOUT_S * 3)))
+            except Exception:  # Kafka down or coming back: try again with new clients
+                await self._close()
+            await asyncio.sleep(max(0.0, started + EVERY_S - time.monotonic()))
+
+    async def _lag(self) -> int:
+        if self._admin is None:
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.stack.kafka, request_timeout_ms=2000)
+            await self._admin.start()
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka, request_timeout_ms=2000)
+            await self._consumer.start()
+        committed = await self._admin.list_consumer_group_offsets(ANALYTICS_GROUP, partitions=PARTITIONS)
+        ends = await self._consumer.end_offsets(PARTITIONS)
+        done = {tp: (meta.offset if meta is not None and meta.offset >= 0 else 0) for tp, meta in committed.items()}
+        return sum(max(0, ends[tp] - done.get(tp, 0)) for tp in PARTITIONS)
+
+    async def _close(self) -> None:
+        for client in (self._consumer, self._admin):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close() if client is self._admin else client.stop(), CALL_TIMEOUT_S)
+        self._admin = self._consumer = None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._close()
+
+    def backlog(self, since: float, fault_end: float, caught_up: int) -> tuple[int, float | None]:
+        """The backlog's peak from ``since`` on, and when after ``fault_end`` it was first
+        back at or under ``caught_up`` once past that peak (None: never, or no backlog)."""
+        return peak_and_cleared(self.seen, since, fault_end, caught_up)
+
+
+def peak_and_cleared(
+    samples: list[tuple[float, int]], since: float, fault_end: float, caught_up: int
+) -> tuple[int, float | None]:
+    """From (time, lag) samples: the peak from ``since`` on, and the first time at or after
+    both that peak and ``fault_end`` when the lag was ``caught_up`` or less."""
+    samples = [(t, lag) for t, lag in samples if t >= since]
+    if not samples:
+        return 0, None
+    peak_at, peak = max(samples, key=lambda x: x[1])
+    if peak <= caught_up:
+        return peak, None
+    return peak, next((t for t, lag in samples if t >= max(peak_at, fault_end) and lag <= caught_up), None)

@@ -1,0 +1,116 @@
+"""The results as Markdown tables, written between two markers in docs/RELIABILITY.md
+(the prose around them is kept), and raw in reports/chaos/results.json."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from chaos.stack import REPO, WORK
+
+DOC = REPO / "docs" / "RELIABILITY.md"
+BEGIN, END = "<!-- chaos:results -->", "<!-- /chaos:results -->"
+
+
+def _s(value) -> str:
+    return "—" if value is None else f"{value:.1f} s"
+
+
+def verdict(r: dict) -> str:
+    if "error" in r:
+        return "ERROR"
+    return "ok" if passed(r) else "FAIL"
+
+
+def passed(r: dict) -> bool:
+    """No payment lost, analytics exact, no write failed for good, no 500, nothing else wrong."""
+    if "error" in r:
+        return False
+    return r["lost"] == 0 and r["analytics"]["exact"] and r["failed"] == 0 and r["http_500"] == 0 and not r["problems"]
+
+
+def books_table(results: list[dict]) -> list[str]:
+    rows = [
+        "| scenario | writes sent | accepted (201) | rows | events (distinct) | duplicate events "
+        "| analytics = rows | exact after the last write | analytics backlog peak (/health said) "
+        "| backlog cleared after | lost | verdict |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            rows.append(f"| {r['title']} | | | | | | | | | | | ERROR: {r['error']} |")
+            continue
+        a = r["analytics"]
+        exact = "exact" if a["exact"] else f"{a['counted']} of {a['expected']}"
+        rows.append(
+            f"| {r['title']} | {r['writes']} | {r['accepted']} | {r['rows']} | {r['events']} "
+            f"| {r['event_duplicates']} | {exact} | {_s(a['catch_up_s'])} "
+            f"| {r['analytics_backlog_peak']} ({r['health_lag_peak']}) "
+            f"| {_s(r['analytics_backlog_cleared_s'])} | {r['lost']} | {verdict(r)} |"
+        )
+    return rows
+
+
+def notes(results: list[dict]) -> list[str]:
+    """What each scenario noted beside the tables: restart times, exit codes, workers."""
+    out = []
+    for r in results:
+        for problem in r.get("problems", []):
+            out.append(f"- {r['title']}: **{problem}**")
+        extra = {k: v for k, v in r.get("notes", {}).items() if v not in (None, {}, [])}
+        if extra:
+            out.append(f"- {r['title']}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in extra.items()))
+    return out
+
+
+def client_table(results: list[dict]) -> list[str]:
+    rows = [
+        "| scenario | fault lasted | 5xx seen (of them 500) | no answer | failed after retries "
+        "| slowest attempt | slowest write, retries included | /health meanwhile "
+        "| health ok after | writes back after |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in results:
+        if "error" in r:
+            continue
+        writes_back = _s(r["recovery_writes_s"]) if r["writes_interrupted"] else "never stopped"
+        rows.append(
+            f"| {r['title']} | {_s(r['outage_s'])} | {r['http_5xx']} ({r['http_500']}) | {r['connection_errors']} "
+            f"| {r['failed']} | {r['slowest_attempt_s']:.2f} s | {r['slowest_write_s']:.2f} s "
+            f"| {', '.join(r['health_during'])} | {_s(r['recovery_health_s'])} | {writes_back} |"
+        )
+    return rows
+
+
+def section(results: list[dict], meta: dict) -> str:
+    lines = [
+        BEGIN,
+        f"Run of {meta['date']} on commit `{meta['commit']}`: {meta['runtime_s'] / 60:.1f} minutes "
+        f"for the whole `make chaos` ({meta['stack_s']:.0f} s of it starting the stack), "
+        f"{meta['rate_per_s']} payments/s offered, {meta['cores']} cores shared with the backing services.",
+        "",
+        "Every payment accounted for:",
+        "",
+        *books_table(results),
+        "",
+        "What the client saw:",
+        "",
+        *client_table(results),
+        "",
+        "Noted by the run:",
+        "",
+        *notes(results),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write(results: list[dict], meta: dict, doc: Path = DOC) -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+    text = doc.read_text() if doc.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    doc.write_text(pattern.sub(lambda _: section(results, meta), text))
