@@ -80,3 +80,8 @@ def peak_and_cleared(
     if peak <= caught_up:
         return peak, None
     return peak, next((t for t, lag in samples if t >= max(peak_at, fault_end) and lag <= caught_up), None)
+
+
+def last_at(samples: list[tuple[float, int]], t: float) -> int | None:
+    """The last sample taken at or before ``t``."""
+    return next((lag for at, lag in reversed(samples) if at <= t), None)

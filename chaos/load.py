@@ -48,6 +48,7 @@ class Write:
     payment_ids: set[str] = field(default_factory=set)  # every 201 of this key: one id, or a bug
     final: int | str | None = None  # the last outcome; 201 when accepted
     ended: float | None = None
+    sending: bool = False  # an attempt is on the wire
 
     @property
     def started(self) -> float:
@@ -111,6 +112,7 @@ async def send(client: Client, write: Write) -> None:
     for tries in range(10_000):
         started = time.monotonic()
         headers: dict = {}
+        write.sending = True
         try:
             code, payload, headers = await client.request(
                 "POST", "/api/v1/payments", body, {"Idempotency-Key": write.key}
@@ -118,6 +120,8 @@ async def send(client: Client, write: Write) -> None:
             outcome: int | str = code
         except OSError:
             outcome = CONNECTION
+        finally:
+            write.sending = False
         write.attempts.append(Attempt(started, time.monotonic() - started, outcome))
         write.final = outcome
         if outcome == 201:
@@ -157,6 +161,9 @@ class Load:
             task.add_done_callback(self._tasks.discard)
             n += 1
             await asyncio.sleep(max(0.0, begin + n * interval - time.monotonic()))
+
+    def in_flight(self) -> int:
+        return sum(1 for w in self.writes if w.sending)
 
     async def stop(self) -> None:
         """No new writes; wait for those in flight (each ends by its own deadline)."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from chaos import accounting
-from chaos.backlog import BacklogWatch, peak_and_cleared
+from chaos.backlog import BacklogWatch, last_at, peak_and_cleared
 from chaos.load import CONNECTION, RATE_PER_S, Client, HealthWatch, Load, Write
 from chaos.service import Service
 from chaos.stack import Stack, log
@@ -55,6 +55,8 @@ def analytics_view(backlog: BacklogWatch, watch: HealthWatch, s: Scenario) -> di
         "analytics_backlog_peak": peak,
         "analytics_backlog_cleared_s": None if cleared is None else round(cleared - s.fault_end, 1),
         "health_lag_peak": reported,
+        "backlog_at_fault_end": last_at(backlog.seen, s.fault_end),
+        "health_lag_at_fault_end": last_at(watch.lags, s.fault_end),
     }
 
 
@@ -134,14 +136,14 @@ class Run:
         return s
 
     @contextlib.asynccontextmanager
-    async def loaded(self, s: Scenario, warmup_s: float = WARMUP_S) -> AsyncIterator[Scenario]:
+    async def loaded(self, s: Scenario, warmup_s: float = WARMUP_S) -> AsyncIterator[Load]:
         load, watch, backlog = Load(self.client, s.users), HealthWatch(self.client), BacklogWatch(self.stack)
         load.start()
         watch.start()
         backlog.start()
         try:
             await asyncio.sleep(warmup_s)  # deliberate: steady writes before the fault
-            yield s
+            yield load
             health_ok, writes_ok = await self._recovered(load, watch, s)
             log(f"scenario {s.key}: recovered (health ok +{_after(health_ok, s)}, writes +{_after(writes_ok, s)})")
             await asyncio.sleep(TAIL_S)  # deliberate: steady writes after recovery

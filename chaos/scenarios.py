@@ -35,7 +35,12 @@ def kill_dependency(fault: str) -> Callable[[Run], Awaitable[None]]:
 
 async def sigterm_service(run: Run) -> None:
     s = await run.prepare("sigterm", "SIGTERM of the service mid-writes, a new process started")
-    async with run.loaded(s):
+    async with run.loaded(s) as load:
+        # Mid-writes indeed: the signal goes while a request is on the wire.
+        deadline = time.monotonic() + 5
+        while not load.in_flight() and time.monotonic() < deadline:  # noqa: ASYNC110 (the load's own state)
+            await asyncio.sleep(0.001)
+        s.notes["in_flight"] = load.in_flight()
         s.fault_start = time.monotonic()
         old = run.service
         s.notes["exit_code"] = await old.stop(signal.SIGTERM)
