@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from chaos.load import Poller
 from chaos.stack import ANALYTICS_GROUP, TOPIC, Stack
 
 EVERY_S = 0.5
@@ -18,25 +18,20 @@ CALL_TIMEOUT_S = 2.0
 PARTITIONS = [TopicPartition(TOPIC, p) for p in range(3)]
 
 
-class BacklogWatch:
+class BacklogWatch(Poller):
+    every_s = EVERY_S
+
     def __init__(self, stack: Stack):
         self.stack = stack
         self.seen: list[tuple[float, int]] = []
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                self.seen.append((started, await asyncio.wait_for(self._lag(), CALL_TIMEOUT_S * 3)))
-            except Exception:  # Kafka down or coming back: try again with new clients
-                await self._close()
-            await asyncio.sleep(max(0.0, started + EVERY_S - time.monotonic()))
+    async def poll(self, started: float) -> None:
+        try:
+            self.seen.append((started, await asyncio.wait_for(self._lag(), CALL_TIMEOUT_S * 3)))
+        except Exception:  # Kafka down or coming back: try again with new clients
+            await self._close()
 
     async def _lag(self) -> int:
         if self._admin is None:
@@ -57,9 +52,7 @@ class BacklogWatch:
         self._admin = self._consumer = None
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await super().stop()
         await self._close()
 
     def backlog(self, since: float, fault_end: float, caught_up: int) -> tuple[int, float | None]:

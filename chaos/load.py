@@ -173,33 +173,51 @@ class Load:
         await asyncio.gather(*self._tasks)
 
 
-class HealthWatch:
+class Poller:
+    """Calls ``poll(started)`` every ``every_s`` seconds, counted from each call's start,
+    from ``start()`` until ``stop()``."""
+
+    every_s = 1.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.poll(started)
+            await asyncio.sleep(max(0.0, started + self.every_s - time.monotonic()))
+
+    async def poll(self, started: float) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+class HealthWatch(Poller):
     """GET /health every HEALTH_EVERY_S: each answer's time and status ("unreachable" when
     none), and the analytics consumer's lag as the admin's report gives it."""
+
+    every_s = HEALTH_EVERY_S
 
     def __init__(self, client: Client):
         self.client = client
         self.seen: list[tuple[float, str]] = []
         self.lags: list[tuple[float, int]] = []
-        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                _, report, _ = await self.client.request("GET", "/health", timeout_s=2.0)
-                report = report or {}
-                status = report.get("status", "?")
-                lag = report.get("consumers", {}).get("analytics", {}).get("lag")
-                if lag is not None:
-                    self.lags.append((started, lag))
-            except OSError:
-                status = "unreachable"
-            self.seen.append((started, status))
-            await asyncio.sleep(max(0.0, started + HEALTH_EVERY_S - time.monotonic()))
+    async def poll(self, started: float) -> None:
+        try:
+            _, report, _ = await self.client.request("GET", "/health", timeout_s=2.0)
+            report = report or {}
+            status = report.get("status", "?")
+            lag = report.get("consumers", {}).get("analytics", {}).get("lag")
+            if lag is not None:
+                self.lags.append((started, lag))
+        except OSError:
+            status = "unreachable"
+        self.seen.append((started, status))
 
     def first_ok(self, after: float) -> float | None:
         """When the first ok report came that was asked for at or after ``after``."""
@@ -208,8 +226,3 @@ class HealthWatch:
     def statuses(self, start: float, end: float) -> list[str]:
         """The statuses reported between ``start`` and ``end``, each once, in order."""
         return list(dict.fromkeys(status for t, status in self.seen if start <= t <= end))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)

@@ -34,40 +34,49 @@ def passed(r: dict) -> bool:
     return r["lost"] == 0 and r["analytics"]["exact"] and r["failed"] == 0 and r["http_500"] == 0 and not r["problems"]
 
 
+def _table(columns: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table: the first column to the left, numbers (and "—") to the right."""
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+
+    def align(i: int) -> str:
+        numeric = i and all(str(r[i])[:1].isdigit() or str(r[i]) in ("—", "") for r in rows)
+        return "---:" if numeric else "---"
+
+    return [line(columns), line(align(i) for i in range(len(columns))), *(line(r) for r in rows)]
+
+
 def books_table(results: list[dict]) -> list[str]:
-    rows = [
-        "| scenario | writes sent | accepted (201) | rows | events (distinct) | duplicate events "
-        "| analytics = rows | lost | verdict |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---|",
-    ]
+    columns = ["scenario", "writes sent", "accepted (201)", "rows", "events (distinct)", "duplicate events"]
+    columns += ["analytics = rows", "lost", "verdict"]
+    rows = []
     for r in results:
         if "error" in r:
-            rows.append(f"| {r['title']} | | | | | | | | ERROR: {r['error']} |")
+            rows.append([r["title"], *[""] * 7, f"ERROR: {r['error']}"])
             continue
         a = r["analytics"]
         exact = "exact" if a["exact"] else f"{a['counted']} of {a['expected']}"
-        rows.append(
-            f"| {r['title']} | {r['writes']} | {r['accepted']} | {r['rows']} | {r['events']} "
-            f"| {r['event_duplicates']} | {exact} | {r['lost']} | {verdict(r)} |"
-        )
-    return rows
+        rows.append([r["title"], r["writes"], r["accepted"], r["rows"], r["events"], r["event_duplicates"]])
+        rows[-1] += [exact, r["lost"], verdict(r)]
+    return _table(columns, rows)
 
 
 def analytics_table(results: list[dict]) -> list[str]:
+    columns = ["scenario", "exact after the last write", "backlog peak"]
+    columns += ["backlog at the fault's end (/health said)", "backlog cleared after"]
     rows = [
-        "| scenario | exact after the last write | backlog peak | backlog at the fault's end (/health said) "
-        "| backlog cleared after |",
-        "|---|---:|---:|---:|---:|",
+        [
+            r["title"],
+            _s(r["analytics"]["catch_up_s"]),
+            r["analytics_backlog_peak"],
+            f"{_n(r['backlog_at_fault_end'])} ({_n(r['health_lag_at_fault_end'])})",
+            _s(r["analytics_backlog_cleared_s"]),
+        ]
+        for r in results
+        if "error" not in r
     ]
-    for r in results:
-        if "error" in r:
-            continue
-        at_end = f"{_n(r['backlog_at_fault_end'])} ({_n(r['health_lag_at_fault_end'])})"
-        rows.append(
-            f"| {r['title']} | {_s(r['analytics']['catch_up_s'])} | {r['analytics_backlog_peak']} "
-            f"| {at_end} | {_s(r['analytics_backlog_cleared_s'])} |"
-        )
-    return rows
+    return _table(columns, rows)
 
 
 NOTES = {
@@ -93,22 +102,26 @@ def notes(results: list[dict]) -> list[str]:
 
 
 def client_table(results: list[dict]) -> list[str]:
+    columns = ["scenario", "fault lasted", "5xx seen (of them 500)", "no answer", "failed after retries"]
+    columns += ["slowest attempt", "slowest write, retries included", "/health meanwhile"]
+    columns += ["health ok after", "writes back after"]
     rows = [
-        "| scenario | fault lasted | 5xx seen (of them 500) | no answer | failed after retries "
-        "| slowest attempt | slowest write, retries included | /health meanwhile "
-        "| health ok after | writes back after |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        [
+            r["title"],
+            _s(r["outage_s"]),
+            f"{r['http_5xx']} ({r['http_500']})",
+            r["connection_errors"],
+            r["failed"],
+            f"{r['slowest_attempt_s']:.2f} s",
+            f"{r['slowest_write_s']:.2f} s",
+            ", ".join(r["health_during"]),
+            _s(r["recovery_health_s"]),
+            _s(r["recovery_writes_s"]) if r["writes_interrupted"] else "never stopped",
+        ]
+        for r in results
+        if "error" not in r
     ]
-    for r in results:
-        if "error" in r:
-            continue
-        writes_back = _s(r["recovery_writes_s"]) if r["writes_interrupted"] else "never stopped"
-        rows.append(
-            f"| {r['title']} | {_s(r['outage_s'])} | {r['http_5xx']} ({r['http_500']}) | {r['connection_errors']} "
-            f"| {r['failed']} | {r['slowest_attempt_s']:.2f} s | {r['slowest_write_s']:.2f} s "
-            f"| {', '.join(r['health_during'])} | {_s(r['recovery_health_s'])} | {writes_back} |"
-        )
-    return rows
+    return _table(columns, rows)
 
 
 def section(results: list[dict], meta: dict) -> str:
