@@ -47,8 +47,8 @@ async def sigterm_service(run: Run) -> None:
         s.notes["stopped_in_s"] = round(time.monotonic() - s.fault_start, 1)
         run.spawn("after-sigterm")
         s.fault_end = time.monotonic()
-    if s.notes["exit_code"] != 0:
-        s.problems.append(f"the service exited {s.notes['exit_code']} on SIGTERM")
+        if s.notes["exit_code"] != 0:
+            s.problems.append(f"the service exited {s.notes['exit_code']} on SIGTERM")
 
 
 def start_with_dependency_down(fault: str) -> Callable[[Run], Awaitable[None]]:
@@ -80,12 +80,11 @@ async def rolling_restart(run: Run) -> None:
         supervisor.send(signal.SIGHUP)
         await supervisor.wait_logged("rolling restart done", timeout_s=180)
         s.fault_end = time.monotonic()
-        s.notes["workers_replaced"] = len(supervisor.logged("worker replaced"))
-        s.notes["instances_ready"] = len(supervisor.logged("instance ready"))
-    # As tests/service/test_supervisor.py asserts: both replaced, each replacement ready once.
-    if (s.notes["workers_replaced"], s.notes["instances_ready"]) != (2, 4):
-        replaced, ready = s.notes["workers_replaced"], s.notes["instances_ready"]
-        s.problems.append(f"{replaced} workers replaced and {ready} instances ready, not 2 and 4")
+        replaced, ready = len(supervisor.logged("worker replaced")), len(supervisor.logged("instance ready"))
+        s.notes.update(workers_replaced=replaced, instances_ready=ready)
+        # As tests/service/test_supervisor.py asserts: both replaced, each replacement ready once.
+        if (replaced, ready) != (2, 4):
+            s.problems.append(f"{replaced} workers replaced and {ready} instances ready, not 2 and 4")
 
 
 SCENARIOS: dict[str, Callable[[Run], Awaitable[None]]] = {

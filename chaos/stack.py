@@ -11,6 +11,7 @@ jars and the FerretDB build are shared with the everyday stack (DEVSTACK_CACHE_D
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -78,6 +79,8 @@ class Stack:
     def __init__(self) -> None:
         self.dir = Path(os.environ.get("CHAOS_DEVSTACK_DIR") or REPO / ".devstack-chaos").resolve()
         everyday = Path(os.environ.get("DEVSTACK_DIR") or REPO / ".devstack").resolve()
+        if self.dir == everyday:
+            raise SystemExit(f"the chaos stack cannot live in the everyday stack's {everyday}: it kills what it runs")
         self.cache = everyday / "cache"
         base = free_block(int(os.environ.get("CHAOS_PORT_BASE") or 23300), len(PORT_NAMES) + METRICS_PORTS)
         self.ports = {name: base + i for i, name in enumerate(PORT_NAMES)}
@@ -213,22 +216,11 @@ class Stack:
     def mysql(self, sql: str, args: tuple = (), database: str | None = DATABASE) -> list[tuple]:
         import pymysql
 
-        conn = pymysql.connect(
-            host=HOST,
-            port=self.ports["mysql"],
-            user="singleton",
-            password=self.mysql_password,
-            database=database,
-            connect_timeout=5,
-            read_timeout=30,
-            autocommit=True,
-        )
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
+        connect = dict(host=HOST, port=self.ports["mysql"], user="singleton", password=self.mysql_password)
+        connect.update(database=database, connect_timeout=5, read_timeout=30, autocommit=True)
+        with contextlib.closing(pymysql.connect(**connect)) as conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
 
     async def prepare(self) -> str:
         """The run's database and topic; returns an admin key made by ``keys create``."""
