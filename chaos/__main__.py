@@ -66,8 +66,8 @@ async def main() -> int:
         for key in keys:
             await play(run, key)
     finally:
-        if run is not None and run.service is not None:
-            await run.service.stop()
+        if run is not None:
+            await run.close()
         await stack.down()
     meta = {
         "date": dt.date.today().isoformat(),

@@ -1,6 +1,7 @@
 """The analytics backlog as Kafka has it: the topic's end offsets minus the analytics
-group's committed offsets, polled from outside the service (what the service itself
-reports is in ``HealthWatch.lags``). Nothing is read while Kafka is down."""
+group's committed offsets, polled from outside the service through the whole run (what
+the service itself reports is in ``HealthWatch.lags``). Nothing is read while Kafka is
+down."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class BacklogWatch(Poller):
     def __init__(self, stack: Stack):
         self.stack = stack
         self.seen: list[tuple[float, int]] = []
+        self._committed: dict[TopicPartition, int] = {}
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -41,8 +43,13 @@ class BacklogWatch(Poller):
             await self._consumer.start()
         committed = await self._admin.list_consumer_group_offsets(ANALYTICS_GROUP, partitions=PARTITIONS)
         ends = await self._consumer.end_offsets(PARTITIONS)
-        done = {tp: (meta.offset if meta is not None and meta.offset >= 0 else 0) for tp, meta in committed.items()}
-        return sum(max(0, ends[tp] - done.get(tp, 0)) for tp in PARTITIONS)
+        # The group's offsets only move forward in a run. Right after a Kafka restart the
+        # coordinator, still loading them, answers none (the admin client does not raise on
+        # that top-level error): that is not a backlog of the whole topic, so keep the last.
+        for tp, meta in committed.items():
+            if meta is not None and meta.offset > self._committed.get(tp, 0):
+                self._committed[tp] = meta.offset
+        return sum(max(0, ends[tp] - self._committed.get(tp, 0)) for tp in PARTITIONS)
 
     async def _close(self) -> None:
         for client in (self._consumer, self._admin):

@@ -97,6 +97,8 @@ class Run:
         self.results: list[dict] = []
         self.services: list[Service] = []  # every process this run started, for their logs
         self._tracebacks = 0
+        self.backlog = BacklogWatch(stack)  # across scenarios: Kafka restarts must not reset it
+        self.backlog.start()
 
     def spawn(self, name: str, processes: int = 1) -> Service:
         self.service = Service(self.stack, name, processes)
@@ -137,10 +139,9 @@ class Run:
 
     @contextlib.asynccontextmanager
     async def loaded(self, s: Scenario, warmup_s: float = WARMUP_S) -> AsyncIterator[Load]:
-        load, watch, backlog = Load(self.client, s.users), HealthWatch(self.client), BacklogWatch(self.stack)
+        load, watch = Load(self.client, s.users), HealthWatch(self.client)
         load.start()
         watch.start()
-        backlog.start()
         try:
             await asyncio.sleep(warmup_s)  # deliberate: steady writes before the fault
             yield load
@@ -153,15 +154,18 @@ class Run:
         ended = time.monotonic()
         view = client_view(load.writes, watch, s, health_ok, writes_ok)
         log(f"scenario {s.key}: {len(load.writes)} writes, accounting")
-        try:
-            books = await accounting.account(self.stack, self.client, load.writes, s.users, s.since, ended)
-        finally:
-            await backlog.stop()  # watched until analytics was exact, so its clearing is seen
-        view.update(analytics_view(backlog, watch, s))
+        books = await accounting.account(self.stack, self.client, load.writes, s.users, s.since, ended)
+        view.update(analytics_view(self.backlog, watch, s))
         if tracebacks := self.new_tracebacks():
             s.problems.append(f"{tracebacks} tracebacks in the service's log")
         self.results.append({"key": s.key, "title": s.title, **view, **books, "notes": s.notes, "problems": s.problems})
         log(f"scenario {s.key}: accepted {books['accepted']}, lost {books['lost']}, analytics {books['analytics']}")
+
+    async def close(self) -> None:
+        await self.backlog.stop()
+        if self.service is not None:
+            await self.service.stop()
+        self.client.close()
 
     async def _recovered(self, load: Load, watch: HealthWatch, s: Scenario) -> tuple[float | None, float | None]:
         """When /health first said ok, and a write was first accepted, after the fault ended."""
