@@ -51,6 +51,7 @@ async def play(run: Run, key: str) -> None:
 
 async def main() -> int:
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     # The run's own Kafka clients meet every outage it makes: their errors are expected.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     keys = chosen()
@@ -76,6 +77,7 @@ async def main() -> int:
         "stack_s": stack_s,
         "rate_per_s": RATE_PER_S,
         "cores": os.cpu_count(),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # 1-minute, at start and end
         "scenarios": keys,
     }
     report.write(run.results, meta, doc=report.DOC if keys == list(SCENARIOS) else WORK / "RELIABILITY.partial.md")

@@ -129,7 +129,9 @@ def section(results: list[dict], meta: dict) -> str:
         BEGIN,
         f"Run of {meta['date']} on commit `{meta['commit']}`: {meta['runtime_s'] / 60:.1f} minutes "
         f"for the whole `make chaos` ({meta['stack_s']:.0f} s of it starting the stack), "
-        f"{meta['rate_per_s']} payments/s offered, {meta['cores']} cores shared with the backing services.",
+        f"{meta['rate_per_s']} payments/s offered, {meta['cores']} cores shared with the backing services "
+        f"(and whatever else ran: load average {meta['load_average'][0]} at the start, "
+        f"{meta['load_average'][1]} at the end).",
         "",
         "Every payment accounted for:",
         "",
