@@ -86,6 +86,7 @@ NOTES = {
     "stopped_in_s": "it stopped {} s after SIGTERM",
     "workers_replaced": "{} workers replaced",
     "instances_ready": "{} instances reported ready",
+    "event_loop": "the event loop logged {}",
 }
 
 

@@ -66,15 +66,12 @@ class Service:
     def logged(self, message: str) -> list[dict]:
         return [line for line in self.lines() if line.get("msg") == message]
 
-    def trouble(self) -> dict:
-        """What the log holds that an operator would look at: tracebacks, errors, warnings."""
+    def trouble(self) -> tuple[int, list[str]]:
+        """What the log holds that always means a bug somewhere: tracebacks, and the event
+        loop's own complaints (a task destroyed while pending, an exception never retrieved)."""
         text = self.log_path.read_text(errors="replace")
-        lines = self.lines()
-        return {
-            "tracebacks": text.count("Traceback"),
-            "errors": sum(1 for line in lines if line.get("level") == "error"),
-            "warnings": sum(1 for line in lines if line.get("level") == "warning"),
-        }
+        loop = [line["msg"].split("\n")[0] for line in self.lines() if line.get("logger") == "asyncio"]
+        return text.count("Traceback"), loop
 
     async def wait_logged(self, message: str, count: int = 1, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
