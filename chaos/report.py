@@ -17,6 +17,14 @@ def _s(value) -> str:
     return "—" if value is None else f"{value:.1f} s"
 
 
+def _said(value) -> str:
+    """A note's value as prose: a list of log messages quoted, each once with its count."""
+    if not isinstance(value, list):
+        return str(value)
+    counted = {m: value.count(m) for m in value}
+    return ", ".join(f'"{m}"' + (f" ({n} times)" if n > 1 else "") for m, n in counted.items())
+
+
 def _n(value) -> str:
     return "—" if value is None else str(value)
 
@@ -96,7 +104,7 @@ def notes(results: list[dict]) -> list[str]:
     for r in results:
         for problem in r.get("problems", []):
             out.append(f"- {r['title']}: **{problem}**")
-        said = [NOTES.get(k, k + ": {}").format(v) for k, v in r.get("notes", {}).items()]
+        said = [NOTES.get(k, k + ": {}").format(_said(v)) for k, v in r.get("notes", {}).items()]
         if said:
             out.append(f"- {r['title']}: " + "; ".join(said))
     return out
