@@ -18,6 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 include devstack/services.mk
 include bench/bench.mk
 include loadtests/load.mk
+include chaos/chaos.mk
 
 run: install services
 	$(PY) -m service

@@ -12,7 +12,8 @@
 # means its `postgres`: up starts it first, down stops it after, status shows it.
 # All servers listen on 127.0.0.1 only. State lives under $DEVSTACK_DIR
 # (default: <repo>/.devstack): data/, logs/, run/ (pid files), cache/ (kafka jars,
-# ferretdb binary). See devstack/README.md.
+# ferretdb binary; $DEVSTACK_CACHE_DIR puts it elsewhere, e.g. shared by a second
+# stack). See devstack/README.md.
 set -euo pipefail
 
 DEVSTACK_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,7 +26,7 @@ DATA_DIR="$DEVSTACK_DIR/data"
 SECRETS_DIR="$DEVSTACK_DIR/secrets"
 LOG_DIR="$DEVSTACK_DIR/logs"
 RUN_DIR="$DEVSTACK_DIR/run"
-CACHE_DIR="$DEVSTACK_DIR/cache"
+CACHE_DIR="${DEVSTACK_CACHE_DIR:-$DEVSTACK_DIR/cache}" # another stack may share its downloads and builds
 
 MYSQL_PORT="${MYSQL_PORT:-3306}"
 REDIS_PORT="${REDIS_PORT:-6379}"

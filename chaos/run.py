@@ -1,0 +1,189 @@
+"""One chaos run: the stack, the service process of the moment, and the frame every
+scenario shares. A scenario gets users of its own and the topic's offsets
+(``prepare``); then, under ``loaded``: steady writes and a watch on /health start, the
+scenario injects its fault and marks when it began and ended, the run waits for the
+service to recover (health ok, a write accepted), keeps writing a little longer, stops,
+and accounts for every payment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from chaos import accounting
+from chaos.backlog import BacklogWatch, last_at, peak_and_cleared
+from chaos.load import CONNECTION, RATE_PER_S, Client, HealthWatch, Load, Write
+from chaos.service import Service
+from chaos.stack import Stack, log
+
+WARMUP_S = 5.0  # steady writes before the fault
+TAIL_S = 5.0  # steady writes once recovered
+USERS = 3  # per scenario
+RECOVERY_DEADLINE_S = 120.0
+READY_DEADLINE_S = 90.0
+
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    users: list[str] = field(default_factory=list)
+    since: dict = field(default_factory=dict)  # the topic's end offsets before it
+    fault_start: float | None = None
+    fault_end: float | None = None
+    notes: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # anything else that fails the scenario
+
+
+def first_accepted(writes: list[Write], after: float) -> float | None:
+    """When the first attempt sent at or after ``after`` came back 201."""
+    done = [a.started + a.seconds for w in writes for a in w.attempts if a.started >= after and a.outcome == 201]
+    return min(done, default=None)
+
+
+def analytics_view(backlog: BacklogWatch, watch: HealthWatch, s: Scenario) -> dict:
+    """The analytics group's backlog as Kafka has it, and the lag /health reported."""
+    caught_up = int(RATE_PER_S)  # one second of writes
+    peak, cleared = backlog.backlog(s.fault_start, s.fault_end, caught_up)
+    reported, _ = peak_and_cleared(watch.lags, s.fault_start, s.fault_end, caught_up)
+    return {
+        "analytics_backlog_peak": peak,
+        "analytics_backlog_cleared_s": None if cleared is None else round(cleared - s.fault_end, 1),
+        "health_lag_peak": reported,
+        "backlog_at_fault_end": last_at(backlog.seen, s.fault_end),
+        "health_lag_at_fault_end": last_at(watch.lags, s.fault_end),
+    }
+
+
+def client_view(writes: list[Write], watch: HealthWatch, s: Scenario, health_ok, writes_ok) -> dict:
+    """What the client saw: answers before retries, writes that failed after them, the
+    slowest attempt and write sent during the outage, and the recovery times."""
+    attempts = [a for w in writes for a in w.attempts]
+    codes = [a.outcome for a in attempts if a.outcome != CONNECTION]
+    outage_end = max(t for t in (s.fault_end, health_ok, writes_ok) if t is not None)
+    in_outage = [a for a in attempts if s.fault_start <= a.started <= outage_end]
+    writes_in_outage = [w for w in writes if s.fault_start <= w.started <= outage_end and w.ended]
+    seconds = writes[-1].started - writes[0].started if len(writes) > 1 else 0
+    return {
+        "rate_per_s": round(len(writes) / seconds, 1) if seconds else None,
+        "attempts": len(attempts),
+        "http_5xx": sum(1 for c in codes if c >= 500),
+        "http_500": sum(1 for c in codes if c == 500),
+        "http_429": sum(1 for c in codes if c == 429),
+        "other_4xx": sorted({c for c in codes if 400 <= c < 500 and c != 429}),
+        "connection_errors": sum(1 for a in attempts if a.outcome == CONNECTION),
+        "failed": sum(1 for w in writes if not w.accepted),
+        "failed_outcomes": sorted({str(w.final) for w in writes if not w.accepted}),
+        "outage_s": round(s.fault_end - s.fault_start, 1),
+        "slowest_attempt_s": round(max((a.seconds for a in in_outage), default=0), 2),
+        "slowest_write_s": round(max((w.ended - w.started for w in writes_in_outage), default=0), 2),
+        "health_during": watch.statuses(s.fault_start, outage_end),
+        "recovery_health_s": None if health_ok is None else round(health_ok - s.fault_end, 1),
+        "recovery_writes_s": None if writes_ok is None else round(max(0.0, writes_ok - s.fault_end), 1),
+        "writes_interrupted": any(a.outcome != 201 for a in in_outage),
+    }
+
+
+class Run:
+    def __init__(self, stack: Stack, key: str):
+        self.stack = stack
+        self.service: Service | None = None
+        self.client = Client(f"http://127.0.0.1:{stack.ports['service']}", key)
+        self.results: list[dict] = []
+        self.services: list[Service] = []  # every process this run started, for their logs
+        self._seen_trouble = (0, 0)  # tracebacks and event-loop complaints already reported
+        self.backlog = BacklogWatch(stack)  # across scenarios: Kafka restarts must not reset it
+        self.backlog.start()
+
+    def spawn(self, name: str, processes: int = 1) -> Service:
+        self.service = Service(self.stack, name, processes)
+        self.services.append(self.service)
+        return self.service
+
+    def new_trouble(self) -> tuple[int, list[str]]:
+        """Tracebacks, and the event loop's complaints, logged by any of this run's service
+        processes since the last call."""
+        tracebacks, loop = 0, []
+        for service in self.services:
+            t, complaints = service.trouble()
+            tracebacks, loop = tracebacks + t, loop + complaints
+        seen_t, seen_l = self._seen_trouble
+        self._seen_trouble = (tracebacks, len(loop))
+        return tracebacks - seen_t, loop[seen_l:]
+
+    async def ready(self, timeout_s: float = READY_DEADLINE_S) -> None:
+        """Wait for /health/ready to answer 200 (the service has MariaDB, migrated)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(OSError):
+                if (await self.client.request("GET", "/health/ready", timeout_s=2))[0] == 200:
+                    return
+            if not self.service.running():
+                raise RuntimeError(f"service exited ({self.service.popen.returncode}): {self.service.log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"service not ready within {timeout_s} s: {self.service.log_path}")
+            await asyncio.sleep(0.2)
+
+    async def prepare(self, key: str, title: str) -> Scenario:
+        """A scenario's users (made by the running, healthy service) and the topic's ends."""
+        log(f"scenario {key}: {title}")
+        s = Scenario(key, title)
+        for n in range(USERS):
+            body = {"email": f"chaos-{uuid.uuid4().hex}@example.com", "name": f"Chaos {key} {n}"}
+            code, user, _ = await self.client.request("POST", "/api/v1/users", body)
+            if code != 201:
+                raise RuntimeError(f"creating a user: {code} {user}")
+            s.users.append(user["id"])
+        s.since = await accounting.topic_ends(self.stack)
+        return s
+
+    @contextlib.asynccontextmanager
+    async def loaded(self, s: Scenario, warmup_s: float = WARMUP_S) -> AsyncIterator[Load]:
+        load, watch = Load(self.client, s.users), HealthWatch(self.client)
+        load.start()
+        watch.start()
+        try:
+            await asyncio.sleep(warmup_s)  # deliberate: steady writes before the fault
+            yield load
+            health_ok, writes_ok = await self._recovered(load, watch, s)
+            log(f"scenario {s.key}: recovered (health ok +{_after(health_ok, s)}, writes +{_after(writes_ok, s)})")
+            await asyncio.sleep(TAIL_S)  # deliberate: steady writes after recovery
+        finally:
+            await load.stop()
+            await watch.stop()
+        ended = time.monotonic()
+        view = client_view(load.writes, watch, s, health_ok, writes_ok)
+        log(f"scenario {s.key}: {len(load.writes)} writes, accounting")
+        books = await accounting.account(self.stack, self.client, load.writes, s.users, s.since, ended)
+        view.update(analytics_view(self.backlog, watch, s))
+        tracebacks, complaints = self.new_trouble()
+        if tracebacks:
+            s.problems.append(f"{tracebacks} tracebacks in the service's log")
+        if complaints:  # noted, not failed: seen once so far, and it loses nothing (docs/RELIABILITY.md)
+            s.notes["event_loop"] = complaints
+        self.results.append({"key": s.key, "title": s.title, **view, **books, "notes": s.notes, "problems": s.problems})
+        log(f"scenario {s.key}: accepted {books['accepted']}, lost {books['lost']}, analytics {books['analytics']}")
+
+    async def close(self) -> None:
+        await self.backlog.stop()
+        if self.service is not None:
+            await self.service.stop()
+        self.client.close()
+
+    async def _recovered(self, load: Load, watch: HealthWatch, s: Scenario) -> tuple[float | None, float | None]:
+        """When /health first said ok, and a write was first accepted, after the fault ended."""
+        health = writes = None
+        while time.monotonic() < s.fault_end + RECOVERY_DEADLINE_S and (health is None or writes is None):
+            health = health or watch.first_ok(s.fault_end)
+            writes = writes or first_accepted(load.writes, s.fault_end)
+            await asyncio.sleep(0.1)
+        return health, writes
+
+
+def _after(t: float | None, s: Scenario) -> str:
+    return "never" if t is None else f"{t - s.fault_end:.1f} s"
