@@ -273,16 +273,17 @@ class GroupConsumer(TopicReader):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.reconnect_cfg["max_delay_s"])
 
-    retried: tuple[type[BaseException], ...] = ()  # a subclass's store errors that mean "try again"
-
     async def _next_batch(self) -> None:
         assert self.consumer is not None
-        batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)
-        if batches:
-            async with self.batch_lock:
-                await self._store(batches)
-        if time.monotonic() >= self._lag_due:
-            await self._refresh_lag()
+        try:
+            batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+            if batches:
+                async with self.batch_lock:
+                    await self._store(batches)
+        finally:
+            # Also when the store fails: an outage is exactly when the backlog grows.
+            if time.monotonic() >= self._lag_due:
+                await self._refresh_lag()
 
     async def _store(self, batches: dict) -> None:
         assert self.consumer is not None

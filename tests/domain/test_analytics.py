@@ -260,3 +260,27 @@ async def test_health_reports_the_analytics_lag_and_it_drains_to_zero(api):
         return health["consumers"]["analytics"]["lag"] == 0
 
     await wait_until(drained, timeout=30, interval=0.2, what="the analytics lag back to 0")
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_lag_keeps_growing_while_the_store_refuses_every_batch(api, config):
+    """MongoDB out of reach: nothing is committed, so the lag /health reports must grow
+    with every event written meanwhile (it was once refreshed only after a stored batch)."""
+    kafka = {**config["kafka"], "analytics_group": f"singleton-analytics-down-{uuid.uuid4().hex[:8]}"}
+    consumer = AnalyticsConsumer({**config, "kafka": kafka})
+
+    async def unreachable(coll, statements):
+        raise AutoReconnect("MongoDB is down")
+
+    consumer.store._bulk = unreachable
+    consumer._run_in_background(consumer._run(), "test-analytics-down")
+    try:
+        await wait_until(lambda: consumer._failing, timeout=30, what="the first refused batch")
+        before = consumer.lag
+        assert before is not None
+        for _ in range(3):
+            await api.new_user()
+        await wait_until(lambda: consumer.lag >= before + 3, timeout=30, interval=0.1, what="the lag to grow by 3")
+        assert consumer.status()["status"] == "down"
+    finally:
+        await consumer.release()
