@@ -30,6 +30,7 @@ class KafkaProducerManager(Manager):
         self.timeout_s: float = cfg["request_timeout_s"]
         self.producer: AIOKafkaProducer | None = None
         self._opening = asyncio.Lock()  # concurrent first uses open one producer, not one each
+        self._stopping: set[asyncio.Task] = set()  # discarded producers still shutting down
 
     @classmethod
     def start(cls, config: dict) -> KafkaProducerManager:
@@ -66,8 +67,19 @@ class KafkaProducerManager(Manager):
         await self._stop_quietly(producer)
 
     async def _stop_quietly(self, producer: AIOKafkaProducer) -> None:
+        """Wait up to the deadline for ``producer`` to stop, but never cancel the stop: a
+        cancelled ``stop()`` leaves aiokafka's sender task pending for good ("Task was
+        destroyed but it is pending!"). A stop that outlives the deadline (the broker is
+        down and batches expire first) ends in the background; ``release()`` waits for it."""
+        task = asyncio.create_task(self._stop(producer), name="kafka-producer-stop")
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+        await asyncio.wait({task}, timeout=self.timeout_s)
+
+    @staticmethod
+    async def _stop(producer: AIOKafkaProducer) -> None:
         try:
-            await asyncio.wait_for(producer.stop(), self.timeout_s)
+            await producer.stop()  # bounded by the producer's own request timeout
         except Exception as exc:
             log.debug("kafka producer stop failed (expected while the broker is down)", extra={"error": repr(exc)})
 
@@ -107,3 +119,7 @@ class KafkaProducerManager(Manager):
         if self.producer is not None:
             await self._stop_quietly(self.producer)
             self.producer = None
+        if self._stopping:
+            await asyncio.wait(self._stopping, timeout=self.timeout_s)
+        for task in list(self._stopping):  # shutting down: a stop still hanging is abandoned
+            task.cancel()
