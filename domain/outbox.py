@@ -68,6 +68,9 @@ class OutboxRelay(Manager):
         self._wakeup.set()
 
     async def _run(self) -> None:
+        # Until MariaDB is reached and migrated there is nothing to relay, and its manager
+        # already says so: without this wait, every start logged a relay "outage".
+        await MySQLManager.instance().ready.wait()
         backoff = self.poll_interval_s
         failing = False
         while not self._stopping:
@@ -165,6 +168,9 @@ class OutboxRelay(Manager):
     async def release(self) -> None:
         """Let the batch in hand finish (published rows get marked), then flush once more."""
         deadline_s = KafkaProducerManager.instance().timeout_s * 2
+        if not MySQLManager.instance().ready.is_set():  # never began: nothing in hand, nothing to flush
+            await self._stop_background(deadline_s)
+            return
         if self._task is not None:
             self._stopping = True
             self._wakeup.set()
