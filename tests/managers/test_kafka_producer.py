@@ -28,7 +28,9 @@ class SlowToStop:
 
 
 def manager(timeout_s: float) -> KafkaProducerManager:
-    return KafkaProducerManager({"topic": "t", "request_timeout_s": timeout_s, "bootstrap_servers": "", "client_id": ""})
+    return KafkaProducerManager(
+        {"topic": "t", "request_timeout_s": timeout_s, "bootstrap_servers": "", "client_id": ""}
+    )
 
 
 @pytest.mark.gen_test(timeout=10)
