@@ -99,12 +99,8 @@ async def test_with_redis_gone_the_limiter_fails_open_and_says_so(api, monkeypat
     await wait_until(limiting_again, timeout=20, interval=0.3, what="the limiter to use Redis again")
 
 
-@pytest.mark.gen_test
-async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis(api, monkeypatch):
-    """A tenth of a second's rate is taken at once and spent locally: 100 reads/s means
-    one Redis call per 10 reads, and never more reads than the bucket holds."""
-    user = await api.new_user()
-    me = await api.as_user(user["id"])
+def redis_calls_at_100_reads_per_s(monkeypatch) -> list:
+    """Reads limited to 100/s (a burst of 50); the list fills with the limiter's Redis calls."""
     monkeypatch.setattr(RateLimiter.instance(), "read", Rate(per_s=100, burst=50))
     calls = []
     take_tokens = RedisManager.take_tokens
@@ -114,6 +110,16 @@ async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis
         return await take_tokens(self, *args, **kwargs)
 
     monkeypatch.setattr(RedisManager, "take_tokens", counted)
+    return calls
+
+
+@pytest.mark.gen_test
+async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis(api, monkeypatch):
+    """A tenth of a second's rate is taken at once and spent locally: 100 reads/s means
+    one Redis call per 10 reads, and never more reads than the bucket holds."""
+    user = await api.new_user()
+    me = await api.as_user(user["id"])
+    calls = redis_calls_at_100_reads_per_s(monkeypatch)
     started = time.monotonic()
     codes = []
     for n in range(80):
@@ -130,15 +136,7 @@ async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis
 async def test_concurrent_calls_that_find_the_share_spent_ask_redis_once(api, monkeypatch):
     user = await api.new_user()
     me = await api.as_user(user["id"])
-    monkeypatch.setattr(RateLimiter.instance(), "read", Rate(per_s=100, burst=50))
-    calls = []
-    take_tokens = RedisManager.take_tokens
-
-    async def counted(self, *args, **kwargs):
-        calls.append(args)
-        return await take_tokens(self, *args, **kwargs)
-
-    monkeypatch.setattr(RedisManager, "take_tokens", counted)
+    calls = redis_calls_at_100_reads_per_s(monkeypatch)
     results = await asyncio.gather(*(me.get(f"/api/v1/users/{user['id']}") for _ in range(40)))
     assert [code for code, _, _ in results] == [200] * 40
     assert len(calls) == 4, f"{len(calls)} Redis calls for 40 concurrent reads (a share is 10)"

@@ -38,19 +38,23 @@ def second_instance():
     assert proc.returncode == 0, err
 
 
-@pytest.mark.gen_test(timeout=120)
-async def test_a_change_made_on_one_instance_reaches_a_client_of_the_other(api, second_instance):
-    proc, other_url = second_instance
+async def until_healthy(proc: subprocess.Popen, url: str) -> None:
     http = AsyncHTTPClient()
 
-    async def other_healthy():
+    async def healthy():
         assert proc.poll() is None, proc.stderr.read()
         try:
-            return (await http.fetch(f"{other_url}/health", raise_error=False)).code == 200
+            return (await http.fetch(f"{url}/health", raise_error=False)).code == 200
         except OSError:
             return False
 
-    await wait_until(other_healthy, timeout=60, interval=0.2, what="the second instance to be healthy")
+    await wait_until(healthy, timeout=60, interval=0.2, what="the second instance to be healthy")
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_change_made_on_one_instance_reaches_a_client_of_the_other(api, second_instance):
+    proc, other_url = second_instance
+    await until_healthy(proc, other_url)
 
     user = await api.new_user()
     client = await Client.connect(api, user["id"], "elsewhere", base_url=other_url)
@@ -72,16 +76,7 @@ async def test_a_change_made_on_one_instance_reaches_a_client_of_the_other(api, 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_revoked_key_stops_working_on_another_instance_within_the_stated_delay(api, config, second_instance):
     proc, other_url = second_instance
-    http = AsyncHTTPClient()
-
-    async def other_healthy():
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            return (await http.fetch(f"{other_url}/health", raise_error=False)).code == 200
-        except OSError:
-            return False
-
-    await wait_until(other_healthy, timeout=60, interval=0.2, what="the second instance to be healthy")
+    await until_healthy(proc, other_url)
     user = await api.new_user()
     me = (await api.as_user(user["id"])).at(other_url)
     assert (await me.get(f"/api/v1/users/{user['id']}"))[0] == 200  # the other instance caches the verdict
