@@ -6,19 +6,13 @@
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 
-.PHONY: bench bench-deps bench-profile bench-variants bench-report bench-analytics
+.PHONY: bench bench-deps bench-report bench-analytics
 
 bench-deps: install
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
 
 bench: bench-deps ## Benchmark every endpoint against a bare Tornado baseline, plus WebSocket fan-out
 	$(PY) -m bench
-
-bench-profile: bench-deps ## py-spy profiles of GET user, POST payments and the fan-out under load
-	$(PY) -m bench.profile
-
-bench-variants: bench-deps ## Measure uvloop / orjson (service unchanged)
-	$(PY) -m bench.variants
 
 bench-analytics: install services ## The analytics store on this FerretDB backend (FERRETDB_BACKEND), 1,000,000 payments
 	$(PY) -m bench.analytics
