@@ -40,7 +40,7 @@ ENDPOINTS = {
 PHASES = [
     (("shipped",), [("shipped", e) for e in ENDPOINTS]),
     (("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")]),
-    (COMPARED, [(v, "get_user") for _ in range(2) for v in COMPARED]),
+    (COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED]),  # 3 rounds of half-length runs
     (("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")]),
 ]
 
@@ -96,12 +96,13 @@ class Run:
         runs = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}]
         for variants, plan in PHASES:
             self.use(variants)
+            seconds = self.s.duration_s if len(variants) == 1 else max(3, self.s.duration_s // 2)
             for variant, endpoint in plan:
-                r = self.wrk(f"{variant}: {endpoint}", variant, endpoint, self.s.duration_s)
+                r = self.wrk(f"{variant}: {endpoint}", variant, endpoint, seconds)
                 r |= {"kind": "endpoint", "variant": variant, "endpoint": endpoint, "label": ENDPOINTS[endpoint][0]}
                 if endpoint in ("post_payments", "put_status"):
                     r["drain"] = self.drain(r["ended_at"])
-                after = self.wrk(f"baseline-{len(runs) // 2 + 1}", None, "", self.s.duration_s) | {"kind": "baseline"}
+                after = self.wrk(f"baseline-{len(runs) // 2 + 1}", None, "", seconds) | {"kind": "baseline"}
                 r["baseline_rps"] = round(statistics.fmean([runs[-1]["rps"], after["rps"]]))
                 runs += [r | {"ratio": round(r["rps"] / r["baseline_rps"], 4)}, after]
         return runs

@@ -55,6 +55,7 @@ class Clients:
         deadline = time.monotonic() + 60
         while open_files(service.pid) > files + 50 and time.monotonic() < deadline:
             time.sleep(0.5)
+        time.sleep(3)  # and its collector has had the closed sockets' garbage
 
 
 def run(port: int, key: str, service: Proc, users: list[str], s) -> dict:

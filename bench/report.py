@@ -30,9 +30,10 @@ def _knee(shape: dict) -> dict:
 
 
 def _cost(r: dict, variant: str, reference: str) -> float | None:
-    """How much lower ``variant``'s GET user ratio is than ``reference``'s, each averaged over its rounds."""
-    ratios = [[x["ratio"] for x in _runs(r, v)] for v in (variant, reference)]
-    return 1 - statistics.fmean(ratios[0]) / statistics.fmean(ratios[1]) if all(ratios) else None
+    """How much lower ``variant``'s GET user ratio is than ``reference``'s in the same round,
+    the median over the rounds (one disturbed run moves it least)."""
+    pairs = zip(_runs(r, variant), _runs(r, reference), strict=True)
+    return statistics.median(1 - a["ratio"] / b["ratio"] for a, b in pairs) if _runs(r, variant) else None
 
 
 def measures(r: dict) -> dict:
@@ -196,9 +197,10 @@ def http_section(r: dict, images: list[str]) -> list[str]:
     return [
         "## HTTP endpoints",
         "",
-        f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. The GET user comparisons are four "
-        "`--role api` processes side by side, two rounds each. After a write run: outbox drained (no unpublished "
-        "row in MariaDB), then analytics lag 0 (the group's committed offsets at the topic's end, read from Kafka).",
+        f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. The GET user comparisons: four `--role "
+        "api` processes side by side, three rounds of half-length runs, each cost the median of its rounds. After a "
+        "write run: outbox drained (no unpublished row in MariaDB), then analytics lag 0 (the group's committed "
+        "offsets at the topic's end, read from Kafka). What bounds each missed target: docs/PROFILING.md.",
         "",
         *_table([*header, "outbox drained / analytics lag 0, s after", "CPU (cores)"], rows),
         f"MariaDB's pool as shipped (10 connections) → 50, one for each of wrk's, p50 / p99 ms: {pool}.",
