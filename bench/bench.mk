@@ -1,8 +1,6 @@
-# Benchmarks (bench/, see bench/README.md). Include from the top-level Makefile:
-#   include bench/bench.mk
-# `make bench` runs everything end to end (about 12-15 minutes) and writes docs/BENCHMARKS.md,
-# docs/bench/results.json and the plots. Settings: BENCH_* variables, e.g.
-#   make bench BENCH_STAGES=http BENCH_DURATION_S=5   (command-line variables reach the environment)
+# Benchmarks (bench/README.md), included by the top-level Makefile. `make bench` measures everything
+# (about 12-15 minutes) and writes docs/BENCHMARKS.md, docs/bench/results.json and the plots; settings
+# are BENCH_* variables, on the command line too: make bench BENCH_STAGES=http BENCH_DURATION_S=5
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 

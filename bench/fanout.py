@@ -18,7 +18,6 @@ from bench import client
 from bench.env import PY, REPO, WORK, Proc, cpu_split, log, mysql_query, open_files, percentile, processes, rss_kib
 
 P99_LIMIT_MS = 100.0
-SOCKETS_PER_CLIENT = 15_000  # each client process has the same open-files limit
 SPARE_FILES = 300  # the service's own files besides its sockets: pools, logs, a reconnect
 
 
@@ -90,7 +89,7 @@ def hold_most(port: int, service: Proc, tokens: dict, users: list[str], rss_befo
     room = limit - open_files(service.pid) - SPARE_FILES
     want = max(0, room)
     log(f"ws: {want:,} more sockets (open-files limit {limit:,})")
-    extra = Clients(port, max(1, math.ceil(want / SOCKETS_PER_CLIENT)), "most")
+    extra = Clients(port, 1, "most")  # one process: its open-files limit is the service's
     opened = extra.open([(tokens[users[i % len(users)]], f"m{i}") for i in range(want)])
     held, rss = len(users) + opened["open"], rss_kib(service.pid)
     extra.close(service, open_files(service.pid) - opened["open"])

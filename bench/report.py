@@ -12,7 +12,6 @@ import sys
 from bench.env import DOCS_BENCH
 
 NEVER = 1e9  # a catch-up not seen before the drain timeout
-VERDICT = {None: "reported", True: "**met**", False: "**missed**"}
 COSTS = (("key check", "key_cost", 10), ("rate limiter", "limiter_cost", None), ("access log at INFO", "log_cost", 5))
 
 
@@ -41,9 +40,10 @@ def measures(r: dict) -> dict:
     m: dict = {}
     for variant, prefix in (("shipped", ""), ("2 processes", "two_")):
         for x in (x for x in r.get("runs", []) if x.get("variant") == variant):
-            m[f"{prefix}{x['endpoint']}_ratio"], m[f"{prefix}{x['endpoint']}_p99"] = x["ratio"], x["p99_ms"]
+            key = prefix + x["endpoint"]
+            m[f"{key}_ratio"], m[f"{key}_p99"], m[f"{key}_rps"] = x["ratio"], x["p99_ms"], x["rps"]
             if "drain" in x:
-                m[f"{prefix}{x['endpoint']}_catch_up"] = x["drain"].get("analytics_caught_up_s", NEVER)
+                m[f"{key}_catch_up"] = x["drain"].get("analytics_caught_up_s", NEVER)
     m["key_cost"] = _cost(r, "key check", "no auth, no limiter")
     m["limiter_cost"] = _cost(r, "key check + limiter", "key check")
     m["log_cost"] = _cost(r, "key check + limiter", "logging at WARNING")
@@ -177,8 +177,7 @@ def header(r: dict) -> list[str]:
     ]
 
 
-def _versus(r: dict, variant: str, endpoints: tuple[str, ...], show: str) -> str:
-    """``show`` filled from the shipped run, then from ``variant``'s, for each endpoint both ran."""
+def _versus(r: dict, variant: str, endpoints: tuple[str, ...], show: str) -> str:  # "shipped → variant; ..."
     pairs = [(a, b) for e in endpoints if (a := _run(r, "shipped", e)) and (b := _run(r, variant, e))]
     return "; ".join(f"{show.format(**a)} → {show.format(**b).removeprefix(a['label']).strip()}" for a, b in pairs)
 
@@ -268,14 +267,15 @@ def _after(row: dict, m: dict) -> str:
     """A before/after row's "after": this run's measure, unless the row records its own."""
     if "after" in row or (value := m.get(row["measure_key"])) is None:
         return row.get("after", "not measured in this run")
-    unit = row.get("unit", "")
-    shown = {"pct": f"{value:.1%}", "ms": f"{value:,.1f} ms", "kib": f"{value:.1f} KiB", "s": f"0 after {value:.1f} s"}
+    unit, key = row.get("unit", ""), row["measure_key"]
+    pct = f"{value:.1%}" + (f" ({m[f'{key[:-6]}_rps']:,.0f} req/s)" if key.endswith("_ratio") else "")
+    shown = {"pct": pct, "ms": f"{value:,.1f} ms", "kib": f"{value:.1f} KiB", "s": f"0 after {value:.1f} s"}
     return shown.get(unit, f"{value:,.0f} {unit}".strip())
 
 
 def markdown(r: dict, history: dict, images: list[str]) -> str:
     m, out = measures(r), header(r)
-    rows = [[*t[:3], VERDICT[t[3]], t[4]] for t in targets(r, m)]
+    rows = [[*t[:3], {None: "reported", True: "**met**", False: "**missed**"}[t[3]], t[4]] for t in targets(r, m)]
     out += ["## Targets", "", *_table(["target", "goal", "measured", "verdict", "margin"], rows)]
     out += http_section(r, images) if r.get("runs") else []
     out += analytics_section(r["analytics"]) if r.get("analytics") else []

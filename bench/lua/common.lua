@@ -1,6 +1,5 @@
--- Shared by the wrk scripts (LUA_PATH=bench/lua/?.lua). Every request carries the bench's
--- API key (BENCH_KEY), the baseline's too, so both parse the same head; done() prints the
--- one line bench/wrk.py reads.
+-- Shared by the wrk scripts (LUA_PATH=bench/lua/?.lua). Every request carries the API key (BENCH_KEY),
+-- the baseline's too, so both parse the same head; done() prints the line bench/wrk.py reads.
 local M = {}
 
 function M.lines(path) -- ids, one a line
