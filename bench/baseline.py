@@ -1,15 +1,12 @@
-"""The baseline: one bare Tornado RequestHandler returning a small JSON dict.
-
-``python bench/baseline.py --port N`` (its own process). Every service endpoint
-is reported as a ratio to this, measured right before and after it, so the
-machine's own speed and drift cancel out. ``BENCH_UVLOOP=1`` runs it on uvloop.
-"""
+"""The baseline: one bare Tornado RequestHandler returning a small JSON dict, in its
+own process (``python -m bench.baseline --port N``). Every service endpoint is
+reported as a ratio to it, measured right before and after, so the machine's own
+speed and drift cancel out."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
+import sys
 
 import tornado.web
 
@@ -25,16 +22,5 @@ async def serve(port: int) -> None:
     await asyncio.Event().wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="bare Tornado JSON handler")
-    parser.add_argument("--port", type=int, default=8090)
-    args = parser.parse_args()
-    if os.environ.get("BENCH_UVLOOP", "") not in ("", "0"):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(serve(args.port))
-
-
 if __name__ == "__main__":
-    main()
+    asyncio.run(serve(int(sys.argv[sys.argv.index("--port") + 1])))

@@ -1,27 +1,17 @@
-# Benchmarks (bench/, see bench/README.md). Include from the top-level Makefile:
-#   include bench/bench.mk
-# `make bench` runs everything end to end (about 5 minutes) and writes docs/BENCHMARKS.md,
-# docs/bench/results.json and the plots. Settings: BENCH_* variables, e.g.
-#   make bench BENCH_DURATION=5 BENCH_WS_CONNECTIONS=2000   (command-line variables reach the environment)
+# Benchmarks (bench/README.md), included by the top-level Makefile. `make bench` measures everything
+# (about 12-15 minutes) and writes docs/BENCHMARKS.md, docs/bench/results.json and the plots; settings
+# are BENCH_* variables, on the command line too: make bench BENCH_STAGES=http BENCH_DURATION_S=5
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 
-.PHONY: bench bench-deps bench-profile bench-variants bench-report bench-analytics
+.PHONY: bench bench-deps bench-report
 
 bench-deps: install
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
 
-bench: bench-deps ## Benchmark every endpoint against a bare Tornado baseline, plus WebSocket fan-out
+bench: bench-deps services ## Every endpoint against a bare Tornado baseline, WebSocket fan-out, the analytics store
+	@command -v wrk >/dev/null || bash devstack/services.sh tools
 	$(PY) -m bench
 
-bench-profile: bench-deps ## py-spy profiles of GET user, POST payments and the fan-out under load
-	$(PY) -m bench.profile
-
-bench-variants: bench-deps ## Measure uvloop / orjson (service unchanged)
-	$(PY) -m bench.variants
-
-bench-analytics: install services ## The analytics store on this FerretDB backend (FERRETDB_BACKEND), 1,000,000 payments
-	$(PY) -m bench.analytics
-
-bench-report: ## Rewrite docs/BENCHMARKS.md and the plots from docs/bench/*.json
+bench-report: ## Rewrite docs/BENCHMARKS.md and the plots from docs/bench/results.json
 	$(PY) -m bench.report

@@ -1,51 +1,47 @@
-"""After a write run: how long until every outbox event reached Kafka."""
+"""After a write run: how long until every outbox event was on Kafka, and until the
+analytics consumer group had committed them all (its lag, read from Kafka: committed
+offsets against the topic's end), the same way for one process or several."""
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
+import contextlib
 import time
 
-from bench.env import metric_value, metrics_text, mysql_query
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-GAUGE = "singleton_outbox_pending_events"
+from bench.env import ANALYTICS_GROUP, KAFKA_TOPIC, config, mysql_connect
+
+POLL_S = 0.05
 
 
-def measure(port: int, run_ended_at: float, timeout_s: float = 60) -> dict:
-    """Two views of the same thing, from ``run_ended_at`` (wrk's exit, epoch seconds):
-
-    - ``metrics_zero_after_s``: when GET /metrics first showed the pending gauge at 0
-      (polled every 50 ms; the gauge is refreshed when the relay goes idle);
-    - ``last_published_after_s``: the newest ``published_at`` in the outbox (set once
-      Kafka acknowledged the batch) minus the run's end, read once no row is pending.
-      Negative means the relay had caught up before the last response was read.
-    """
-    out: dict = {"metrics_zero_after_s": None, "last_published_after_s": None, "pending_at_end": None}
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = metric_value(metrics_text(port), GAUGE)
-        if out["pending_at_end"] is None:
-            out["pending_at_end"] = value
-        if value == 0:
-            out["metrics_zero_after_s"] = round(time.time() - run_ended_at, 3)
-            break
-        time.sleep(0.05)
-    while time.time() < deadline:
-        pending = mysql_query("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")[0][0]
-        if pending == 0:
-            break
-        time.sleep(0.1)
-    else:
-        out["db_pending_after_timeout"] = pending
-        return out
-    (newest,) = mysql_query("SELECT MAX(published_at) FROM outbox")[0]
-    if newest is not None:
-        published = newest.replace(tzinfo=dt.UTC).timestamp()
-        out["last_published_after_s"] = round(published - run_ended_at, 3)
+async def measure(ended_at: float, timeout_s: float) -> dict:
+    """Seconds from ``ended_at`` (the run's end, epoch) until no outbox row was left unpublished
+    (``outbox_drained_s``) and until the analytics lag was 0 (``analytics_caught_up_s``)."""
+    bootstrap = config()["kafka"]["bootstrap_servers"]
+    admin, ends = AIOKafkaAdminClient(bootstrap_servers=bootstrap), AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await ends.start()
+    out: dict = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        with contextlib.closing(mysql_connect()) as db, db.cursor() as cur:
+            await ends.topics()  # metadata, for the partitions
+            tps = [TopicPartition(KAFKA_TOPIC, p) for p in sorted(ends.partitions_for_topic(KAFKA_TOPIC) or ())]
+            while time.monotonic() < deadline:
+                cur.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                pending = cur.fetchone()[0]
+                committed = await admin.list_consumer_group_offsets(ANALYTICS_GROUP)
+                end = await ends.end_offsets(tps)
+                lag = sum(n - (committed[tp].offset if tp in committed else 0) for tp, n in end.items())
+                if pending == 0:
+                    out.setdefault("outbox_drained_s", round(time.time() - ended_at, 2))
+                if pending == 0 and lag == 0:
+                    out["analytics_caught_up_s"] = round(time.time() - ended_at, 2)
+                    break
+                await asyncio.sleep(POLL_S)
+    finally:
+        await ends.stop()
+        await admin.close()
     return out
-
-
-def events_between(start: float, end: float) -> int:
-    """Outbox rows created in [start, end] (epoch seconds; the outbox stores UTC)."""
-    lo = dt.datetime.fromtimestamp(start, dt.UTC).replace(tzinfo=None)
-    hi = dt.datetime.fromtimestamp(end, dt.UTC).replace(tzinfo=None)
-    return mysql_query("SELECT COUNT(*) FROM outbox WHERE created_at BETWEEN %s AND %s", (lo, hi))[0][0]

@@ -1,74 +1,72 @@
-"""The bench's surroundings: settings, backing services, its own database, topic,
-Redis db and Mongo db, and the processes it starts (the service, the baseline)."""
+"""The bench's surroundings: its settings, its own stores in the backing services, the
+processes it starts, and what /proc says about every process on the machine. Where
+the services are comes from the service's own configuration (config.yaml, its
+``SINGLETON_*`` overrides and ``*_file`` secrets)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import resource
-import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH_DIR = REPO / "bench"
-WORK = REPO / "reports" / "bench"  # git-ignored scratch: id files, logs, raw wrk output
-DOCS = REPO / "docs"
-DOCS_BENCH = DOCS / "bench"
-PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+from managers import config as service_config
 
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "reports" / "bench"  # git-ignored scratch: logs, raw wrk output
+DOCS_BENCH = REPO / "docs" / "bench"
+PY = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable
+HOST = "127.0.0.1"
 MYSQL_DATABASE = "singleton_test_bench"  # the devstack user may only create singleton_test%
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_DB = 14
 MONGO_DATABASE = "singleton_bench"
 KAFKA_TOPIC = "singleton-bench"
-KAFKA_BOOTSTRAP = "127.0.0.1:9092"
-HOST = "127.0.0.1"
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, "") or default)
-
-
-def _env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, "") or default)
+SERVICES = {"mariadb": "MariaDB", "redis": "Redis", "kafka": "Kafka", "postgres": "PostgreSQL", "ferretdb": "FerretDB"}
+CODE = ("service", "handlers", "managers", "domain", "migrations", "bench")  # measured: "+dirty" if changed
+ANALYTICS_GROUP = f"singleton-bench-analytics-{int(time.time())}"  # a fresh group each run
 
 
 @dataclass
 class Settings:
-    """Every knob, from BENCH_* environment variables (see bench/README.md)."""
+    """Every knob; each from BENCH_<NAME> if set (BENCH_DURATION_S=5; a tuple: 25,50,100)."""
 
-    duration_s: int = field(default_factory=lambda: _env_int("BENCH_DURATION", 10))
-    connections: int = field(default_factory=lambda: _env_int("BENCH_CONNECTIONS", 50))
-    threads: int = field(default_factory=lambda: _env_int("BENCH_THREADS", 2))
-    warmup_s: int = field(default_factory=lambda: _env_int("BENCH_WARMUP", 3))
-    users: int = field(default_factory=lambda: _env_int("BENCH_USERS", 1000))
-    list_users: int = field(default_factory=lambda: _env_int("BENCH_LIST_USERS", 100))
-    payments_per_list_user: int = field(default_factory=lambda: _env_int("BENCH_PAYMENTS_PER_USER", 25))
-    ws_connections: int = field(default_factory=lambda: _env_int("BENCH_WS_CONNECTIONS", 10000))
-    ws_users: int = field(default_factory=lambda: _env_int("BENCH_WS_USERS", 100))
-    ws_rate: float = field(default_factory=lambda: _env_float("BENCH_WS_RATE", 200))
-    ws_seconds: float = field(default_factory=lambda: _env_float("BENCH_WS_SECONDS", 10))
-    ws_client_procs: int = field(default_factory=lambda: _env_int("BENCH_WS_PROCS", 1))
-    drain_timeout_s: float = field(default_factory=lambda: _env_float("BENCH_DRAIN_TIMEOUT", 60))
-    skip_ws: bool = field(default_factory=lambda: os.environ.get("BENCH_SKIP_WS", "") not in ("", "0"))
+    stages: str = "http,ws,analytics"
+    duration_s: int = 10  # a wrk run
+    connections: int = 50
+    users: int = 10000
+    list_users: int = 100  # users with payments (25 each): the list pages
+    payments_per_user: int = 25
+    warmup_s: int = 3
+    drain_timeout_s: float = 60.0
+    ws_sockets: int = 10000
+    ws_shared_users: int = 100
+    ws_rates_single: tuple = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0)  # payments/s
+    ws_rates_shared: tuple = (25.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0)
+    ws_step_s: float = 5.0
+    analytics_payments: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if raw := os.environ.get(f"BENCH_{name.upper()}"):
+                typed = tuple(float(x) for x in raw.split(",")) if isinstance(value, tuple) else type(value)(raw)
+                setattr(self, name, typed)
+
+    def stage(self, name: str) -> bool:
+        return name in self.stages.split(",")
 
 
-def raise_nofile(wanted: int = 65536) -> int:
-    """Raise this process's open-file limit as far as the hard limit allows; return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def free_port() -> int:
@@ -77,287 +75,213 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+# -- backing services ------------------------------------------------------------------------
+@functools.cache
+def config() -> dict:
+    """The configuration the service would read here (``make services`` makes the dev secrets)."""
+    return service_config.load()
 
 
-# -- backing services -------------------------------------------------------------------------
-def services_up() -> None:
-    log("backing services: bash devstack/services.sh up")
-    subprocess.run(["bash", str(REPO / "devstack" / "services.sh"), "up"], check=True, cwd=REPO)
-    if not shutil.which("wrk"):
-        log("wrk missing: bash devstack/services.sh tools")
-        subprocess.run(["bash", str(REPO / "devstack" / "services.sh"), "tools"], check=True, cwd=REPO)
+def redis_url() -> str:
+    return urllib.parse.urlsplit(config()["redis"]["url"])._replace(path=f"/{REDIS_DB}").geturl()
 
 
-def reset_stores() -> None:
-    """A clean slate each run: the bench's own MySQL database, Redis db, Mongo db and
-    Kafka topic (deleted and created again, empty)."""
-    import pymongo
+def mysql_connect(database: str | None = MYSQL_DATABASE):
     import pymysql
-    import redis
 
-    conn = pymysql.connect(host=HOST, port=3306, user="singleton", password="singleton", autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
-            cur.execute(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4")
-    finally:
-        conn.close()
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    client = pymongo.MongoClient("mongodb://127.0.0.1:27017/", serverSelectionTimeoutMS=5000)
-    try:
-        client.drop_database(MONGO_DATABASE)
-    finally:
-        client.close()
-    asyncio.run(_ensure_topic())
-
-
-async def _ensure_topic(partitions: int = 3, timeout_s: float = 60) -> None:
-    """Delete the bench topic and create it anew, empty: events left by an earlier run
-    would otherwise still be waiting for the analytics consumer group (and keep
-    FerretDB busy through this run)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=10000)
-    await asyncio.wait_for(admin.start(), 15)
-    try:
-        try:
-            await asyncio.wait_for(admin.delete_topics([KAFKA_TOPIC]), 15)
-        except UnknownTopicOrPartitionError:
-            pass
-        deadline = time.monotonic() + timeout_s
-        while True:  # deletion completes in the background: retry until the name is free
-            try:
-                await asyncio.wait_for(admin.create_topics([NewTopic(KAFKA_TOPIC, partitions, 1)]), 15)
-                break
-            except TopicAlreadyExistsError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
-    finally:
-        await asyncio.wait_for(admin.close(), 15)
+    c = config()["mysql"]
+    login = {k: c[k] for k in ("host", "port", "user", "password")}
+    # The service writes UTC_TIMESTAMP(): in UTC, UNIX_TIMESTAMP() reads it back as written.
+    return pymysql.connect(**login, database=database, autocommit=True, init_command="SET time_zone = '+00:00'")
 
 
 def mysql_query(sql: str, args: tuple = ()) -> list[tuple]:
-    import pymysql
+    with contextlib.closing(mysql_connect()) as conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        return list(cur.fetchall())
 
-    conn = pymysql.connect(host=HOST, user="singleton", password="singleton", database=MYSQL_DATABASE)
+
+def reset_stores() -> None:
+    """A clean slate: the bench's MySQL database, Redis db, Mongo dbs and Kafka topic."""
+    import pymongo
+    import redis
+
+    with contextlib.closing(mysql_connect(None)) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
+        cur.execute(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4")
+    redis.Redis.from_url(redis_url()).flushdb()
+    with contextlib.closing(pymongo.MongoClient(config()["mongodb"]["uri"])) as mongo:
+        for name in (MONGO_DATABASE, f"{MONGO_DATABASE}_analytics"):
+            mongo.drop_database(name)
+    asyncio.run(_recreate_topic())
+
+
+async def _recreate_topic(partitions: int = 3) -> None:
+    """The bench topic deleted and created anew, so no event of an earlier run is left."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=config()["kafka"]["bootstrap_servers"])
+    await admin.start()
     try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return list(cur.fetchall())
+        with contextlib.suppress(UnknownTopicOrPartitionError):
+            await admin.delete_topics([KAFKA_TOPIC])
+        for _ in range(120):  # deletion completes in the background: retry until the name is free
+            with contextlib.suppress(TopicAlreadyExistsError):
+                return await admin.create_topics([NewTopic(KAFKA_TOPIC, partitions, 1)])
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"topic {KAFKA_TOPIC} could not be created again")
     finally:
-        conn.close()
+        await admin.close()
 
 
 # -- processes ---------------------------------------------------------------------------------
-def service_env(extra: dict | None = None, ws_connections: int = 10000) -> dict:
-    env = dict(os.environ)
-    env.update(
-        {
-            "SINGLETON_MYSQL__DATABASE": MYSQL_DATABASE,
-            "SINGLETON_REDIS__URL": REDIS_URL,
-            "SINGLETON_MONGODB__DATABASE": MONGO_DATABASE,
-            "SINGLETON_KAFKA__TOPIC": KAFKA_TOPIC,
-            "SINGLETON_LOGGING__LEVEL": "WARNING",
-            "SINGLETON_LOGGING__FILE": '""',
-            "SINGLETON_WEBSOCKET__MAX_CONNECTIONS": str(max(10000, ws_connections + 100)),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(extra or {})
-    return env
+def service_env(overrides: dict[str, str]) -> dict[str, str]:
+    """The shipped configuration in the bench's stores, with limits no bench load reaches (the
+    limiter still runs; every fan-out socket comes from one address)."""
+    env = os.environ | {
+        "SINGLETON_MYSQL__DATABASE": MYSQL_DATABASE,
+        "SINGLETON_REDIS__URL": redis_url(),
+        "SINGLETON_MONGODB__DATABASE": MONGO_DATABASE,
+        "SINGLETON_KAFKA__TOPIC": KAFKA_TOPIC,
+        "SINGLETON_KAFKA__ANALYTICS_GROUP": ANALYTICS_GROUP,
+        "SINGLETON_LOGGING__FILE": str(WORK / "service-app.log"),
+        "SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE": '""',
+        "SINGLETON_METRICS__PORT": "0",  # a free port for each process
+    }
+    env |= {f"SINGLETON_RATE_LIMIT__{k}_{n}": "1000000000" for k in ("READ", "WRITE") for n in ("PER_S", "BURST")}
+    env |= {f"SINGLETON_WEBSOCKET__{n}": "1000000" for n in ("MAX_CONNECTIONS", "MAX_PER_USER", "MAX_PER_IP")}
+    return env | overrides
 
 
 class Proc:
-    """A child process in its own process group, its output in a log file."""
+    """A child process in its own process group, its output in reports/bench/<name>.log."""
 
-    def __init__(self, name: str, argv: list[str], env: dict | None = None, nofile: int | None = None):
+    def __init__(self, name: str, argv: list[str], env: dict | None = None):
         WORK.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self.log_path = WORK / f"{name}.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
-        cmd = shlex.join(argv)
-        if nofile:
-            # `exec` keeps the pid: it is the Python process itself (for /proc and py-spy).
-            cmd = f"ulimit -n {nofile} && exec {cmd}"
-        else:
-            cmd = f"exec {cmd}"
-        self.popen = subprocess.Popen(
-            ["bash", "-c", cmd],
-            cwd=REPO,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.name, self.log_path = name, WORK / f"{name}.log"
+        with open(self.log_path, "w") as out:
+            self.popen = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
         self.pid = self.popen.pid
 
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
+    def stop(self) -> None:
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 5)):
+            if self.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pid, signal.SIGKILL)
-                self.popen.wait(5)
-        self._log.close()
+                    os.killpg(self.pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.popen.wait(wait_s)
 
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text().splitlines()[-n:])
-        except OSError:
-            return ""
-
-
-def wait_http(proc: Proc, url: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{proc.name} not ready at {url} after {timeout}s:\n{proc.tail()}")
+    def wait_http(self, url: str, in_a_row: int = 1, timeout_s: float = 90) -> None:
+        """Until ``url`` answers 200 ``in_a_row`` times (each a new connection: any worker's)."""
+        deadline, ok = time.monotonic() + timeout_s, 0
+        while time.monotonic() < deadline and self.popen.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    ok = ok + 1 if resp.status == 200 else 0
+            except OSError:  # refused, or an HTTP error (503 until ready)
+                ok = 0
+            if ok >= in_a_row:
+                return
+            time.sleep(0.3 if ok == 0 else 0.05)
+        raise RuntimeError(f"{self.name} not ready at {url}; see {self.log_path}")
 
 
-def start_service(
-    port: int, ws_connections: int, nofile: int, runner: list[str] | None = None, extra_env: dict | None = None
-) -> Proc:
-    """``python -m service --port N`` with the bench overrides (or ``runner``, e.g. the
-    uvloop wrapper), its open-file limit raised by ``ulimit -n`` in the start command."""
-    argv = [PY, *(runner or ["-m", "service"]), "--port", str(port)]
-    name = f"service-{port}"
-    proc = Proc(name, argv, service_env(extra_env, ws_connections), nofile=nofile)
-    wait_http(proc, f"http://{HOST}:{port}/health")
+def start_service(name: str, port: int, overrides: dict[str, str], role: str = "all") -> Proc:
+    """``python -m service --port N --role R`` in the shipped configuration plus ``overrides``;
+    back once ready (with workers, once 20 readiness probes in a row found a ready one)."""
+    argv, tag = [PY, "-m", "service", "--port", str(port), "--role", role], "".join(filter(str.isalnum, name))
+    proc = Proc(f"service-{tag}", argv, service_env(overrides))
+    proc.wait_http(f"http://{HOST}:{port}/health/ready", 20 if "SINGLETON_SERVER__PROCESSES" in overrides else 1)
     return proc
 
 
-def start_baseline(port: int, extra_env: dict | None = None) -> Proc:
-    env = dict(os.environ)
-    env.update(extra_env or {})
-    proc = Proc(f"baseline-{port}", [PY, str(BENCH_DIR / "baseline.py"), "--port", str(port)], env)
-    wait_http(proc, f"http://{HOST}:{port}/")
+def start_baseline(port: int) -> Proc:
+    proc = Proc("baseline", [PY, "-m", "bench.baseline", "--port", str(port)])
+    proc.wait_http(f"http://{HOST}:{port}/")
     return proc
 
 
-def rss_kib(pid: int) -> dict:
-    """VmRSS and VmHWM (peak) of ``pid`` in KiB, from /proc/<pid>/status."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":", 1)
-                out[key] = int(value.split()[0])
-    return out
+def create_admin_key() -> str:
+    """``python -m service keys create --role admin`` against the bench's database."""
+    argv, environ = [PY, "-m", "service", "keys", "create", "--role", "admin"], service_env({})
+    return subprocess.run(argv, cwd=REPO, env=environ, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+# -- /proc ---------------------------------------------------------------------------------------
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next(int(x.split()[1]) for x in status if x.startswith("VmRSS:"))
 
 
-def cpu_by_process() -> dict[int, tuple[str, float]]:
-    """Every process's command name and CPU seconds so far."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def processes() -> dict[int, tuple[str, int, float]]:
+    """Every process: command name, parent pid, CPU seconds so far (user + system)."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        out[int(entry.name)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(entry.path, "stat").read_text()
+            fields = text.rsplit(")", 1)[1].split()
+            comm, cpu = text[text.index("(") + 1 : text.rindex(")")], (int(fields[11]) + int(fields[12])) / tick
+            out[int(entry.name)] = (comm, int(fields[1]), cpu)
     return out
 
 
-def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], top: int = 6) -> dict[str, float]:
-    """CPU use between two ``cpu_by_process`` snapshots, in cores, by process name
-    (``names`` labels known pids, e.g. the service), largest first; the rest summed."""
+def own_services() -> dict[int, str]:
+    """The bench's own backing services by pid (devstack's pid files), capitalised so that other
+    work on the machine (other stacks' ``java``, ``mariadbd``...) stands apart."""
+    run, out = Path(os.environ.get("DEVSTACK_DIR") or REPO / ".devstack") / "run", {}
+    for name, label in SERVICES.items():
+        with contextlib.suppress(OSError, ValueError):
+            out[int((run / f"{name}.pid").read_text())] = label
+    return out
+
+
+def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], top: int = 8) -> dict[str, float]:
+    """CPU between two ``processes()`` snapshots in cores by name (``names`` and the bench's own
+    services label pids and their children), largest first, the rest summed as "other"."""
     use: dict[str, float] = {}
-    for pid, (comm, cpu) in after.items():
-        used = cpu - before.get(pid, (comm, 0.0))[1]
-        if used > 0:
-            label = names.get(pid, comm)
+    names = own_services() | names
+    for pid, (comm, ppid, cpu) in after.items():
+        if (used := cpu - before.get(pid, (comm, ppid, 0.0))[2]) > 0:
+            label = names.get(pid) or names.get(ppid) or comm
             use[label] = use.get(label, 0.0) + used / seconds
     ranked = sorted(use.items(), key=lambda kv: -kv[1])
-    out = {k: round(v, 2) for k, v in ranked[:top]}
     rest = sum(v for _, v in ranked[top:])
-    if rest >= 0.01:
-        out["other"] = round(rest, 2)
-    return out
+    return {k: round(v, 2) for k, v in ranked[:top]} | ({"other": round(rest, 2)} if rest >= 0.01 else {})
 
 
-def metrics_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as resp:
-        return resp.read().decode()
-
-
-def metric_value(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-def metric_labels(text: str, name: str) -> dict[str, float]:
-    """A labelled metric's samples by their first label's value, e.g. consumer lag by consumer."""
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            labels, value = line[len(name) + 1 :].rsplit(" ", 1)
-            out[labels.split('"')[1] if '"' in labels else labels] = float(value)
-    return out
+def background_load(seconds: float = 2.0) -> dict[str, float]:
+    """What else uses the CPU now (processes above 0.1 cores), and the load average."""
+    before, t = processes(), time.monotonic()
+    time.sleep(seconds)
+    split = cpu_split(before, processes(), time.monotonic() - t, {os.getpid(): "bench"})
+    return {k: v for k, v in split.items() if v >= 0.1} | {"load average": os.getloadavg()[0]}
 
 
 def machine() -> dict:
-    info = {"nproc": os.cpu_count(), "cpu_model": "unknown", "mem_total_gib": None}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                info["mem_total_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
-    info["nproc"] = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or 0)
-    info["kernel"] = os.uname().release
-    info["python"] = sys.version.split()[0]
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        first = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
-        info["wrk"] = first[0].split()[1] if first else "?"
-    info["commit"] = code_version()
-    return info
+    def first(path: str, prefix: str) -> str:
+        return next(x.split(":", 1)[1].strip() for x in Path(path).read_text().splitlines() if x.startswith(prefix))
+
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": first("/proc/cpuinfo", "model name"),
+        "mem_total_gib": round(int(first("/proc/meminfo", "MemTotal").split()[0]) / 1024**2, 1),
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+        "wrk": run("wrk", "-v").split()[1],
+        "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        "commit": run("git", "rev-parse", "--short", "HEAD")
+        + ("+dirty" if run("git", "status", "--porcelain", *CODE) else ""),
+    }
 
 
-def code_version() -> str:
-    """The service code measured: HEAD's short hash, "+dirty" if its folders have local changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "service", "handlers", "managers", "domain", "migrations"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+def percentile(ordered: list[float], q: float) -> float | None:
+    """The ``q``-th percentile of sorted values (nearest rank); None for none."""
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else None

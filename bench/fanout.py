@@ -1,221 +1,140 @@
-"""The WebSocket fan-out stage: N connections held by client processes
-(bench/ws_fanout.py), payments created over REST at a fixed rate, delivery
-latency, frames/s and the service's memory."""
+"""The WebSocket fan-out stage, on a service process of its own: delivery latency from the
+REST call to the frame received, the event rate stepped up until p99 passes 100 ms (the
+knee), for one socket per user and for many; and the most sockets the process can hold
+here, with what each costs in RSS. Payments come over REST at a fixed rate
+(bench/client.py ``drive``); client processes hold the sockets (bench/ws_client.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
-import statistics
-import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
+from subprocess import PIPE, Popen
 
-from bench import drain
-from bench.env import HOST, PY, REPO, WORK, cpu_by_process, cpu_seconds, cpu_split, log, rss_kib
-from bench.httpclient import Pool
+from bench import client
+from bench.env import PY, REPO, WORK, Proc, cpu_split, log, mysql_query, open_files, percentile, processes, rss_kib
 
-
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    k = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[k]
+P99_LIMIT_MS = 100.0
+SPARE_FILES = 300  # the service's own files besides its sockets: pools, logs, a reconnect
 
 
-async def drive(port: int, users: list[str], rate: float, seconds: float) -> dict:
-    """POST payments at ``rate``/s for ``seconds``, round-robin over ``users``. Each
-    request carries its send time in the description for the clients to read."""
-    pool = Pool(HOST, port, 64)
-    total = int(rate * seconds)
-    statuses: dict[int, int] = {}
-    per_user: dict[str, int] = {}
-    late = 0
-    start = time.monotonic()
+class Clients:
+    """Client processes sharing one set of sockets; a command goes to each of them."""
 
-    async def one(i: int) -> None:
-        user = users[i % len(users)]
-        body = {"user_id": user, "amount": "1.00", "currency": "USD", "description": f"bench:{time.time():.6f}"}
-        status, _ = await pool.request("POST", "/api/v1/payments", body)
-        statuses[status] = statuses.get(status, 0) + 1
-        if status == 201:
-            per_user[user] = per_user.get(user, 0) + 1
+    def __init__(self, port: int, count: int, tag: str):
+        self.tag, argv = tag, [PY, "-m", "bench.ws_client", "--port", str(port)]
+        logs = [open(WORK / f"ws-client-{tag}-{i}.log", "w") for i in range(count)]  # noqa: SIM115 (the child's)
+        self.procs = [Popen(argv, cwd=REPO, stdin=PIPE, stdout=PIPE, stderr=f, text=True) for f in logs]
 
-    tasks = []
-    first_sent = time.time()
-    for i in range(total):
-        due = start + i / rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif delay < -0.05:
-            late += 1
-        tasks.append(asyncio.create_task(one(i)))
-    sending_s = time.monotonic() - start
-    await asyncio.gather(*tasks)
-    ended = time.time()
-    await pool.close()
-    return {
-        "requested": total,
-        "statuses": statuses,
-        "per_user": per_user,
-        "send_seconds": round(sending_s, 3),
-        "achieved_rate": round(total / sending_s, 1) if sending_s else None,
-        "sent_late": late,
-        "first_sent_at": first_sent,
-        "ended_at": ended,
-    }
+    def ask(self, command: str, per_process: list[str] | None = None) -> list[dict]:
+        for proc, arg in zip(self.procs, per_process or [""] * len(self.procs), strict=True):
+            proc.stdin.write(f"{command} {arg}\n")
+            proc.stdin.flush()
+        if not all(answers := [proc.stdout.readline() for proc in self.procs]):
+            raise RuntimeError(f"a ws client exited; see {WORK}/ws-client-{self.tag}-*.log")
+        return [json.loads(a) for a in answers]
+
+    def open(self, sockets: list[tuple[str, str]]) -> dict:
+        """(token, client_id) sockets, dealt out over the processes."""
+        paths = [WORK / f"ws-{self.tag}-{i}.txt" for i in range(len(self.procs))]
+        for i, path in enumerate(paths):
+            path.write_text("".join(f"{token} {cid}\n" for token, cid in sockets[i :: len(paths)]))
+        answers = self.ask("open", [str(p) for p in paths])
+        errors, seconds = [e for a in answers for e in a["errors"]][:3], max(a["seconds"] for a in answers)
+        return {k: sum(a[k] for a in answers) for k in ("open", "failed")} | {"errors": errors, "seconds": seconds}
+
+    def close(self, service: Proc, files: int) -> None:
+        """End the processes, then wait until the service is back to ``files`` open files."""
+        for proc in self.procs:
+            proc.stdin.close()
+            proc.wait(30)
+        deadline = time.monotonic() + 60
+        while open_files(service.pid) > files + 50 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # and its collector has had the closed sockets' garbage
 
 
-def run(
-    port: int,
-    service_pid: int,
-    users_file: Path,
-    connections: int,
-    ws_users: int,
-    rate: float,
-    seconds: float,
-    procs: int = 1,
-    on_drive: Callable[[], None] | None = None,
-) -> dict:
-    """The whole stage; ``on_drive`` is called just before the first payment is sent."""
-    all_users = [u for u in users_file.read_text().split() if u]
-    users = all_users[:ws_users]
-    fan_users = WORK / "ws_users.txt"
-    fan_users.write_text("\n".join(users) + "\n")
-    rss_before = rss_kib(service_pid)
-    log(f"ws: opening {connections} connections over {len(users)} users ({procs} client process(es))")
-    clients = [
-        subprocess.Popen(
-            [
-                PY,
-                "-m",
-                "bench.ws_fanout",
-                "--port",
-                str(port),
-                "--users",
-                str(fan_users),
-                "--connections",
-                str(connections),
-                "--proc",
-                str(i),
-                "--procs",
-                str(procs),
-            ],
-            cwd=REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(WORK / f"ws-client-{i}.log", "w"),
-            text=True,
-        )
-        for i in range(procs)
-    ]
-    try:
-        ready = [json.loads(_readline(c, 300)) for c in clients]
-        opened = sum(r["open"] for r in ready)
-        rss_connected = rss_kib(service_pid)
-        log(
-            f"ws: {opened} open ({sum(r['failed'] for r in ready)} failed) in "
-            f"{max(r['connect_seconds'] for r in ready)}s; service RSS {rss_connected['VmRSS'] / 1024:.0f} MiB"
-        )
-        time.sleep(1)
-        log(f"ws: creating payments at {rate:g}/s for {seconds:g}s")
-        pids = [service_pid] + [c.pid for c in clients]
-        cpu0, wall0 = [cpu_seconds(p) for p in pids], time.monotonic()
-        machine0 = cpu_by_process()
-        if on_drive is not None:
-            on_drive()
-        driven = asyncio.run(drive(port, users, rate, seconds))
-        drained = drain.measure(port, driven["ended_at"])
-        for c in clients:
-            c.stdin.write("stop\n")
-            c.stdin.flush()
-        # each client answers once no frame has come for a second: CPU from the first send to then
-        results = []
-        for c in clients:
-            results.append(json.loads(_readline(c, 180)))
-        cpu1 = [cpu_seconds(service_pid)] + [r["cpu_s"] for r in results]
-        wall1 = time.monotonic() - 1.0
-        names = {service_pid: "service", **{c.pid: "ws client" for c in clients}, os.getpid(): "bench (REST driver)"}
-        machine = cpu_split(machine0, cpu_by_process(), wall1 - wall0, names)
-        rss_after = rss_kib(service_pid)
-    finally:
-        for c in clients:
-            if c.poll() is None:
-                c.kill()
-            c.wait(10)
+def run(port: int, key: str, service: Proc, users: list[str], s) -> dict:
+    single, shared = users[: s.ws_sockets], users[: s.ws_shared_users]
+    tokens = asyncio.run(client.tokens(port, key, single))
+    files, rss_before = open_files(service.pid), rss_kib(service.pid)
+    out: dict = {"rss_before_kib": rss_before}
 
-    conns_per_user: dict[str, int] = {}
-    for r in results:
-        for u, n in r["per_user_conns"].items():
-            conns_per_user[u] = conns_per_user.get(u, 0) + n
-    expected = sum(n * conns_per_user.get(u, 0) for u, n in driven["per_user"].items())
-    latencies = sorted(x for r in results for x in r["latencies_ms"])
-    since_occurred = sorted(x for r in results for x in r["since_occurred_ms"])
-    event_frames = sum(r["event_frames"] for r in results)
-    firsts = [r["first_at"] for r in results if r["first_at"]]
-    lasts = [r["last_at"] for r in results if r["last_at"]]
-    window = (max(lasts) - driven["first_sent_at"]) if lasts else None
-    return {
-        "connections_requested": connections,
-        "connections_open": opened,
-        "connections_failed": sum(r["failed"] for r in ready),
-        "connect_seconds": max(r["connect_seconds"] for r in ready),
-        "connect_errors": [e for r in ready for e in r["errors"]][:5],
-        "closed_early": sum(r["closed_early"] for r in results),
-        "users": len(users),
-        "rate_requested": rate,
-        "seconds": seconds,
-        "payments": driven,
-        "frames_expected": expected,
-        "frames_received": event_frames,
-        "frames_all": sum(r["frames"] for r in results),
-        "delivered_ratio": round(event_frames / expected, 5) if expected else None,
-        "min_frames_one_connection": min(r["per_conn_min"] for r in results),
-        "frames_per_s": round(event_frames / window, 1) if window else None,
-        "delivery_window_s": round(window, 3) if window else None,
-        "first_frame_after_s": round(min(firsts) - driven["first_sent_at"], 3) if firsts else None,
-        "latency_ms": {
-            "p50": _percentile(latencies, 50),
-            "p90": _percentile(latencies, 90),
-            "p99": _percentile(latencies, 99),
-            "max": latencies[-1] if latencies else None,
-            "mean": round(statistics.fmean(latencies), 2) if latencies else None,
-        },
-        # from the event's occurred_at (taken in the service's POST handler) to arrival: the part
-        # after the service accepted the request (outbox, Kafka, consumer, hub, socket, client)
-        "since_occurred_ms": {
-            "p50": _percentile(since_occurred, 50),
-            "p99": _percentile(since_occurred, 99),
-        },
-        # the sorted latencies at every 0.1% (for the CDF plot)
-        "latency_cdf_ms": [_percentile(latencies, q / 10) for q in range(1001)] if latencies else [],
-        "outbox_drain": drained,
-        "service_rss_mib": {
-            "before_connections": round(rss_before["VmRSS"] / 1024, 1),
-            "connected_idle": round(rss_connected["VmRSS"] / 1024, 1),
-            "after_events": round(rss_after["VmRSS"] / 1024, 1),
-            "peak_hwm": round(rss_after["VmHWM"] / 1024, 1),
-        },
-        "client_rss_mib": [round(r["rss_kib"] / 1024, 1) for r in results],
-        # share of one core from the first send until the last frame arrived
-        "service_cpu": round((cpu1[0] - cpu0[0]) / (wall1 - wall0), 3),
-        "cpu_cores": machine,
-        "client_cpu": [round((b - a) / (wall1 - wall0), 3) for a, b in zip(cpu0[1:], cpu1[1:], strict=True)],
-    }
+    log(f"ws: one socket each for {len(single):,} users")
+    clients = Clients(port, 2, "single")
+    out["single"] = {"users": len(single), "per_user": 1, **clients.open([(tokens[u], "s") for u in single])}
+    out["single"]["per_socket_kib"] = (rss_kib(service.pid) - rss_before) / max(1, out["single"]["open"])
+    out["most"] = hold_most(port, service, tokens, single, rss_before)
+    out["single"]["steps"] = steps(port, key, service, clients, single, 1, s.ws_rates_single, s.ws_step_s)
+    clients.close(service, files)
+
+    per_user, tokens = s.ws_sockets // len(shared), asyncio.run(client.tokens(port, key, shared))  # fresh: 5 min
+    log(f"ws: {per_user} sockets each for {len(shared)} users")
+    clients = Clients(port, 2, "shared")
+    out["shared"] = {"users": len(shared), "per_user": per_user}
+    out["shared"] |= clients.open([(tokens[u], f"c{k}") for k in range(per_user) for u in shared])
+    out["shared"]["steps"] = steps(port, key, service, clients, shared, per_user, s.ws_rates_shared, s.ws_step_s)
+    clients.close(service, files)
+    return out
 
 
-def _readline(proc: subprocess.Popen, timeout: float) -> str:
-    """One line of the client's stdout, or an error naming its log if it died or hung."""
-    import selectors
+def hold_most(port: int, service: Proc, tokens: dict, users: list[str], rss_before: int) -> dict:
+    """More sockets (a second one for some users) from client processes of their own, as many
+    as the service's open-files limit leaves room for; its RSS then."""
+    limits = Path(f"/proc/{service.pid}/limits").read_text().splitlines()
+    limit = next(int(line.split()[3]) for line in limits if line.startswith("Max open files"))
+    room = limit - open_files(service.pid) - SPARE_FILES
+    want = max(0, room)
+    log(f"ws: {want:,} more sockets (open-files limit {limit:,})")
+    extra = Clients(port, 1, "most")  # one process: its open-files limit is the service's
+    opened = extra.open([(tokens[users[i % len(users)]], f"m{i}") for i in range(want)])
+    held, rss = len(users) + opened["open"], rss_kib(service.pid)
+    extra.close(service, open_files(service.pid) - opened["open"])
+    return {"limit": limit, "sockets": held, **opened, "rss_kib": rss, "per_socket_kib": (rss - rss_before) / held}
 
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout):
-        raise RuntimeError(f"ws client gave no answer in {timeout}s (see {WORK}/ws-client-*.log)")
-    line = proc.stdout.readline()
-    if not line:
-        raise RuntimeError(f"ws client exited ({proc.poll()}); see {WORK}/ws-client-*.log")
-    return line
+
+def legs(since: float) -> dict:
+    """Where a step's events spent their time before Kafka, from their outbox rows: REST call
+    -> committed (``created_at``), committed -> acknowledged by Kafka (``published_at``)."""
+    rows = mysql_query(
+        "SELECT JSON_VALUE(payload, '$.data.description'), UNIX_TIMESTAMP(created_at), UNIX_TIMESTAMP(published_at)"
+        " FROM outbox WHERE created_at >= FROM_UNIXTIME(%s) AND published_at IS NOT NULL",
+        (since,),
+    )
+    times = [(float(d.removeprefix("bench:")), float(c), float(p)) for d, c, p in rows if d and d.startswith("bench:")]
+    rest, relay = sorted((c - t) * 1000 for t, c, _ in times), sorted((p - c) * 1000 for _, c, p in times)
+    return {name: [percentile(v, 50), percentile(v, 99)] for name, v in (("rest", rest), ("relay", relay))}
+
+
+def steps(port: int, key: str, service: Proc, clients: Clients, users: list[str], per_user: int, rates, seconds):
+    """A step per rate, up to the first whose p99 passes the limit, loses a frame or falls behind."""
+    rows, names = [], {service.pid: "service", os.getpid(): "bench (REST driver)"}
+    names |= {p.pid: "ws client" for p in clients.procs}
+    for rate in rates:
+        before, started = processes(), time.time()
+        driven = asyncio.run(client.drive(port, key, users, rate, seconds))
+        answers = clients.ask("collect")
+        cpu, elapsed = cpu_split(before, processes(), time.time() - started, names), time.time() - started
+        lat, window = sorted(x for a in answers for x in a["latencies_ms"]), max(a["last"] for a in answers) - started
+        expected = driven["statuses"].get(201, 0) * per_user
+        row = {"rate": rate, "achieved_rate": driven["achieved_rate"], "statuses": driven["statuses"]}
+        row |= {"offered_fps": rate * per_user, "frames": len(lat), "expected": expected}
+        row |= {f"p{q}_ms": percentile(lat, q) for q in (50, 99)} | {"max_ms": lat[-1] if lat else None}
+        row["fps"] = round(len(lat) / window) if lat and window > 0 else 0
+        row["frames_per_cpu_s"] = round(len(lat) / (cpu.get("service", 0) * elapsed or math.inf))
+        row |= {"cpu_cores": cpu, "legs_ms": legs(started)}
+        failed = {
+            f"p99 over {P99_LIMIT_MS:g} ms": (row["p99_ms"] or math.inf) > P99_LIMIT_MS,
+            "frames lost": len(lat) < expected,
+            "REST fell behind the rate": driven["achieved_rate"] < 0.95 * rate,
+            "payments refused": set(driven["statuses"]) != {201},
+        }
+        row["why_not"] = [why for why, yes in failed.items() if yes]
+        log(f"  {rate:g} payments/s: {row['fps']:,} frames/s, p99 {row['p99_ms']} ms, {len(lat)}/{expected} frames")
+        rows.append(row)
+        if row["why_not"]:
+            break
+    return rows

@@ -1,19 +1,15 @@
 -- POST /api/v1/payments for a random existing user (ids in BENCH_IDS).
 local common = require("common")
-setup = common.setup
-done = common.done
-
+setup, done = common.setup, common.done
 local users
-local headers = { ["Content-Type"] = "application/json" }
 
 function init(args)
-  common.seed()
+  common.init()
   users = common.lines(assert(os.getenv("BENCH_IDS"), "BENCH_IDS is not set"))
 end
 
 function request()
-  local body = string.format(
-    '{"user_id":"%s","amount":"%d.%02d","currency":"USD","description":"bench"}',
+  local body = string.format('{"user_id":"%s","amount":"%d.%02d","currency":"USD","description":"bench"}',
     users[math.random(#users)], math.random(1, 500), math.random(0, 99))
-  return wrk.format("POST", "/api/v1/payments", headers, body)
+  return wrk.format("POST", "/api/v1/payments", nil, body)
 end
