@@ -269,10 +269,13 @@ async def test_lag_keeps_growing_while_the_store_refuses_every_batch(api, config
     kafka = {**config["kafka"], "analytics_group": f"singleton-analytics-down-{uuid.uuid4().hex[:8]}"}
     consumer = AnalyticsConsumer({**config, "kafka": kafka})
 
-    async def unreachable(coll, statements):
+    async def unreachable(batch, read=False):
         raise AutoReconnect("MongoDB is down")
 
-    consumer.store._bulk = unreachable
+    # The store itself refuses, not just its writes: a new group reads the topic from the
+    # start, and the shared store would skip every event the service's consumer counted.
+    consumer.store.apply = unreachable
+    await api.new_user()  # a batch to refuse, whatever the topic held before
     consumer._run_in_background(consumer._run(), "test-analytics-down")
     try:
         await wait_until(lambda: consumer._failing, timeout=30, what="the first refused batch")

@@ -117,6 +117,7 @@ async def test_writes_succeed_while_kafka_is_down_and_their_events_follow(api, c
 
         code, health = await wait_until(kafka_down, timeout=20, what="the monitor to see kafka down")
         assert code == 200 and health["status"] == "degraded" and health["ready"] is True
+        await witness.sees_kafka("down")
         user = await api.new_user(name="Offline")
         payment = await api.new_payment(user["id"])
         code, _, _ = await api.put(f"/api/v1/payments/{payment['id']}/status", {"status": "completed"})
@@ -136,6 +137,7 @@ async def test_writes_succeed_while_kafka_is_down_and_their_events_follow(api, c
         await asyncio.wait_for(consumer.stop(), 15)
     await wait_until(pending_is_zero, timeout=30, what="the outbox to be marked published")
 
+    await witness.sees_kafka("ok")  # what it logs once it sees the broker again is checked too
     lines = await witness.stop()
     noisy = [line for line in lines if line["level"] != "info" and line["logger"] != "singleton.access"]
     from_clients = [line for line in noisy if line["logger"].partition(".")[0] in ("aiokafka", "kafka")]
@@ -193,8 +195,8 @@ async def test_a_stop_between_kafkas_acknowledgement_and_the_mark_publishes_noth
 class Instance:
     """Another service process, logging to a file, for what it says during an outage."""
 
-    def __init__(self, proc: subprocess.Popen, log_file):
-        self.proc, self.log_file = proc, log_file
+    def __init__(self, proc: subprocess.Popen, log_file, api):
+        self.proc, self.log_file, self.api = proc, log_file, api
 
     @classmethod
     async def start(cls, log_file, api) -> Instance:
@@ -216,7 +218,16 @@ class Instance:
                 return False
 
         await wait_until(healthy, timeout=60, interval=0.2, what="the witness instance to be healthy")
-        return cls(proc, log_file)
+        return cls(proc, log_file, service)
+
+    async def sees_kafka(self, status: str) -> None:
+        """Until this instance's own monitor reports Kafka ``status``."""
+
+        async def seen():
+            health = (await self.api.get("/health"))[1]
+            return health["dependencies"]["kafka"]["status"] == status
+
+        await wait_until(seen, timeout=30, interval=0.2, what=f"the witness to see kafka {status}")
 
     async def stop(self) -> list[dict]:
         self.proc.send_signal(signal.SIGTERM)
