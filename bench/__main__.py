@@ -24,10 +24,12 @@ VARIANTS = {
     "key check": NO_LIMITER,
     "key check + limiter": {},
     "logging at WARNING": {"SINGLETON_LOGGING__LEVEL": "WARNING"},
+    "no near cache": {"SINGLETON_REDIS__LOCAL_CACHE_TTL_S": "0"},
     "2 processes": {"SINGLETON_SERVER__PROCESSES": "2"},
     "MariaDB pool of 50": {"SINGLETON_MYSQL__POOL_MAX": "50"},  # a connection for each of wrk's
 }
-COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING")  # --role api, side by side
+# --role api, side by side
+COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING", "no near cache")
 # key: label, wrk script, ids (a seed list, or "pending"), path template
 ENDPOINTS = {
     "get_user": ("GET user (cache hit)", "get.lua", "users", "/api/v1/users/%s"),
