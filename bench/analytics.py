@@ -41,7 +41,7 @@ def _delivery(offsets: Counter, user: str, event: dict) -> Delivery:
     return Delivery(partition, offsets[partition] - 1, event)
 
 
-def _created(rng: random.Random, user: str, at: dt.datetime, status: str = "pending") -> dict:
+def payment_created(rng: random.Random, user: str, at: dt.datetime, status: str = "pending") -> dict:
     row = {"id": str(uuid.uuid4()), "user_id": user, "currency": _pick(rng, CURRENCIES), "description": None}
     row |= {"amount_minor": rng.randint(100, 50_000), "status": status, "version": 1}
     data = payments.to_api(row | {"created_at": at, "updated_at": at})
@@ -60,7 +60,7 @@ async def apply_rate(db, users: int, batches: int, rng: random.Random, budget_s:
                 done = {**pending[user].pop(), "status": "completed", "version": 2, "previous_status": "pending"}
                 event = events.envelope(events.PAYMENT_UPDATED, user, done)
             else:
-                event = _created(rng, user, dt.datetime.now(dt.UTC))
+                event = payment_created(rng, user, dt.datetime.now(dt.UTC))
                 pending[user].append(event["data"])
             batch.append(_delivery(offsets, user, event))
         started = time.perf_counter()
@@ -92,7 +92,7 @@ async def seed_year(db, count: int, users: int, rng: random.Random) -> dict:
         markers = []
         for _ in range(first, min(first + 10_000, count)):
             user, at = rng.choice(ids), YEAR + dt.timedelta(seconds=rng.randrange(365 * 86400))
-            delivery = _delivery(offsets, user, _created(rng, user, at, _pick(rng, FINAL)))
+            delivery = _delivery(offsets, user, payment_created(rng, user, at, _pick(rng, FINAL)))
             markers.append(marker(delivery))
             for change in changes(delivery):
                 key = (change.collection, change.doc_id)

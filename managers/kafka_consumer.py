@@ -149,16 +149,22 @@ class BroadcastConsumer(TopicReader):
         self.consumer = await reconnect("kafka", self._open, **self.reconnect_cfg)
         while True:
             try:
-                batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
-                for records in batches.values():
-                    for record in records:
-                        await self._dispatch(record.value)
-                        await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
-                self.lag = await record_lag(self.consumer, self.name)
+                await self.read_batch()
                 self._succeeded()
             except KafkaError as exc:
                 self._failed(exc)
                 await asyncio.sleep(1)
+
+    async def read_batch(self) -> int:
+        """Fetch what is there (waiting up to half a second) and dispatch it; how many records."""
+        assert self.consumer is not None
+        batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+        for records in batches.values():
+            for record in records:
+                await self._dispatch(record.value)
+                await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
+        self.lag = await record_lag(self.consumer, self.name)
+        return sum(len(records) for records in batches.values())
 
     async def _dispatch(self, raw: bytes) -> None:
         try:
