@@ -82,7 +82,6 @@ SCHEMA: dict = _obj(
                 "socket_timeout_s": _pos,
                 "connect_timeout_s": _pos,
                 "cache_ttl_s": {"type": "integer", "minimum": 1},
-                "local_cache_ttl_s": {"type": "number", "minimum": 0, "maximum": 60},
             }
         ),
         "payments": _obj(

@@ -24,7 +24,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -115,10 +114,6 @@ class TopicReader(Manager):
 class BroadcastConsumer(TopicReader):
     name = metrics.Consumer.BROADCAST
 
-    def __init__(self, config: dict):
-        super().__init__(config)
-        self.listeners: list[Callable[[dict], None]] = []
-
     async def _open(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
             self.cfg["topic"],
@@ -177,16 +172,10 @@ class BroadcastConsumer(TopicReader):
             return
         metrics.EVENTS_CONSUMED.labels(self.name, metrics.event_label(event_type)).inc()
         try:
-            for listener in self.listeners:
-                listener(event)
             await WebSocketHub.instance().broadcast(event, raw)
         except Exception:
             metrics.CONSUMER_ERRORS.labels(self.name).inc()
             log.exception("broadcast failed", extra={"consumer": self.name, "type": event_type})
-
-    def listen(self, listener: Callable[[dict], None]) -> None:
-        """Hand every event to ``listener`` too (before the hub), on this instance."""
-        self.listeners.append(listener)
 
 
 class Record(NamedTuple):

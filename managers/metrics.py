@@ -33,7 +33,6 @@ class Consumer(enum.StrEnum):
 
 
 class CacheLookup(enum.StrEnum):
-    LOCAL = "local"  # this instance's near cache
     HIT = "hit"
     MISS = "miss"
     ERROR = "error"  # Redis failed

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
@@ -29,7 +28,6 @@ from managers.metrics import CacheLookup, RedisOp
 
 log = logging.getLogger("singleton.redis")
 BYPASS_AFTER_ERROR_S = 1.0
-LOCAL_MAX = 10_000  # entries in the near cache at most
 
 UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -85,9 +83,6 @@ class RedisManager(Manager):
         self.timeout_s = cfg["socket_timeout_s"] + cfg["connect_timeout_s"]
         self._bypass_until = 0.0
         self._failing = False
-        # The near cache: this instance's own copy of entries it read or wrote recently.
-        self.local_ttl_s: float = cfg["local_cache_ttl_s"]
-        self._local: OrderedDict[str, tuple[Cached, float]] = OrderedDict()  # key -> (entry, expires)
         # Scripts are sent by hash; redis-py reloads one the server lost (NOSCRIPT) after a restart.
         self._put_if_newer = client.register_script(_PUT_IF_NEWER)
         self._take_tokens = client.register_script(_TAKE_TOKENS)
@@ -131,10 +126,6 @@ class RedisManager(Manager):
         return time.monotonic() < self._bypass_until
 
     async def cache_get(self, key: str) -> Cached | None:
-        local = self._local_get(key)
-        if local is not None:
-            metrics.CACHE_LOOKUPS.labels(CacheLookup.LOCAL).inc()
-            return local
         if self.bypassing():
             metrics.CACHE_LOOKUPS.labels(CacheLookup.BYPASS).inc()
             return None
@@ -149,9 +140,7 @@ class RedisManager(Manager):
             metrics.CACHE_LOOKUPS.labels(CacheLookup.MISS).inc()
             return None
         metrics.CACHE_LOOKUPS.labels(CacheLookup.HIT).inc()
-        entry = Cached(body, int(version), owner.decode())
-        self._local_put(key, entry)
-        return entry
+        return Cached(body, int(version), owner.decode())
 
     async def cache_put(self, key: str, entry: Cached) -> None:
         """Store ``entry`` unless the cache already holds this version or a newer one.
@@ -159,7 +148,6 @@ class RedisManager(Manager):
         Readers and writers both put what they have: a read that loaded version 1
         before a write committed version 2 can no longer overwrite it.
         """
-        self._local_put(key, entry)
         if self.bypassing():
             return
         try:
@@ -176,32 +164,6 @@ class RedisManager(Manager):
         entry = await load()
         await self.cache_put(key, entry)
         return entry
-
-    # -- the near cache ------------------------------------------------------------------
-    def _local_get(self, key: str) -> Cached | None:
-        held = self._local.get(key)
-        if held is None or held[1] <= time.monotonic():
-            return None  # an expired entry stays, as the floor of the next put, until evicted
-        return held[0]
-
-    def _local_put(self, key: str, entry: Cached) -> None:
-        if not self.local_ttl_s:
-            return
-        held = self._local.get(key)
-        if held is not None and held[0].version > entry.version:
-            return  # never older than what this instance already saw (or heard of)
-        self._local[key] = (entry, time.monotonic() + self.local_ttl_s)
-        self._local.move_to_end(key)
-        while len(self._local) > LOCAL_MAX:
-            self._local.popitem(last=False)
-
-    def forget_older(self, key: str, version: int) -> None:
-        """An event said ``key`` is now at ``version``: drop this instance's older copy, and
-        keep none older from now on (a read may still bring the old one back from Redis)."""
-        held = self._local.get(key)
-        if held is None or held[0].version < version:
-            self._local[key] = (Cached(b"", version, ""), 0.0)  # expired: a floor, never served
-            self._local.move_to_end(key)
 
     # -- rate limiting -------------------------------------------------------------------
     async def take_tokens(self, key: str, per_s: float, burst: int, wanted: int = 1) -> Bucket:

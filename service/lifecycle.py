@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from domain import events, freshness
+from domain import events
 from domain.analytics_consumer import AnalyticsConsumer
 from domain.auth import Authenticator
 from domain.outbox import OutboxRelay
@@ -71,7 +71,7 @@ class Lifecycle:
         try:
             for cls in ROLES[self.role]:
                 self._stack.append(cls.start(self.config))
-            wire(HealthMonitor.instance())
+            watch(HealthMonitor.instance())
         except BaseException:
             await self.stop()
             raise
@@ -93,13 +93,6 @@ class Lifecycle:
                 await asyncio.wait_for(manager.close(), CLOSE_TIMEOUT_S)
             except Exception:
                 log.exception("close failed", extra={"manager": type(manager).__name__})
-
-
-def wire(monitor: HealthMonitor) -> None:
-    """What the started managers hand each other: /health's parts, events for the near cache."""
-    watch(monitor)
-    if BroadcastConsumer.started() and RedisManager.started():
-        BroadcastConsumer.instance().listen(freshness.forget_older_copies)
 
 
 def watch(monitor: HealthMonitor) -> None:

@@ -1,15 +1,12 @@
-"""Cache-aside on real Redis: hits, invalidation after commit, reads through when Redis
-is gone; and each instance's near cache in front of it, with its staleness bound."""
+"""Cache-aside on real Redis: hits, invalidation after commit, and reads through when Redis is gone."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
-from domain import codec, payments, users
-from managers.mysql import MySQLManager
+from domain import payments, users
 from managers.redis import RedisManager
 from tests.helpers import metric, run_make, stop_redis, wait_until
 
@@ -18,16 +15,8 @@ def lookups(result: str) -> float:
     return metric("singleton_cache_lookups_total", {"result": result})
 
 
-@pytest.fixture
-def redis_only(services, monkeypatch):
-    """Redis's side of the cache alone: this instance's near cache off (emptied first)."""
-    redis = RedisManager.instance()
-    monkeypatch.setattr(redis, "local_ttl_s", 0)
-    monkeypatch.setattr(redis, "_local", type(redis._local)())
-
-
 @pytest.mark.gen_test
-async def test_second_read_is_a_hit_and_an_update_replaces_the_entry(api, redis_only):
+async def test_second_read_is_a_hit_and_an_update_replaces_the_entry(api):
     user = await api.new_user(name="Cached")
     redis = RedisManager.instance().client
     key = users.cache_key(user["id"])
@@ -58,7 +47,7 @@ async def test_payment_status_change_invalidates_its_cache(api):
 
 
 @pytest.mark.gen_test(timeout=180)
-async def test_reads_and_writes_go_on_without_redis(api, redis_only):
+async def test_reads_and_writes_go_on_without_redis(api):
     user = await api.new_user(name="Before outage")
     payment = await api.new_payment(user["id"])
     await api.get(f"/api/v1/users/{user['id']}")  # now cached
@@ -111,40 +100,3 @@ async def test_a_slow_read_never_puts_back_a_version_older_than_a_committed_writ
     assert await redis.client.hget(key, "v") == b"2"
     code, body, headers = await api.get(f"/api/v1/users/{user['id']}")
     assert body["name"] == "Version two" and headers["ETag"] == '"2"'
-
-
-@pytest.mark.gen_test
-async def test_the_near_cache_serves_a_read_again_without_asking_redis(api):
-    user = await api.new_user(name="Near")
-    await api.get(f"/api/v1/users/{user['id']}")  # from MariaDB, kept in Redis and here
-    local, hits = lookups("local"), lookups("hit")
-    for _ in range(3):
-        code, body, headers = await api.get(f"/api/v1/users/{user['id']}")
-        assert code == 200 and body == user and headers["ETag"] == '"1"'
-    assert lookups("local") == local + 3 and lookups("hit") == hits
-    # This instance's own write replaces its copy at once.
-    await api.put(f"/api/v1/users/{user['id']}", {"name": "Nearer"})
-    code, body, _ = await api.get(f"/api/v1/users/{user['id']}")
-    assert body["name"] == "Nearer" and body["version"] == 2
-
-
-@pytest.mark.gen_test(timeout=60)
-async def test_a_change_no_event_announces_is_stale_here_for_at_most_the_near_caches_ttl(api, config):
-    """The bound while Kafka is down: another instance's change reaches this one's near
-    cache with its event; with no event (made here behind the service's back, in MariaDB
-    and Redis as that instance would), the old copy is served until it expires."""
-    user = await api.new_user(name="Before")
-    path = f"/api/v1/users/{user['id']}"
-    await api.get(path)
-    changed = {**user, "name": "After", "version": 2}
-    await MySQLManager.instance().fetchone("UPDATE users SET name = 'After', version = 2 WHERE id = %s", (user["id"],))
-    await RedisManager.instance().client.hset(users.cache_key(user["id"]), mapping={"v": 2, "b": codec.dumps(changed)})
-    changed_at = time.monotonic()
-    assert (await api.get(path))[1]["name"] == "Before"  # the near copy, still within its TTL
-
-    async def fresh():
-        return (await api.get(path))[1]["name"] == "After"
-
-    await wait_until(fresh, timeout=10, interval=0.05, what="the near copy to expire")
-    ttl = config["redis"]["local_cache_ttl_s"]
-    assert time.monotonic() - changed_at <= ttl + 0.5, "stale for longer than the near cache's TTL"
