@@ -24,12 +24,10 @@ VARIANTS = {
     "key check": NO_LIMITER,
     "key check + limiter": {},
     "logging at WARNING": {"SINGLETON_LOGGING__LEVEL": "WARNING"},
-    "no near cache": {"SINGLETON_REDIS__LOCAL_CACHE_TTL_S": "0"},
     "2 processes": {"SINGLETON_SERVER__PROCESSES": "2"},
     "MariaDB pool of 50": {"SINGLETON_MYSQL__POOL_MAX": "50"},  # a connection for each of wrk's
 }
-# --role api, side by side
-COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING", "no near cache")
+COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING")  # --role api, side by side
 # key: label, wrk script, ids (a seed list, or "pending"), path template
 ENDPOINTS = {
     "get_user": ("GET user (cache hit)", "get.lua", "users", "/api/v1/users/%s"),

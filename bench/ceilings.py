@@ -6,7 +6,7 @@ docs/bench/ceilings.json.
   oldest rows under a lock (domain/outbox.py), so the fleet's together publish no faster.
 - **broadcast**: an instance's CPU per event none of its sockets wants (every instance reads
   every event): the topic read from its start by ``BroadcastConsumer.read_batch``, the
-  service's own loop step with the near cache's listener, into a hub without sockets."""
+  service's own loop step, into a hub without sockets."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import uuid
 from bench import env
 from bench.analytics import payment_created
 from bench.env import DOCS_BENCH, log
-from domain import freshness, outbox
+from domain import outbox
 from domain.outbox import OutboxRelay
 from managers.kafka_consumer import BroadcastConsumer
 from managers.kafka_producer import KafkaProducerManager
@@ -69,7 +69,6 @@ async def relay(cfg: dict) -> dict:
 
 async def broadcast(cfg: dict) -> dict:
     reader = BroadcastConsumer(cfg)
-    reader.listen(freshness.forget_older_copies)
     reader.consumer = await reader._open()
     try:
         parts = sorted(reader.consumer.assignment())

@@ -16,7 +16,6 @@ COSTS = (
     ("key check", "key_cost", 10),
     ("rate limiter", "limiter_cost", None),
     ("access log at INFO", "log_cost", 5),
-    ("near cache switched off", "near_cache_gain", None),  # what the near cache saves
 )
 
 
@@ -52,7 +51,6 @@ def measures(r: dict) -> dict:
     m["key_cost"] = _cost(r, "key check", "no auth, no limiter")
     m["limiter_cost"] = _cost(r, "key check + limiter", "key check")
     m["log_cost"] = _cost(r, "key check + limiter", "logging at WARNING")
-    m["near_cache_gain"] = _cost(r, "no near cache", "key check + limiter")
     a = r.get("analytics") or {}
     m |= {f"events_per_s_{x['users']}": x["events_per_s"] for x in a.get("apply", [])}
     for name, key in (("the year (365 whole days)", "year"), ("up to 366 days, random minute edges", "any_year")):
@@ -202,7 +200,7 @@ def http_section(r: dict, images: list[str]) -> list[str]:
     return [
         "## HTTP endpoints",
         "",
-        f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. The GET user comparisons: five `--role "
+        f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. The GET user comparisons: four `--role "
         "api` processes side by side, three rounds of half-length runs, each cost the median of its rounds. After a "
         "write run: outbox drained (no unpublished row in MariaDB), then analytics lag 0 (the group's committed "
         "offsets at the topic's end, read from Kafka). What bounds each missed target: docs/PROFILING.md.",
