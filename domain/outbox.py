@@ -43,8 +43,12 @@ def insert(event: dict) -> Statement:
 
 
 def notify_committed() -> None:
-    """Call after a commit that added events, so they go out now rather than at the next poll."""
-    OutboxRelay.instance().notify()
+    """Call after a commit that added events, so they go out now rather than at the next poll.
+
+    A process without the relay (``--role api``) has no one to tell: a relay process finds
+    the rows at its next poll (``outbox.poll_interval_s``), which bounds their delay."""
+    if OutboxRelay.started():
+        OutboxRelay.instance().notify()
 
 
 class OutboxRelay(Manager):

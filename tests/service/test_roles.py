@@ -1,0 +1,64 @@
+"""The service split by ``--role``: an API process without the relay or the analytics
+consumer, beside the test session's own process (role ``all``), on the real servers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, free_port, read_events, service_env, topic_consumer, wait_until
+
+
+@pytest.fixture
+def api_process():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port), "--role", "api"],
+        cwd=ROOT,
+        env=service_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield proc, f"http://127.0.0.1:{port}"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_an_api_process_takes_writes_and_a_relay_elsewhere_publishes_their_events(api, config, api_process):
+    """It once answered every write with a 500 after the commit: it asked its own relay,
+    which an ``api`` process does not run, to publish."""
+    proc, url = api_process
+    other = api.at(url)
+
+    async def ready():
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            return (await other.get("/health/ready"))[0] == 200
+        except OSError:
+            return False
+
+    await wait_until(ready, timeout=60, interval=0.2, what="the api process to be ready")
+    _, health, _ = await other.get("/health")
+    assert set(health["consumers"]) == {"broadcast"}  # no analytics consumer here
+
+    consumer = await topic_consumer(config["kafka"])
+    try:
+        user = await other.new_user(name="Split roles")
+        payment = await other.new_payment(user["id"], amount="12.34")
+        code, body, _ = await other.put(f"/api/v1/payments/{payment['id']}/status", {"status": "completed"})
+        assert code == 200, body
+        seen = await read_events(consumer, lambda s: len([e for e in s if e.get("user_id") == user["id"]]) >= 3)
+    finally:
+        await consumer.stop()
+    mine = [e["type"] for e in seen if e.get("user_id") == user["id"]]
+    assert mine == ["user_created", "payment_created", "payment_updated"]
