@@ -1,13 +1,20 @@
 """The outage filter (pure logic): one warning of a client library per state change of
-its dependency, the rest counted and summed up. The real outage is in test_events."""
+its dependency, the rest counted and summed up (the real outage is in test_events); and
+the writing thread, on a real file."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import logging.handlers
+import queue
 
-from managers.logger import OutageFilter
+import pytest
+
+from managers.logger import BatchWriter, JsonFormatter, OutageFilter
 from managers.metrics import Dependency
-from tests.helpers import metric
+from tests.helpers import metric, wait_until
 
 
 def record(name: str, level: int = logging.ERROR) -> logging.LogRecord:
@@ -36,3 +43,42 @@ def test_other_loggers_and_quieter_levels_are_untouched():
     assert outages.filter(record("pymongo.topology")) is True
     outages.state_changed(Dependency.KAFKA)  # another dependency's change reopens nothing of MongoDB's
     assert outages.filter(record("pymongo.topology")) is False
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.mark.gen_test
+async def test_the_writer_writes_bursts_in_a_few_writes_in_order_and_rotates_between_them(tmp_path):
+    """Written line by line, 500 records were 500 writes to each destination."""
+    stream = CountingStream()
+    rotating = logging.handlers.RotatingFileHandler(tmp_path / "app.log", maxBytes=15_000, backupCount=10)
+    destinations = (logging.StreamHandler(stream), rotating)
+    for handler in destinations:
+        handler.setFormatter(JsonFormatter())
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    writer = BatchWriter(records, *destinations)
+    writer.start()
+    try:
+        for burst in range(5):
+            for i in range(100):
+                records.put(logging.LogRecord("t", logging.INFO, __file__, 1, "line %d", (burst * 100 + i,), None))
+            written = (burst + 1) * 100
+            await wait_until(lambda n=written: stream.getvalue().count("\n") == n, timeout=5, what=f"{written} lines")
+    finally:
+        writer.stop()
+        rotating.close()
+    assert [json.loads(line)["msg"] for line in stream.getvalue().splitlines()] == [f"line {i}" for i in range(500)]
+    assert stream.writes <= 25
+    files = sorted(tmp_path.glob("app.log*"), key=lambda f: -int(f.suffix[1:]) if f.suffix[1:].isdigit() else 0)
+    assert len(files) >= 3, "rotated between bursts"
+    assert all(f.stat().st_size <= 15_000 for f in files)
+    in_files = [json.loads(line)["msg"] for f in files for line in f.read_text().splitlines()]
+    assert in_files == [f"line {i}" for i in range(500)]
