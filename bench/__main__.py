@@ -36,6 +36,8 @@ ENDPOINTS = {
     "post_payments": ("POST payments", "post_payments.lua", "users", ""),
     "put_status": ("PUT payment status", "put_status.lua", "pending", ""),
 }
+CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
+KEYS = env.WORK / "keys.txt"
 # The processes running side by side in each phase, and the (variant, endpoint) runs against them.
 PHASES = [
     (("shipped",), [("shipped", e) for e in ENDPOINTS]),
@@ -48,8 +50,8 @@ PHASES = [
 class Run:
     """The processes under test, and wrk against them."""
 
-    def __init__(self, s: env.Settings, key: str):
-        self.s, self.key, self.base_port = s, key, env.free_port()
+    def __init__(self, s: env.Settings):
+        self.s, self.base_port = s, env.free_port()
         self.baseline = env.start_baseline(self.base_port)
         self.running: dict[str, tuple[env.Proc, int]] = {}
         self.ids: dict[str, list[str]] = {}
@@ -74,7 +76,8 @@ class Run:
         """One wrk run against ``endpoint`` of ``variant``, or against the baseline (variant None)."""
         names = {self.baseline.pid: "baseline", os.getpid(): "bench"}
         names |= {proc.pid: "service" if v == variant else "idle services" for v, (proc, _) in self.running.items()}
-        extra, url, script = {"BENCH_KEY": self.key, "names": names}, f"http://{env.HOST}:{self.base_port}/", "get.lua"
+        extra, script = {"BENCH_KEYS": str(KEYS), "names": names}, "get.lua"
+        url = f"http://{env.HOST}:{self.base_port}/"
         if variant is not None:
             _, script, ids, path = ENDPOINTS[endpoint]
             if ids == "pending":
@@ -110,11 +113,12 @@ class Run:
 
 def against_the_service(s: env.Settings, key: str, results: dict) -> None:
     """Seed over REST, then the ``http`` and ``ws`` stages."""
-    run = Run(s, key)
+    run = Run(s)
     try:
         run.use(("shipped",))
         started, port = time.time(), run.running["shipped"][1]
         run.ids = asyncio.run(client.seed(port, key, s.users, s.list_users, s.payments_per_user))
+        KEYS.write_text("\n".join(asyncio.run(client.admin_keys(port, key, CLIENTS))) + "\n")
         results["seed"] = {"seconds": round(time.time() - started, 1), "drain": run.drain(time.time())}
         run.wrk("warmup-baseline", None, "", s.warmup_s)
         if s.stage("http"):

@@ -84,6 +84,11 @@ async def seed(port: int, key: str, users: int, list_users: int, per_user: int) 
     return {"users": user_ids, "list_users": user_ids[:list_users], "payments": payment_ids}
 
 
+async def admin_keys(port: int, key: str, n: int) -> list[str]:
+    """``n`` admin keys (``POST /api/v1/api-keys``): wrk's requests spread over them as over clients."""
+    return [k["key"] for k in await call_all(port, key, [("POST", "/api/v1/api-keys", {"role": "admin"}, 201)] * n)]
+
+
 async def tokens(port: int, key: str, users: list[str]) -> dict[str, str]:
     """A WebSocket token per user (``POST /api/v1/ws-tokens`` with the admin key)."""
     minted = await call_all(port, key, [("POST", "/api/v1/ws-tokens", {"user_id": u}, 201) for u in users])

@@ -1,6 +1,9 @@
--- Shared by the wrk scripts (LUA_PATH=bench/lua/?.lua). Every request carries the API key (BENCH_KEY),
--- the baseline's too, so both parse the same head; done() prints the line bench/wrk.py reads.
+-- Shared by the wrk scripts (LUA_PATH=bench/lua/?.lua). Every request carries an API key, the
+-- baseline's too, so both parse the same head: one of BENCH_KEYS (a file, one a line) at random, as
+-- from as many clients, each with its own verdict and rate-limit bucket; else BENCH_KEY. done() prints
+-- the line bench/wrk.py reads.
 local M = {}
+local keys
 
 function M.lines(path) -- ids, one a line
   local out = {}
@@ -18,8 +21,13 @@ end
 
 function M.init()
   math.randomseed(os.time() * 1000 + (tid or 0) * 7919)
-  wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "")
+  local file = os.getenv("BENCH_KEYS")
+  keys = (file and #file > 0) and M.lines(file) or { os.getenv("BENCH_KEY") or "" }
   wrk.headers["Content-Type"] = "application/json"
+end
+
+function M.key() -- the next request's key (wrk.format reads wrk.headers)
+  wrk.headers["Authorization"] = "Bearer " .. keys[math.random(#keys)]
 end
 
 function M.done(summary, latency, requests, passes)

@@ -13,6 +13,7 @@ function init(args)
 end
 
 function request()
-  if not ids then return wrk.request() end
+  common.key()
+  if not ids then return wrk.format() end
   return wrk.format("GET", string.format(template, ids[math.random(#ids)]))
 end

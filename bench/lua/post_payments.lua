@@ -9,6 +9,7 @@ function init(args)
 end
 
 function request()
+  common.key()
   local body = string.format('{"user_id":"%s","amount":"%d.%02d","currency":"USD","description":"bench"}',
     users[math.random(#users)], math.random(1, 500), math.random(0, 99))
   return wrk.format("POST", "/api/v1/payments", nil, body)

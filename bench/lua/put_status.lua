@@ -19,6 +19,7 @@ function init(args)
 end
 
 function request()
+  common.key()
   i = i + 1
   if i > #slice then i, pass = 1, pass + 1 end
   passes = pass -- read back by done() through thread:get
