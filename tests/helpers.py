@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,29 @@ def service_env(**extra: str) -> dict[str, str]:
     env.update(env_overrides())
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def service_process(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``python -m service --port N ARGS`` on a free port, and its base URL; at the end a
+    SIGTERM, after which it must exit 0 within 30 s."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port), *args],
+        cwd=ROOT,
+        env=service_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield proc, f"http://127.0.0.1:{port}"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, err
 
 
 def run_service(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:

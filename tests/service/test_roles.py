@@ -3,34 +3,15 @@ consumer, beside the test session's own process (role ``all``), on the real serv
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import ROOT, free_port, read_events, service_env, topic_consumer, wait_until
+from tests.helpers import read_events, service_process, topic_consumer, wait_until
 
 
 @pytest.fixture
 def api_process():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port), "--role", "api"],
-        cwd=ROOT,
-        env=service_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    yield proc, f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 0, err
+    with service_process("--role", "api") as running:
+        yield running
 
 
 @pytest.mark.gen_test(timeout=120)

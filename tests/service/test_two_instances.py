@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -12,28 +10,13 @@ from tornado.httpclient import AsyncHTTPClient
 
 from managers.mongodb import MongoManager
 from tests.handlers.test_ws import Client
-from tests.helpers import ROOT, free_port, service_env, wait_until
+from tests.helpers import service_process, wait_until
 
 
 @pytest.fixture
 def second_instance():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port)],
-        cwd=ROOT,
-        env=service_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    yield proc, f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 0, err
+    with service_process() as running:
+        yield running
 
 
 async def until_healthy(proc: subprocess.Popen, url: str) -> None:
