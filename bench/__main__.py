@@ -15,6 +15,7 @@ import time
 
 from bench import analytics, client, drain, env, fanout, report, wrk
 from bench.env import log
+from service.supervisor import free_port
 
 # The service as shipped, and what each comparison changes (environment overrides).
 NO_LIMITER = {"SINGLETON_RATE_LIMIT__ENABLED": "false"}
@@ -51,7 +52,7 @@ class Run:
     """The processes under test, and wrk against them."""
 
     def __init__(self, s: env.Settings):
-        self.s, self.base_port = s, env.free_port()
+        self.s, self.base_port = s, free_port()
         self.baseline = env.start_baseline(self.base_port)
         self.running: dict[str, tuple[env.Proc, int]] = {}
         self.ids: dict[str, list[str]] = {}
@@ -62,7 +63,7 @@ class Run:
             self.stop()
             for v in variants:
                 log(f"service: {v}")
-                port, role = env.free_port(), "api" if v in COMPARED else "all"
+                port, role = free_port(), "api" if v in COMPARED else "all"
                 self.running[v] = env.start_service(v, port, VARIANTS[v], role), port
                 if self.ids:
                     self.wrk("warmup", v, "get_user", self.s.warmup_s)

@@ -22,6 +22,7 @@ from bench.analytics import payment_created
 from bench.env import DOCS_BENCH, log
 from domain import outbox
 from domain.outbox import OutboxRelay
+from managers import config as service_config
 from managers.kafka_consumer import BroadcastConsumer
 from managers.kafka_producer import KafkaProducerManager
 from managers.mysql import MySQLManager
@@ -34,13 +35,8 @@ WRITE_CHUNK = 500
 
 
 def bench_config() -> dict:
-    """The service's configuration, in the bench's stores."""
-    cfg = env.config()
-    return cfg | {
-        "mysql": cfg["mysql"] | {"database": env.MYSQL_DATABASE},
-        "redis": cfg["redis"] | {"url": env.redis_url()},
-        "kafka": cfg["kafka"] | {"topic": env.KAFKA_TOPIC},
-    }
+    """The configuration the bench's service processes run with: the bench's stores."""
+    return service_config.load(env=env.service_env({}))
 
 
 async def relay(cfg: dict) -> dict:

@@ -11,7 +11,6 @@ import functools
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -67,12 +66,6 @@ class Settings:
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 # -- backing services ------------------------------------------------------------------------

@@ -259,6 +259,19 @@ def totals(rows: Counter) -> dict:
     return {"payment_count": count, "by_currency": by_currency, "by_status": dict(sorted(by_status.items()))}
 
 
+async def _insert_new(coll: AsyncCollection, docs: list[dict]) -> list[Any]:
+    """Insert ``docs``, unordered; the ``_id`` of each that was already there (any other
+    refusal raises)."""
+    try:
+        await coll.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(err.get("code") != DUPLICATE_KEY for err in errors):
+            raise
+        return [docs[err["index"]]["_id"] for err in errors]
+    return []
+
+
 def _chunks(items: list, size: int) -> Iterable[list]:
     return (items[i : i + size] for i in range(0, len(items), size))
 
@@ -306,14 +319,7 @@ class AnalyticsStore:
             first.setdefault(d.event["event_id"], d)
         docs = [marker(d) for d in first.values()]
         seen: dict[str, tuple[int, int]] = {doc["_id"]: (doc["p"], doc["o"]) for doc in docs}
-        duplicates: list[str] = []
-        try:
-            await self.db.events.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                raise
-            duplicates = [docs[err["index"]]["_id"] for err in errors]
+        duplicates = await _insert_new(self.db.events, docs)
         markers = await self._read(self.db.events, duplicates, {"p": 1, "o": 1})
         if len(markers) != len(duplicates):
             raise StaleWrite("an event marker vanished between its insert and its read")
@@ -324,11 +330,7 @@ class AnalyticsStore:
     async def _record_partitions(self, partitions: set[int]) -> None:
         new = sorted(partitions - self._partitions)
         if new:
-            try:
-                await self.db.partitions.insert_many([{"_id": p} for p in new], ordered=False)
-            except BulkWriteError as exc:
-                if any(err.get("code") != DUPLICATE_KEY for err in exc.details.get("writeErrors", [])):
-                    raise
+            await _insert_new(self.db.partitions, [{"_id": p} for p in new])
             self._partitions.update(new)
 
     @staticmethod

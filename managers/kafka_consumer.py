@@ -67,6 +67,8 @@ class TopicReader(Manager):
     its state for /health, and one log line per outage of their fetches."""
 
     name = "reader"  # metric label, log field, task name
+    failing_message = "kafka consumer failing; retrying"  # logged once an outage
+    recovered_message = "kafka consumer works again"
 
     def __init__(self, config: dict):
         self.cfg = config["kafka"]
@@ -88,12 +90,12 @@ class TopicReader(Manager):
     def _failed(self, exc: BaseException) -> None:
         metrics.CONSUMER_ERRORS.labels(self.name).inc()
         if not self._failing:  # one line per outage, not one per retry
-            log.warning("kafka consumer failing; retrying", extra={"consumer": self.name, "error": repr(exc)[:2000]})
+            log.warning(self.failing_message, extra={"consumer": self.name, "error": repr(exc)[:2000]})
         self._failing = True
 
     def _succeeded(self) -> None:
         if self._failing:
-            log.info("kafka consumer works again", extra={"consumer": self.name})
+            log.info(self.recovered_message, extra={"consumer": self.name})
         self._failing = False
 
     def status(self) -> dict:
@@ -204,6 +206,8 @@ class _HoldRebalance(ConsumerRebalanceListener):
 class GroupConsumer(TopicReader):
     """Reads the topic in the consumer group ``group``, at least once (see the module)."""
 
+    failing_message = "batch not stored; will retry"
+    recovered_message = "batches are stored again"
     batch_size = 1000
     per_record_s = 0.02  # a batch's deadline grows with its size
     lag_refresh_s = 1.0
@@ -255,16 +259,9 @@ class GroupConsumer(TopicReader):
             try:
                 await self._next_batch()
                 backoff = self.reconnect_cfg["initial_delay_s"]
-                if self._failing:
-                    log.info("batches are stored again", extra={"consumer": self.name})
-                    self._failing = False
+                self._succeeded()
             except (TimeoutError, CommitFailedError, KafkaError, *self.retried) as exc:
-                metrics.CONSUMER_ERRORS.labels(self.name).inc()
-                if not self._failing:  # one line per outage, not one per retry
-                    log.warning(
-                        "batch not stored; will retry", extra={"consumer": self.name, "error": repr(exc)[:2000]}
-                    )
-                self._failing = True
+                self._failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.reconnect_cfg["max_delay_s"])
 
