@@ -131,20 +131,20 @@ async def _recreate_topic(partitions: int = 3) -> None:
 # -- processes ---------------------------------------------------------------------------------
 def service_env(overrides: dict[str, str]) -> dict[str, str]:
     """The shipped configuration in the bench's stores, with limits no bench load reaches (the
-    limiter still runs; every fan-out socket comes from one address)."""
-    env = os.environ | {
-        "SINGLETON_MYSQL__DATABASE": MYSQL_DATABASE,
-        "SINGLETON_REDIS__URL": redis_url(),
-        "SINGLETON_MONGODB__DATABASE": MONGO_DATABASE,
-        "SINGLETON_KAFKA__TOPIC": KAFKA_TOPIC,
-        "SINGLETON_KAFKA__ANALYTICS_GROUP": ANALYTICS_GROUP,
-        "SINGLETON_LOGGING__FILE": str(WORK / "service-app.log"),
-        "SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE": '""',
-        "SINGLETON_METRICS__PORT": "0",  # a free port for each process
+    limiter still runs; every fan-out socket comes from one address); ``overrides`` are
+    SINGLETON_* variables on top."""
+    settings = {
+        "mysql": {"database": MYSQL_DATABASE},
+        "redis": {"url": redis_url()},
+        "mongodb": {"database": MONGO_DATABASE},
+        "kafka": {"topic": KAFKA_TOPIC, "analytics_group": ANALYTICS_GROUP},
+        "logging": {"file": str(WORK / "service-app.log")},
+        "auth": {"bootstrap_admin_key_file": ""},
+        "metrics": {"port": 0},  # a free port for each process
+        "rate_limit": {f"{kind}_{n}": 1_000_000_000 for kind in ("read", "write") for n in ("per_s", "burst")},
+        "websocket": {n: 1_000_000 for n in ("max_connections", "max_per_user", "max_per_ip")},
     }
-    env |= {f"SINGLETON_RATE_LIMIT__{k}_{n}": "1000000000" for k in ("READ", "WRITE") for n in ("PER_S", "BURST")}
-    env |= {f"SINGLETON_WEBSOCKET__{n}": "1000000" for n in ("MAX_CONNECTIONS", "MAX_PER_USER", "MAX_PER_IP")}
-    return env | overrides
+    return service_config.as_env(settings) | overrides
 
 
 class Proc:

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from managers import config as service_config
+
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "reports" / "chaos"  # git-ignored: logs and the raw results
 PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
@@ -101,7 +103,6 @@ class Stack:
             KAFKA_CONTROLLER_PORT=str(p["kafka_controller"]),
             MONGO_PORT=str(p["mongo"]),
             POSTGRES_PORT=str(p["postgres"]),
-            FERRETDB_BACKEND="postgresql",
         )
         return env
 
@@ -109,29 +110,19 @@ class Stack:
         """``python -m service`` on this stack: auth on, limits far above the load (the
         limiter still runs), its own stores, JSON logs on stdout."""
         p, secrets = self.ports, self.dir / "secrets"
-        env = self.devstack_env()
-        env.update(
-            SINGLETON_MYSQL__PORT=str(p["mysql"]),
-            SINGLETON_MYSQL__DATABASE=DATABASE,
-            SINGLETON_MYSQL__PASSWORD_FILE=str(secrets / "mysql.password"),
-            SINGLETON_REDIS__URL=f"redis://{HOST}:{p['redis']}/0",
-            SINGLETON_KAFKA__BOOTSTRAP_SERVERS=self.kafka,
-            SINGLETON_KAFKA__TOPIC=TOPIC,
-            SINGLETON_KAFKA__ANALYTICS_GROUP=ANALYTICS_GROUP,
-            SINGLETON_MONGODB__URI=f"mongodb://{HOST}:{p['mongo']}/",
-            SINGLETON_MONGODB__DATABASE=MONGO_DATABASE,
-            SINGLETON_AUTH__TOKEN_SECRET_FILE=str(secrets / "ws_token.secret"),
-            SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE="",
-            SINGLETON_METRICS__PORT=str(p["metrics"]),
-            SINGLETON_LOGGING__FILE="",
-            SINGLETON_LOGGING__LEVEL="INFO",
-            PYTHONUNBUFFERED="1",
-        )
-        for kind in ("read", "write", "anonymous"):
-            env[f"SINGLETON_RATE_LIMIT__{kind.upper()}_PER_S"] = "100000"
-            env[f"SINGLETON_RATE_LIMIT__{kind.upper()}_BURST"] = "100000"
-        env.update(extra)
-        return env
+        settings = {
+            "mysql": {"port": p["mysql"], "database": DATABASE, "password_file": str(secrets / "mysql.password")},
+            "redis": {"url": f"redis://{HOST}:{p['redis']}/0"},
+            "kafka": {"bootstrap_servers": self.kafka, "topic": TOPIC, "analytics_group": ANALYTICS_GROUP},
+            "mongodb": {"uri": f"mongodb://{HOST}:{p['mongo']}/", "database": MONGO_DATABASE},
+            "auth": {"token_secret_file": str(secrets / "ws_token.secret"), "bootstrap_admin_key_file": ""},
+            "metrics": {"port": p["metrics"]},
+            "logging": {"file": "", "level": "INFO"},
+            "rate_limit": {
+                f"{kind}_{n}": 100000 for kind in ("read", "write", "anonymous") for n in ("per_s", "burst")
+            },
+        }
+        return service_config.as_env(settings, base=self.devstack_env()) | {"PYTHONUNBUFFERED": "1", **extra}
 
     @property
     def kafka(self) -> str:

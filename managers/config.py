@@ -8,6 +8,7 @@ is empty. Relative paths in the file are relative to the file's own directory.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -175,6 +176,18 @@ def _apply_env(data: dict, env: Mapping[str, str]) -> None:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{section}.{key} (from {name}): not a YAML value: {exc}") from None
         data.setdefault(section, {})[key] = value
+
+
+def as_env(overrides: Mapping[str, Mapping[str, Any]], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child ``python -m service``: ``base`` (default: this process's)
+    with each override as its ``SINGLETON_<SECTION>__<KEY>`` variable, written so that
+    ``load`` reads back exactly that value (JSON is YAML; a secret is taken as it is)."""
+    env = dict(os.environ if base is None else base)
+    for section, values in overrides.items():
+        for key, value in values.items():
+            raw = value if (section, key) in SECRETS else json.dumps(value)
+            env[f"{ENV_PREFIX}{section.upper()}__{key.upper()}"] = str(raw)
+    return env
 
 
 def _merge(data: dict, overrides: Mapping[str, Mapping[str, Any]]) -> None:

@@ -106,3 +106,22 @@ def test_the_shipped_config_holds_no_secret():
     for section, key in config_module.SECRETS:
         assert data[section][key] == "", f"{section}.{key} must come from the environment or its file"
     assert data["auth"]["enabled"] is True and data["rate_limit"]["enabled"] is True
+
+
+def test_as_env_is_read_back_exactly_as_written():
+    """A child process's environment (tests, bench, chaos all build theirs with it): values
+    that YAML would retype if written bare come back as they went in."""
+    overrides = {
+        "kafka": {"client_id": "123", "topic": "true"},
+        "auth": {"token_secret": "0123", "bootstrap_admin_key_file": ""},
+        "mysql": {"password": "null", "port": 3307},
+        "rate_limit": {"fail_open": False, "read_per_s": 2.5},
+        "cors": {"allowed_origins": ["http://a.example", "*"]},
+    }
+    env = config_module.as_env(overrides, base={"PATH": "/bin"})
+    assert env["PATH"] == "/bin"
+    assert env["SINGLETON_AUTH__TOKEN_SECRET"] == "0123"  # a secret is never quoted or parsed
+    cfg = config_module.load(env=env)
+    for section, values in overrides.items():
+        for key, value in values.items():
+            assert cfg[section][key] == value, (section, key)
