@@ -19,3 +19,14 @@ class APIError(Exception):
 
 def not_found(what: str, ident: str) -> APIError:
     return APIError(404, "not_found", f"{what} {ident} not found")
+
+
+def user_not_found(user_id: str) -> APIError:
+    """A body's ``user_id`` names no user (or none the caller may see): 422, not 404,
+    since the path itself was found."""
+    return APIError(
+        422,
+        "user_not_found",
+        f"user {user_id} does not exist",
+        details=[{"field": "user_id", "message": "no such user"}],
+    )

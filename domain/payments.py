@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from domain import codec, events, outbox, users
-from domain.errors import APIError, not_found
+from domain.errors import APIError, not_found, user_not_found
 from domain.money import MoneyError, format_amount, parse_amount
 from managers import mysql
 from managers.mysql import MySQLManager, Statement, Tx, is_duplicate_key, is_missing_parent
@@ -44,15 +44,6 @@ def to_api(row: dict) -> dict:
 
 
 # -- create ---------------------------------------------------------------------------------
-def user_not_found(user_id: str) -> APIError:
-    return APIError(
-        422,
-        "user_not_found",
-        f"user {user_id} does not exist",
-        details=[{"field": "user_id", "message": "no such user"}],
-    )
-
-
 class Created(NamedTuple):
     """The outcome of a create: the status and body to send, and whether it is a replay."""
 

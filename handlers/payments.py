@@ -10,7 +10,7 @@ import re
 from decimal import Decimal
 
 from domain import payments, schemas
-from domain.errors import APIError
+from domain.errors import APIError, user_not_found
 from handlers.base import BaseHandler
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as HTTP header tokens are
@@ -23,7 +23,7 @@ class PaymentsHandler(BaseHandler):
             raise APIError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters")
         body = schemas.validate("PaymentCreate", self.get_json_body())
         if not self.caller.can_see(body["user_id"]):
-            raise payments.user_not_found(body["user_id"])
+            raise user_not_found(body["user_id"])
         max_amount = Decimal(self.config["payments"]["max_amount"])
         scope = "admin" if self.caller.is_admin else f"user:{self.caller.user_id}"
         created = await payments.create(body, max_amount, key, scope)
