@@ -17,12 +17,11 @@ from asyncio import Future
 
 import tornado.websocket
 from tornado import httputil
-from tornado.iostream import IOStream, StreamClosedError
-from tornado.websocket import WebSocketClosedError
 
 from domain import codec, replay, schemas, users
 from domain.auth import Authenticator, InvalidToken
-from domain.errors import APIError
+from domain.errors import APIError, user_not_found
+from handlers import tornado_internals
 from handlers.base import BaseHandler, forbidden, origin_allowed, unauthorized
 from managers import mysql
 from managers.metrics import SocketClosed
@@ -41,7 +40,7 @@ class WsTokensHandler(BaseHandler):
         if user_id is None:
             raise APIError(422, "validation_failed", "an admin key must name the user_id", [{"field": "user_id"}])
         if not self.caller.can_see(user_id) or not await users.exists(user_id):
-            raise APIError(422, "user_not_found", f"user {user_id} does not exist", [{"field": "user_id"}])
+            raise user_not_found(user_id)
         self.write_json(Authenticator.instance().mint_token(user_id), 201)
 
 
@@ -82,9 +81,9 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
                 "a WebSocket handshake needs Sec-WebSocket-Key and Sec-WebSocket-Version 13",
                 headers={"Upgrade": "websocket", "Sec-WebSocket-Version": ", ".join(SUPPORTED_VERSIONS)},
             )
-        # Tornado's own cross-origin algorithm (Sec-Fetch-Site, Origin against Host, then
-        # check_origin), the one its get() would run next, asked first for a JSON 403.
-        if self._check_cross_origin(self.check_origin) is not None:
+        # Tornado's own cross-origin algorithm, the one its get() would run next, asked
+        # first for a JSON 403.
+        if tornado_internals.cross_origin_refusal(self, self.check_origin) is not None:
             raise forbidden("this Origin may not open a WebSocket here (cors.allowed_origins)")
 
     def _token_user(self) -> str:
@@ -121,7 +120,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self.request.headers = EMPTY_HEADERS
         self.request.arguments = self.request.query_arguments = {}
         self.request.uri = self.request.query = ""
-        self._headers = EMPTY_HEADERS
+        tornado_internals.drop_response_headers(self, EMPTY_HEADERS)
 
     def on_message(self, message: str | bytes) -> None:
         if self.conn is None:
@@ -149,27 +148,8 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         ``write_message`` would frame it again per connection and wrap each write
         in a new task. No compression is negotiated (``get_compression_options``
         is left at None), so these bytes are exactly what ``write_message`` sends.
-        When nothing else is waiting to be written, the frame goes straight to the
-        socket: one ``send`` and no Future, which is most writes of a fan-out.
         """
-        ws = self.ws_connection
-        if ws is None or ws.is_closing() or ws.stream is None:
-            raise WebSocketClosedError()
-        stream = ws.stream
-        try:
-            if type(stream) is IOStream and not stream.writing():  # plain TCP, nothing queued before it
-                try:
-                    sent = stream.socket.send(frame)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    raise WebSocketClosedError() from None
-                if sent == len(frame):
-                    return None
-                frame = frame[sent:]
-            return stream.write(frame)
-        except StreamClosedError:
-            raise WebSocketClosedError() from None
+        return tornado_internals.send_frame(self, frame)
 
     def on_close(self) -> None:
         # Also called for a request that closed before its handshake completed: no conn then.
