@@ -87,7 +87,7 @@ from managers import metrics
 from managers.mongodb import MongoManager
 
 log = logging.getLogger("singleton.analytics")
-NAME = metrics.Consumer.ANALYTICS
+NAME = "analytics"  # the consumer's name: its metric label, its group's role
 DUPLICATE_KEY = 11000
 # FerretDB 1.24.2 on PostgreSQL holds a pooled connection per statement of an update
 # command until the command ends, plus one to write: at 50 statements its 50-connection

@@ -5,8 +5,6 @@ which counts each event once whatever it sees again."""
 
 from __future__ import annotations
 
-from pymongo.errors import PyMongoError
-
 from domain import codec
 from domain.analytics import NAME, AnalyticsStore, Delivery
 from managers import metrics
@@ -16,7 +14,7 @@ from managers.mongodb import MongoManager
 
 class AnalyticsConsumer(GroupConsumer):
     name = NAME
-    retried = (PyMongoError,)  # MongoDB out of reach, or a write refused: read the batch again
+    stores = (MongoManager,)  # MongoDB out of reach is an outage; a write it refuses, a bug (both retried)
 
     def __init__(self, config: dict):
         super().__init__(config, group=config["kafka"]["analytics_group"])

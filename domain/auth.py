@@ -35,8 +35,9 @@ from typing import NamedTuple
 import jwt
 
 from domain import codec
-from domain.errors import APIError, not_found
+from domain.errors import APIError, not_found, user_not_found
 from managers import mysql
+from managers.background import Backoff, Failures
 from managers.base import Manager
 from managers.mysql import MySQLManager, is_missing_parent
 
@@ -119,9 +120,7 @@ async def create_key(role: str, user_id: str | None = None) -> dict:
             )
     except mysql.IntegrityError as exc:
         if is_missing_parent(exc):
-            raise APIError(
-                422, "user_not_found", f"user {user_id} does not exist", details=[{"field": "user_id"}]
-            ) from None
+            raise user_not_found(user_id) from None
         raise
     created = key_to_api(row)
     del created["last_used_at"], created["revoked_at"]
@@ -150,8 +149,7 @@ async def revoke_key(key_id: str) -> dict:
 async def bootstrap_admin_key(path: str) -> bool:
     """With no usable admin key in the database, create one and write it to ``path``
     (mode 0600). Several instances starting at once create one key between them."""
-    mysql = MySQLManager.instance()
-    async with mysql.cursor() as cur:
+    async with MySQLManager.instance().cursor() as cur:
         locked = await cur.fetchone("SELECT GET_LOCK(%s, 10) AS ok", (_BOOTSTRAP_LOCK,))
         if not locked or locked["ok"] != 1:
             raise RuntimeError("could not take the admin key bootstrap lock")
@@ -203,15 +201,27 @@ class Authenticator(Manager):
         return inst
 
     async def _bootstrap_when_ready(self, path: str) -> None:
-        mysql = MySQLManager.instance()
+        """Make the dev admin key once MariaDB is ready. Losing MariaDB meanwhile is an
+        outage (wait for it, try again); anything else is a bug, logged as one and retried."""
+        db = MySQLManager.instance()
+        failures = Failures(
+            "admin_key_bootstrap",
+            MySQLManager.is_unavailable,
+            logger=log,
+            outage="admin key bootstrap postponed: MariaDB unavailable",
+            recovered="admin key bootstrap went through",
+        )
+        backoff = Backoff(1.0, 30.0)
         while True:
-            await mysql.ready.wait()
+            await db.ready.wait()
             try:
                 await asyncio.wait_for(bootstrap_admin_key(path), 30)
-                return
-            except mysql.UNAVAILABLE as exc:  # lost MariaDB again meanwhile: wait for it once more
-                log.warning("admin key bootstrap postponed", extra={"error": repr(exc)})
-                await asyncio.sleep(1)
+            except Exception as exc:
+                failures.failed(exc)
+                await backoff.sleep()
+                continue
+            failures.succeeded()
+            return
 
     async def authenticate(self, key: str) -> Principal | None:
         """The principal of ``key``, or None for a malformed, unknown or revoked key."""
@@ -245,8 +255,8 @@ class Authenticator(Manager):
         return principal
 
     async def _lookup(self, key: str, digest: str) -> Principal | None:
-        mysql = MySQLManager.instance()
-        row = await mysql.fetchone(
+        db = MySQLManager.instance()
+        row = await db.fetchone(
             "SELECT id, hash, role, user_id FROM api_keys WHERE prefix = %s AND revoked_at IS NULL",
             (key_prefix(key),),
         )
@@ -255,7 +265,7 @@ class Authenticator(Manager):
         now = time.monotonic()
         if now - self._last_used_written.get(row["id"], -_LAST_USED_EVERY_S) >= _LAST_USED_EVERY_S:
             self._last_used_written[row["id"]] = now
-            async with mysql.cursor() as cur:
+            async with db.cursor() as cur:
                 await cur.execute("UPDATE api_keys SET last_used_at = %s WHERE id = %s", (codec.utc_now(), row["id"]))
         return Principal(row["id"], row["role"], row["user_id"])
 

@@ -1,15 +1,24 @@
 """The transactional outbox: events are written with the change they describe,
 then relayed to Kafka.
 
-``add`` inserts the event row inside the caller's transaction, so an event
-exists exactly when its change committed. ``OutboxRelay`` publishes pending
-rows in id order (key = user id, so one user's events stay in order on one
+``insert(event)`` is the statement that records an event; its caller runs it in
+the transaction of the change, so an event exists exactly when its change
+committed, and calls ``notify_committed()`` after the commit. ``OutboxRelay``
+publishes pending rows in id order (key = user id, so one user's events stay in order on one
 partition) and marks them published. If Kafka is down the rows wait; nothing
 is dropped. A crash between publish and mark re-sends a batch: delivery is at
 least once, and consumers de-duplicate by ``event_id``.
 
 Order per user holds because every transaction that writes a user's event
 first locks that user's row: a user's outbox ids are assigned in commit order.
+
+The relay's loop does three things, each with its own failures: publishing
+(MariaDB or Kafka unavailable is an outage, counted in
+``singleton_outbox_publish_failures_total``; rows wait), the backlog gauges, and
+housekeeping once a minute (deleting what is past retention). A failure of the
+gauges or the housekeeping is never reported as a publishing failure, and the
+housekeeping waits for its next turn instead of running on every retry. Anything
+that is not an outage is a bug (managers/background.py).
 
 Stopping never interrupts a batch between Kafka's acknowledgement and the mark:
 ``close()`` lets the current batch finish, then flushes once more, so a clean
@@ -23,7 +32,8 @@ import logging
 import time
 
 from domain import codec
-from managers import metrics, mysql
+from managers import metrics
+from managers.background import Backoff, Failures
 from managers.base import Manager
 from managers.kafka_producer import KafkaProducerManager
 from managers.mysql import MySQLManager, Statement
@@ -60,6 +70,15 @@ class OutboxRelay(Manager):
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._next_housekeeping = 0.0
+        self._publishing = Failures(
+            "outbox_publish",
+            self.is_outage,
+            logger=log,
+            outage="outbox relay cannot publish; rows wait",
+            recovered="outbox relay recovered",
+        )
+        self._gauges = Failures("outbox_gauges", self.is_outage, logger=log)
+        self._housekeeping_failures = Failures("outbox_housekeeping", self.is_outage, logger=log)
 
     @classmethod
     def start(cls, config: dict) -> OutboxRelay:
@@ -71,38 +90,31 @@ class OutboxRelay(Manager):
         """Called after a commit that wrote events: publish now rather than at the next poll."""
         self._wakeup.set()
 
+    @staticmethod
+    def is_outage(exc: BaseException) -> bool:
+        return MySQLManager.is_unavailable(exc) or KafkaProducerManager.is_unavailable(exc)
+
     async def _run(self) -> None:
         # Until MariaDB is reached and migrated there is nothing to relay, and its manager
         # already says so: without this wait, every start logged a relay "outage".
         await MySQLManager.instance().ready.wait()
-        backoff = self.poll_interval_s
-        failing = False
+        backoff = Backoff(self.poll_interval_s, MAX_BACKOFF_S)
         while not self._stopping:
             try:
                 published = await self.relay_once()
-                if failing:
-                    log.info("outbox relay recovered")
-                failing, backoff = False, self.poll_interval_s
-                if published == self.batch_size:
-                    continue  # more may be waiting
-                await self._idle()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 metrics.OUTBOX_PUBLISH_FAILURES.inc()
-                if not failing:  # one line per outage, not one per retry
-                    log.warning("outbox relay cannot publish; rows wait", extra={"error": repr(exc)})
-                failing = True
-                await self._refresh_gauges_if_possible()  # the backlog's age is what alerts watch now
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-
-    async def _idle(self) -> None:
-        await self._refresh_gauges()
-        if time.monotonic() >= self._next_housekeeping:
-            await self._housekeeping()
-            self._next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
-        await self._sleep(self.poll_interval_s)
+                self._publishing.failed(exc)
+                await self._refresh_gauges()  # the backlog's age is what alerts watch now
+                await self._sleep(backoff.next())
+                continue
+            self._publishing.succeeded()
+            backoff.reset()
+            if published == self.batch_size:
+                continue  # more may be waiting
+            await self._refresh_gauges()
+            await self._housekeeping_when_due()
+            await self._sleep(self.poll_interval_s)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for a commit's notify, a stop, or ``seconds``, whichever comes first."""
@@ -119,8 +131,7 @@ class OutboxRelay(Manager):
         waits instead of sending them again or overtaking them. READ COMMITTED
         keeps the lock to those rows: writers adding new rows are not blocked.
         """
-        mysql = MySQLManager.instance()
-        async with mysql.transaction(isolation="READ COMMITTED") as tx:
+        async with MySQLManager.instance().transaction(isolation="READ COMMITTED") as tx:
             rows = await tx.fetchall(
                 "SELECT id, event_type, partition_key, payload FROM outbox"
                 " WHERE published_at IS NULL ORDER BY id LIMIT %s FOR UPDATE",
@@ -139,13 +150,17 @@ class OutboxRelay(Manager):
             metrics.EVENTS_PUBLISHED.labels(metrics.event_label(row["event_type"])).inc()
         return len(rows)
 
-    async def _refresh_gauges_if_possible(self) -> None:
-        try:
-            await self._refresh_gauges()
-        except mysql.UNAVAILABLE:
-            pass  # MariaDB is the outage: the gauges keep their last values, dependency_up says why
-
     async def _refresh_gauges(self) -> None:
+        """The backlog's size and age; during an outage they keep their last values."""
+        try:
+            await self._read_backlog()
+        except Exception as exc:
+            if not self.is_outage(exc):  # an outage is publishing's to report, and dependency_up's
+                self._gauges.failed(exc)
+            return
+        self._gauges.succeeded()
+
+    async def _read_backlog(self) -> None:
         row = await MySQLManager.instance().fetchone(
             "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL"
         )
@@ -155,10 +170,22 @@ class OutboxRelay(Manager):
         age = (codec.utc_now() - oldest).total_seconds() if oldest else 0
         metrics.OUTBOX_OLDEST_AGE.set(max(age, 0))
 
+    async def _housekeeping_when_due(self) -> None:
+        """Once every ``HOUSEKEEPING_EVERY_S``, whether the last turn worked or not."""
+        if time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
+        try:
+            await self._housekeeping()
+        except Exception as exc:
+            if not self.is_outage(exc):
+                self._housekeeping_failures.failed(exc)
+            return
+        self._housekeeping_failures.succeeded()
+
     async def _housekeeping(self) -> None:
         """Forget published events past the replay window, and old idempotency keys."""
-        mysql = MySQLManager.instance()
-        async with mysql.cursor() as cur:
+        async with MySQLManager.instance().cursor() as cur:
             await cur.execute(
                 "DELETE FROM outbox WHERE published_at IS NOT NULL"
                 " AND created_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND LIMIT 5000",

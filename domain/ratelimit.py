@@ -67,6 +67,8 @@ class Verdict(NamedTuple):
 
 
 class RateLimiter(Manager):
+    health_path = "rate_limiter"
+
     def __init__(self, cfg: dict):
         self.enabled: bool = cfg["enabled"]
         self.fail_open: bool = cfg["fail_open"]

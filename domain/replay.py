@@ -12,15 +12,15 @@ from managers.mysql import MySQLManager
 
 async def missed_events(user_id: str, last_event_id: str, max_events: int) -> list[tuple[str, bytes]] | None:
     """``(event_id, payload)`` in order, or None when the gap cannot be replayed."""
-    mysql = MySQLManager.instance()
-    anchor = await mysql.fetchone(
+    db = MySQLManager.instance()
+    anchor = await db.fetchone(
         "SELECT id FROM outbox WHERE event_id = %s AND partition_key = %s", (last_event_id, user_id)
     )
     if anchor is None:
         return None
     # Every committed event, published yet or not: one that also arrives live later is
     # dropped by the hub as a duplicate, so nothing falls between replay and live.
-    rows = await mysql.fetchall(
+    rows = await db.fetchall(
         "SELECT event_id, payload FROM outbox WHERE partition_key = %s AND id > %s ORDER BY id LIMIT %s",
         (user_id, anchor["id"], max_events + 1),
     )

@@ -24,8 +24,9 @@ from domain import codec, ratelimit
 from domain.auth import ADMIN, Authenticator, Principal
 from domain.errors import APIError, not_found
 from domain.ratelimit import RateLimiter
-from managers import kafka_producer, metrics, mongodb, mysql, redis
+from managers import metrics
 from managers.config import ConfigManager
+from managers.dependencies import UNAVAILABLE
 from managers.logger import request_id_var
 
 log = logging.getLogger("singleton.http")
@@ -35,7 +36,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BEARER = re.compile(r"^Bearer +(\S+) *$", re.IGNORECASE)
 _LENGTH = re.compile(r"^[0-9]{1,19}$")  # not str.isdigit(), which takes '²'
 # A dependency failing mid-request is the service being unavailable, not a bug.
-DEPENDENCY_ERRORS = mysql.UNAVAILABLE + mongodb.UNAVAILABLE + kafka_producer.UNAVAILABLE + redis.UNAVAILABLE
+DEPENDENCY_ERRORS = UNAVAILABLE
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Request metrics label the method from this list; any other token is "other", so
 # invented methods cannot create new series.

@@ -1,22 +1,20 @@
-"""The singleton shape every manager shares, and the reconnect loop of a dependency.
+"""The singleton shape every manager shares, and what a backing service adds to it.
 
 A manager is a class-level singleton: ``start(config)`` builds the one instance
 from the whole configuration and installs it on the class; ``instance()``
 returns it; ``close()`` releases what it holds and clears the slot.
+
+A ``BackingService`` is a manager that talks to a server of its own (MariaDB,
+Redis, MongoDB, Kafka): it names its dependency, says which errors mean that
+server is unavailable (as opposed to a bug), and answers a real round trip in
+``ping()``. managers/dependencies.py lists them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ClassVar, Self, TypeVar
-
-T = TypeVar("T")
-log = logging.getLogger("singleton.managers")
-
-STILL_DOWN_EVERY_S = 60.0  # while a dependency stays unreachable, one reminder line this often
+from collections.abc import Coroutine
+from typing import Any, ClassVar, Self
 
 
 class NotStarted(RuntimeError):
@@ -28,6 +26,9 @@ class Manager:
 
     _instance: ClassVar[Manager | None] = None
     _task: asyncio.Task | None = None  # the loop of a manager that has one (connecting, consuming)
+    # Where /health reports ``status()`` ("rate_limiter", "consumers.broadcast"), for a
+    # manager that has a state of its own to report; service/lifecycle.py registers it.
+    health_path: ClassVar[str | None] = None
 
     @classmethod
     def instance(cls) -> Self:
@@ -58,6 +59,10 @@ class Manager:
     async def release(self) -> None:
         """What ``close()`` releases: connections, tasks. Nothing by default."""
 
+    def status(self) -> dict:
+        """For /health, at ``health_path``: a dict with a ``status`` (ok, down, error...)."""
+        raise NotImplementedError
+
     def _run_in_background(self, loop: Coroutine[Any, Any, Any], name: str) -> None:
         """Start this manager's own loop; ``_stop_background`` ends it."""
         self._task = asyncio.create_task(loop, name=name)
@@ -69,33 +74,20 @@ class Manager:
             await asyncio.wait({self._task}, timeout=timeout_s)
 
 
-async def reconnect(what: str, attempt: Callable[[], Awaitable[T]], initial_delay_s: float, max_delay_s: float) -> T:
-    """Run ``attempt`` until it succeeds, backing off from ``initial_delay_s`` to ``max_delay_s``.
+class BackingService(Manager):
+    """A manager of one backing server; register a new one in managers/dependencies.py."""
 
-    Each attempt must carry its own deadline. The log gets one line when the
-    dependency is first found unreachable, a reminder a minute while it stays so,
-    and one line when it answers again: an outage is a few lines, not thousands.
-    """
-    delay, failures, reminded = initial_delay_s, 0, 0.0
-    while True:
-        try:
-            result = await attempt()
-        except Exception as exc:  # any driver error: wait and try again
-            failures += 1
-            now = time.monotonic()
-            if failures == 1:
-                log.warning("dependency unreachable; retrying in the background", extra=_fields(what, exc))
-                reminded = now
-            elif now - reminded >= STILL_DOWN_EVERY_S:
-                log.warning("dependency still unreachable", extra={**_fields(what, exc), "attempts": failures})
-                reminded = now
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
-            continue
-        if failures:
-            log.info("dependency reachable again", extra={"dependency": what, "attempts": failures + 1})
-        return result
+    dependency: ClassVar[str]  # its name in /health, metrics and logs
+    unavailable: ClassVar[tuple[type[BaseException], ...]]  # what a request answers with 503
+    log_sources: ClassVar[tuple[str, ...]] = ()  # its client library's loggers, thinned out during an outage
 
+    @classmethod
+    def is_unavailable(cls, exc: BaseException) -> bool:
+        """Whether ``exc`` means the server is unavailable (an outage), not a bug: what a
+        background loop reports as an outage (managers/background.py). A subclass narrows
+        it where its driver's error classes mix the two."""
+        return isinstance(exc, cls.unavailable)
 
-def _fields(what: str, exc: BaseException) -> dict:
-    return {"dependency": what, "error": repr(exc)[:500]}
+    async def ping(self) -> None:
+        """A real round trip to the server, under its own deadline; raises if it fails."""
+        raise NotImplementedError

@@ -14,7 +14,11 @@ and keeps the report:
 - ``ready``: not ``down``; ``/health/ready`` and ``singleton_ready`` show it.
 
 A dependency changing state is logged once, here, and opens the log filter for
-its client library's next warning. Reports can be handed to listeners (the
+its client library's next warning. Only the errors its manager calls unavailable
+mean ``down``: any other failure of a check is a bug in it, reported as ``error``
+(not ready, never "unreachable"), logged with its traceback and counted in
+``singleton_background_errors_total{task="health_check_<dependency>"}``; so is a
+failure of the report itself. Reports can be handed to listeners (the
 ``health_check`` event), at most once per ``health_event_interval_s``.
 """
 
@@ -29,22 +33,15 @@ from collections.abc import Awaitable, Callable
 from tornado.ioloop import PeriodicCallback
 
 from managers import metrics
-from managers.base import Manager
-from managers.kafka_producer import KafkaProducerManager
+from managers.background import Failures, no_dependency
+from managers.base import BackingService, Manager
+from managers.dependencies import BACKING_SERVICES
 from managers.logger import LoggerManager
-from managers.metrics import Dependency
 from managers.mongodb import MongoManager
 from managers.mysql import MySQLManager, NotReady
-from managers.redis import RedisManager
 
 log = logging.getLogger("singleton.health")
 
-MANAGERS: dict[Dependency, type[Manager]] = {
-    Dependency.MYSQL: MySQLManager,
-    Dependency.MONGODB: MongoManager,
-    Dependency.REDIS: RedisManager,
-    Dependency.KAFKA: KafkaProducerManager,
-}
 SUMMARY_EVERY_S = 60.0  # how often suppressed client-library warnings are summed up in the log
 
 StatusOf = Callable[[], dict]
@@ -67,6 +64,11 @@ class HealthMonitor(Manager):
         self._refreshing: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._probe = PeriodicCallback(self._tick, self.interval_s * 1000)
+        self._failures = Failures("health_report", no_dependency, logger=log)
+        self._check_failures = {
+            cls.dependency: Failures(f"health_check_{cls.dependency}", cls.is_unavailable, logger=log)
+            for cls in BACKING_SERVICES
+        }
 
     @classmethod
     def start(cls, config: dict) -> HealthMonitor:
@@ -105,16 +107,24 @@ class HealthMonitor(Manager):
 
     def _tick(self) -> None:
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.create_task(self.refresh(), name="health-refresh")
+            self._refreshing = asyncio.create_task(self._refresh_in_background(), name="health-refresh")
         if LoggerManager.started() and time.monotonic() - self._last_summary >= SUMMARY_EVERY_S:
             self._last_summary = time.monotonic()
             LoggerManager.instance().summarize_suppressed()
 
+    async def _refresh_in_background(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # a watched part's status() or a listener broke: a bug, said once
+            self._failures.failed(exc)
+        else:
+            self._failures.succeeded()
+
     async def refresh(self) -> dict:
         """Check every dependency now and keep the report."""
-        deps = [dep for dep, cls in MANAGERS.items() if cls.started()]
-        results = await asyncio.gather(*(self._check(dep) for dep in deps))
-        dependencies = dict(zip((d.value for d in deps), results, strict=True))
+        deps = [cls for cls in BACKING_SERVICES if cls.started()]
+        results = await asyncio.gather(*(self._check(cls) for cls in deps))
+        dependencies = dict(zip((cls.dependency for cls in deps), results, strict=True))
         watched: dict[str, dict] = {}
         for path, status in self._watched.items():
             section, _, name = path.partition(".")
@@ -135,24 +145,32 @@ class HealthMonitor(Manager):
         return report
 
     @staticmethod
-    def _essential(deps: list[Dependency]) -> Dependency:
+    def _essential(deps: list[type[BackingService]]) -> str:
         """What this process cannot serve without: MariaDB, or for analytics alone MongoDB."""
-        return Dependency.MYSQL if Dependency.MYSQL in deps else Dependency.MONGODB
+        return (MySQLManager if MySQLManager in deps else MongoManager).dependency
 
-    async def _check(self, dep: Dependency) -> dict:
+    async def _check(self, cls: type[BackingService]) -> dict:
+        failures = self._check_failures[cls.dependency]
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
-                await MANAGERS[dep].instance().ping()
+                await cls.instance().ping()
             result = {"status": "ok"}
+            failures.succeeded()
         except NotReady as exc:  # still making its first connection
             result = {"status": "down", "error": str(exc), "connecting": True}
-        except Exception as exc:  # any failure of the round trip means "down"
-            result = {"status": "down", "error": str(exc)[:300] or type(exc).__name__}
+        except Exception as exc:
+            # Its own unavailability is "down"; anything else is a bug in the check, which
+            # says nothing about the server: "error", logged and counted as such.
+            outage = cls.is_unavailable(exc)
+            if not outage:
+                failures.failed(exc)
+            result = {"status": "down" if outage else "error", "error": str(exc)[:300] or type(exc).__name__}
         elapsed = time.perf_counter() - started
         result["latency_ms"] = round(elapsed * 1000, 2)
-        metrics.DEPENDENCY_CHECK_DURATION.labels(dep.value).observe(elapsed)
-        metrics.DEPENDENCY_UP.labels(dep.value).set(1 if result["status"] == "ok" else 0)
+        metrics.DEPENDENCY_CHECK_DURATION.labels(cls.dependency).observe(elapsed)
+        if result["status"] != "error":  # a bug in the check leaves the last known state
+            metrics.DEPENDENCY_UP.labels(cls.dependency).set(1 if result["status"] == "ok" else 0)
         return result
 
     def _log_changes(self, dependencies: dict[str, dict]) -> None:
@@ -170,7 +188,7 @@ class HealthMonitor(Manager):
             else:
                 log.warning("dependency down", extra={"dependency": name, "error": now.get("error")})
             if LoggerManager.started():
-                LoggerManager.instance().outages.state_changed(Dependency(name))
+                LoggerManager.instance().outages.state_changed(name)
 
     def _maybe_notify(self, report: dict) -> None:
         now = time.monotonic()
@@ -191,14 +209,14 @@ class HealthMonitor(Manager):
         metrics.READY.set(0)
 
 
-def assess(dependencies: dict[str, dict], watched: dict[str, dict], essential: Dependency) -> dict:
+def assess(dependencies: dict[str, dict], watched: dict[str, dict], essential: str) -> dict:
     """The report's verdict: ``down`` without the essential dependency, ``degraded``
     with anything else not ok, else ``ok``."""
     parts = {name: r for name, r in dependencies.items()}
     for section, value in watched.items():
         parts.update(value if "status" not in value else {section: value})
     not_ok = [name for name, r in parts.items() if r["status"] not in ("ok", "disabled")]
-    essential_ok = dependencies.get(essential.value, {}).get("status") == "ok"
+    essential_ok = dependencies.get(essential, {}).get("status") == "ok"
     status = "down" if not essential_ok else "degraded" if not_ok else "ok"
     report = {"status": status, "ready": essential_ok, "dependencies": dependencies, **watched}
     if not_ok:

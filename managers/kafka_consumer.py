@@ -15,7 +15,14 @@ minus committed offsets), known before the first fetch. The domain subclasses it
 with what a batch means (domain/analytics_consumer.py).
 
 Both return from ``start()`` at once and connect in the background, retrying
-while Kafka is down; both log an outage once, not once per retry.
+while Kafka is down; both log an outage once, not once per retry. Any failure that
+is not an outage (of Kafka, or of a group consumer's store) is a bug: logged with
+its traceback, counted in ``singleton_background_errors_total``, and retried with
+backoff (managers/background.py); the loop never ends on one.
+
+A reader is declared once, by its class's ``name``: that names its metric series
+(created with the class), its log lines, its task and its place in ``/health``
+(``consumers.<name>``); service/lifecycle.py's ``ROLES`` says which processes run it.
 """
 
 from __future__ import annotations
@@ -24,13 +31,14 @@ import asyncio
 import json
 import logging
 import time
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
 
 from managers import metrics
-from managers.base import Manager, reconnect
+from managers.background import Backoff, Failures, reconnect
+from managers.base import BackingService, Manager
+from managers.kafka_producer import KafkaProducerManager
 from managers.websocket_hub import WebSocketHub
 
 log = logging.getLogger("singleton.kafka")
@@ -66,9 +74,17 @@ class TopicReader(Manager):
     """What both readers share: their loop in the background, connecting with retries,
     its state for /health, and one log line per outage of their fetches."""
 
-    name = "reader"  # metric label, log field, task name
+    name: ClassVar[str]  # metric label, log field, task name, /health's consumers.<name>
     failing_message = "kafka consumer failing; retrying"  # logged once an outage
     recovered_message = "kafka consumer works again"
+    stores: ClassVar[tuple[type[BackingService], ...]] = ()  # where a subclass writes what it reads
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a reader, not a shared base: its series exist from the start
+            cls.health_path = f"consumers.{cls.name}"
+            metrics.CONSUMER_LAG.labels(cls.name)
+            metrics.CONSUMER_ERRORS.labels(cls.name)
 
     def __init__(self, config: dict):
         self.cfg = config["kafka"]
@@ -76,7 +92,14 @@ class TopicReader(Manager):
         self.timeout_s: float = self.cfg["request_timeout_s"]
         self.consumer: AIOKafkaConsumer | None = None
         self.lag: int | None = None  # None until first known
-        self._failing = False
+        self.failures = Failures(
+            f"kafka_{self.name}_consumer",
+            self.is_outage,
+            logger=log,
+            outage=self.failing_message,
+            recovered=self.recovered_message,
+            fields={"consumer": self.name},
+        )
 
     @classmethod
     def start(cls, config: dict) -> TopicReader:
@@ -84,25 +107,38 @@ class TopicReader(Manager):
         inst._run_in_background(inst._run(), f"kafka-{cls.name}-consumer")
         return inst
 
-    async def _run(self) -> None:
+    def is_outage(self, exc: BaseException) -> bool:
+        """Kafka, or one of the reader's stores, unavailable: anything else is a bug."""
+        return any(dep.is_unavailable(exc) for dep in (KafkaProducerManager, *self.stores))
+
+    async def _connect(self) -> None:
         raise NotImplementedError
 
-    def _failed(self, exc: BaseException) -> None:
-        metrics.CONSUMER_ERRORS.labels(self.name).inc()
-        if not self._failing:  # one line per outage, not one per retry
-            log.warning(self.failing_message, extra={"consumer": self.name, "error": repr(exc)[:2000]})
-        self._failing = True
+    async def _next_batch(self) -> None:
+        raise NotImplementedError
 
-    def _succeeded(self) -> None:
-        if self._failing:
-            log.info(self.recovered_message, extra={"consumer": self.name})
-        self._failing = False
+    async def _run(self) -> None:
+        """Connect, then read batch after batch; a failure backs off and tries again."""
+        await reconnect(f"kafka_{self.name}_connect", self._connect, self.is_outage, **self.reconnect_cfg)
+        backoff = Backoff(self.reconnect_cfg["initial_delay_s"], self.reconnect_cfg["max_delay_s"])
+        while True:
+            try:
+                await self._next_batch()
+            except Exception as exc:
+                metrics.CONSUMER_ERRORS.labels(self.name).inc()
+                self.failures.failed(exc)
+                await backoff.sleep()
+                continue
+            backoff.reset()
+            self.failures.succeeded()
 
     def status(self) -> dict:
-        """For /health: a reader whose loop has ended is down (aiokafka#1037: watch them)."""
+        """For /health: a reader whose loop has ended is down (aiokafka#1037: watch them);
+        one failing on a bug says ``error``, not ``down``."""
         running = self._task is not None and not self._task.done()
-        ok = running and self.consumer is not None and not self._failing
-        return {"status": "ok" if ok else "down", "lag": self.lag}
+        ok = running and self.consumer is not None and not self.failures.failing
+        state = "ok" if ok else "error" if self.failures.kind == "bug" else "down"
+        return {"status": state, "lag": self.lag}
 
     async def release(self) -> None:
         await self._stop_background(self.timeout_s)
@@ -114,7 +150,10 @@ class TopicReader(Manager):
 
 
 class BroadcastConsumer(TopicReader):
-    name = metrics.Consumer.BROADCAST
+    name = "broadcast"
+
+    async def _connect(self) -> None:
+        self.consumer = await self._open()
 
     async def _open(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
@@ -142,15 +181,8 @@ class BroadcastConsumer(TopicReader):
         while not consumer.assignment():  # noqa: ASYNC110 (aiokafka offers no event for this)
             await asyncio.sleep(0.05)
 
-    async def _run(self) -> None:
-        self.consumer = await reconnect("kafka", self._open, **self.reconnect_cfg)
-        while True:
-            try:
-                await self.read_batch()
-                self._succeeded()
-            except KafkaError as exc:
-                self._failed(exc)
-                await asyncio.sleep(1)
+    async def _next_batch(self) -> None:
+        await self.read_batch()
 
     async def read_batch(self) -> int:
         """Fetch what is there (waiting up to half a second) and dispatch it; how many records."""
@@ -211,7 +243,6 @@ class GroupConsumer(TopicReader):
     batch_size = 1000
     per_record_s = 0.02  # a batch's deadline grows with its size
     lag_refresh_s = 1.0
-    retried: tuple[type[BaseException], ...] = ()  # a subclass's store errors that mean "try again"
 
     def __init__(self, config: dict, group: str):
         super().__init__(config)
@@ -252,19 +283,6 @@ class GroupConsumer(TopicReader):
         self.consumer = consumer
         await self._refresh_lag()
 
-    async def _run(self) -> None:
-        await reconnect(self.name, self._connect, **self.reconnect_cfg)
-        backoff = self.reconnect_cfg["initial_delay_s"]
-        while True:
-            try:
-                await self._next_batch()
-                backoff = self.reconnect_cfg["initial_delay_s"]
-                self._succeeded()
-            except (TimeoutError, CommitFailedError, KafkaError, *self.retried) as exc:
-                self._failed(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.reconnect_cfg["max_delay_s"])
-
     async def _next_batch(self) -> None:
         assert self.consumer is not None
         try:
@@ -300,6 +318,8 @@ class GroupConsumer(TopicReader):
         self._lag_due = time.monotonic() + self.lag_refresh_s
         try:
             self.lag = await group_lag(self.consumer, self.cfg["topic"], self.timeout_s)
-        except (TimeoutError, KafkaError):
+        except Exception as exc:
+            if not self.is_outage(exc):
+                raise  # a bug: the loop reports it
             return  # the fetch loop's own failure says what is wrong
         metrics.CONSUMER_LAG.labels(self.name).set(self.lag)

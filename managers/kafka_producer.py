@@ -15,15 +15,50 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import errors as kafka_errors
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
-from managers.base import Manager
+from managers.base import BackingService
 
 log = logging.getLogger("singleton.kafka")
-UNAVAILABLE = (KafkaError, asyncio.TimeoutError, OSError)
+UNAVAILABLE = (KafkaError, asyncio.TimeoutError, OSError)  # what the API answers with 503
 
 
-class KafkaProducerManager(Manager):
+# Kafka errors that say our request or our configuration is wrong: a bug, not an outage.
+_OUR_FAULT = (
+    kafka_errors.IllegalStateError,
+    kafka_errors.IllegalArgumentError,
+    kafka_errors.KafkaConfigurationError,
+    kafka_errors.UnsupportedCodecError,
+    kafka_errors.IncompatibleBrokerVersion,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.InvalidRequiredAcksError,
+    kafka_errors.InvalidGroupIdError,
+    kafka_errors.InconsistentGroupProtocolError,
+    kafka_errors.InvalidSessionTimeoutError,
+    kafka_errors.AuthenticationFailedError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.GroupAuthorizationFailedError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the cluster is out of reach or busy (an outage): a timeout, a
+    lost connection, or any Kafka error but those that say our request or configuration
+    is wrong (aiokafka raises a bare KafkaError when no broker answers for metadata)."""
+    if isinstance(exc, (asyncio.TimeoutError, OSError)):
+        return True
+    return isinstance(exc, KafkaError) and not isinstance(exc, _OUR_FAULT)
+
+
+class KafkaProducerManager(BackingService):
+    dependency = "kafka"
+    unavailable = UNAVAILABLE
+    log_sources = ("aiokafka", "kafka")
+
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.topic: str = cfg["topic"]
@@ -113,7 +148,11 @@ class KafkaProducerManager(Manager):
             await self._discard(producer)
             raise
         if metadata.partitions_for_topic(self.topic) is None:
-            raise KafkaError(f"topic {self.topic!r} does not exist")
+            raise UnknownTopicOrPartitionError(f"topic {self.topic!r} does not exist")
+
+    @classmethod
+    def is_unavailable(cls, exc: BaseException) -> bool:
+        return is_unavailable(exc)
 
     async def release(self) -> None:
         if self.producer is not None:

@@ -30,7 +30,7 @@ from typing import TextIO
 
 from managers import metrics
 from managers.base import Manager
-from managers.metrics import LOG_SOURCES, Dependency
+from managers.dependencies import LOG_SOURCES
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -137,7 +137,7 @@ class OutageFilter(logging.Filter):
         metrics.LOG_LINES_SUPPRESSED.labels(source).inc()
         return False
 
-    def state_changed(self, dependency: Dependency) -> None:
+    def state_changed(self, dependency: str) -> None:
         """Let the next warning about ``dependency`` through: it may say something new."""
         for source, dep in LOG_SOURCES.items():
             if dep == dependency:

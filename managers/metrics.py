@@ -1,9 +1,13 @@
 """Every Prometheus metric the service exports, declared in one place.
 
-Names follow ``singleton_<noun>_<verb>_<unit>``. Labels are bounded: handler
-class names, not URLs; every other label's values are an enum below (or, for event
-types, the domain's ``EventType`` and the hub's ``Frame``, declared with ``count_by_name``), the same
-values the code uses, pre-created so dashboards see zeros before the first event.
+Names read ``singleton_<noun>_<verb>_<unit>`` where the metric has a verb and a unit
+(``singleton_http_request_duration_seconds``); a plain state has neither
+(``singleton_ready``, 1 or 0). Labels are bounded: handler class names, not URLs;
+every other label's values are an enum below, or the names of what the code declares
+once elsewhere: the backing services (managers/dependencies.py), the Kafka readers
+(their ``name``), background tasks (their ``Failures``), and event and frame types
+(``count_by_name``). Each declarer creates its series up front, so dashboards see
+zeros before the first event.
 """
 
 from __future__ import annotations
@@ -18,18 +22,6 @@ from prometheus_client import Counter, Gauge, Histogram
 from managers.base import Manager
 
 PREFIX = "singleton"
-
-
-class Dependency(enum.StrEnum):
-    MYSQL = "mysql"
-    MONGODB = "mongodb"
-    REDIS = "redis"
-    KAFKA = "kafka"
-
-
-class Consumer(enum.StrEnum):
-    BROADCAST = "broadcast"
-    ANALYTICS = "analytics"
 
 
 class CacheLookup(enum.StrEnum):
@@ -65,16 +57,6 @@ class SocketClosed(enum.StrEnum):
 class Outcome(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"
-
-
-# The client libraries whose warnings are thinned out during an outage, by the dependency they talk to.
-LOG_SOURCES = {
-    "aiokafka": Dependency.KAFKA,
-    "kafka": Dependency.KAFKA,
-    "pymongo": Dependency.MONGODB,
-    "redis": Dependency.REDIS,
-    "aiomysql": Dependency.MYSQL,
-}
 
 
 @functools.cache
@@ -197,6 +179,11 @@ LOG_LINES_SUPPRESSED = Counter(
     "Warnings of client libraries not logged during an outage (one per state change is), by library",
     ["source"],
 )
+BACKGROUND_ERRORS = Counter(
+    f"{PREFIX}_background_errors",
+    "Failures of a background task that are not an outage of its dependency (bugs), by task",
+    ["task"],
+)
 ANALYTICS_WRITE_DURATION = Histogram(
     f"{PREFIX}_analytics_write_duration_seconds",
     "Time to write one batch of events to MongoDB",
@@ -205,15 +192,10 @@ ANALYTICS_WRITE_DURATION = Histogram(
 
 # Every series of a one-label metric, created now: dashboards see zeros before the first event.
 for _series, _values in (
-    (DEPENDENCY_UP, Dependency),
-    (DEPENDENCY_CHECK_DURATION, Dependency),
     (CACHE_LOOKUPS, CacheLookup),
     (CACHE_ERRORS, RedisOp),
-    (LOG_LINES_SUPPRESSED, LOG_SOURCES),
     (WS_CONNECTS, SocketOutcome),
     (WS_DISCONNECTS, SocketClosed),
-    (CONSUMER_LAG, Consumer),
-    (CONSUMER_ERRORS, Consumer),
     (HEALTH_EVENTS, Outcome),
 ):
     for _value in _values:

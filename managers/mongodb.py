@@ -7,17 +7,37 @@ selection default would stall a caller for the length of an outage.
 from __future__ import annotations
 
 import asyncio
+import re
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
-from managers.base import Manager
+from managers.base import BackingService
 
+# What the API answers with 503.
 UNAVAILABLE = (PyMongoError, asyncio.TimeoutError)
+# For a background loop, an outage is a lost or refused connection (ConnectionFailure:
+# network errors, timeouts, no server selected), a server saying "not now" (the codes
+# drivers retry: shutting down, stepped down, interrupted, timed out), or FerretDB saying
+# its PostgreSQL is out of reach (code 1, InternalError, with the driver's dial error;
+# seen by stopping PostgreSQL under FerretDB 1.24). Any other refused command is a bug.
+_OUTAGE = (ConnectionFailure, asyncio.TimeoutError)
+_NOT_NOW_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+_BACKEND_DOWN = re.compile(r"failed to connect|dial error|connection refused|conn closed", re.IGNORECASE)
 
 
-class MongoManager(Manager):
+class MongoManager(BackingService):
+    dependency = "mongodb"
+    unavailable = UNAVAILABLE
+    log_sources = ("pymongo",)
+
+    @classmethod
+    def is_unavailable(cls, exc: BaseException) -> bool:
+        if isinstance(exc, OperationFailure):
+            return exc.code in _NOT_NOW_CODES or (exc.code == 1 and bool(_BACKEND_DOWN.search(str(exc))))
+        return isinstance(exc, _OUTAGE)
+
     def __init__(self, client: AsyncMongoClient, cfg: dict):
         self.client = client
         self.db: AsyncDatabase = client[cfg["database"]]

@@ -26,7 +26,8 @@ import aiomysql
 import pymysql
 from pymysql.constants import CLIENT
 
-from managers.base import Manager, reconnect
+from managers.background import reconnect
+from managers.base import BackingService
 
 log = logging.getLogger("singleton.mysql")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -52,8 +53,15 @@ class NotReady(ConnectionError):
     """MariaDB has not been reached and migrated yet since this instance started."""
 
 
-# Errors that mean "the database is not there right now" (as opposed to a bad query).
+# Errors the API answers with 503: the database is not there right now, or cut a query off.
 UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError, asyncio.TimeoutError, ConnectionError)
+# PyMySQL raises OperationalError for every server error it has no class for, a bad column
+# or a table that exists included. Of those, a background loop counts as an outage only the
+# client's own (CR_*, 2000-2999: no connection, connection lost) and these, which say
+# "not now": too many connections, shutdown in progress, lock wait timeout, deadlock,
+# connection killed.
+_CLIENT_ERRORS = range(2000, 3000)
+_NOT_NOW = frozenset({1040, 1053, 1205, 1213, 1927})
 
 
 Statement = tuple[str, Sequence[Any] | None]  # SQL with %s placeholders, and its arguments
@@ -108,7 +116,11 @@ class Tx:
         return list(await self._cur.fetchall())
 
 
-class MySQLManager(Manager):
+class MySQLManager(BackingService):
+    dependency = "mysql"
+    unavailable = UNAVAILABLE
+    log_sources = ("aiomysql",)
+
     def __init__(self, cfg: dict, reconnect_cfg: dict):
         self.cfg = cfg
         self.reconnect_cfg = reconnect_cfg
@@ -129,8 +141,17 @@ class MySQLManager(Manager):
         inst._run_in_background(inst._connect_until_ready(), "mysql-connect")
         return inst
 
+    @classmethod
+    def is_unavailable(cls, exc: BaseException) -> bool:
+        if isinstance(exc, pymysql.err.OperationalError):
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            return code in _CLIENT_ERRORS or code in _NOT_NOW
+        return isinstance(exc, UNAVAILABLE)
+
     async def _connect_until_ready(self) -> None:
-        await reconnect("mysql", self._connect_and_migrate, **self.reconnect_cfg)
+        """Connect and migrate, retrying: an unreachable server is an outage, a migration
+        that fails is a bug (managers/background.py), and both are tried again."""
+        await reconnect("mysql_connect", self._connect_and_migrate, self.is_unavailable, **self.reconnect_cfg)
         self.ready.set()
 
     async def _connect_and_migrate(self) -> None:

@@ -1,12 +1,14 @@
 """RedisManager: one ``redis.asyncio`` client with short, explicit timeouts,
 the cache-aside operations the domain uses, and the rate limiter's token bucket.
 
-Redis is a cache here: its failures are counted and treated as misses, never
-raised, so a slow or absent Redis costs one short timeout, never a failed
-request. After a failure Redis is bypassed for a moment, so an outage does
-not charge every request a timeout. Cached entries carry their version and
-are only ever replaced by a newer one (one Lua script), so a slow reader can
-never put back a version older than one already committed.
+Redis is a cache here: a failed cache read or write is counted and treated as a
+miss, never raised, so a slow or absent Redis costs one short timeout, never a
+failed request. ``take_tokens`` is the exception: it raises, and the rate limiter
+(domain/ratelimit.py) decides what an unreachable Redis means (``fail_open``).
+After a failure Redis is bypassed for a moment, so an outage does not charge every
+request a timeout. Cached entries carry their version and are only ever replaced
+by a newer one (one Lua script), so a slow reader can never put back a version
+older than one already committed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from managers import metrics
-from managers.base import Manager
+from managers.base import BackingService
 from managers.metrics import CacheLookup, RedisOp
 
 log = logging.getLogger("singleton.redis")
@@ -76,7 +78,11 @@ class Bucket(NamedTuple):
     reset_s: float
 
 
-class RedisManager(Manager):
+class RedisManager(BackingService):
+    dependency = "redis"
+    unavailable = UNAVAILABLE
+    log_sources = ("redis",)
+
     def __init__(self, client: aioredis.Redis, cfg: dict):
         self.client = client
         self.ttl_s = cfg["cache_ttl_s"]

@@ -5,9 +5,16 @@ this is the one place to read what runs where. ``Lifecycle.start`` pushes each
 manager it starts onto a stack, and ``stop`` unwinds it, so a failed start
 closes exactly what was started.
 
-Nothing here waits for a dependency. A manager that needs a connection makes it
-in the background (MariaDB, Kafka and MongoDB retry with backoff for as long as
-it takes; Redis connects on first use), so the port opens at once and
+Registering something new is one line in one place: a backing service in
+managers/dependencies.py and in the roles here; a Kafka reader (a ``TopicReader``
+with its ``name``) or any manager with a background task, in the roles here. Each
+manager that reports a state of its own (its ``health_path``) is shown in /health
+from that alone.
+
+Nothing here waits for a dependency. MariaDB and the Kafka readers connect in the
+background, retrying with backoff for as long as it takes (managers/background.py);
+Redis, MongoDB and the Kafka producer connect on first use, and a failed call is
+simply tried again by the next one. So the port opens at once and
 ``/health/ready`` says when the API can be served.
 """
 
@@ -71,7 +78,7 @@ class Lifecycle:
         try:
             for cls in ROLES[self.role]:
                 self._stack.append(cls.start(self.config))
-            watch(HealthMonitor.instance())
+            self._watch()
         except BaseException:
             await self.stop()
             raise
@@ -82,7 +89,7 @@ class Lifecycle:
         index = next(i for i, m in enumerate(self._stack) if type(m) is cls)
         await self._stack[index].close()
         self._stack[index] = cls.start(self.config)
-        watch(HealthMonitor.instance())
+        self._watch()
         return self._stack[index]
 
     async def stop(self) -> None:
@@ -94,13 +101,11 @@ class Lifecycle:
             except Exception:
                 log.exception("close failed", extra={"manager": type(manager).__name__})
 
-
-def watch(monitor: HealthMonitor) -> None:
-    """What /health reports beyond the dependencies, for the parts this process runs."""
-    for consumer in (BroadcastConsumer, AnalyticsConsumer):
-        if consumer.started():
-            monitor.watch(f"consumers.{consumer.name}", consumer.instance().status)
-    if RateLimiter.started():
-        monitor.watch("rate_limiter", RateLimiter.instance().status)
-    if KafkaProducerManager.started():
-        monitor.on_report(events.publish_health_check)
+    def _watch(self) -> None:
+        """What /health reports beyond the dependencies: each started manager's own state."""
+        monitor = HealthMonitor.instance()
+        for manager in self._stack:
+            if manager.health_path is not None:
+                monitor.watch(manager.health_path, manager.status)
+        if KafkaProducerManager.started():
+            monitor.on_report(events.publish_health_check)

@@ -15,7 +15,11 @@ whether it is ready. Signals to the supervisor:
   it is ready, then stop the old one, which drains before it exits.
 - SIGTERM / SIGINT: stop every worker (each drains) and exit.
 
-A worker that dies is started again, after a backoff if it keeps dying.
+A worker that dies is started again, after a backoff if it keeps dying. A failure
+of the supervisor's own work (starting a worker, a rolling restart) is a bug, not
+an outage: logged with its traceback, and tried again with backoff (a restart at
+the next SIGHUP); the supervisor keeps its other workers running either way. It
+serves no /metrics of its own: its workers do, and its log is where this shows.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import urllib.request
 from pathlib import Path
 
 import tornado.netutil
+
+from managers.background import Backoff, Failures, no_dependency
 
 log = logging.getLogger("singleton.supervisor")
 
@@ -88,6 +94,7 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._restart = asyncio.Event()
         self._watchers: set[asyncio.Task] = set()
+        self._restart_failures = Failures("supervisor_rolling_restart", no_dependency, logger=log)
 
     async def run(self) -> int:
         server = self.config["server"]
@@ -109,7 +116,12 @@ class Supervisor:
             restart.cancel()
             if self._restart.is_set() and not self._stopping.is_set():
                 self._restart.clear()
-                await self.rolling_restart()
+                try:
+                    await self.rolling_restart()
+                except Exception as exc:  # the workers not yet replaced keep serving
+                    self._restart_failures.failed(exc)
+                else:
+                    self._restart_failures.succeeded()
         log.info("stopping every worker")
         await asyncio.gather(*(w.stop(self.stop_timeout_s) for w in self.workers.values()))
         for task in self._watchers:
@@ -186,8 +198,16 @@ class Supervisor:
         delay = RESTART_BACKOFF_S[0] if time.monotonic() - started > 60 else RESTART_BACKOFF_S[1]
         log.error("worker died; starting it again", extra={"worker": worker.index, "code": code, "in_s": delay})
         await asyncio.sleep(delay)
-        if not self._stopping.is_set() and self.workers.get(worker.index) is worker:
-            self.workers[worker.index] = await self._spawn(worker.index, worker.ops_port)
+        failures = Failures("supervisor_respawn", no_dependency, logger=log, fields={"worker": worker.index})
+        backoff = Backoff(*RESTART_BACKOFF_S)
+        while not self._stopping.is_set() and self.workers.get(worker.index) is worker:
+            try:
+                self.workers[worker.index] = await self._spawn(worker.index, worker.ops_port)
+            except Exception as exc:  # e.g. out of processes or file descriptors: try again
+                failures.failed(exc)
+                await backoff.sleep()
+                continue
+            failures.succeeded()
 
 
 def free_port() -> int:

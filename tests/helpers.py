@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
+from managers import config as config_module
 from service.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,23 +49,11 @@ TEST_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-def env_overrides(overrides: dict[str, dict[str, Any]] = TEST_OVERRIDES) -> dict[str, str]:
-    """The same overrides as SINGLETON_<SECTION>__<KEY> variables, for subprocesses."""
-    env = {}
-    for section, values in overrides.items():
-        for key, value in values.items():
-            env[f"SINGLETON_{section.upper()}__{key.upper()}"] = str(value) if value != "" else ""
-    return env
-
-
 def service_env(**extra: str) -> dict[str, str]:
     """The environment for a ``python -m service`` subprocess: the suite's overrides
     on top of the caller's, so it finds the same backing services (a second devstack
     on other ports included) and uses the same test databases as the suite."""
-    env = dict(os.environ)
-    env.update(env_overrides())
-    env.update(extra)
-    return env
+    return config_module.as_env(TEST_OVERRIDES) | extra
 
 
 @contextlib.contextmanager
@@ -130,6 +120,19 @@ async def wait_until(
 def metric(name: str, labels: dict[str, str] | None = None) -> float:
     """The current value of one of the service's Prometheus samples (0 before the first)."""
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+BUG_LINE = "background task failed: a bug, not an outage; retrying with backoff"  # managers/background.py
+
+
+def bugs(task: str) -> float:
+    """How many failures of background task ``task`` were counted as bugs."""
+    return metric("singleton_background_errors_total", {"task": task})
+
+
+def bug_lines(caplog: Any, task: str) -> list[logging.LogRecord]:
+    """The log lines that reported a bug in background task ``task``."""
+    return [r for r in caplog.records if r.getMessage() == BUG_LINE and getattr(r, "task", None) == task]
 
 
 def _server_sql(cfg: dict, *statements: str) -> None:

@@ -278,7 +278,7 @@ async def test_lag_keeps_growing_while_the_store_refuses_every_batch(api, config
     await api.new_user()  # a batch to refuse, whatever the topic held before
     consumer._run_in_background(consumer._run(), "test-analytics-down")
     try:
-        await wait_until(lambda: consumer._failing, timeout=30, what="the first refused batch")
+        await wait_until(lambda: consumer.failures.failing, timeout=30, what="the first refused batch")
         before = consumer.lag
         assert before is not None
         for _ in range(3):

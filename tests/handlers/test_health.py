@@ -11,7 +11,6 @@ from unittest.mock import ANY
 import pytest
 
 from managers.health import HealthMonitor
-from service.lifecycle import watch
 from tests.helpers import (
     ROOT,
     consumer_drain,
@@ -71,13 +70,12 @@ async def test_health_names_redis_when_it_is_down_and_recovers_without_restart(a
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_the_monitor_publishes_one_health_check_event_per_interval(api, config):
+async def test_the_monitor_publishes_one_health_check_event_per_interval(api, config, services):
     consumer = await topic_consumer(config["kafka"])
     try:
         # A monitor that has not published yet; it checks every couple of seconds,
         # and may publish once per health_event_interval_s (30 s).
-        await HealthMonitor.instance().close()
-        watch(HealthMonitor.start(config))
+        await services.restart(HealthMonitor)
         for _ in range(5):
             await get_health(api)
 

@@ -13,7 +13,6 @@ import queue
 import pytest
 
 from managers.logger import BatchWriter, JsonFormatter, OutageFilter
-from managers.metrics import Dependency
 from tests.helpers import metric, wait_until
 
 
@@ -28,7 +27,7 @@ def test_one_warning_per_state_change_then_counted():
     assert passed.count(True) == 1
     assert metric("singleton_log_lines_suppressed_total", {"source": "aiokafka"}) == suppressed + 999
     # Kafka's state changes (the health monitor says so): the next warning says something new.
-    outages.state_changed(Dependency.KAFKA)
+    outages.state_changed("kafka")
     assert outages.filter(record("aiokafka.consumer")) is True
     assert outages.filter(record("kafka.conn")) is True  # another library of the same broker, first time
     assert outages.filter(record("kafka.conn")) is False
@@ -41,7 +40,7 @@ def test_other_loggers_and_quieter_levels_are_untouched():
     assert all(outages.filter(record("singleton.outbox")) for _ in range(10))
     assert all(outages.filter(record("aiokafka.conn", logging.INFO)) for _ in range(10))
     assert outages.filter(record("pymongo.topology")) is True
-    outages.state_changed(Dependency.KAFKA)  # another dependency's change reopens nothing of MongoDB's
+    outages.state_changed("kafka")  # another dependency's change reopens nothing of MongoDB's
     assert outages.filter(record("pymongo.topology")) is False
 
 
