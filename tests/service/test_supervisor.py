@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -14,8 +15,9 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from managers.mysql import MySQLManager
+from service import supervisor
 from tests.conftest import ensure_topic
-from tests.helpers import ROOT, free_port, wait_until
+from tests.helpers import ROOT, bug_lines, bugs, free_port, wait_until
 from tests.service.test_main import service_env
 
 CLIENTS = 8
@@ -103,3 +105,33 @@ async def test_a_rolling_restart_under_steady_load_fails_no_request(api, config,
     assert proc.returncode == 0, log_file.read_text()[-3000:]
     text = log_file.read_text()
     assert "Traceback" not in text, text[max(0, text.find("Traceback") - 1500) : text.find("Traceback") + 3000]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_worker_that_cannot_be_started_again_is_a_bug_retried_with_backoff(config, monkeypatch, caplog):
+    """The supervisor's own loop, in this process: a worker (a real process) dies, and
+    starting its replacement fails once, as it would out of file descriptors. That is
+    logged as a bug, not an outage, and tried again; it once ended the watch for good,
+    leaving the worker's place empty."""
+    caplog.set_level(logging.INFO, logger="singleton.supervisor")
+    monkeypatch.setattr(supervisor, "RESTART_BACKOFF_S", (0.01, 0.05))
+    boss = supervisor.Supervisor(config, [])
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "raise SystemExit(3)")
+    dead = supervisor.Worker(0, 0, proc)
+    boss.workers[0] = dead
+    replacement = supervisor.Worker(0, 0, proc)
+    attempts = []
+
+    async def spawn(index: int, ops_port: int | None = None, join_when_ready: bool = True) -> supervisor.Worker:
+        attempts.append(index)
+        if len(attempts) == 1:
+            raise OSError(24, "Too many open files")
+        return replacement
+
+    monkeypatch.setattr(boss, "_spawn", spawn)
+    before = bugs("supervisor_respawn")
+    await asyncio.wait_for(boss._watch(dead), 10)
+    assert boss.workers[0] is replacement and attempts == [0, 0]
+    assert bugs("supervisor_respawn") == before + 1
+    [line] = bug_lines(caplog, "supervisor_respawn")
+    assert "Too many open files" in line.error and line.worker == 0
