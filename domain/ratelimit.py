@@ -4,7 +4,7 @@ a valid key), with separate read and write rates, kept in Redis.
 The bucket is one Lua script on Redis's own clock, so every instance shares it
 and no read-modify-write race exists. When Redis cannot be reached the limiter
 fails open by default (``rate_limit.fail_open``): the call goes through, the
-metric ``singleton_rate_limit_fail_open`` counts it and ``/health`` shows it.
+metric ``singleton_rate_limit_fail_open_total`` counts it and ``/health`` shows it.
 
 Not a Redis round trip per call: an instance takes a small share of a bucket at
 once (a tenth of a second's rate, at most 10 tokens) and spends it locally for

@@ -1,4 +1,5 @@
-"""What a reconnecting client missed: that user's published events after ``last_event_id``.
+"""What a reconnecting client missed: that user's events committed after ``last_event_id``,
+published to Kafka yet or not (one that also arrives live is dropped by the hub).
 
 The outbox keeps published events for ``outbox.retention_hours``; a client
 further behind than that, or than ``websocket.replay_max_events``, is told to
