@@ -1,4 +1,7 @@
-"""Class-level singleton managers: one module per backing service.
+"""Class-level singleton managers: one module per backing service, one each for the
+config, the logger, the metrics, the WebSocket hub and the health monitor, and what
+they share (base.py: the singleton shape; background.py: a background loop's failures
+and backoff; dependencies.py: the list of backing services).
 
 Each manager is created once by ``service.lifecycle.Lifecycle.start`` before the
 port opens, reached everywhere else through ``Manager.instance()``, and closed in
