@@ -203,9 +203,9 @@ class Authenticator(Manager):
         return inst
 
     async def _bootstrap_when_ready(self, path: str) -> None:
-        mysql = MySQLManager.instance()
+        db = MySQLManager.instance()
         while True:
-            await mysql.ready.wait()
+            await db.ready.wait()
             try:
                 await asyncio.wait_for(bootstrap_admin_key(path), 30)
                 return
