@@ -27,11 +27,11 @@ class Manager:
     """Base for class-level singletons."""
 
     _instance: ClassVar[Manager | None] = None
-    _task: asyncio.Task | None = None  # the loop of a manager that has one (connecting, consuming)
+    _task: asyncio.Task[Any] | None = None  # the loop of a manager that has one (connecting, consuming)
 
     @classmethod
     def instance(cls) -> Self:
-        inst = cls.__dict__.get("_instance")
+        inst: Self | None = cls.__dict__.get("_instance")
         if inst is None:
             raise NotStarted(f"{cls.__name__} is not started")
         return inst
@@ -97,5 +97,5 @@ async def reconnect(what: str, attempt: Callable[[], Awaitable[T]], initial_dela
         return result
 
 
-def _fields(what: str, exc: BaseException) -> dict:
+def _fields(what: str, exc: BaseException) -> dict[str, str]:
     return {"dependency": what, "error": repr(exc)[:500]}

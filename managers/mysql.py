@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pymysql
 from pymysql.constants import CLIENT
 
 from managers.base import Manager, reconnect
+from managers.config import Config, MySQLConfig, ReconnectConfig
 
 log = logging.getLogger("singleton.mysql")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -56,7 +57,9 @@ class NotReady(ConnectionError):
 UNAVAILABLE = (pymysql.err.OperationalError, pymysql.err.InterfaceError, asyncio.TimeoutError, ConnectionError)
 
 
-Statement = tuple[str, Sequence[Any] | None]  # SQL with %s placeholders, and its arguments
+Args = Sequence[Any] | Mapping[str, Any] | None  # positional (%s) or named (%(name)s) arguments
+Statement = tuple[str, Args]  # SQL with %s placeholders, and its arguments
+Row = dict[str, Any]  # a row as DictCursor returns it: column name -> value
 
 
 class Tx:
@@ -75,7 +78,7 @@ class Tx:
         self.began = False
         self.committed = False
 
-    async def execute(self, sql: str, args: Sequence[Any] | dict | None = None) -> int:
+    async def execute(self, sql: str, args: Args = None) -> int:
         return (await self.script([(sql, args)]))[0]
 
     async def script(self, statements: Sequence[Statement], commit: bool = False) -> list[int]:
@@ -96,20 +99,19 @@ class Tx:
         self.committed = commit
         return counts[len(prelude) :]
 
-    async def fetchone(
-        self, sql: str, args: Sequence[Any] | dict | None = None, first: Sequence[Statement] = ()
-    ) -> dict | None:
+    async def fetchone(self, sql: str, args: Args = None, first: Sequence[Statement] = ()) -> Row | None:
         """The first row of ``sql``, run after the statements ``first`` in the same round trip."""
         await self.script([*first, (sql, args)])
-        return await self._cur.fetchone()
+        row: Row | None = await self._cur.fetchone()
+        return row
 
-    async def fetchall(self, sql: str, args: Sequence[Any] | dict | None = None) -> list[dict]:
+    async def fetchall(self, sql: str, args: Args = None) -> list[Row]:
         await self.execute(sql, args)
         return list(await self._cur.fetchall())
 
 
 class MySQLManager(Manager):
-    def __init__(self, cfg: dict, reconnect_cfg: dict):
+    def __init__(self, cfg: MySQLConfig, reconnect_cfg: ReconnectConfig):
         self.cfg = cfg
         self.reconnect_cfg = reconnect_cfg
         self.query_timeout_s: float = cfg["query_timeout_s"]
@@ -123,7 +125,7 @@ class MySQLManager(Manager):
         self._turns = asyncio.Semaphore(cfg["pool_max"])
 
     @classmethod
-    def start(cls, config: dict) -> MySQLManager:
+    def start(cls, config: Config) -> MySQLManager:
         """Install the manager and connect in the background (see ``ready``)."""
         inst = cls._install(cls(config["mysql"], config["reconnect"]))
         inst._run_in_background(inst._connect_until_ready(), "mysql-connect")
@@ -220,11 +222,11 @@ class MySQLManager(Manager):
         async with self._connection() as conn, conn.cursor(aiomysql.DictCursor) as cur:
             yield Tx(cur, self.query_timeout_s)
 
-    async def fetchone(self, sql: str, args: Sequence[Any] | dict | None = None) -> dict | None:
+    async def fetchone(self, sql: str, args: Args = None) -> Row | None:
         async with self.cursor() as cur:
             return await cur.fetchone(sql, args)
 
-    async def fetchall(self, sql: str, args: Sequence[Any] | dict | None = None) -> list[dict]:
+    async def fetchall(self, sql: str, args: Args = None) -> list[Row]:
         async with self.cursor() as cur:
             return await cur.fetchall(sql, args)
 
