@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from managers import metrics
 from managers.base import Manager
+from managers.config import Config, RedisConfig
 from managers.metrics import CacheLookup, RedisOp
 
 log = logging.getLogger("singleton.redis")
@@ -77,7 +78,7 @@ class Bucket(NamedTuple):
 
 
 class RedisManager(Manager):
-    def __init__(self, client: aioredis.Redis, cfg: dict):
+    def __init__(self, client: aioredis.Redis, cfg: RedisConfig):
         self.client = client
         self.ttl_s = cfg["cache_ttl_s"]
         self.timeout_s = cfg["socket_timeout_s"] + cfg["connect_timeout_s"]
@@ -88,7 +89,7 @@ class RedisManager(Manager):
         self._take_tokens = client.register_script(_TAKE_TOKENS)
 
     @classmethod
-    def start(cls, config: dict) -> RedisManager:
+    def start(cls, config: Config) -> RedisManager:
         """Install the manager; the client connects on first use, so Redis may be down now."""
         cfg = config["redis"]
         client = aioredis.Redis.from_url(
@@ -136,7 +137,8 @@ class RedisManager(Manager):
             metrics.CACHE_LOOKUPS.labels(CacheLookup.ERROR).inc()
             self._failed(RedisOp.GET, exc)
             return None
-        if body is None:
+        # Absent (None), or not whole, is a miss; replies are bytes (no decode_responses).
+        if not isinstance(body, bytes) or not isinstance(version, bytes) or not isinstance(owner, bytes):
             metrics.CACHE_LOOKUPS.labels(CacheLookup.MISS).inc()
             return None
         metrics.CACHE_LOOKUPS.labels(CacheLookup.HIT).inc()
