@@ -24,13 +24,15 @@ import asyncio
 import json
 import logging
 import time
-from typing import NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from managers import metrics
 from managers.base import Manager, reconnect
+from managers.config import Config
 from managers.websocket_hub import WebSocketHub
 
 log = logging.getLogger("singleton.kafka")
@@ -70,7 +72,7 @@ class TopicReader(Manager):
     failing_message = "kafka consumer failing; retrying"  # logged once an outage
     recovered_message = "kafka consumer works again"
 
-    def __init__(self, config: dict):
+    def __init__(self, config: Config):
         self.cfg = config["kafka"]
         self.reconnect_cfg = config["reconnect"]
         self.timeout_s: float = self.cfg["request_timeout_s"]
@@ -79,7 +81,7 @@ class TopicReader(Manager):
         self._failing = False
 
     @classmethod
-    def start(cls, config: dict) -> TopicReader:
+    def start(cls, config: Config) -> TopicReader:
         inst = cls._install(cls(config))
         inst._run_in_background(inst._run(), f"kafka-{cls.name}-consumer")
         return inst
@@ -98,7 +100,7 @@ class TopicReader(Manager):
             log.info(self.recovered_message, extra={"consumer": self.name})
         self._failing = False
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """For /health: a reader whose loop has ended is down (aiokafka#1037: watch them)."""
         running = self._task is not None and not self._task.done()
         ok = running and self.consumer is not None and not self._failing
@@ -158,7 +160,7 @@ class BroadcastConsumer(TopicReader):
         batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
         for records in batches.values():
             for record in records:
-                await self._dispatch(record.value)
+                await self._dispatch(record.value or b"")  # a null value is malformed too
                 await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
         self.lag = await record_lag(self.consumer, self.name)
         return sum(len(records) for records in batches.values())
@@ -185,7 +187,7 @@ class Record(NamedTuple):
 
     partition: int
     offset: int
-    value: bytes
+    value: bytes | None  # None: a record with a null value (a tombstone)
 
 
 class _HoldRebalance(ConsumerRebalanceListener):
@@ -195,11 +197,11 @@ class _HoldRebalance(ConsumerRebalanceListener):
     def __init__(self, owner: GroupConsumer):
         self.owner = owner
 
-    async def on_partitions_revoked(self, revoked) -> None:
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self.owner.batch_lock:
             pass
 
-    async def on_partitions_assigned(self, assigned) -> None:
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.owner.redelivered = True
 
 
@@ -213,7 +215,7 @@ class GroupConsumer(TopicReader):
     lag_refresh_s = 1.0
     retried: tuple[type[BaseException], ...] = ()  # a subclass's store errors that mean "try again"
 
-    def __init__(self, config: dict, group: str):
+    def __init__(self, config: Config, group: str):
         super().__init__(config)
         self.group = group
         self.batch_lock = asyncio.Lock()
@@ -260,7 +262,7 @@ class GroupConsumer(TopicReader):
                 await self._next_batch()
                 backoff = self.reconnect_cfg["initial_delay_s"]
                 self._succeeded()
-            except (TimeoutError, CommitFailedError, KafkaError, *self.retried) as exc:
+            except (TimeoutError, CommitFailedError, KafkaError, *self.retried) as exc:  # type: ignore[misc]  # mypy cannot check a starred tuple in except
                 self._failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.reconnect_cfg["max_delay_s"])
@@ -277,7 +279,7 @@ class GroupConsumer(TopicReader):
             if time.monotonic() >= self._lag_due:
                 await self._refresh_lag()
 
-    async def _store(self, batches: dict) -> None:
+    async def _store(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         assert self.consumer is not None
         records = [Record(r.partition, r.offset, r.value) for rs in batches.values() for r in rs]
         try:

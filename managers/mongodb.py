@@ -7,28 +7,30 @@ selection default would stall a caller for the length of an outage.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from managers.base import Manager
+from managers.config import Config, MongoConfig
 
 UNAVAILABLE = (PyMongoError, asyncio.TimeoutError)
 
 
 class MongoManager(Manager):
-    def __init__(self, client: AsyncMongoClient, cfg: dict):
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], cfg: MongoConfig):
         self.client = client
-        self.db: AsyncDatabase = client[cfg["database"]]
+        self.db: AsyncDatabase[dict[str, Any]] = client[cfg["database"]]
         self.timeout_s = cfg["timeout_ms"] / 1000
 
     @classmethod
-    def start(cls, config: dict) -> MongoManager:
+    def start(cls, config: Config) -> MongoManager:
         """Install the manager; the client connects on first use, so MongoDB may be down now."""
         cfg = config["mongodb"]
         t = cfg["timeout_ms"]
-        client: AsyncMongoClient = AsyncMongoClient(
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             cfg["uri"],
             serverSelectionTimeoutMS=t,
             connectTimeoutMS=t,
