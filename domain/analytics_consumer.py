@@ -26,7 +26,7 @@ class AnalyticsConsumer(GroupConsumer):
         deliveries = []
         for record in records:
             try:
-                deliveries.append(Delivery(record.partition, record.offset, codec.loads(record.value)))
+                deliveries.append(Delivery(record.partition, record.offset, codec.loads(record.value or b"")))
             except codec.InvalidJSON:
                 metrics.CONSUMER_ERRORS.labels(NAME).inc()
         await self.store.apply(deliveries, read=redelivered)
