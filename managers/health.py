@@ -24,12 +24,14 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from tornado.ioloop import PeriodicCallback
 
 from managers import metrics
 from managers.base import Manager
+from managers.config import Config, KafkaConfig, ServerConfig
 from managers.kafka_producer import KafkaProducerManager
 from managers.logger import LoggerManager
 from managers.metrics import Dependency
@@ -39,7 +41,7 @@ from managers.redis import RedisManager
 
 log = logging.getLogger("singleton.health")
 
-MANAGERS: dict[Dependency, type[Manager]] = {
+MANAGERS: dict[Dependency, type[MySQLManager | MongoManager | RedisManager | KafkaProducerManager]] = {
     Dependency.MYSQL: MySQLManager,
     Dependency.MONGODB: MongoManager,
     Dependency.REDIS: RedisManager,
@@ -47,16 +49,16 @@ MANAGERS: dict[Dependency, type[Manager]] = {
 }
 SUMMARY_EVERY_S = 60.0  # how often suppressed client-library warnings are summed up in the log
 
-StatusOf = Callable[[], dict]
-Listener = Callable[[dict], Awaitable[None]]
+StatusOf = Callable[[], dict[str, Any]]
+Listener = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class HealthMonitor(Manager):
-    def __init__(self, server_cfg: dict, kafka_cfg: dict):
+    def __init__(self, server_cfg: ServerConfig, kafka_cfg: KafkaConfig):
         self.timeout_s: float = server_cfg["health_check_timeout_s"]
         self.interval_s: float = server_cfg["health_probe_interval_s"]
         self.event_interval_s: float = kafka_cfg["health_event_interval_s"]
-        self.report: dict | None = None
+        self.report: dict[str, Any] | None = None
         self._states: dict[str, str] = {}  # per dependency: ok, down, connecting (or unknown)
         self.checks = 0  # reports made since start
         self._reported_at = 0.0
@@ -64,12 +66,12 @@ class HealthMonitor(Manager):
         self._listeners: list[Listener] = []
         self._last_event_at: float | None = None
         self._last_summary = time.monotonic()
-        self._refreshing: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._refreshing: asyncio.Task[dict[str, Any]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._probe = PeriodicCallback(self._tick, self.interval_s * 1000)
 
     @classmethod
-    def start(cls, config: dict) -> HealthMonitor:
+    def start(cls, config: Config) -> HealthMonitor:
         inst = cls._install(cls(config["server"], config["kafka"]))
         inst._probe.start()
         inst._tick()
@@ -86,7 +88,7 @@ class HealthMonitor(Manager):
         self._listeners.append(listener)
 
     # -- the reports ----------------------------------------------------------------------------
-    async def latest(self, max_wait_s: float = 0.8) -> dict:
+    async def latest(self, max_wait_s: float = 0.8) -> dict[str, Any]:
         """The last report; a fresh one if it comes within ``max_wait_s``."""
         if self.report is None or time.monotonic() - self._reported_at > 2 * self.interval_s:
             self._tick()
@@ -110,12 +112,12 @@ class HealthMonitor(Manager):
             self._last_summary = time.monotonic()
             LoggerManager.instance().summarize_suppressed()
 
-    async def refresh(self) -> dict:
+    async def refresh(self) -> dict[str, Any]:
         """Check every dependency now and keep the report."""
         deps = [dep for dep, cls in MANAGERS.items() if cls.started()]
         results = await asyncio.gather(*(self._check(dep) for dep in deps))
         dependencies = dict(zip((d.value for d in deps), results, strict=True))
-        watched: dict[str, dict] = {}
+        watched: dict[str, dict[str, Any]] = {}
         for path, status in self._watched.items():
             section, _, name = path.partition(".")
             if name:
@@ -139,12 +141,12 @@ class HealthMonitor(Manager):
         """What this process cannot serve without: MariaDB, or for analytics alone MongoDB."""
         return Dependency.MYSQL if Dependency.MYSQL in deps else Dependency.MONGODB
 
-    async def _check(self, dep: Dependency) -> dict:
+    async def _check(self, dep: Dependency) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
                 await MANAGERS[dep].instance().ping()
-            result = {"status": "ok"}
+            result: dict[str, Any] = {"status": "ok"}
         except NotReady as exc:  # still making its first connection
             result = {"status": "down", "error": str(exc), "connecting": True}
         except Exception as exc:  # any failure of the round trip means "down"
@@ -155,7 +157,7 @@ class HealthMonitor(Manager):
         metrics.DEPENDENCY_UP.labels(dep.value).set(1 if result["status"] == "ok" else 0)
         return result
 
-    def _log_changes(self, dependencies: dict[str, dict]) -> None:
+    def _log_changes(self, dependencies: dict[str, dict[str, Any]]) -> None:
         """One line per change between up and down. Not known yet, or still making its
         first connection (MariaDB before its migrations), is neither: nothing is logged
         for it, and the reconnect loop says whatever it has to say."""
@@ -172,7 +174,7 @@ class HealthMonitor(Manager):
             if LoggerManager.started():
                 LoggerManager.instance().outages.state_changed(Dependency(name))
 
-    def _maybe_notify(self, report: dict) -> None:
+    def _maybe_notify(self, report: dict[str, Any]) -> None:
         now = time.monotonic()
         recent = self._last_event_at is not None and now - self._last_event_at < self.event_interval_s
         if not self._listeners or recent:
@@ -191,7 +193,9 @@ class HealthMonitor(Manager):
         metrics.READY.set(0)
 
 
-def assess(dependencies: dict[str, dict], watched: dict[str, dict], essential: Dependency) -> dict:
+def assess(
+    dependencies: dict[str, dict[str, Any]], watched: dict[str, dict[str, Any]], essential: Dependency
+) -> dict[str, Any]:
     """The report's verdict: ``down`` without the essential dependency, ``degraded``
     with anything else not ok, else ``ok``."""
     parts = {name: r for name, r in dependencies.items()}
