@@ -10,6 +10,7 @@ from pymongo.errors import PyMongoError
 from domain import codec
 from domain.analytics import NAME, AnalyticsStore, Delivery
 from managers import metrics
+from managers.config import Config
 from managers.kafka_consumer import GroupConsumer, Record
 from managers.mongodb import MongoManager
 
@@ -18,7 +19,7 @@ class AnalyticsConsumer(GroupConsumer):
     name = NAME
     retried = (PyMongoError,)  # MongoDB out of reach, or a write refused: read the batch again
 
-    def __init__(self, config: dict):
+    def __init__(self, config: Config):
         super().__init__(config, group=config["kafka"]["analytics_group"])
         self.store = AnalyticsStore(MongoManager.instance().db)
 
