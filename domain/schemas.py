@@ -85,8 +85,8 @@ def _pattern(
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-# The stubs leave extend() unannotated; what it returns is a validator class (not a subclass).
-_Validator: type[Validator] = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})  # type: ignore[no-untyped-call]
+# What extend() returns is a validator class of its own (not a Draft202012Validator subclass).
+_Validator: type[Validator] = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})  # type: ignore[no-untyped-call]  # the stubs leave extend() unannotated
 
 
 @functools.cache

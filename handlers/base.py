@@ -147,9 +147,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if _LENGTH.match(length) and int(length) > limit:
             raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
         if self.request.connection is not None:
-            # Tornado's documented call: every server connection is an HTTP1Connection, which
-            # has it; the HTTPConnection interface the request is typed with does not.
-            self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]
+            self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]  # on HTTP1Connection (every server connection), not on the HTTPConnection interface
 
     async def _authenticate(self) -> Principal | None:
         authenticator = Authenticator.instance()

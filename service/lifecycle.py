@@ -87,8 +87,7 @@ class Lifecycle:
 
     async def restart(self, cls: ManagerClass) -> Manager:
         """Close ``cls``'s instance and start a fresh one in its place."""
-        # A class object is a type[Manager] and a ManagerClass at once; mypy sees no overlap.
-        index = next(i for i, m in enumerate(self._stack) if type(m) is cls)  # type: ignore[comparison-overlap]
+        index = next(i for i, m in enumerate(self._stack) if type(m) is cls)  # type: ignore[comparison-overlap]  # a class is both a type[Manager] and a ManagerClass; mypy sees no overlap
         await self._stack[index].close()
         self._stack[index] = cls.start(self.config)
         watch(HealthMonitor.instance())
