@@ -71,7 +71,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -81,6 +81,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from domain import buckets, codec, events
+from domain.events import Event
 from domain.money import EXPONENTS, format_amount
 from domain.payments import TRANSITIONS
 from managers import metrics
@@ -97,6 +98,8 @@ DUPLICATE_KEY = 11000
 MAX_UPDATES_PER_COMMAND = 8
 WRITE_CONCURRENCY = 2
 READ_CONCURRENCY = 8  # reads by _id in flight at once (each holds a FerretDB connection)
+Document = dict[str, Any]  # a MongoDB document, filter or command part
+Rows = Counter[tuple[str, ...]]  # (currency, status, "n" | "t") -> a count or a total in minor units
 
 
 class Delivery(NamedTuple):
@@ -120,7 +123,7 @@ def minor_units(amount: str, currency: str) -> int:
     return int(minor)
 
 
-def counter_moves(event: dict) -> list[tuple[str, int]]:
+def counter_moves(event: Event) -> list[tuple[str, int]]:
     """The counters (``<currency>_<status>``) an event changes, and by how many payments.
     Flat keys: FerretDB reads and writes a document in time that grows with its nesting."""
     data = event["data"]
@@ -155,7 +158,7 @@ def _usable(event: Any) -> bool:
     return True
 
 
-def marker(delivery: Delivery) -> dict:
+def marker(delivery: Delivery) -> Document:
     """The ``events`` document of an event: where it was first read."""
     event = delivery.event
     return {
@@ -195,7 +198,7 @@ def changes(delivery: Delivery) -> list[Change]:
     return out
 
 
-def _update(doc_id: str, pending: list[Change], stored: dict | None) -> dict | None:
+def _update(doc_id: str, pending: list[Change], stored: Document | None) -> Document | None:
     """One guarded update statement: ``$inc`` the counters, ``$set`` the applied offsets,
     ``$max`` the last activity.
 
@@ -220,11 +223,12 @@ def _update(doc_id: str, pending: list[Change], stored: dict | None) -> dict | N
         newest[key] = max(newest.get(key, change.offset), change.offset)
     if not newest:
         return None
+    guard: Document  # on each applied offset
     if stored is None:
         guard = {f"applied.{k}": {"$not": {"$gte": Int64(o)}} for k, o in first.items()}
     else:
         guard = {f"applied.{k}": applied[k] if k in applied else {"$exists": False} for k in newest}
-    update: dict[str, dict] = {"$set": {f"applied.{k}": Int64(o) for k, o in newest.items()}}
+    update: dict[str, Document] = {"$set": {f"applied.{k}": Int64(o) for k, o in newest.items()}}
     if counters := {path: Int64(n) for path, n in inc.items() if n}:
         update["$inc"] = counters
     if last is not None:
@@ -232,16 +236,16 @@ def _update(doc_id: str, pending: list[Change], stored: dict | None) -> dict | N
     return {"q": {"_id": doc_id, **guard}, "u": update, "upsert": not applied}
 
 
-def add_counters(rows: Counter, counters: dict) -> None:
+def add_counters(rows: Rows, counters: dict[str, int]) -> None:
     """Add ``{"USD_pending_n": 3, "USD_pending_t": 1050}`` into ``rows`` keyed (currency, status, n|t)."""
     for key, value in counters.items():
         rows[tuple(key.split("_"))] += value
 
 
-def totals(rows: Counter) -> dict:
+def totals(rows: Rows) -> dict[str, Any]:
     """(currency, status) counts and totals into totals per currency and per status, exact."""
-    by_currency: dict[str, dict] = {}
-    by_status: dict[str, dict] = {}
+    by_currency: dict[str, dict[str, Any]] = {}
+    by_status: dict[str, dict[str, Any]] = {}
     minor_by_currency: Counter[str] = Counter()
     count = 0
     for currency, status in sorted({(c, s) for c, s, _ in rows}):
@@ -259,7 +263,7 @@ def totals(rows: Counter) -> dict:
     return {"payment_count": count, "by_currency": by_currency, "by_status": dict(sorted(by_status.items()))}
 
 
-async def _insert_new(coll: AsyncCollection, docs: list[dict]) -> list[Any]:
+async def _insert_new(coll: AsyncCollection[Document], docs: list[Document]) -> list[Any]:
     """Insert ``docs``, unordered; the ``_id`` of each that was already there (any other
     refusal raises)."""
     try:
@@ -272,14 +276,14 @@ async def _insert_new(coll: AsyncCollection, docs: list[dict]) -> list[Any]:
     return []
 
 
-def _chunks(items: list, size: int) -> Iterable[list]:
+def _chunks(items: list[Document], size: int) -> Iterable[list[Document]]:
     return (items[i : i + size] for i in range(0, len(items), size))
 
 
 class AnalyticsStore:
     """The MongoDB side: markers, counters, and the reads the API serves."""
 
-    def __init__(self, db: AsyncDatabase):
+    def __init__(self, db: AsyncDatabase[Document]):
         self.db = db
         self._partitions: set[int] = set()  # known to be recorded in ``partitions``
 
@@ -298,13 +302,13 @@ class AnalyticsStore:
         for delivery in accepted:
             for change in changes(delivery):
                 pending[(change.collection, change.doc_id)].append(change)
-        stored: dict[tuple[str, str], dict] = {}
+        stored: dict[tuple[str, str], Document] = {}
         if read:
             names = ("user_totals", "buckets")
             ids = {name: [doc_id for coll, doc_id in pending if coll == name] for name in names}
             found = await asyncio.gather(*(self._read(self.db[n], ids[n], {"applied": 1}) for n in names))
             stored = {(n, i): docs.get(i, {}) for n, docs in zip(names, found, strict=True) for i in ids[n]}
-        updates: dict[str, list[dict]] = defaultdict(list)
+        updates: dict[str, list[Document]] = defaultdict(list)
         for (name, doc_id), changed in pending.items():
             if (update := _update(doc_id, changed, stored.get((name, doc_id)))) is not None:
                 updates[name].append(update)
@@ -334,23 +338,27 @@ class AnalyticsStore:
             self._partitions.update(new)
 
     @staticmethod
-    async def _read(coll: AsyncCollection, ids: list[str], projection=None) -> dict[str, dict]:
+    async def _read(
+        coll: AsyncCollection[Document],
+        ids: list[str],
+        projection: Mapping[str, Any] | Callable[[str], Mapping[str, Any]] | None = None,
+    ) -> dict[str, Document]:
         """Documents by ``_id``, one equality read each (FerretDB 1.24 evaluates ``$in`` over
         the whole collection, but takes an ``_id`` lookup to an index), READ_CONCURRENCY at a
         time. ``projection``: one for all, or a function of the ``_id``."""
         slots = asyncio.Semaphore(READ_CONCURRENCY)
 
-        async def one(doc_id: str) -> dict | None:
+        async def one(doc_id: str) -> Document | None:
             async with slots:
                 return await coll.find_one({"_id": doc_id}, projection(doc_id) if callable(projection) else projection)
 
         return {doc["_id"]: doc for doc in await asyncio.gather(*(one(i) for i in ids)) if doc is not None}
 
-    async def _write(self, updates: dict[str, list[dict]]) -> None:
+    async def _write(self, updates: dict[str, list[Document]]) -> None:
         """Every update, in commands of at most MAX_UPDATES_PER_COMMAND, WRITE_CONCURRENCY at a time."""
         slots = asyncio.Semaphore(WRITE_CONCURRENCY)
 
-        async def command(coll: AsyncCollection, chunk: list[dict]) -> None:
+        async def command(coll: AsyncCollection[Document], chunk: list[Document]) -> None:
             async with slots:
                 await self._bulk(coll, chunk)
 
@@ -368,7 +376,7 @@ class AnalyticsStore:
             raise
 
     @staticmethod
-    async def _bulk(coll: AsyncCollection, statements: list[dict]) -> None:
+    async def _bulk(coll: AsyncCollection[Document], statements: list[Document]) -> None:
         """One ``update`` command, unordered; every statement must match or upsert its document.
 
         Sent as the command rather than through ``bulk_write``: FerretDB 1.24 answers a failed
@@ -380,16 +388,16 @@ class AnalyticsStore:
         if reply.get("n") != len(statements):
             raise StaleWrite(f"{len(statements) - reply.get('n', 0)} of {len(statements)} updates matched nothing")
 
-    async def user_stats(self, user_id: str) -> dict | None:
+    async def user_stats(self, user_id: str) -> dict[str, Any] | None:
         """Totals from the user's one counters document."""
         doc = await self.db.user_totals.find_one({"_id": user_id})
         if doc is None:
             return None
-        rows: Counter = Counter()
+        rows: Rows = Counter()
         add_counters(rows, doc.get("c", {}))
         return {**totals(rows), "last_activity": doc.get("last_activity")}
 
-    async def summary(self, start: dt.datetime, end: dt.datetime) -> dict:
+    async def summary(self, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
         """Totals of the payments created in [start, end), both whole minutes."""
         wanted: dict[str, list[str]] = defaultdict(list)
         for level, t in buckets.cover(start, end):
@@ -399,7 +407,7 @@ class AnalyticsStore:
         docs = await self._read(
             self.db.buckets, ids, lambda i: {f"s.{slot}": 1 for slot in wanted[i.rsplit(":", 1)[0]]}
         )
-        rows: Counter = Counter()
+        rows: Rows = Counter()
         for doc in docs.values():
             for counters in doc.get("s", {}).values():
                 add_counters(rows, counters)
@@ -407,9 +415,9 @@ class AnalyticsStore:
 
 
 # -- what the API reads (any role that runs MongoManager, with or without the consumer) ---------
-async def user_stats(user_id: str) -> dict | None:
+async def user_stats(user_id: str) -> dict[str, Any] | None:
     return await AnalyticsStore(MongoManager.instance().db).user_stats(user_id)
 
 
-async def summary(start: dt.datetime, end: dt.datetime) -> dict:
+async def summary(start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
     return await AnalyticsStore(MongoManager.instance().db).summary(start, end)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from domain import codec
 from domain.analytics import NAME, AnalyticsStore, Delivery
 from managers import metrics
+from managers.config import Config
 from managers.kafka_consumer import GroupConsumer, Record
 from managers.mongodb import MongoManager
 
@@ -16,7 +17,7 @@ class AnalyticsConsumer(GroupConsumer):
     name = NAME
     stores = (MongoManager,)  # MongoDB out of reach is an outage; a write it refuses, a bug (both retried)
 
-    def __init__(self, config: dict):
+    def __init__(self, config: Config):
         super().__init__(config, group=config["kafka"]["analytics_group"])
         self.store = AnalyticsStore(MongoManager.instance().db)
 
@@ -24,7 +25,7 @@ class AnalyticsConsumer(GroupConsumer):
         deliveries = []
         for record in records:
             try:
-                deliveries.append(Delivery(record.partition, record.offset, codec.loads(record.value)))
+                deliveries.append(Delivery(record.partition, record.offset, codec.loads(record.value or b"")))
             except codec.InvalidJSON:
                 metrics.CONSUMER_ERRORS.labels(NAME).inc()
         await self.store.apply(deliveries, read=redelivered)

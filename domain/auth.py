@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jwt
 
@@ -39,7 +39,8 @@ from domain.errors import APIError, not_found, user_not_found
 from managers import mysql
 from managers.background import Backoff, Failures
 from managers.base import Manager
-from managers.mysql import MySQLManager, is_missing_parent
+from managers.config import AuthConfig, Config
+from managers.mysql import MySQLManager, Row, is_missing_parent
 
 log = logging.getLogger("singleton.auth")
 
@@ -90,13 +91,13 @@ def key_prefix(key: str) -> str:
     return key[: len(role_part) + _PREFIX_CHARS]
 
 
-def key_to_api(row: dict) -> dict:
+def key_to_api(row: Row) -> dict[str, Any]:
     """A key as the API lists it: never its secret, nor its hash."""
     return codec.api_view(row, ("id", "prefix", "role", "user_id"), ("created_at", "last_used_at", "revoked_at"))
 
 
 # -- keys in MariaDB --------------------------------------------------------------------------
-async def create_key(role: str, user_id: str | None = None) -> dict:
+async def create_key(role: str, user_id: str | None = None) -> dict[str, Any]:
     """A new key; the returned ``key`` is the only time the secret is shown."""
     if role not in ROLES:
         raise APIError(422, "validation_failed", f"role must be one of: {', '.join(ROLES)}")
@@ -120,19 +121,19 @@ async def create_key(role: str, user_id: str | None = None) -> dict:
             )
     except mysql.IntegrityError as exc:
         if is_missing_parent(exc):
-            raise user_not_found(user_id) from None
+            raise user_not_found(str(user_id)) from None
         raise
     created = key_to_api(row)
     del created["last_used_at"], created["revoked_at"]
     return {**created, "key": key}
 
 
-async def list_keys() -> list[dict]:
+async def list_keys() -> list[dict[str, Any]]:
     rows = await MySQLManager.instance().fetchall(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
     return [key_to_api(row) for row in rows]
 
 
-async def revoke_key(key_id: str) -> dict:
+async def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key (again is a no-op); this instance forgets it at once."""
     async with MySQLManager.instance().cursor() as cur:
         await cur.execute(
@@ -180,7 +181,7 @@ def _write_private(path: Path, text: str) -> None:
 class Authenticator(Manager):
     """Checks API keys (with a short in-process cache) and WebSocket tokens."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: AuthConfig):
         self.enabled: bool = cfg["enabled"]
         self.ttl_s: float = cfg["key_cache_ttl_s"]
         self.token_ttl_s: int = cfg["token_ttl_s"]
@@ -191,7 +192,7 @@ class Authenticator(Manager):
         self._in_flight: dict[str, asyncio.Future[Principal | None]] = {}  # one lookup per key at a time
 
     @classmethod
-    def start(cls, config: dict) -> Authenticator:
+    def start(cls, config: Config) -> Authenticator:
         """Install the verifier; with ``bootstrap_admin_key_file`` set, make the dev
         admin key once MariaDB is ready (in the background: it may be down now)."""
         cfg = config["auth"]
@@ -275,7 +276,7 @@ class Authenticator(Manager):
                 del self._verdicts[digest]
 
     # -- WebSocket tokens -----------------------------------------------------------------------
-    def mint_token(self, user_id: str) -> dict:
+    def mint_token(self, user_id: str) -> dict[str, str]:
         issued = int(time.time())
         expires = issued + self.token_ttl_s
         claims = {"sub": user_id, "iat": issued, "exp": expires, "jti": uuid.uuid4().hex}

@@ -106,7 +106,7 @@ def parse_rfc3339(value: str) -> dt.datetime:
     return utc
 
 
-def api_view(row: dict, fields: tuple[str, ...], times: tuple[str, ...]) -> dict:
+def api_view(row: dict[str, Any], fields: tuple[str, ...], times: tuple[str, ...]) -> dict[str, Any]:
     """A database row as the API shows it: ``fields`` as they are, ``times`` in RFC 3339 (or null)."""
     view = {name: row[name] for name in fields}
     view.update({name: rfc3339(row[name]) if row[name] is not None else None for name in times})

@@ -8,7 +8,9 @@ from typing import Any
 class APIError(Exception):
     """Raised anywhere below a handler; BaseHandler renders it as the error envelope."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None, headers: dict | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.code = code

@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 import logging
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 
 from domain import codec
 from managers import metrics
@@ -35,7 +35,21 @@ DOMAIN_TYPES = (USER_CREATED, USER_UPDATED, PAYMENT_CREATED, PAYMENT_UPDATED)  #
 metrics.count_by_name(EventType, metrics.EVENTS_PUBLISHED, metrics.WS_FRAMES_SENT)
 
 
-def envelope(event_type: str, user_id: str | None, data: Any, occurred_at: dt.datetime | None = None) -> dict:
+class Event(TypedDict):
+    """The envelope (openapi.yaml's Event): written to the outbox, published to Kafka, read
+    back by the consumers and forwarded to sockets as it is."""
+
+    event_id: str
+    type: str  # an EventType's value
+    version: int
+    occurred_at: str  # RFC 3339, UTC
+    user_id: str | None  # None for health_check
+    data: dict[str, Any]  # the resource as the API shows it (payment_updated adds previous_status)
+
+
+def envelope(
+    event_type: str, user_id: str | None, data: dict[str, Any], occurred_at: dt.datetime | None = None
+) -> Event:
     return {
         "event_id": str(uuid.uuid4()),
         "type": event_type,
@@ -46,7 +60,7 @@ def envelope(event_type: str, user_id: str | None, data: Any, occurred_at: dt.da
     }
 
 
-async def publish_health_check(report: dict) -> None:
+async def publish_health_check(report: dict[str, Any]) -> None:
     """A ``health_check`` event straight to Kafka (not through the outbox: it records
     no change, and a lost one is replaced by the next)."""
     try:

@@ -32,9 +32,11 @@ import logging
 import time
 
 from domain import codec
+from domain.events import Event
 from managers import metrics
 from managers.background import Backoff, Failures
 from managers.base import Manager
+from managers.config import Config, OutboxConfig
 from managers.kafka_producer import KafkaProducerManager
 from managers.mysql import MySQLManager, Statement
 
@@ -43,7 +45,7 @@ MAX_BACKOFF_S = 5.0
 HOUSEKEEPING_EVERY_S = 60.0
 
 
-def insert(event: dict) -> Statement:
+def insert(event: Event) -> Statement:
     """The statement that records ``event``; run it in the transaction of its change."""
     return (
         "INSERT INTO outbox (event_id, event_type, partition_key, payload, created_at)"
@@ -62,7 +64,7 @@ def notify_committed() -> None:
 
 
 class OutboxRelay(Manager):
-    def __init__(self, outbox_cfg: dict, idempotency_ttl_hours: float):
+    def __init__(self, outbox_cfg: OutboxConfig, idempotency_ttl_hours: float):
         self.batch_size: int = outbox_cfg["batch_size"]
         self.poll_interval_s: float = outbox_cfg["poll_interval_s"]
         self.retention_hours: float = outbox_cfg["retention_hours"]
@@ -81,7 +83,7 @@ class OutboxRelay(Manager):
         self._housekeeping_failures = Failures("outbox_housekeeping", self.is_outage, logger=log)
 
     @classmethod
-    def start(cls, config: dict) -> OutboxRelay:
+    def start(cls, config: Config) -> OutboxRelay:
         inst = cls._install(cls(config["outbox"], config["payments"]["idempotency_ttl_hours"]))
         inst._run_in_background(inst._run(), "outbox-relay")
         return inst

@@ -9,13 +9,14 @@ import hashlib
 import json
 import uuid
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from domain import codec, events, outbox, users
 from domain.errors import APIError, not_found, user_not_found
 from domain.money import MoneyError, format_amount, parse_amount
+from domain.schemas import PaymentCreate
 from managers import mysql
-from managers.mysql import MySQLManager, Statement, Tx, is_duplicate_key, is_missing_parent
+from managers.mysql import MySQLManager, Row, Statement, Tx, is_duplicate_key, is_missing_parent
 from managers.redis import Cached, RedisManager
 
 PENDING = "pending"
@@ -35,7 +36,7 @@ def cache_key(payment_id: str) -> str:
     return f"payment:{payment_id}"
 
 
-def to_api(row: dict) -> dict:
+def to_api(row: Row) -> dict[str, Any]:
     """The payment as the API shows it (and as its events carry it): the amount exact, in
     the currency's minor-unit digits."""
     fields = ("id", "user_id", "currency", "description", "status", "version")
@@ -59,7 +60,7 @@ def request_fingerprint(user_id: str, amount_minor: int, currency: str, descript
 
 
 async def create(
-    body: dict, max_amount: Decimal, idempotency_key: str | None = None, idempotency_scope: str = "admin"
+    body: PaymentCreate, max_amount: Decimal, idempotency_key: str | None = None, idempotency_scope: str = "admin"
 ) -> Created:
     """Create a pending payment. An ``idempotency_key`` is remembered within its
     caller's ``idempotency_scope``, so two callers choosing the same key never collide."""
@@ -135,7 +136,7 @@ async def _replay(idempotency_key: str, fingerprint: str) -> Created:
 
 
 # -- read -----------------------------------------------------------------------------------
-def cached(payment: dict) -> Cached:
+def cached(payment: dict[str, Any]) -> Cached:
     return Cached(codec.dumps(payment), payment["version"], payment["user_id"])
 
 
@@ -152,7 +153,7 @@ async def get(payment_id: str) -> Cached:
 
 
 # -- status ---------------------------------------------------------------------------------
-async def _lock_payment(tx: Tx, payment_id: str) -> dict:
+async def _lock_payment(tx: Tx, payment_id: str) -> Row:
     """The payment, with its user's row and its own locked (user first, then payment:
     one lock order everywhere), in the transaction's first round trip."""
     lock_owner = (
@@ -175,7 +176,7 @@ class Actor(NamedTuple):
     remote_ip: str | None
 
 
-async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict:
+async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict[str, Any]:
     """Move along the state machine; the same status again is a no-op with no event.
 
     Each change writes its event and its ``payment_status_history`` row in the
@@ -218,7 +219,7 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict:
     return payment
 
 
-async def history(payment_id: str) -> list[dict]:
+async def history(payment_id: str) -> list[dict[str, Any]]:
     """The payment's status changes, oldest first."""
     rows = await MySQLManager.instance().fetchall(
         "SELECT from_status, to_status, version, actor_key_id, request_id, remote_ip, created_at"
@@ -240,7 +241,7 @@ async def history(payment_id: str) -> list[dict]:
 
 
 # -- pages ----------------------------------------------------------------------------------
-def encode_cursor(row: dict) -> str:
+def encode_cursor(row: Row) -> str:
     raw = json.dumps([row["created_at"].isoformat(), row["id"]]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -258,9 +259,10 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     return when, payment_id
 
 
-async def list_for_user(user_id: str, limit: int, cursor: str | None, status: str | None) -> dict:
+async def list_for_user(user_id: str, limit: int, cursor: str | None, status: str | None) -> dict[str, Any]:
     """A page, newest first: one round trip (an empty page takes a second, to tell an
     unknown user, 404, from one with no payments)."""
+    args: list[object]  # the user id and status, then a cursor's time and id
     where, args = ["user_id = %s"], [user_id]
     if status is not None:
         where.append("status = %s")

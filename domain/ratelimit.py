@@ -30,6 +30,7 @@ from domain.auth import ROLES, Principal
 from domain.errors import APIError
 from managers import metrics, redis
 from managers.base import Manager
+from managers.config import Config, RateLimitConfig
 from managers.redis import RedisManager
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -69,7 +70,7 @@ class Verdict(NamedTuple):
 class RateLimiter(Manager):
     health_path = "rate_limiter"
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: RateLimitConfig):
         self.enabled: bool = cfg["enabled"]
         self.fail_open: bool = cfg["fail_open"]
         self.read = Rate(cfg["read_per_s"], cfg["read_burst"])
@@ -80,7 +81,7 @@ class RateLimiter(Manager):
         self._refills: dict[str, asyncio.Future[None]] = {}  # buckets whose share is being asked for
 
     @classmethod
-    def start(cls, config: dict) -> RateLimiter:
+    def start(cls, config: Config) -> RateLimiter:
         return cls._install(cls(config["rate_limit"]))
 
     async def check(self, method: str, principal: Principal | None, remote_ip: str) -> Verdict | None:
@@ -146,7 +147,7 @@ class RateLimiter(Manager):
         while len(self._shares) > SHARES_MAX:
             self._shares.popitem(last=False)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, str]:
         """For /health: whether calls are being let through unchecked (Redis out of reach)."""
         if not self.enabled:
             return {"status": "disabled"}

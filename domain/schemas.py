@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict, overload
 
 import jsonschema
 import yaml
+from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
@@ -19,14 +22,50 @@ OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.yam
 _BASE_URI = "urn:singleton:openapi"
 
 
-@functools.cache
-def openapi() -> dict:
-    return yaml.safe_load(OPENAPI_PATH.read_text())
+# Request bodies once validate() passed them: the document's schemas of the same name
+# (tests/domain/test_schema_types.py keeps the keys in step).
+class UserCreate(TypedDict):
+    email: str
+    name: str
+
+
+class UserUpdate(TypedDict, total=False):  # at least one of the two
+    email: str
+    name: str
+
+
+class PaymentCreate(TypedDict):
+    user_id: str
+    amount: Decimal | int | str  # a JSON number (codec.loads reads it exactly) or a decimal string
+    currency: str
+    description: NotRequired[str | None]
+
+
+class PaymentStatusUpdate(TypedDict):
+    status: str
+
+
+class ApiKeyCreate(TypedDict):
+    role: Literal["admin", "user"]
+    user_id: NotRequired[str]  # a user key's, and only a user key's
+
+
+class WsTokenCreate(TypedDict, total=False):
+    user_id: str
 
 
 @functools.cache
-def _registry() -> Registry:
-    return Registry().with_resource(_BASE_URI, Resource.from_contents(openapi(), default_specification=DRAFT202012))
+def openapi() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(OPENAPI_PATH.read_text())
+    return document
+
+
+@functools.cache
+def _registry() -> Registry[Any]:
+    registry: Registry[Any] = Registry().with_resource(
+        _BASE_URI, Resource.from_contents(openapi(), default_specification=DRAFT202012)
+    )
+    return registry
 
 
 @functools.cache
@@ -39,16 +78,19 @@ def ecma_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _pattern(validator: Any, pattern: str, instance: Any, schema: dict) -> Any:
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
     if validator.is_type(instance, "string") and not ecma_regex(pattern).search(instance):
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+# What extend() returns is a validator class of its own (not a Draft202012Validator subclass).
+_Validator: type[Validator] = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})  # type: ignore[no-untyped-call]  # the stubs leave extend() unannotated
 
 
 @functools.cache
-def validator(name: str) -> jsonschema.Draft202012Validator:
+def validator(name: str) -> Validator:
     if name not in openapi()["components"]["schemas"]:
         raise KeyError(f"no schema {name!r} in {OPENAPI_PATH.name}")
     return _Validator({"$ref": f"{_BASE_URI}#/components/schemas/{name}"}, registry=_registry())
@@ -94,7 +136,19 @@ def _lone_surrogates(value: Any, path: str = "") -> list[str]:
     return []
 
 
-def validate(name: str, body: Any) -> dict:
+@overload
+def validate(name: Literal["UserCreate"], body: Any) -> UserCreate: ...
+@overload
+def validate(name: Literal["UserUpdate"], body: Any) -> UserUpdate: ...
+@overload
+def validate(name: Literal["PaymentCreate"], body: Any) -> PaymentCreate: ...
+@overload
+def validate(name: Literal["PaymentStatusUpdate"], body: Any) -> PaymentStatusUpdate: ...
+@overload
+def validate(name: Literal["ApiKeyCreate"], body: Any) -> ApiKeyCreate: ...
+@overload
+def validate(name: Literal["WsTokenCreate"], body: Any) -> WsTokenCreate: ...
+def validate(name: str, body: Any) -> Any:
     """Check ``body`` against ``components.schemas[name]``; 422 listing every problem."""
     try:
         errors = sorted(validator(name).iter_errors(body), key=lambda e: list(e.absolute_path))

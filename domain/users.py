@@ -10,8 +10,9 @@ from typing import Any
 
 from domain import codec, events, outbox
 from domain.errors import APIError, not_found
+from domain.schemas import UserUpdate
 from managers import mysql
-from managers.mysql import MySQLManager, Statement, Tx, is_duplicate_key
+from managers.mysql import MySQLManager, Row, Statement, Tx, is_duplicate_key
 from managers.redis import Cached, RedisManager
 
 _COLUMNS = "id, email, name, version, created_at, updated_at"
@@ -38,7 +39,7 @@ def normalized(body: Any) -> Any:
     return body
 
 
-def to_api(row: dict) -> dict:
+def to_api(row: Row) -> dict[str, Any]:
     """The user as the API shows it (and as its events carry it)."""
     return codec.api_view(row, ("id", "email", "name", "version"), ("created_at", "updated_at"))
 
@@ -54,9 +55,9 @@ def email_must_be_free() -> Iterator[None]:
         raise
 
 
-async def create(email: str, name: str) -> dict:
+async def create(email: str, name: str) -> dict[str, Any]:
     now = codec.utc_now()
-    row = {
+    row: Row = {
         "id": str(uuid.uuid4()),
         "email": email,
         "name": name,
@@ -78,7 +79,7 @@ async def create(email: str, name: str) -> dict:
     return user
 
 
-def cached(user: dict) -> Cached:
+def cached(user: dict[str, Any]) -> Cached:
     return Cached(codec.dumps(user), user["version"], user["id"])
 
 
@@ -100,7 +101,7 @@ def lock_statement(user_id: str) -> Statement:
     return ("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
 
 
-async def lock(tx: Tx, user_id: str) -> dict | None:
+async def lock(tx: Tx, user_id: str) -> Row | None:
     """Lock the user's row for the rest of ``tx``: every event-writing change of a
     user locks it first (this, or a statement with ``FOR UPDATE`` on it), so that
     user's events commit in order."""
@@ -112,7 +113,7 @@ def _matches(if_match: str, version: int) -> bool:
     return "*" in wanted or etag(version) in wanted
 
 
-async def update(user_id: str, changes: dict, if_match: str | None = None) -> dict:
+async def update(user_id: str, changes: UserUpdate, if_match: str | None = None) -> dict[str, Any]:
     """Apply a partial update; no event and no new version when nothing changes.
 
     Two round trips: BEGIN with the locking read, then the update, its event and COMMIT.

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from http import HTTPStatus
-from typing import Any
+from typing import Any, overload
 
 import tornado.web
 
@@ -148,7 +148,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if _LENGTH.match(length) and int(length) > limit:
             raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
         if self.request.connection is not None:
-            self.request.connection.set_max_body_size(limit)
+            self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]  # on HTTP1Connection (every server connection), not on the HTTPConnection interface
 
     async def _authenticate(self) -> Principal | None:
         authenticator = Authenticator.instance()
@@ -220,6 +220,10 @@ class BaseHandler(tornado.web.RequestHandler):
         return user_id
 
     # -- input -------------------------------------------------------------------------------
+    @overload
+    def query(self, name: str) -> str | None: ...
+    @overload
+    def query(self, name: str, default: str) -> str: ...
     def query(self, name: str, default: str | None = None) -> str | None:
         """A query parameter exactly as sent (the last, if repeated). Tornado's own getters
         strip whitespace and turn control characters into spaces, so ``limit=5%0A`` or
@@ -332,6 +336,6 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             "remote_ip": handler.request.remote_ip,
             "key_id": principal.key_id if principal is not None else None,
             "user_agent": handler.request.headers.get("User-Agent", "")[:256],
-            **({"error": handler.error} if getattr(handler, "error", None) else {}),
+            **({"error": handler.error} if isinstance(handler, BaseHandler) and handler.error else {}),
         },
     )

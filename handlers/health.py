@@ -10,6 +10,8 @@ HealthMonitor's last report (within a second, even while a dependency hangs):
 
 from __future__ import annotations
 
+from typing import Any
+
 from handlers.base import BaseHandler
 from managers.health import HealthMonitor
 
@@ -41,9 +43,9 @@ class ReadyHandler(BaseHandler):
         self.write_json({"status": "ready" if ready else "not_ready"}, 200 if ready else 503)
 
 
-def public_view(report: dict) -> dict:
+def public_view(report: dict[str, Any]) -> dict[str, Any]:
     """Each part's status, without error texts, latencies or anything else."""
-    parts = {
+    parts: dict[str, Any] = {
         section: {name: {"status": r["status"]} for name, r in report[section].items()}
         for section in ("dependencies", "consumers")
         if section in report

@@ -12,6 +12,7 @@ from decimal import Decimal
 from domain import payments, schemas
 from domain.errors import APIError, user_not_found
 from handlers.base import BaseHandler
+from managers.redis import Cached
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, as HTTP header tokens are
 
@@ -34,7 +35,7 @@ class PaymentsHandler(BaseHandler):
 
 
 class PaymentHandler(BaseHandler):
-    async def visible_payment(self, payment_id: str) -> payments.Cached:
+    async def visible_payment(self, payment_id: str) -> Cached:
         payment_id = self.resource_id(payment_id, "payment")
         payment = await payments.get(payment_id)
         self.check_owner(payment.owner, "payment", payment_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from asyncio import Future
+from typing import Any
 
 import tornado.websocket
 from tornado import httputil
@@ -52,7 +53,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     conn: Connection | None = None
     user_id: str = ""
 
-    async def get(self, *args, **kwargs) -> None:
+    async def get(self, *args: Any, **kwargs: Any) -> None:
         self._check_handshake()
         self.user_id = self._token_user()
         requested = self.query("user_id")
@@ -99,7 +100,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     def check_origin(self, origin: str) -> bool:
         return origin_allowed(origin, self.config["cors"]["allowed_origins"]) or super().check_origin(origin)
 
-    async def open(self, *args, **kwargs) -> None:
+    async def open(self, *args: Any, **kwargs: Any) -> None:
         hub = WebSocketHub.instance()
         self.conn = hub.add(self, self.user_id, self.client_id, self.remote_ip)
         self._forget_the_handshake()

@@ -25,14 +25,14 @@ class Manager:
     """Base for class-level singletons."""
 
     _instance: ClassVar[Manager | None] = None
-    _task: asyncio.Task | None = None  # the loop of a manager that has one (connecting, consuming)
+    _task: asyncio.Task[Any] | None = None  # the loop of a manager that has one (connecting, consuming)
     # Where /health reports ``status()`` ("rate_limiter", "consumers.broadcast"), for a
     # manager that has a state of its own to report; service/lifecycle.py registers it.
     health_path: ClassVar[str | None] = None
 
     @classmethod
     def instance(cls) -> Self:
-        inst = cls.__dict__.get("_instance")
+        inst: Self | None = cls.__dict__.get("_instance")
         if inst is None:
             raise NotStarted(f"{cls.__name__} is not started")
         return inst
@@ -59,7 +59,7 @@ class Manager:
     async def release(self) -> None:
         """What ``close()`` releases: connections, tasks. Nothing by default."""
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """For /health, at ``health_path``: a dict with a ``status`` (ok, down, error...)."""
         raise NotImplementedError
 

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, cast, overload
 
 import jsonschema
 import yaml
@@ -23,7 +23,7 @@ ENV_PREFIX = "SINGLETON_"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
 
 
-def _obj(properties: dict, required: bool = True) -> dict:
+def _obj(properties: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return {
         "type": "object",
         "additionalProperties": False,
@@ -45,7 +45,7 @@ SECRETS = {("mysql", "password"), ("auth", "token_secret")}
 SENSITIVE = SECRETS | {("redis", "url"), ("mongodb", "uri")}
 PATHS = {("mysql", "password_file"), ("auth", "token_secret_file"), ("auth", "bootstrap_admin_key_file")}
 
-SCHEMA: dict = _obj(
+SCHEMA: dict[str, Any] = _obj(
     {
         "server": _obj(
             {
@@ -157,11 +157,163 @@ SCHEMA: dict = _obj(
 )
 
 
+# The validated configuration, section by section: what SCHEMA guarantees once load()
+# returns (tests/managers/test_config_types.py keeps the two in step). Code reads
+# config["server"]["port"], and the type checker knows every key and its type.
+class ServerConfig(TypedDict):
+    host: str
+    port: int
+    processes: int
+    max_body_bytes: int
+    max_header_bytes: int
+    idle_connection_timeout_s: float
+    body_timeout_s: float
+    shutdown_timeout_s: float
+    health_probe_interval_s: float
+    health_check_timeout_s: float
+
+
+class MySQLConfig(TypedDict):
+    host: str
+    port: int
+    user: str
+    password: str
+    password_file: str
+    database: str
+    pool_min: int
+    pool_max: int
+    connect_timeout_s: float
+    query_timeout_s: float
+    pool_recycle_s: int
+
+
+class MongoConfig(TypedDict):
+    uri: str
+    database: str
+    timeout_ms: int
+
+
+class RedisConfig(TypedDict):
+    url: str
+    socket_timeout_s: float
+    connect_timeout_s: float
+    cache_ttl_s: int
+
+
+class PaymentsConfig(TypedDict):
+    max_amount: int
+    idempotency_ttl_hours: float
+
+
+class OutboxConfig(TypedDict):
+    batch_size: int
+    poll_interval_s: float
+    retention_hours: float
+
+
+class KafkaConfig(TypedDict):
+    bootstrap_servers: str
+    topic: str
+    client_id: str
+    analytics_group: str
+    request_timeout_s: float
+    health_event_interval_s: float
+
+
+class WebSocketConfig(TypedDict):
+    max_connections: int
+    max_per_user: int
+    max_per_ip: int
+    max_message_bytes: int
+    ping_interval_s: float
+    ping_timeout_s: float
+    max_pending_bytes: int
+    replay_max_events: int
+
+
+class LoggingConfig(TypedDict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    file: str
+    max_bytes: int
+    backups: int
+
+
+class CorsConfig(TypedDict):
+    allowed_origins: list[str]
+    allowed_methods: list[str]
+    allowed_headers: list[str]
+
+
+class AuthConfig(TypedDict):
+    enabled: bool
+    key_cache_ttl_s: float
+    bootstrap_admin_key_file: str
+    token_secret: str
+    token_secret_file: str
+    token_ttl_s: int
+
+
+class RateLimitConfig(TypedDict):
+    enabled: bool
+    read_per_s: float
+    read_burst: int
+    write_per_s: float
+    write_burst: int
+    anonymous_per_s: float
+    anonymous_burst: int
+    fail_open: bool
+
+
+class MetricsConfig(TypedDict):
+    host: str
+    port: int
+
+
+class ReconnectConfig(TypedDict):
+    initial_delay_s: float
+    max_delay_s: float
+
+
+class Config(TypedDict):
+    server: ServerConfig
+    mysql: MySQLConfig
+    mongodb: MongoConfig
+    redis: RedisConfig
+    payments: PaymentsConfig
+    outbox: OutboxConfig
+    kafka: KafkaConfig
+    websocket: WebSocketConfig
+    logging: LoggingConfig
+    cors: CorsConfig
+    auth: AuthConfig
+    rate_limit: RateLimitConfig
+    metrics: MetricsConfig
+    reconnect: ReconnectConfig
+
+
+Section = Literal[
+    "server",
+    "mysql",
+    "mongodb",
+    "redis",
+    "payments",
+    "outbox",
+    "kafka",
+    "websocket",
+    "logging",
+    "cors",
+    "auth",
+    "rate_limit",
+    "metrics",
+    "reconnect",
+]
+
+
 class ConfigError(ValueError):
     """The configuration is unusable; the message names the offending key."""
 
 
-def _apply_env(data: dict, env: Mapping[str, str]) -> None:
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -190,16 +342,16 @@ def as_env(overrides: Mapping[str, Mapping[str, Any]], base: Mapping[str, str] |
     return env
 
 
-def _merge(data: dict, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+def _merge(data: dict[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> None:
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
 
 
 def load(
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict:
+) -> Config:
     """Read, override and validate a configuration; raise ConfigError naming the bad key."""
     path = Path(path or DEFAULT_PATH)
     try:
@@ -217,10 +369,10 @@ def load(
     if errors:
         raise ConfigError("; ".join(_describe(e) for e in errors))
     _resolve(data, path.resolve().parent)
-    return data
+    return cast(Config, data)  # what SCHEMA has just validated
 
 
-def _resolve(data: dict, base: Path) -> None:
+def _resolve(data: dict[str, Any], base: Path) -> None:
     """Make paths absolute, and fill each empty secret from its file."""
     for section, key in PATHS:
         if data[section][key]:
@@ -251,12 +403,41 @@ def _describe(error: jsonschema.ValidationError) -> str:
 class ConfigManager(Manager):
     """Holds the validated configuration; sections are plain dicts."""
 
-    def __init__(self, data: dict):
+    def __init__(self, data: Config):
         self.data = data
 
     @classmethod
-    def start(cls, config: dict) -> ConfigManager:
+    def start(cls, config: Config) -> ConfigManager:
         return cls._install(cls(config))
 
-    def __getitem__(self, section: str) -> dict:
+    # config["server"] is a ServerConfig, and so on: one signature per section.
+    @overload
+    def __getitem__(self, section: Literal["server"]) -> ServerConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["mysql"]) -> MySQLConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["mongodb"]) -> MongoConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["redis"]) -> RedisConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["payments"]) -> PaymentsConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["outbox"]) -> OutboxConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["kafka"]) -> KafkaConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["websocket"]) -> WebSocketConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["logging"]) -> LoggingConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["cors"]) -> CorsConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["auth"]) -> AuthConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["rate_limit"]) -> RateLimitConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["metrics"]) -> MetricsConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["reconnect"]) -> ReconnectConfig: ...
+    def __getitem__(self, section: Section) -> object:
         return self.data[section]

@@ -28,13 +28,15 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from tornado.ioloop import PeriodicCallback
 
 from managers import metrics
 from managers.background import Failures, no_dependency
 from managers.base import BackingService, Manager
+from managers.config import Config, KafkaConfig, ServerConfig
 from managers.dependencies import BACKING_SERVICES
 from managers.logger import LoggerManager
 from managers.mongodb import MongoManager
@@ -44,16 +46,16 @@ log = logging.getLogger("singleton.health")
 
 SUMMARY_EVERY_S = 60.0  # how often suppressed client-library warnings are summed up in the log
 
-StatusOf = Callable[[], dict]
-Listener = Callable[[dict], Awaitable[None]]
+StatusOf = Callable[[], dict[str, Any]]
+Listener = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class HealthMonitor(Manager):
-    def __init__(self, server_cfg: dict, kafka_cfg: dict):
+    def __init__(self, server_cfg: ServerConfig, kafka_cfg: KafkaConfig):
         self.timeout_s: float = server_cfg["health_check_timeout_s"]
         self.interval_s: float = server_cfg["health_probe_interval_s"]
         self.event_interval_s: float = kafka_cfg["health_event_interval_s"]
-        self.report: dict | None = None
+        self.report: dict[str, Any] | None = None
         self._states: dict[str, str] = {}  # per dependency: ok, down, connecting (or unknown)
         self.checks = 0  # reports made since start
         self._reported_at = 0.0
@@ -61,8 +63,8 @@ class HealthMonitor(Manager):
         self._listeners: list[Listener] = []
         self._last_event_at: float | None = None
         self._last_summary = time.monotonic()
-        self._refreshing: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._refreshing: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._probe = PeriodicCallback(self._tick, self.interval_s * 1000)
         self._failures = Failures("health_report", no_dependency, logger=log)
         self._check_failures = {
@@ -71,7 +73,7 @@ class HealthMonitor(Manager):
         }
 
     @classmethod
-    def start(cls, config: dict) -> HealthMonitor:
+    def start(cls, config: Config) -> HealthMonitor:
         inst = cls._install(cls(config["server"], config["kafka"]))
         inst._probe.start()
         inst._tick()
@@ -88,7 +90,7 @@ class HealthMonitor(Manager):
         self._listeners.append(listener)
 
     # -- the reports ----------------------------------------------------------------------------
-    async def latest(self, max_wait_s: float = 0.8) -> dict:
+    async def latest(self, max_wait_s: float = 0.8) -> dict[str, Any]:
         """The last report; a fresh one if it comes within ``max_wait_s``."""
         if self.report is None or time.monotonic() - self._reported_at > 2 * self.interval_s:
             self._tick()
@@ -120,12 +122,12 @@ class HealthMonitor(Manager):
         else:
             self._failures.succeeded()
 
-    async def refresh(self) -> dict:
+    async def refresh(self) -> dict[str, Any]:
         """Check every dependency now and keep the report."""
         deps = [cls for cls in BACKING_SERVICES if cls.started()]
         results = await asyncio.gather(*(self._check(cls) for cls in deps))
         dependencies = dict(zip((cls.dependency for cls in deps), results, strict=True))
-        watched: dict[str, dict] = {}
+        watched: dict[str, dict[str, Any]] = {}
         for path, status in self._watched.items():
             section, _, name = path.partition(".")
             if name:
@@ -149,13 +151,13 @@ class HealthMonitor(Manager):
         """What this process cannot serve without: MariaDB, or for analytics alone MongoDB."""
         return (MySQLManager if MySQLManager in deps else MongoManager).dependency
 
-    async def _check(self, cls: type[BackingService]) -> dict:
+    async def _check(self, cls: type[BackingService]) -> dict[str, Any]:
         failures = self._check_failures[cls.dependency]
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
                 await cls.instance().ping()
-            result = {"status": "ok"}
+            result: dict[str, Any] = {"status": "ok"}
             failures.succeeded()
         except NotReady as exc:  # still making its first connection
             result = {"status": "down", "error": str(exc), "connecting": True}
@@ -173,7 +175,7 @@ class HealthMonitor(Manager):
             metrics.DEPENDENCY_UP.labels(cls.dependency).set(1 if result["status"] == "ok" else 0)
         return result
 
-    def _log_changes(self, dependencies: dict[str, dict]) -> None:
+    def _log_changes(self, dependencies: dict[str, dict[str, Any]]) -> None:
         """One line per change between up and down. Not known yet, or still making its
         first connection (MariaDB before its migrations), is neither: nothing is logged
         for it, and the reconnect loop says whatever it has to say."""
@@ -190,7 +192,7 @@ class HealthMonitor(Manager):
             if LoggerManager.started():
                 LoggerManager.instance().outages.state_changed(name)
 
-    def _maybe_notify(self, report: dict) -> None:
+    def _maybe_notify(self, report: dict[str, Any]) -> None:
         now = time.monotonic()
         recent = self._last_event_at is not None and now - self._last_event_at < self.event_interval_s
         if not self._listeners or recent:
@@ -209,7 +211,9 @@ class HealthMonitor(Manager):
         metrics.READY.set(0)
 
 
-def assess(dependencies: dict[str, dict], watched: dict[str, dict], essential: str) -> dict:
+def assess(
+    dependencies: dict[str, dict[str, Any]], watched: dict[str, dict[str, Any]], essential: str
+) -> dict[str, Any]:
     """The report's verdict: ``down`` without the essential dependency, ``degraded``
     with anything else not ok, else ``ok``."""
     parts = {name: r for name, r in dependencies.items()}

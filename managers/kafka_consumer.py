@@ -31,13 +31,15 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any, ClassVar, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from managers import metrics
 from managers.background import Backoff, Failures, reconnect
 from managers.base import BackingService, Manager
+from managers.config import Config
 from managers.kafka_producer import KafkaProducerManager
 from managers.websocket_hub import WebSocketHub
 
@@ -86,7 +88,7 @@ class TopicReader(Manager):
             metrics.CONSUMER_LAG.labels(cls.name)
             metrics.CONSUMER_ERRORS.labels(cls.name)
 
-    def __init__(self, config: dict):
+    def __init__(self, config: Config):
         self.cfg = config["kafka"]
         self.reconnect_cfg = config["reconnect"]
         self.timeout_s: float = self.cfg["request_timeout_s"]
@@ -102,14 +104,15 @@ class TopicReader(Manager):
         )
 
     @classmethod
-    def start(cls, config: dict) -> TopicReader:
+    def start(cls, config: Config) -> TopicReader:
         inst = cls._install(cls(config))
         inst._run_in_background(inst._run(), f"kafka-{cls.name}-consumer")
         return inst
 
     def is_outage(self, exc: BaseException) -> bool:
         """Kafka, or one of the reader's stores, unavailable: anything else is a bug."""
-        return any(dep.is_unavailable(exc) for dep in (KafkaProducerManager, *self.stores))
+        services: tuple[type[BackingService], ...] = (KafkaProducerManager, *self.stores)
+        return any(service.is_unavailable(exc) for service in services)
 
     async def _connect(self) -> None:
         raise NotImplementedError
@@ -132,7 +135,7 @@ class TopicReader(Manager):
             backoff.reset()
             self.failures.succeeded()
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """For /health: a reader whose loop has ended is down (aiokafka#1037: watch them);
         one failing on a bug says ``error``, not ``down``."""
         running = self._task is not None and not self._task.done()
@@ -190,7 +193,7 @@ class BroadcastConsumer(TopicReader):
         batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
         for records in batches.values():
             for record in records:
-                await self._dispatch(record.value)
+                await self._dispatch(record.value or b"")  # a null value is malformed too
                 await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
         self.lag = await record_lag(self.consumer, self.name)
         return sum(len(records) for records in batches.values())
@@ -217,7 +220,7 @@ class Record(NamedTuple):
 
     partition: int
     offset: int
-    value: bytes
+    value: bytes | None  # None: a record with a null value (a tombstone)
 
 
 class _HoldRebalance(ConsumerRebalanceListener):
@@ -227,11 +230,11 @@ class _HoldRebalance(ConsumerRebalanceListener):
     def __init__(self, owner: GroupConsumer):
         self.owner = owner
 
-    async def on_partitions_revoked(self, revoked) -> None:
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self.owner.batch_lock:
             pass
 
-    async def on_partitions_assigned(self, assigned) -> None:
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.owner.redelivered = True
 
 
@@ -244,7 +247,7 @@ class GroupConsumer(TopicReader):
     per_record_s = 0.02  # a batch's deadline grows with its size
     lag_refresh_s = 1.0
 
-    def __init__(self, config: dict, group: str):
+    def __init__(self, config: Config, group: str):
         super().__init__(config)
         self.group = group
         self.batch_lock = asyncio.Lock()
@@ -295,7 +298,7 @@ class GroupConsumer(TopicReader):
             if time.monotonic() >= self._lag_due:
                 await self._refresh_lag()
 
-    async def _store(self, batches: dict) -> None:
+    async def _store(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         assert self.consumer is not None
         records = [Record(r.partition, r.offset, r.value) for rs in batches.values() for r in rs]
         try:

@@ -19,6 +19,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from managers.base import BackingService
+from managers.config import Config, KafkaConfig
 
 log = logging.getLogger("singleton.kafka")
 UNAVAILABLE = (KafkaError, asyncio.TimeoutError, OSError)  # what the API answers with 503
@@ -59,16 +60,16 @@ class KafkaProducerManager(BackingService):
     unavailable = UNAVAILABLE
     log_sources = ("aiokafka", "kafka")
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: KafkaConfig):
         self.cfg = cfg
         self.topic: str = cfg["topic"]
         self.timeout_s: float = cfg["request_timeout_s"]
         self.producer: AIOKafkaProducer | None = None
         self._opening = asyncio.Lock()  # concurrent first uses open one producer, not one each
-        self._stopping: set[asyncio.Task] = set()  # discarded producers still shutting down
+        self._stopping: set[asyncio.Task[None]] = set()  # discarded producers still shutting down
 
     @classmethod
-    def start(cls, config: dict) -> KafkaProducerManager:
+    def start(cls, config: Config) -> KafkaProducerManager:
         """Install the manager; the producer is opened on first use, so Kafka may be down now."""
         return cls._install(cls(config["kafka"]))
 

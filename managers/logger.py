@@ -30,6 +30,7 @@ from typing import TextIO
 
 from managers import metrics
 from managers.base import Manager
+from managers.config import LoggingConfig
 from managers.dependencies import LOG_SOURCES
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -84,6 +85,8 @@ class BatchWriter(logging.handlers.QueueListener):
 
     GATHER_S = 0.02
     BATCH_MAX = 1000
+    queue: queue.SimpleQueue[logging.LogRecord | None]  # what LoggerManager.start hands it
+    _sentinel: None  # QueueListener's end-of-queue marker (private, so typeshed omits it)
 
     def _monitor(self) -> None:
         stopping = False
@@ -112,6 +115,7 @@ class BatchWriter(logging.handlers.QueueListener):
                         handler.stream = handler._open()
                     if handler.stream.tell() + len(text) >= handler.maxBytes:
                         handler.doRollover()
+                assert handler.stream is not None  # doRollover reopens it: our handlers do not delay
                 handler.stream.write(text)
                 handler.flush()
         except Exception:
@@ -160,7 +164,7 @@ class LoggerManager(Manager):
         handler.addFilter(self.outages)
 
     @classmethod
-    def start(cls, cfg: dict, stream: TextIO = sys.stdout) -> LoggerManager:
+    def start(cls, cfg: LoggingConfig, stream: TextIO = sys.stdout) -> LoggerManager:
         formatter = JsonFormatter()
         writers: list[logging.Handler] = [logging.StreamHandler(stream)]
         if cfg["file"]:
@@ -171,7 +175,7 @@ class LoggerManager(Manager):
             )
         for writer in writers:
             writer.setFormatter(formatter)
-        records: queue.SimpleQueue = queue.SimpleQueue()
+        records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         handler = DeferredHandler(records)
         listener = BatchWriter(records, *writers)
         listener.start()

@@ -20,6 +20,7 @@ import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
 
 from managers.base import Manager
+from managers.config import Config
 
 PREFIX = "singleton"
 
@@ -82,7 +83,7 @@ def count_by_name(types: Iterable[str], *series: Counter) -> None:
 
 def event_label(event_type: object) -> str:
     """The label of a type a message claims: a declared one, or "other" (bounded)."""
-    return event_type if event_type in _EVENT_TYPES else "other"  # type: ignore[return-value]
+    return event_type if event_type in _EVENT_TYPES else "other"
 
 
 REQUEST_DURATION = Histogram(
@@ -209,7 +210,7 @@ class MetricsManager(Manager):
         self.registry = registry
 
     @classmethod
-    def start(cls, config: dict | None = None) -> MetricsManager:
+    def start(cls, config: Config | None = None) -> MetricsManager:
         return cls._install(cls(prometheus_client.REGISTRY))
 
     def render(self) -> tuple[str, bytes]:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from managers.base import BackingService
+from managers.config import Config, MongoConfig
 
 # What the API answers with 503.
 UNAVAILABLE = (PyMongoError, asyncio.TimeoutError)
@@ -38,17 +40,17 @@ class MongoManager(BackingService):
             return exc.code in _NOT_NOW_CODES or (exc.code == 1 and bool(_BACKEND_DOWN.search(str(exc))))
         return isinstance(exc, _OUTAGE)
 
-    def __init__(self, client: AsyncMongoClient, cfg: dict):
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], cfg: MongoConfig):
         self.client = client
-        self.db: AsyncDatabase = client[cfg["database"]]
+        self.db: AsyncDatabase[dict[str, Any]] = client[cfg["database"]]
         self.timeout_s = cfg["timeout_ms"] / 1000
 
     @classmethod
-    def start(cls, config: dict) -> MongoManager:
+    def start(cls, config: Config) -> MongoManager:
         """Install the manager; the client connects on first use, so MongoDB may be down now."""
         cfg = config["mongodb"]
         t = cfg["timeout_ms"]
-        client: AsyncMongoClient = AsyncMongoClient(
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             cfg["uri"],
             serverSelectionTimeoutMS=t,
             connectTimeoutMS=t,

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from pymysql.constants import CLIENT
 
 from managers.background import reconnect
 from managers.base import BackingService
+from managers.config import Config, MySQLConfig, ReconnectConfig
 
 log = logging.getLogger("singleton.mysql")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -64,7 +65,9 @@ _CLIENT_ERRORS = range(2000, 3000)
 _NOT_NOW = frozenset({1040, 1053, 1205, 1213, 1927})
 
 
-Statement = tuple[str, Sequence[Any] | None]  # SQL with %s placeholders, and its arguments
+Args = Sequence[Any] | Mapping[str, Any] | None  # positional (%s) or named (%(name)s) arguments
+Statement = tuple[str, Args]  # SQL with %s placeholders, and its arguments
+Row = dict[str, Any]  # a row as DictCursor returns it: column name -> value
 
 
 class Tx:
@@ -83,7 +86,7 @@ class Tx:
         self.began = False
         self.committed = False
 
-    async def execute(self, sql: str, args: Sequence[Any] | dict | None = None) -> int:
+    async def execute(self, sql: str, args: Args = None) -> int:
         return (await self.script([(sql, args)]))[0]
 
     async def script(self, statements: Sequence[Statement], commit: bool = False) -> list[int]:
@@ -104,14 +107,13 @@ class Tx:
         self.committed = commit
         return counts[len(prelude) :]
 
-    async def fetchone(
-        self, sql: str, args: Sequence[Any] | dict | None = None, first: Sequence[Statement] = ()
-    ) -> dict | None:
+    async def fetchone(self, sql: str, args: Args = None, first: Sequence[Statement] = ()) -> Row | None:
         """The first row of ``sql``, run after the statements ``first`` in the same round trip."""
         await self.script([*first, (sql, args)])
-        return await self._cur.fetchone()
+        row: Row | None = await self._cur.fetchone()
+        return row
 
-    async def fetchall(self, sql: str, args: Sequence[Any] | dict | None = None) -> list[dict]:
+    async def fetchall(self, sql: str, args: Args = None) -> list[Row]:
         await self.execute(sql, args)
         return list(await self._cur.fetchall())
 
@@ -121,7 +123,7 @@ class MySQLManager(BackingService):
     unavailable = UNAVAILABLE
     log_sources = ("aiomysql",)
 
-    def __init__(self, cfg: dict, reconnect_cfg: dict):
+    def __init__(self, cfg: MySQLConfig, reconnect_cfg: ReconnectConfig):
         self.cfg = cfg
         self.reconnect_cfg = reconnect_cfg
         self.query_timeout_s: float = cfg["query_timeout_s"]
@@ -135,7 +137,7 @@ class MySQLManager(BackingService):
         self._turns = asyncio.Semaphore(cfg["pool_max"])
 
     @classmethod
-    def start(cls, config: dict) -> MySQLManager:
+    def start(cls, config: Config) -> MySQLManager:
         """Install the manager and connect in the background (see ``ready``)."""
         inst = cls._install(cls(config["mysql"], config["reconnect"]))
         inst._run_in_background(inst._connect_until_ready(), "mysql-connect")
@@ -241,11 +243,11 @@ class MySQLManager(BackingService):
         async with self._connection() as conn, conn.cursor(aiomysql.DictCursor) as cur:
             yield Tx(cur, self.query_timeout_s)
 
-    async def fetchone(self, sql: str, args: Sequence[Any] | dict | None = None) -> dict | None:
+    async def fetchone(self, sql: str, args: Args = None) -> Row | None:
         async with self.cursor() as cur:
             return await cur.fetchone(sql, args)
 
-    async def fetchall(self, sql: str, args: Sequence[Any] | dict | None = None) -> list[dict]:
+    async def fetchall(self, sql: str, args: Args = None) -> list[Row]:
         async with self.cursor() as cur:
             return await cur.fetchall(sql, args)
 

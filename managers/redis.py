@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from managers import metrics
 from managers.base import BackingService
+from managers.config import Config, RedisConfig
 from managers.metrics import CacheLookup, RedisOp
 
 log = logging.getLogger("singleton.redis")
@@ -83,7 +84,7 @@ class RedisManager(BackingService):
     unavailable = UNAVAILABLE
     log_sources = ("redis",)
 
-    def __init__(self, client: aioredis.Redis, cfg: dict):
+    def __init__(self, client: aioredis.Redis, cfg: RedisConfig):
         self.client = client
         self.ttl_s = cfg["cache_ttl_s"]
         self.timeout_s = cfg["socket_timeout_s"] + cfg["connect_timeout_s"]
@@ -94,7 +95,7 @@ class RedisManager(BackingService):
         self._take_tokens = client.register_script(_TAKE_TOKENS)
 
     @classmethod
-    def start(cls, config: dict) -> RedisManager:
+    def start(cls, config: Config) -> RedisManager:
         """Install the manager; the client connects on first use, so Redis may be down now."""
         cfg = config["redis"]
         client = aioredis.Redis.from_url(
@@ -142,7 +143,8 @@ class RedisManager(BackingService):
             metrics.CACHE_LOOKUPS.labels(CacheLookup.ERROR).inc()
             self._failed(RedisOp.GET, exc)
             return None
-        if body is None:
+        # Absent (None), or not whole, is a miss; replies are bytes (no decode_responses).
+        if not isinstance(body, bytes) or not isinstance(version, bytes) or not isinstance(owner, bytes):
             metrics.CACHE_LOOKUPS.labels(CacheLookup.MISS).inc()
             return None
         metrics.CACHE_LOOKUPS.labels(CacheLookup.HIT).inc()

@@ -23,13 +23,14 @@ import logging
 import struct
 from asyncio import Future
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from tornado.websocket import WebSocketClosedError
 
 from managers import metrics
 from managers.base import Manager
+from managers.config import Config, WebSocketConfig
 from managers.metrics import SocketClosed, SocketOutcome
 
 log = logging.getLogger("singleton.websocket")
@@ -82,7 +83,7 @@ class Connection:
 
 
 class WebSocketHub(Manager):
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: WebSocketConfig):
         self.max_connections: int = cfg["max_connections"]
         self.max_per_user: int = cfg["max_per_user"]
         self.max_per_ip: int = cfg["max_per_ip"]
@@ -94,7 +95,7 @@ class WebSocketHub(Manager):
         self._recent: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
-    def start(cls, config: dict) -> WebSocketHub:
+    def start(cls, config: Config) -> WebSocketHub:
         return cls._install(cls(config["websocket"]))
 
     # -- membership ------------------------------------------------------------------------
@@ -184,7 +185,7 @@ class WebSocketHub(Manager):
                 self._write(conn, text_frame(payload), event_type)
 
     # -- sending ---------------------------------------------------------------------------
-    async def broadcast(self, event: dict, raw: bytes) -> None:
+    async def broadcast(self, event: Mapping[str, Any], raw: bytes) -> None:
         """Consumer callback: the event's bytes to every connection of its user.
 
         The WebSocket frame is built once and the same bytes written to each
@@ -222,7 +223,7 @@ class WebSocketHub(Manager):
             self._recent.popitem(last=False)
         return False
 
-    def send(self, conn: Connection, message: dict) -> bool:
+    def send(self, conn: Connection, message: dict[str, Any]) -> bool:
         """A message of the hub's own (a ``Frame``: connected, pong, ...) to one connection."""
         payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
         return self._write(conn, text_frame(payload), message["type"])

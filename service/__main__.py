@@ -23,6 +23,7 @@ from domain import auth
 from domain.errors import APIError
 from handlers.base import Traffic
 from managers import config as config_module
+from managers.config import Config
 from managers.health import HealthMonitor
 from managers.logger import LoggerManager
 from managers.mysql import MySQLManager
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def manage_keys(config: dict, args: argparse.Namespace) -> int:
+async def manage_keys(config: Config, args: argparse.Namespace) -> int:
     """The ``keys`` commands: MariaDB only, no port opened."""
     mysql = MySQLManager.start(config)
     try:
@@ -105,7 +106,7 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve(config: dict, role: str, listen_fd: int | None = None, join_when_ready: bool = False) -> int:
+async def serve(config: Config, role: str, listen_fd: int | None = None, join_when_ready: bool = False) -> int:
     """One worker: the managers, the API on the port (or on the supervisor's socket), the ops listener.
 
     A worker that replaces another (``join_when_ready``) takes connections from the
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(run(config, args))
 
 
-async def run(config: dict, args: argparse.Namespace) -> int:
+async def run(config: Config, args: argparse.Namespace) -> int:
     if args.command == "keys":  # stdout is the command's answer: logs go to stderr
         logger = LoggerManager.start({**config["logging"], "file": "", "level": "WARNING"}, stream=sys.stderr)
     else:

@@ -4,11 +4,14 @@ and the metrics listener, and the HTTP server's limits."""
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import tornado.web
 
 from handlers.base import NotFoundHandler, Traffic, log_request
+from managers.config import Config
 
+Routes = list[tuple[str, type[tornado.web.RequestHandler]]]  # what each module's default_handlers is
 API_ROLES = ("all", "api")
 HANDLER_MODULES = (
     "handlers.users",
@@ -22,10 +25,10 @@ HANDLER_MODULES = (
 )
 
 
-def make_app(config: dict, extra_handlers: list | None = None, role: str = "all") -> tornado.web.Application:
+def make_app(config: Config, extra_handlers: Routes | None = None, role: str = "all") -> tornado.web.Application:
     """The API for the roles that serve it (all, api); the health endpoints alone for the others."""
     ws = config["websocket"]
-    routes: list = []
+    routes: Routes = []
     for name in HANDLER_MODULES if role in API_ROLES else ("handlers.health",):
         routes.extend(importlib.import_module(name).default_handlers)
     routes.extend(extra_handlers or [])
@@ -49,7 +52,7 @@ def make_ops_app() -> tornado.web.Application:
     )
 
 
-def server_options(config: dict) -> dict:
+def server_options(config: Config) -> dict[str, Any]:
     """HTTPServer limits: a client that trickles its request cannot hold a socket for long."""
     server = config["server"]
     return {

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from domain import events
 from domain.analytics_consumer import AnalyticsConsumer
@@ -29,7 +30,7 @@ from domain.auth import Authenticator
 from domain.outbox import OutboxRelay
 from domain.ratelimit import RateLimiter
 from managers.base import Manager
-from managers.config import ConfigManager
+from managers.config import Config, ConfigManager
 from managers.health import HealthMonitor
 from managers.kafka_consumer import BroadcastConsumer
 from managers.kafka_producer import KafkaProducerManager
@@ -43,6 +44,13 @@ log = logging.getLogger("singleton.lifecycle")
 
 CLOSE_TIMEOUT_S = 15  # per manager; the slot is cleared even past it
 
+
+class ManagerClass(Protocol):
+    """What ROLES lists: a manager class that starts from the whole configuration."""
+
+    def start(self, config: Config) -> Manager: ...
+
+
 _API = (
     ConfigManager,
     MetricsManager,
@@ -55,7 +63,7 @@ _API = (
     WebSocketHub,
     BroadcastConsumer,  # this instance's sockets get every event
 )
-ROLES: dict[str, tuple[type[Manager], ...]] = {
+ROLES: dict[str, tuple[ManagerClass, ...]] = {
     # One process does everything: the default, and what `make run` starts.
     "all": (*_API, AnalyticsConsumer, OutboxRelay, HealthMonitor),
     # REST and WebSocket only; run the relay and analytics elsewhere.
@@ -68,7 +76,7 @@ ROLES: dict[str, tuple[type[Manager], ...]] = {
 
 
 class Lifecycle:
-    def __init__(self, config: dict, role: str = "all"):
+    def __init__(self, config: Config, role: str = "all"):
         self.config = config
         self.role = role
         self._stack: list[Manager] = []
@@ -84,9 +92,9 @@ class Lifecycle:
             raise
         log.info("managers started", extra={"role": self.role, "managers": [type(m).__name__ for m in self._stack]})
 
-    async def restart(self, cls: type[Manager]) -> Manager:
+    async def restart(self, cls: ManagerClass) -> Manager:
         """Close ``cls``'s instance and start a fresh one in its place."""
-        index = next(i for i, m in enumerate(self._stack) if type(m) is cls)
+        index = next(i for i, m in enumerate(self._stack) if type(m) is cls)  # type: ignore[comparison-overlap]  # a class is both a type[Manager] and a ManagerClass; mypy sees no overlap
         await self._stack[index].close()
         self._stack[index] = cls.start(self.config)
         self._watch()

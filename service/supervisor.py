@@ -37,6 +37,7 @@ from pathlib import Path
 import tornado.netutil
 
 from managers.background import Backoff, Failures, no_dependency
+from managers.config import Config
 
 log = logging.getLogger("singleton.supervisor")
 
@@ -79,13 +80,14 @@ class Worker:
 def _get_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
+            status: int = response.status  # urlopen's result is typed Any
+            return status == 200
     except OSError:
         return False
 
 
 class Supervisor:
-    def __init__(self, config: dict, argv: list[str]):
+    def __init__(self, config: Config, argv: list[str]):
         self.config = config
         self.argv = argv  # passed on to each worker (--config, --role)
         self.processes: int = config["server"]["processes"]
@@ -93,7 +95,7 @@ class Supervisor:
         self.workers: dict[int, Worker] = {}
         self._stopping = asyncio.Event()
         self._restart = asyncio.Event()
-        self._watchers: set[asyncio.Task] = set()
+        self._watchers: set[asyncio.Task[None]] = set()
         self._restart_failures = Failures("supervisor_rolling_restart", no_dependency, logger=log)
 
     async def run(self) -> int:
@@ -214,4 +216,5 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (for a child process to bind)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]  # an (address, port) pair, typed Any
+        return port
