@@ -101,7 +101,6 @@ class Stack:
             KAFKA_CONTROLLER_PORT=str(p["kafka_controller"]),
             MONGO_PORT=str(p["mongo"]),
             POSTGRES_PORT=str(p["postgres"]),
-            FERRETDB_BACKEND="postgresql",
         )
         return env
 
