@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # PostgreSQL, where FerretDB keeps its data: Debian's postgresql (the newest
 # /usr/lib/postgresql/*/bin), a cluster of its own, run as the `postgres` user when we are
-# root.
+# root. Nothing run as that user reads a file of the checkout: SQL goes in on stdin.
 
 POSTGRES_PORT="${POSTGRES_PORT:-5433}" # not 5432: never collide with a system cluster
 POSTGRES_DATABASE=ferretdb
@@ -23,10 +23,11 @@ pg_bin() {
 
 # initdb and postgres refuse to run as root: as root, run them as the `postgres`
 # user (which Debian's package creates); run by another user, they run as that user.
+# From /, so that a working directory closed to that user is never in the way.
 PG_OWNER=""
 [[ "$(id -u)" != 0 ]] || PG_OWNER=postgres
 as_pg() {
-  if [[ -n "$PG_OWNER" ]]; then runuser -u "$PG_OWNER" -- "$@"; else "$@"; fi
+  if [[ -n "$PG_OWNER" ]]; then (cd / && runuser -u "$PG_OWNER" -- "$@"); else "$@"; fi
 }
 
 # The data directory and the socket directory, where the cluster's owner can reach
@@ -91,7 +92,7 @@ postgres_up() {
   # setpriv execs the server in place (runuser would stay as its parent and not pass
   # SIGINT on), so the recorded pid is the postmaster's and `down` can signal it.
   [[ -z "$PG_OWNER" ]] || owner=(setpriv --reuid="$PG_OWNER" --regid="$PG_OWNER" --init-groups --)
-  pid="$(spawn postgres "$logfile" "${owner[@]}" "$bin/postgres" -D "$PG_DATA" \
+  pid="$(cd / && spawn postgres "$logfile" "${owner[@]}" "$bin/postgres" -D "$PG_DATA" \
     -h 127.0.0.1 -p "$POSTGRES_PORT" -k "$PG_SOCKET_DIR")"
   wait_for postgres 60 "$pid" pg_super -A -t -c 'SELECT 1' || fail postgres "$logfile" "server did not come up"
 
@@ -101,8 +102,9 @@ SELECT 'CREATE ROLE $POSTGRES_USER LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles
 ALTER ROLE $POSTGRES_USER PASSWORD '$POSTGRES_PASSWORD';
 SELECT 'CREATE DATABASE $POSTGRES_DATABASE OWNER $POSTGRES_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$POSTGRES_DATABASE')\gexec
 SQL
+  # On stdin, read by this (root's) shell: the checkout may be closed to PG_OWNER.
   pg_super -d "$POSTGRES_DATABASE" -v dbname="$POSTGRES_DATABASE" \
-    -f "$DEVSTACK_SRC/postgres/ferretdb-id-index.sql" >>"$logfile" 2>&1 ||
+    <"$DEVSTACK_SRC/postgres/ferretdb-id-index.sql" >>"$logfile" 2>&1 ||
     fail postgres "$logfile" "installing the _id index trigger failed"
   wait_for postgres 60 "$pid" postgres_ready || fail postgres "$logfile" "SELECT 1 as $POSTGRES_USER failed"
   log "postgres: ready (pid $pid)"
