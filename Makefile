@@ -29,6 +29,7 @@ test: install services tools
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	bash devstack/shellcheck.sh
 
 clean:
 	rm -rf $(VENV) logs reports .pytest_cache
