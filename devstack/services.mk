@@ -7,7 +7,7 @@ SERVICES ?=
 # the same apt-get as the servers' (`tools` finds them there).
 DEVSTACK_WITH_TOOLS := $(if $(filter test,$(MAKECMDGOALS)),1,)
 
-.PHONY: services services-stop services-status services-tools tools
+.PHONY: services services-stop services-status services-tools tools events
 
 services: ## Install if needed, start and wait for mariadb, redis, kafka, ferretdb (and its postgres)
 	@DEVSTACK_WITH_TOOLS=$(DEVSTACK_WITH_TOOLS) bash $(DEVSTACK_SERVICES_SH) up $(SERVICES)
@@ -22,3 +22,6 @@ services-tools: ## Install promtool (prometheus), wrk and chromium if missing
 	@bash $(DEVSTACK_SERVICES_SH) tools
 
 tools: services-tools ## Same as services-tools (`make test` depends on it)
+
+events: ## Print the events on Kafka's singleton-events topic from the beginning, then follow it (Ctrl-C ends)
+	@bash $(DEVSTACK_SERVICES_SH) events $(EVENTS_ARGS)

@@ -5,6 +5,7 @@
 #   devstack/services.sh down   [SERVICE...]   stop what this script started
 #   devstack/services.sh status [SERVICE...]   print each service up/down (exit 3 if any is down)
 #   devstack/services.sh tools                 install promtool (prometheus), wrk and chromium
+#   devstack/services.sh events [ARG...]       print the Kafka topic's events from the beginning
 #
 # SERVICE is one of the registry below (default: those marked "default"); a service
 # brings the ones it needs with it (ferretdb its postgres): up starts them first, down
@@ -154,8 +155,16 @@ cmd_tools() {
   log "tools: $(/usr/bin/chromium --version 2>/dev/null | head -n 1)"
 }
 
+cmd_events() {
+  local packages
+  mkdir -p "$LOG_DIR"
+  read -r -a packages <<<"$(kafka_packages)"
+  apt_ensure "${packages[@]}" >&2
+  kafka_events "$@"
+}
+
 usage() {
-  echo "usage: $0 up|down|status [${ALL_SERVICES[*]}] | tools" >&2
+  echo "usage: $0 up|down|status [${ALL_SERVICES[*]}] | tools | events [CONSUMER-ARG...]" >&2
   exit 2
 }
 
@@ -167,6 +176,10 @@ main() {
   case $cmd in
   tools)
     cmd_tools
+    return
+    ;;
+  events)
+    cmd_events "$@"
     return
     ;;
   up | down | status) ;;

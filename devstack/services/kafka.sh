@@ -109,3 +109,13 @@ kafka_up() {
     fail kafka "$logfile" "topic $KAFKA_TOPIC not described with $KAFKA_TOPIC_PARTITIONS partitions"
   log "kafka: ready (pid $pid, topic $KAFKA_TOPIC)"
 }
+
+# kafka_events ARGS...: the topic from its beginning with Kafka's console consumer, one
+# event's JSON a line, until Ctrl-C; ARGS go to the consumer (e.g. --property print.key=true).
+kafka_events() {
+  port_open "$KAFKA_PORT" ||
+    fail kafka /dev/null "no broker on 127.0.0.1:$KAFKA_PORT: start one with make services (KAFKA_PORT picks the port)"
+  maven_fetch kafka "$DEVSTACK_SRC/kafka/pom.xml" "$KAFKA_LIBS" "$LOG_DIR/kafka-fetch.log" >&2
+  exec "${KAFKA_CLI[@]}" org.apache.kafka.tools.consumer.ConsoleConsumer \
+    --bootstrap-server "127.0.0.1:$KAFKA_PORT" --topic "$KAFKA_TOPIC" --from-beginning "$@"
+}
