@@ -18,20 +18,21 @@
 # lib/process.sh the supervisor; lib/jobs.sh steps side by side; lib/apt.sh, lib/maven.sh,
 # lib/go.sh installing), services/NAME.sh each service (see "Adding a service" in
 # devstack/README.md).
+# shellcheck source-path=SCRIPTDIR # the sources below are named from this directory
 set -euo pipefail
 
 DEVSTACK_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib"
-# shellcheck source=devstack/lib/common.sh
+# shellcheck source=lib/common.sh
 source "$DEVSTACK_LIB/common.sh"
-# shellcheck source=devstack/lib/process.sh
+# shellcheck source=lib/process.sh
 source "$DEVSTACK_LIB/process.sh"
-# shellcheck source=devstack/lib/jobs.sh
+# shellcheck source=lib/jobs.sh
 source "$DEVSTACK_LIB/jobs.sh"
-# shellcheck source=devstack/lib/apt.sh
+# shellcheck source=lib/apt.sh
 source "$DEVSTACK_LIB/apt.sh"
-# shellcheck source=devstack/lib/maven.sh
+# shellcheck source=lib/maven.sh
 source "$DEVSTACK_LIB/maven.sh"
-# shellcheck source=devstack/lib/go.sh
+# shellcheck source=lib/go.sh
 source "$DEVSTACK_LIB/go.sh"
 
 # ---------------------------------------------------------------- the registry

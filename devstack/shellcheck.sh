@@ -2,11 +2,12 @@
 # `make lint`'s shell part: shellcheck over every shell script of the repository (the
 # files git knows, or is about to, named *.sh or *.bash or starting with a sh/bash
 # shebang), following what they source. Installs Debian's shellcheck if it is missing.
+# shellcheck source-path=SCRIPTDIR # the sources below are named from this directory
 set -euo pipefail
 
-# shellcheck source=devstack/lib/common.sh
+# shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-# shellcheck source=devstack/lib/apt.sh
+# shellcheck source=lib/apt.sh
 source "$DEVSTACK_SRC/lib/apt.sh"
 
 need_cmd shellcheck shellcheck

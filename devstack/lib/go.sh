@@ -4,10 +4,11 @@
 # redone (nor raced: two stacks sharing DEVSTACK_CACHE_DIR take turns). Sourced by
 # devstack/services.sh.
 
-# Static, stripped, path-independent binaries: no C compiler involved, less to link, and
-# Go's build cache is reused whatever directory a build runs in.
+# Static, stripped, path-independent binaries: no C compiler involved, no debug info to
+# make (a tenth less CPU) or link, and Go's build cache is reused whatever directory a
+# build runs in.
 export CGO_ENABLED=0
-GO_BUILD=(go build -buildvcs=false -trimpath -ldflags='-s -w')
+GO_BUILD=(go build -buildvcs=false -trimpath -gcflags=all=-dwarf=false -ldflags='-s -w')
 
 # go_hash FILE... [-- WORD...]: a short hash of the files' contents, the Go build flags and
 # the WORDs: the name of a build directory.

