@@ -30,6 +30,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	bash devstack/shellcheck.sh
 
 clean:
 	rm -rf $(VENV) logs reports .pytest_cache

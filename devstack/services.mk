@@ -3,11 +3,14 @@
 # Pass SERVICES="redis kafka" to act on some of them only.
 DEVSTACK_SERVICES_SH := $(dir $(lastword $(MAKEFILE_LIST)))services.sh
 SERVICES ?=
+# `make test` needs the test tools too: `services` then installs their Debian packages in
+# the same apt-get as the servers' (`tools` finds them there).
+DEVSTACK_WITH_TOOLS := $(if $(filter test,$(MAKECMDGOALS)),1,)
 
-.PHONY: services services-stop services-status services-tools tools
+.PHONY: services services-stop services-status services-tools tools events
 
 services: ## Install if needed, start and wait for mariadb, redis, kafka, ferretdb (and its postgres)
-	@bash $(DEVSTACK_SERVICES_SH) up $(SERVICES)
+	@DEVSTACK_WITH_TOOLS=$(DEVSTACK_WITH_TOOLS) bash $(DEVSTACK_SERVICES_SH) up $(SERVICES)
 
 services-stop: ## Stop the services that devstack started
 	@bash $(DEVSTACK_SERVICES_SH) down $(SERVICES)
@@ -19,3 +22,6 @@ services-tools: ## Install promtool (prometheus), wrk and chromium if missing
 	@bash $(DEVSTACK_SERVICES_SH) tools
 
 tools: services-tools ## Same as services-tools (`make test` depends on it)
+
+events: ## Print the events on Kafka's singleton-events topic from the beginning, then follow it (Ctrl-C ends)
+	@bash $(DEVSTACK_SERVICES_SH) events $(EVENTS_ARGS)
