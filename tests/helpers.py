@@ -47,6 +47,14 @@ TEST_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
+# For tests that load the config but connect to nothing (the ``unit_config`` fixture):
+# no `make services` has written the dev secrets there.
+UNIT_SECRETS: dict[str, dict[str, str]] = {
+    "mysql": {"password": "unit-tier-stand-in"},
+    "auth": {"token_secret": "unit-tier-stand-in-token-secret-0123456789"},
+}
+
+
 def env_overrides(overrides: dict[str, dict[str, Any]] = TEST_OVERRIDES) -> dict[str, str]:
     """The same overrides as SINGLETON_<SECTION>__<KEY> variables, for subprocesses."""
     env = {}

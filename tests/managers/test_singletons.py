@@ -62,11 +62,11 @@ async def test_manager_lifecycle_instance_start_close():
 
 
 @pytest.mark.gen_test
-async def test_a_consumer_whose_loop_ended_reports_down(config):
+async def test_a_consumer_whose_loop_ended_reports_down(unit_config):
     async def loop():
         return None
 
-    reader = BroadcastConsumer(config)  # not started: its state is set by hand (pure logic)
+    reader = BroadcastConsumer(unit_config)  # not started: its state is set by hand (pure logic)
     assert reader.status()["status"] == "down"  # no loop at all
     reader._task, reader.consumer, reader.lag = asyncio.ensure_future(loop()), object(), 7
     assert reader.status() == {"status": "ok", "lag": 7}

@@ -28,6 +28,7 @@ def test_invalid_config_exits_non_zero_naming_the_key_before_connecting():
     assert "connect failed" not in result.stdout + result.stderr
 
 
+@pytest.mark.integration  # a real start: /health answers 200 once MariaDB is reached
 def test_sigterm_stops_cleanly_with_exit_0():
     port = free_port()
     proc = subprocess.Popen(
