@@ -24,6 +24,9 @@ from service.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Where `make services` keeps its state (pid files included): devstack/services.sh's default.
+DEVSTACK_DIR = Path(os.environ.get("DEVSTACK_DIR") or ROOT / ".devstack")
+
 # The devstack ports can be moved (MYSQL_PORT, REDIS_PORT, ... and the matching
 # SINGLETON_* variables), e.g. for a second stack beside the first.
 REDIS_PORT = int(os.environ.get("REDIS_PORT", "6379"))

@@ -163,12 +163,12 @@ async def test_connected_ping_pong_and_unknown_messages(api, base_url):
         assert client.frames[0] == {"type": "connected", "user_id": user["id"], "client_id": "c1"}
         # next_frame skips this user's own user_created event, which may arrive meanwhile.
         await client.conn.write_message(json.dumps({"type": "ping"}))
-        assert (await client.next_frame("pong"))["type"] == "pong"
+        assert await client.next_frame("pong") == {"type": "pong"}
         await client.conn.write_message("not json at all")
         error = await client.next_frame("error")
         assert error["error"]["code"] == "unknown_message"
         await client.conn.write_message(json.dumps({"type": "ping"}))
-        assert (await client.next_frame("pong"))["type"] == "pong"  # still open
+        assert await client.next_frame("pong") == {"type": "pong"}  # still open
     finally:
         client.close()
 
@@ -221,7 +221,7 @@ async def test_a_full_hub_refuses_new_connections(api, base_url, monkeypatch):
         assert await refused.closed() == websocket_hub.CLOSE_TRY_AGAIN
         # The one already open is untouched.
         await first.conn.write_message(json.dumps({"type": "ping"}))
-        assert (await first.next_frame("pong"))["type"] == "pong"
+        assert await first.next_frame("pong") == {"type": "pong"}
     finally:
         first.close()
 

@@ -10,11 +10,6 @@ from managers.mysql import MySQLManager
 from tests.helpers import wait_until
 
 
-def parked(mysql: MySQLManager) -> bool:
-    """Someone waits for a connection: at the manager's gate, or in aiomysql's own wait."""
-    return bool(mysql._turns._waiters) or bool(mysql.pool._cond._waiters)
-
-
 @pytest.mark.gen_test(timeout=30)
 async def test_connections_go_to_waiters_in_the_order_they_came(services, config):
     """aiomysql hands a released connection to whoever asks next, not to the one who
@@ -22,11 +17,13 @@ async def test_connections_go_to_waiters_in_the_order_they_came(services, config
     mysql = MySQLManager({**config["mysql"], "pool_min": 1, "pool_max": 1}, config["reconnect"])
     await mysql._connect_and_migrate()
     mysql.ready.set()
+    asked: list[str] = []
     served: list[str] = []
     first_holds, second_waits = asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task] = []
 
     async def use(name: str) -> None:
+        asked.append(name)  # nothing between this and the request for a connection yields
         async with mysql._connection() as conn:
             served.append(name)
             await asyncio.wait_for(conn.ping(), 5)
@@ -41,10 +38,14 @@ async def test_connections_go_to_waiters_in_the_order_they_came(services, config
         tasks.append(asyncio.ensure_future(use("first")))
         await first_holds.wait()
         tasks.append(asyncio.ensure_future(use("second")))
-        await wait_until(lambda: parked(mysql), timeout=5, interval=0.001, what="second to wait for the connection")
+        # Once this task runs again, ``second`` has asked and is suspended in its request:
+        # with the one connection held, it can only be waiting for it.
+        await wait_until(lambda: "second" in asked, timeout=5, interval=0.001, what="second to ask for the connection")
+        assert served == ["first"]
         second_waits.set()
         await asyncio.wait_for(asyncio.gather(*tasks[:2]), 10)
         await asyncio.wait_for(tasks[2], 10)
+        assert asked == ["first", "second", "late"]
         assert served == ["first", "second", "late"]
     finally:
         await mysql.release()
