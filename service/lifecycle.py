@@ -77,14 +77,6 @@ class Lifecycle:
             raise
         log.info("managers started", extra={"role": self.role, "managers": [type(m).__name__ for m in self._stack]})
 
-    async def restart(self, cls: type[Manager]) -> Manager:
-        """Close ``cls``'s instance and start a fresh one in its place."""
-        index = next(i for i, m in enumerate(self._stack) if type(m) is cls)
-        await self._stack[index].close()
-        self._stack[index] = cls.start(self.config)
-        watch(HealthMonitor.instance())
-        return self._stack[index]
-
     async def stop(self) -> None:
         """Close every started manager, last started first; one failure does not stop the rest."""
         while self._stack:

@@ -43,7 +43,7 @@ from managers.mysql import MySQLManager
 from managers.redis import RedisManager
 from service.app import make_app
 from service.lifecycle import Lifecycle
-from tests.helpers import TEST_OVERRIDES, UNIT_SECRETS, ensure_database, wait_until
+from tests.helpers import REPLACEMENTS, TEST_OVERRIDES, UNIT_SECRETS, ensure_database, wait_until
 
 # A test that uses any of these needs the backing services (``http_server`` finds
 # the ``app`` fixture by name, so its need does not show in its own closure).
@@ -159,7 +159,13 @@ def services(io_loop, config):
 
     io_loop.run_sync(lambda: wait_until(all_connected, timeout=90, interval=0.2, what="every dependency"), timeout=100)
     yield lifecycle
-    io_loop.run_sync(lifecycle.stop, timeout=60)
+
+    async def stop() -> None:
+        while REPLACEMENTS:
+            await REPLACEMENTS.pop().close()
+        await lifecycle.stop()
+
+    io_loop.run_sync(stop, timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
+from managers.base import Manager
 from service.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +137,20 @@ async def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s: {what or predicate}; last={last!r}")
         await asyncio.sleep(interval)
+
+
+# Managers a test started in place of the session's own (``restart``); the ``services``
+# fixture closes them, last first, before the session's Lifecycle closes the rest.
+REPLACEMENTS: list[Manager] = []
+
+
+async def restart(cls: type[Manager], config: dict) -> Manager:
+    """``cls``'s instance closed (unless a test already closed it) and a fresh one started
+    in its place, as the next process would start it."""
+    if cls.started():
+        await cls.instance().close()
+    REPLACEMENTS.append(cls.start(config))
+    return REPLACEMENTS[-1]
 
 
 def metric(name: str, labels: dict[str, str] | None = None) -> float:

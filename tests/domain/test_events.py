@@ -21,6 +21,7 @@ from tests.helpers import (
     free_port,
     metric,
     read_events,
+    restart,
     topic_consumer,
     wait_until,
 )
@@ -155,9 +156,7 @@ async def pending_is_zero() -> bool:
 
 
 @pytest.mark.gen_test(timeout=90)
-async def test_a_stop_between_kafkas_acknowledgement_and_the_mark_publishes_nothing_twice(
-    api, config, services, monkeypatch
-):
+async def test_a_stop_between_kafkas_acknowledgement_and_the_mark_publishes_nothing_twice(api, config, monkeypatch):
     """The SIGTERM double publish: the relay was cancelled after Kafka acknowledged a
     batch and before it marked the rows, and the final flush sent them again."""
     producer = KafkaProducerManager.instance()
@@ -180,7 +179,7 @@ async def test_a_stop_between_kafkas_acknowledgement_and_the_mark_publishes_noth
         resume.set()
         await asyncio.wait_for(stopping, 30)
         monkeypatch.undo()
-        await services.restart(OutboxRelay)
+        await restart(OutboxRelay, config)
         await api.put(f"/api/v1/users/{user['id']}", {"name": "Then changed"})  # goes through the new relay
 
         seen = await read_events(consumer, lambda s: len(of_user(s, user["id"])) >= 2)

@@ -17,6 +17,7 @@ from tests.helpers import (
     consumer_drain,
     metric,
     read_events,
+    restart,
     run_make,
     stop_redis,
     topic_consumer,
@@ -79,8 +80,8 @@ async def test_the_monitor_publishes_one_health_check_event_per_interval(api, co
     try:
         # A monitor that has not published yet; it checks every couple of seconds,
         # and may publish once per health_event_interval_s (30 s).
-        await HealthMonitor.instance().close()
-        watch(HealthMonitor.start(config))
+        monitor = await restart(HealthMonitor, config)
+        watch(monitor)
         for _ in range(5):
             await get_health(api)
 
@@ -88,8 +89,14 @@ async def test_the_monitor_publishes_one_health_check_event_per_interval(api, co
             return [e for e in seen if e["type"] == "health_check"]
 
         seen = await read_events(consumer, health_events)
-        # Several more checks run meanwhile: none of them may publish again.
-        await wait_until(lambda: HealthMonitor.instance().checks >= 3, timeout=20, what="three more checks")
+        # Several more reports are made meanwhile: none of them may publish again.
+        reports: set[str] = set()
+
+        def three_more_reports() -> bool:
+            reports.add(monitor.report["checked_at"])
+            return len(reports) > 3  # the one in hand when the event was read, and three after it
+
+        await wait_until(three_more_reports, timeout=20, interval=0.01, what="three more reports")
         seen += await consumer_drain(consumer)
         events = health_events(seen)
         assert len(events) == 1, events
