@@ -1,4 +1,5 @@
-"""MySQLManager against the real MariaDB: who gets a connection when the pool is short."""
+"""MySQLManager: how a migration file is split (pure logic), and against the real MariaDB,
+who gets a connection when the pool is short."""
 
 from __future__ import annotations
 
@@ -6,8 +7,35 @@ import asyncio
 
 import pytest
 
-from managers.mysql import MySQLManager
+from managers.mysql import MIGRATIONS_DIR, MySQLManager, split_sql
 from tests.helpers import wait_until
+
+
+def test_a_migration_is_split_at_each_semicolon_that_ends_a_line_and_its_comments_dropped():
+    text = """-- a comment; with a semicolon
+CREATE TABLE a (
+    x INT -- the x; not the end
+);
+  -- an indented comment
+INSERT INTO a VALUES (1); INSERT INTO a VALUES (2);
+
+UPDATE a SET x = 3
+"""
+    assert split_sql(text) == [
+        "CREATE TABLE a (\n    x INT -- the x; not the end\n)",
+        "INSERT INTO a VALUES (1); INSERT INTO a VALUES (2)",  # one line, one statement to the server
+        "UPDATE a SET x = 3",  # the last may go without its semicolon
+    ]
+    assert split_sql("-- only a comment\n\n;\n") == []
+
+
+def test_every_migration_splits_into_statements_without_a_comment_line_or_a_trailing_semicolon():
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        statements = split_sql(path.read_text())
+        assert statements, path.name
+        for statement in statements:
+            assert statement.split(None, 1)[0].upper() in {"CREATE", "ALTER", "INSERT", "DROP", "UPDATE"}, statement
+            assert not statement.endswith(";") and not statement.lstrip().startswith("--"), statement
 
 
 @pytest.mark.gen_test(timeout=30)
