@@ -148,7 +148,7 @@ async def test_writes_succeed_while_kafka_is_down_and_their_events_follow(api, c
     assert [line["dependency"] for line in lines if line["msg"] == "dependency up"] == ["kafka"]
 
 
-OUTAGE_S = 15
+OUTAGE_S = 10  # long enough for many retries: the reconnect backoff of test processes stops at 1 s
 
 
 async def pending_is_zero() -> bool:

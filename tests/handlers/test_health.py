@@ -18,7 +18,7 @@ from tests.helpers import (
     metric,
     read_events,
     restart,
-    run_make,
+    start_redis,
     stop_redis,
     topic_consumer,
     wait_until,
@@ -65,8 +65,7 @@ async def test_health_names_redis_when_it_is_down_and_recovers_without_restart(a
         assert body["dependencies"]["mysql"]["status"] == "ok"
         assert (await api.get("/health/ready"))[0] == 200
     finally:
-        started = await asyncio.get_running_loop().run_in_executor(None, run_make, "services")
-        assert started.returncode == 0, started.stdout + started.stderr
+        await start_redis()
 
     async def healthy():
         return (await get_health(api))[1]["status"] == "ok"

@@ -10,7 +10,7 @@ import pytest
 
 from domain.ratelimit import Rate, RateLimiter
 from managers.redis import RedisManager
-from tests.helpers import metric, run_make, stop_redis, wait_until
+from tests.helpers import metric, start_redis, stop_redis, wait_until
 
 
 def rejected(role: str) -> float:
@@ -90,8 +90,7 @@ async def test_with_redis_gone_the_limiter_fails_open_and_says_so(api, monkeypat
         assert code == 503 and error["error"]["code"] == "dependency_unavailable" and headers["Retry-After"]
         monkeypatch.setattr(RateLimiter.instance(), "fail_open", True)
     finally:
-        result = await asyncio.get_running_loop().run_in_executor(None, run_make, "services")
-        assert result.returncode == 0, result.stdout + result.stderr
+        await start_redis()
 
     async def limiting_again():
         code, _, _ = await api.get(f"/api/v1/users/{user['id']}")
