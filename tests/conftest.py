@@ -74,8 +74,8 @@ def pytest_collection_modifyitems(config, items):
     needing = [item for item in items if any(item.get_closest_marker(name) for name in NEEDS)]
     if needing:
         config.hook.pytest_deselected(items=needing)
-        skipped = set(map(id, needing))
-        items[:] = [item for item in items if id(item) not in skipped]
+        deselected = set(map(id, needing))
+        items[:] = [item for item in items if id(item) not in deselected]
 
 
 class NetworkInUnitTier(RuntimeError):
