@@ -126,4 +126,4 @@ async def test_a_socket_whose_unsent_data_passes_the_bound_is_closed_and_the_oth
     for n in range(20):  # about 120 bytes each
         await sockets.broadcast(*event("u1", n))
     assert slow.closed[0] == websocket_hub.CLOSE_SLOW and 1 <= len(slow.frames) < 20
-    assert len(fast.frames) == 20 and [c.client_id for c in sockets.connections("u1")] == ["fast"]
+    assert len(fast.frames) == 20 and list(sockets.by_user["u1"]) == ["fast"]
