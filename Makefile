@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint clean
+.PHONY: install run test test-unit lint clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ run: install services
 
 test: install services tools
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast tier: every test that needs no backing service and no external tool, in
+# seconds, with nothing but the virtualenv (tests/conftest.py says how tests are told apart).
+test-unit: install
+	$(PY) -m pytest --unit $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -57,7 +57,6 @@ class HealthMonitor(Manager):
         self.event_interval_s: float = kafka_cfg["health_event_interval_s"]
         self.report: dict[str, Any] | None = None
         self._states: dict[str, str] = {}  # per dependency: ok, down, connecting (or unknown)
-        self.checks = 0  # reports made since start
         self._reported_at = 0.0
         self._watched: dict[str, StatusOf] = {}  # "consumers.broadcast" -> its status()
         self._listeners: list[Listener] = []
@@ -139,7 +138,6 @@ class HealthMonitor(Manager):
         report["checked_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         was_ready = self.ready()
         self.report, self._reported_at = report, time.monotonic()
-        self.checks += 1
         if report["ready"] != was_ready:
             log.info("instance ready" if report["ready"] else "instance not ready")
         metrics.READY.set(1 if report["ready"] else 0)

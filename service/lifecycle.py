@@ -86,19 +86,11 @@ class Lifecycle:
         try:
             for cls in ROLES[self.role]:
                 self._stack.append(cls.start(self.config))
-            self._watch()
+            self.watch()
         except BaseException:
             await self.stop()
             raise
         log.info("managers started", extra={"role": self.role, "managers": [type(m).__name__ for m in self._stack]})
-
-    async def restart(self, cls: ManagerClass) -> Manager:
-        """Close ``cls``'s instance and start a fresh one in its place."""
-        index = next(i for i, m in enumerate(self._stack) if type(m) is cls)  # type: ignore[comparison-overlap]  # a class is both a type[Manager] and a ManagerClass; mypy sees no overlap
-        await self._stack[index].close()
-        self._stack[index] = cls.start(self.config)
-        self._watch()
-        return self._stack[index]
 
     async def stop(self) -> None:
         """Close every started manager, last started first; one failure does not stop the rest."""
@@ -109,7 +101,7 @@ class Lifecycle:
             except Exception:
                 log.exception("close failed", extra={"manager": type(manager).__name__})
 
-    def _watch(self) -> None:
+    def watch(self) -> None:
         """What /health reports beyond the dependencies: each started manager's own state."""
         monitor = HealthMonitor.instance()
         for manager in self._stack:

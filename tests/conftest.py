@@ -1,10 +1,26 @@
 """Fixtures: one event loop and one set of started managers for the whole session,
-against the real backing services that `make services` started."""
+against the real backing services that `make services` started; and the two tiers.
+
+``make test`` runs every test. ``make test-unit`` (``pytest --unit``) runs those that
+need no server and no external tool, in seconds, on a machine where none was ever
+installed. What a test needs is read from what it uses, so a new test cannot land in
+the fast tier by forgetting a mark:
+
+- ``integration``: the backing services. Given to every test whose fixtures include
+  one of ``SERVER_FIXTURES`` (the started managers, the suite's config with the dev
+  secrets, the app on a real port); by hand only to a test that reaches them otherwise
+  (a ``python -m service`` of its own).
+- ``tools``: a binary that ``make tools`` installs (promtool, Chromium).
+
+Under ``--unit`` both are deselected, and any network connection a test still opens
+fails it with a message saying so: a test that passes there needs no server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
 
 import pytest
@@ -27,7 +43,67 @@ from managers.mysql import MySQLManager
 from managers.redis import RedisManager
 from service.app import make_app
 from service.lifecycle import Lifecycle
-from tests.helpers import TEST_OVERRIDES, ensure_database, wait_until
+from tests.helpers import REPLACEMENTS, TEST_OVERRIDES, UNIT_SECRETS, ensure_database, wait_until
+
+# A test that uses any of these needs the backing services (``http_server`` finds
+# the ``app`` fixture by name, so its need does not show in its own closure).
+SERVER_FIXTURES = frozenset({"services", "config", "admin_key", "app", "api", "http_server", "http_client"})
+NEEDS = ("integration", "tools")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--unit",
+        action="store_true",
+        help="the fast tier: only tests that need no backing service and no external tool; "
+        "a network connection fails the test",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--unit"):
+        _refuse_network()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+    if not config.getoption("--unit"):
+        return
+    needing = [item for item in items if any(item.get_closest_marker(name) for name in NEEDS)]
+    if needing:
+        config.hook.pytest_deselected(items=needing)
+        deselected = set(map(id, needing))
+        items[:] = [item for item in items if id(item) not in deselected]
+
+
+class NetworkInUnitTier(RuntimeError):
+    """Not an OSError: no retry loop waiting for a server takes it for one that is down."""
+
+
+def _refuse_network() -> None:
+    """In the fast tier, a connection to any address (loopback included) is a test
+    that needs a server and is not marked so."""
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock: socket.socket, address) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            raise NetworkInUnitTier(
+                f"the fast tier (--unit) opens no connection, here to {address!r}: "
+                "mark the test integration, or use a fixture that does (tests/conftest.py)"
+            )
+
+    def guarded_connect(self, address):
+        check(self, address)
+        return connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        check(self, address)
+        return connect_ex(self, address)
+
+    socket.socket.connect = guarded_connect
+    socket.socket.connect_ex = guarded_connect_ex
 
 
 async def ensure_topic(kafka_cfg: dict, partitions: int = 3) -> None:
@@ -45,7 +121,17 @@ async def ensure_topic(kafka_cfg: dict, partitions: int = 3) -> None:
 
 @pytest.fixture(scope="session")
 def config() -> dict:
+    """The suite's config for the running stack: the environment's ports, the dev secrets."""
     return config_module.load(overrides=TEST_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def unit_config() -> dict:
+    """The same config for tests that connect to nothing: the repository's file and the
+    suite's overrides, no environment, stand-in secrets (no `make services` needed)."""
+    sections = {*TEST_OVERRIDES, *UNIT_SECRETS}
+    overrides = {name: {**TEST_OVERRIDES.get(name, {}), **UNIT_SECRETS.get(name, {})} for name in sections}
+    return config_module.load(env={}, overrides=overrides)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +159,13 @@ def services(io_loop, config):
 
     io_loop.run_sync(lambda: wait_until(all_connected, timeout=90, interval=0.2, what="every dependency"), timeout=100)
     yield lifecycle
-    io_loop.run_sync(lifecycle.stop, timeout=60)
+
+    async def stop() -> None:
+        while REPLACEMENTS:
+            await REPLACEMENTS.pop().close()
+        await lifecycle.stop()
+
+    io_loop.run_sync(stop, timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +220,11 @@ TEST_ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
 
 @pytest.fixture
 def app(services, config) -> tornado.web.Application:
-    return make_app(config, extra_handlers=TEST_ROUTES)
+    """The service's app, with the test routes added the way Tornado adds routes to an
+    app (on every host, matched before the app's own)."""
+    app = make_app(config)
+    app.add_handlers(r".*", TEST_ROUTES)
+    return app
 
 
 class Api:

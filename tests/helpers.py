@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -12,19 +13,24 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
+from tornado.httpclient import AsyncHTTPClient
 
 from managers import config as config_module
+from managers.base import Manager
 from service.supervisor import free_port
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+
+# Where `make services` keeps its state (pid files included): devstack/services.sh's default.
+DEVSTACK_DIR = Path(os.environ.get("DEVSTACK_DIR") or ROOT / ".devstack")
 
 # The devstack ports can be moved (MYSQL_PORT, REDIS_PORT, ... and the matching
 # SINGLETON_* variables), e.g. for a second stack beside the first.
@@ -46,6 +52,18 @@ TEST_OVERRIDES: dict[str, dict[str, Any]] = {
         **{f"{kind}_burst": 100000 for kind in ("read", "write", "anonymous")},
     },
     "metrics": {"port": 0},
+    # Shorter waits than production's, so tests wait less for what they watch: the
+    # monitor's report (readiness, a dependency found down or back) and reconnects.
+    "server": {"health_probe_interval_s": 0.25},
+    "reconnect": {"initial_delay_s": 0.1, "max_delay_s": 1},
+}
+
+
+# For tests that load the config but connect to nothing (the ``unit_config`` fixture):
+# no `make services` has written the dev secrets there.
+UNIT_SECRETS: dict[str, dict[str, str]] = {
+    "mysql": {"password": "unit-tier-stand-in"},
+    "auth": {"token_secret": "unit-tier-stand-in-token-secret-0123456789"},
 }
 
 
@@ -56,10 +74,51 @@ def service_env(**extra: str) -> dict[str, str]:
     return config_module.as_env(TEST_OVERRIDES) | extra
 
 
+# Waiting on a subprocess never blocks the event loop: the session's managers run on it,
+# and a Kafka consumer whose loop stalls past its session timeout (10 s) is dropped from
+# its group, which the next member to join (a service subprocess) then waits for.
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Blocking work (a subprocess to its end), with the event loop free meanwhile."""
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+async def run_service(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -m service ARGS`` to its end (e.g. ``keys create``), output captured."""
+    command = [sys.executable, "-m", "service", *args]
+    return await in_thread(subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+async def wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
+    """Until a service subprocess's /health answers 200; fail if it exits first."""
+    client = AsyncHTTPClient()
+
+    async def healthy() -> bool:
+        assert proc.poll() is None, f"the service exited with {proc.returncode}"
+        try:
+            response = await client.fetch(f"http://127.0.0.1:{port}/health", raise_error=False, request_timeout=5)
+        except OSError:
+            return False
+        return response.code == 200
+
+    await wait_until(healthy, timeout=timeout, interval=0.1, what=f"the service on port {port} to be healthy")
+
+
+async def terminate(proc: subprocess.Popen, timeout: float = 30) -> tuple[str, str]:
+    """SIGTERM, then its output once it has exited (killed if it takes over ``timeout``)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return await in_thread(proc.communicate, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
 @contextlib.contextmanager
-def service_process(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+def service_process(io_loop, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """``python -m service --port N ARGS`` on a free port, and its base URL; at the end a
-    SIGTERM, after which it must exit 0 within 30 s."""
+    SIGTERM, after which it must exit 0 within 30 s (the session's loop runs meanwhile)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "--port", str(port), *args],
@@ -70,34 +129,8 @@ def service_process(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
         text=True,
     )
     yield proc, f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+    _, err = io_loop.run_sync(lambda: terminate(proc), timeout=40)
     assert proc.returncode == 0, err
-
-
-def run_service(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    """``python -m service ARGS`` to its end (e.g. ``keys create``), output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def wait_for_health(proc: subprocess.Popen, port: int, timeout: float = 60) -> None:
-    """Wait for a service subprocess's /health to answer 200; fail if it exits first."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                assert response.status == 200
-                return
-        except OSError:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, f"service did not become healthy within {timeout} s"
-            time.sleep(0.2)
 
 
 async def wait_until(
@@ -115,6 +148,20 @@ async def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s: {what or predicate}; last={last!r}")
         await asyncio.sleep(interval)
+
+
+# Managers a test started in place of the session's own (``restart``); the ``services``
+# fixture closes them, last first, before the session's Lifecycle closes the rest.
+REPLACEMENTS: list[Manager] = []
+
+
+async def restart(cls: type[Manager], config: dict) -> Manager:
+    """``cls``'s instance closed (unless a test already closed it) and a fresh one started
+    in its place, as the next process would start it."""
+    if cls.started():
+        await cls.instance().close()
+    REPLACEMENTS.append(cls.start(config))
+    return REPLACEMENTS[-1]
 
 
 def metric(name: str, labels: dict[str, str] | None = None) -> float:
@@ -157,13 +204,19 @@ def fresh_database(cfg: dict, name: str) -> None:
 
 
 def stop_redis() -> None:
-    """Shut the real Redis down (``run_make("services")`` brings it back)."""
+    """Shut the real Redis down (``start_redis()`` brings it back)."""
     subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], capture_output=True, timeout=10)
 
 
-def run_make(target: str, timeout: float = 300) -> subprocess.CompletedProcess:
+async def start_redis() -> None:
+    """``make services`` for Redis alone (the others are up: checking them costs seconds)."""
+    result = await in_thread(run_make, "services", "SERVICES=redis")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def run_make(target: str, *variables: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["make", "--no-print-directory", target],
+        ["make", "--no-print-directory", target, *variables],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -101,10 +101,12 @@ def declared_series() -> set[str]:
     return names
 
 
+@pytest.mark.tools
 def test_alert_rules_pass_promtool_check():
     assert_ok(promtool("check", "rules", ALERTS))
 
 
+@pytest.mark.tools
 def test_alert_rules_pass_their_promtool_unit_tests():
     assert_ok(promtool("test", "rules", ALERTS_TEST))
 
@@ -165,6 +167,7 @@ def test_dashboard_has_what_grafana_needs_to_import_it():
             assert target["datasource"] == DATASOURCE, f"{where}: a query not on the datasource variable"
 
 
+@pytest.mark.tools
 def test_every_dashboard_query_is_valid_promql(tmp_path):
     queries = dashboard_queries(load_dashboard())
     rules = [{"record": f"dashboard:{where}", "expr": expr} for where, expr in queries.items()]

@@ -26,6 +26,7 @@ CHROMIUM_ARGS = [
 WAIT_MS = 10_000  # each step's deadline in the browser
 
 
+@pytest.mark.tools
 @pytest.mark.gen_test
 async def test_demo_page_shows_a_new_payment_live(api, base_url):
     assert os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing: run `make tools`"

@@ -12,11 +12,12 @@ import pytest
 
 from managers.health import HealthMonitor
 from tests.helpers import (
-    ROOT,
+    DEVSTACK_DIR,
     consumer_drain,
     metric,
     read_events,
-    run_make,
+    restart,
+    start_redis,
     stop_redis,
     topic_consumer,
     wait_until,
@@ -32,14 +33,17 @@ async def get_health(api):
 
 
 @pytest.mark.gen_test
-async def test_health_is_ok_when_every_dependency_answers(api):
+async def test_health_is_ok_when_every_dependency_answers(api, config):
     code, body = await get_health(api)
     assert code == 200, body
     assert body["status"] == "ok"
     assert set(body["dependencies"]) == DEPENDENCIES
+    deadline_ms = config["server"]["health_check_timeout_s"] * 1000
     for name, dep in body["dependencies"].items():
         assert dep["status"] == "ok", name
-        assert dep["latency_ms"] >= 0
+        # A round trip that was timed, in milliseconds, within the check's deadline: not
+        # zero (never measured), not seconds (0.0008 rounds to 0.0), not past the deadline.
+        assert 0 < dep["latency_ms"] < deadline_ms, (name, dep)
 
 
 @pytest.mark.gen_test(timeout=180)
@@ -60,8 +64,7 @@ async def test_health_names_redis_when_it_is_down_and_recovers_without_restart(a
         assert body["dependencies"]["mysql"]["status"] == "ok"
         assert (await api.get("/health/ready"))[0] == 200
     finally:
-        started = await asyncio.get_running_loop().run_in_executor(None, run_make, "services")
-        assert started.returncode == 0, started.stdout + started.stderr
+        await start_redis()
 
     async def healthy():
         return (await get_health(api))[1]["status"] == "ok"
@@ -75,7 +78,8 @@ async def test_the_monitor_publishes_one_health_check_event_per_interval(api, co
     try:
         # A monitor that has not published yet; it checks every couple of seconds,
         # and may publish once per health_event_interval_s (30 s).
-        await services.restart(HealthMonitor)
+        monitor = await restart(HealthMonitor, config)
+        services.watch()  # what the replaced monitor reports and whom it tells, as at start
         for _ in range(5):
             await get_health(api)
 
@@ -83,8 +87,14 @@ async def test_the_monitor_publishes_one_health_check_event_per_interval(api, co
             return [e for e in seen if e["type"] == "health_check"]
 
         seen = await read_events(consumer, health_events)
-        # Several more checks run meanwhile: none of them may publish again.
-        await wait_until(lambda: HealthMonitor.instance().checks >= 3, timeout=20, what="three more checks")
+        # Several more reports are made meanwhile: none of them may publish again.
+        reports: set[str] = set()
+
+        def three_more_reports() -> bool:
+            reports.add(monitor.report["checked_at"])
+            return len(reports) > 3  # the one in hand when the event was read, and three after it
+
+        await wait_until(three_more_reports, timeout=20, interval=0.01, what="three more reports")
         seen += await consumer_drain(consumer)
         events = health_events(seen)
         assert len(events) == 1, events
@@ -121,7 +131,7 @@ async def test_live_and_ready_answer_in_the_shape_orchestrators_expect(api):
 async def test_health_answers_within_a_second_while_a_dependency_hangs(api):
     """A frozen Redis (SIGSTOP: it accepts connections and answers nothing) must not
     hold up any health answer: they come from the monitor's last report."""
-    pid_file = ROOT / ".devstack" / "run" / "redis.pid"
+    pid_file = DEVSTACK_DIR / "run" / "redis.pid"
     if not pid_file.exists():
         pytest.skip("this checkout's devstack did not start Redis, so it may not freeze it")
     pid = int(pid_file.read_text())

@@ -22,6 +22,7 @@ def metrics_url(services):
     server.stop()
 
 
+@pytest.mark.tools
 @pytest.mark.gen_test
 async def test_metrics_pass_promtool_and_carry_request_and_dependency_series(api, http_client, metrics_url):
     await api.get("/health")

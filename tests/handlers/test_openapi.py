@@ -16,9 +16,9 @@ def test_every_component_schema_is_valid_json_schema():
         Draft202012Validator.check_schema(schema)
 
 
-def test_every_route_is_documented(config):
+def test_every_route_is_documented(unit_config):
     documented = {re.sub(r"\{[^}]+\}", "{}", path) for path in openapi()["paths"]}
-    app = make_app(config)
+    app = make_app(unit_config)
     routes = {rule.matcher.regex.pattern.rstrip("$").replace("([^/]+)", "{}") for rule in app.wildcard_router.rules}
     assert routes - documented == set()
 

@@ -9,22 +9,31 @@ import yaml
 
 from managers import config as config_module
 from managers.config import ConfigError, ConfigManager
+from tests.helpers import UNIT_SECRETS
+
+# The secrets as the environment gives them: the repository's config reads them from
+# .devstack/secrets otherwise, which only `make services` writes.
+SECRETS = {
+    f"SINGLETON_{section.upper()}__{key.upper()}": value
+    for section, values in UNIT_SECRETS.items()
+    for key, value in values.items()
+}
 
 
 def test_repository_config_is_valid():
-    cfg = config_module.load(env={})
+    cfg = config_module.load(env=SECRETS)
     assert cfg["kafka"]["topic"] == "singleton-events"
     assert cfg["server"]["port"] == 8080
 
 
 def test_environment_overrides_are_typed():
-    cfg = config_module.load(env={"SINGLETON_SERVER__PORT": "9090", "SINGLETON_MYSQL__HOST": "db.internal"})
+    cfg = config_module.load(env={**SECRETS, "SINGLETON_SERVER__PORT": "9090", "SINGLETON_MYSQL__HOST": "db.internal"})
     assert cfg["server"]["port"] == 9090
     assert cfg["mysql"]["host"] == "db.internal"
 
 
 def test_explicit_overrides_beat_environment():
-    cfg = config_module.load(env={"SINGLETON_SERVER__PORT": "9090"}, overrides={"server": {"port": 7070}})
+    cfg = config_module.load(env={**SECRETS, "SINGLETON_SERVER__PORT": "9090"}, overrides={"server": {"port": 7070}})
     assert cfg["server"]["port"] == 7070
 
 
@@ -55,7 +64,7 @@ def test_unreadable_and_malformed_files(tmp_path):
 
 
 def test_config_manager_holds_sections():
-    cfg = config_module.load(env={})
+    cfg = config_module.load(env=SECRETS)
     assert ConfigManager(cfg)["redis"] is cfg["redis"]
 
 

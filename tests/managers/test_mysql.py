@@ -1,4 +1,5 @@
-"""MySQLManager against the real MariaDB: who gets a connection when the pool is short."""
+"""MySQLManager: how a migration file is split (pure logic), and against the real MariaDB,
+who gets a connection when the pool is short."""
 
 from __future__ import annotations
 
@@ -6,13 +7,35 @@ import asyncio
 
 import pytest
 
-from managers.mysql import MySQLManager
+from managers.mysql import MIGRATIONS_DIR, MySQLManager, split_sql
 from tests.helpers import wait_until
 
 
-def parked(mysql: MySQLManager) -> bool:
-    """Someone waits for a connection: at the manager's gate, or in aiomysql's own wait."""
-    return bool(mysql._turns._waiters) or bool(mysql.pool._cond._waiters)
+def test_a_migration_is_split_at_each_semicolon_that_ends_a_line_and_its_comments_dropped():
+    text = """-- a comment; with a semicolon
+CREATE TABLE a (
+    x INT -- the x; not the end
+);
+  -- an indented comment
+INSERT INTO a VALUES (1); INSERT INTO a VALUES (2);
+
+UPDATE a SET x = 3
+"""
+    assert split_sql(text) == [
+        "CREATE TABLE a (\n    x INT -- the x; not the end\n)",
+        "INSERT INTO a VALUES (1); INSERT INTO a VALUES (2)",  # one line, one statement to the server
+        "UPDATE a SET x = 3",  # the last may go without its semicolon
+    ]
+    assert split_sql("-- only a comment\n\n;\n") == []
+
+
+def test_every_migration_splits_into_statements_without_a_comment_line_or_a_trailing_semicolon():
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        statements = split_sql(path.read_text())
+        assert statements, path.name
+        for statement in statements:
+            assert statement.split(None, 1)[0].upper() in {"CREATE", "ALTER", "INSERT", "DROP", "UPDATE"}, statement
+            assert not statement.endswith(";") and not statement.lstrip().startswith("--"), statement
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -22,11 +45,13 @@ async def test_connections_go_to_waiters_in_the_order_they_came(services, config
     mysql = MySQLManager({**config["mysql"], "pool_min": 1, "pool_max": 1}, config["reconnect"])
     await mysql._connect_and_migrate()
     mysql.ready.set()
+    asked: list[str] = []
     served: list[str] = []
     first_holds, second_waits = asyncio.Event(), asyncio.Event()
     tasks: list[asyncio.Task] = []
 
     async def use(name: str) -> None:
+        asked.append(name)  # nothing between this and the request for a connection yields
         async with mysql._connection() as conn:
             served.append(name)
             await asyncio.wait_for(conn.ping(), 5)
@@ -41,10 +66,14 @@ async def test_connections_go_to_waiters_in_the_order_they_came(services, config
         tasks.append(asyncio.ensure_future(use("first")))
         await first_holds.wait()
         tasks.append(asyncio.ensure_future(use("second")))
-        await wait_until(lambda: parked(mysql), timeout=5, interval=0.001, what="second to wait for the connection")
+        # Once this task runs again, ``second`` has asked and is suspended in its request:
+        # with the one connection held, it can only be waiting for it.
+        await wait_until(lambda: "second" in asked, timeout=5, interval=0.001, what="second to ask for the connection")
+        assert served == ["first"]
         second_waits.set()
         await asyncio.wait_for(asyncio.gather(*tasks[:2]), 10)
         await asyncio.wait_for(tasks[2], 10)
+        assert asked == ["first", "second", "late"]
         assert served == ["first", "second", "late"]
     finally:
         await mysql.release()

@@ -48,6 +48,12 @@ async def test_manager_lifecycle_instance_start_close():
         def start(cls):
             return cls._install(cls())
 
+    class Other(Thing):  # a manager built on another one still has a slot of its own
+        pass
+
+    class Unrelated(Manager):
+        pass
+
     assert not Thing.started()
     with pytest.raises(NotStarted):
         Thing.instance()
@@ -55,18 +61,27 @@ async def test_manager_lifecycle_instance_start_close():
     assert Thing.instance() is first
     with pytest.raises(RuntimeError, match="already started"):
         Thing.start()
-    # Each subclass has its own slot: starting Thing did not start any other manager.
-    assert "_instance" not in Manager.__dict__ or Manager.__dict__["_instance"] is None
+    # Each subclass has its own slot: starting Thing started no other manager, neither its
+    # base, nor a subclass (which would inherit Thing's slot), nor a sibling.
+    for cls in (Manager, Other, Unrelated):
+        assert not cls.started(), cls
+        with pytest.raises(NotStarted):
+            cls.instance()
+    second = Other.start()
+    assert Other.instance() is second and Thing.instance() is first
     await first.close()
     assert not Thing.started()
+    assert Other.instance() is second, "closing one manager leaves another's slot alone"
+    await second.close()
+    assert not Other.started()
 
 
 @pytest.mark.gen_test
-async def test_a_consumer_whose_loop_ended_reports_down(config):
+async def test_a_consumer_whose_loop_ended_reports_down(unit_config):
     async def loop():
         return None
 
-    reader = BroadcastConsumer(config)  # not started: its state is set by hand (pure logic)
+    reader = BroadcastConsumer(unit_config)  # not started: its state is set by hand (pure logic)
     assert reader.status()["status"] == "down"  # no loop at all
     reader._task, reader.consumer, reader.lag = asyncio.ensure_future(loop()), object(), 7
     assert reader.status() == {"status": "ok", "lag": 7}

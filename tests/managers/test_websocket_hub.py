@@ -1,12 +1,16 @@
-"""The hub's one-frame-for-all-connections encoding (pure logic; the socket tests use it for real)."""
+"""The hub (pure logic, with stand-in sockets): its one frame for all connections, the
+limits, fan-out, replay and the slow-client bound. Over real sockets: tests/handlers/test_ws.py."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import struct
 
 import pytest
 
-from managers.websocket_hub import text_frame
+from managers import websocket_hub
+from managers.websocket_hub import WebSocketHub, text_frame
 
 
 def parse(frame: bytes) -> tuple[int, bytes]:
@@ -27,3 +31,99 @@ def test_text_frame_header_fits_every_length_form(size):
     first, body = parse(text_frame(payload))
     assert first == 0x81  # FIN, text
     assert body == payload
+
+
+class FakeSocket:
+    """A connection that keeps what it was sent; ``stalled``: the kernel takes nothing."""
+
+    def __init__(self, stalled: bool = False):
+        self.frames: list[bytes] = []
+        self.closed: tuple[int | None, str | None] | None = None
+        self.stalled = stalled
+
+    def write_frame(self, frame: bytes) -> asyncio.Future | None:
+        self.frames.append(frame)
+        return asyncio.get_running_loop().create_future() if self.stalled else None
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closed = (code, reason)
+
+    def messages(self) -> list[dict]:
+        return [json.loads(parse(frame)[1]) for frame in self.frames]
+
+
+def hub(**limits) -> WebSocketHub:
+    cfg = {"max_connections": 100, "max_per_user": 10, "max_per_ip": 100, "max_pending_bytes": 10_000}
+    return WebSocketHub({**cfg, "replay_max_events": 1000, **limits})
+
+
+def event(user_id: str, n: int) -> tuple[dict, bytes]:
+    body = {"event_id": f"e{n}", "type": "payment_created", "user_id": user_id, "occurred_at": None, "data": {"n": n}}
+    return body, json.dumps(body).encode()
+
+
+def test_limits_per_user_per_address_and_in_all_and_a_client_id_replacing_its_socket():
+    sockets = hub(max_per_user=2, max_per_ip=3, max_connections=4)
+    first = sockets.add(FakeSocket(), "u1", "a", "ip1")
+    sockets.add(FakeSocket(), "u1", "b", "ip1")
+    assert sockets.refusal("u1", "c", "ip1") == "this user already has 2 open sockets"
+    assert sockets.refusal("u1", "a", "ip1") is None, "replacing its own socket is not one more"
+    sockets.add(FakeSocket(), "u2", "a", "ip1")
+    assert sockets.refusal("u3", "a", "ip1") == "this address already has 3 open sockets"
+    again = sockets.add(FakeSocket(), "u1", "a", "ip1")
+    assert first.socket.closed == (
+        websocket_hub.CLOSE_REPLACED,
+        "replaced by a newer connection with the same client_id",
+    )
+    assert sockets.by_user["u1"]["a"] is again and (sockets.count, sockets.by_ip) == (3, {"ip1": 3})
+    sockets.add(FakeSocket(), "u3", "a", "ip2")
+    full = FakeSocket()
+    assert sockets.add(full, "u4", "a", "ip3") is None and full.closed[0] == websocket_hub.CLOSE_TRY_AGAIN
+    sockets.remove(first)  # the replaced one's own close comes later: it changes nothing
+    sockets.remove(again)
+    assert (sockets.count, sockets.by_ip) == (3, {"ip1": 2, "ip2": 1})
+
+
+@pytest.mark.gen_test
+async def test_an_event_goes_once_to_each_socket_of_its_user_only():
+    sockets = hub()
+    mine, mine_too, theirs = FakeSocket(), FakeSocket(), FakeSocket()
+    for socket, user, client in ((mine, "u1", "a"), (mine_too, "u1", "b"), (theirs, "u2", "a")):
+        sockets.go_live(sockets.add(socket, user, client, "ip"), None, None)
+    await sockets.broadcast(*event("u1", 1))
+    await sockets.broadcast(*event("u1", 1))  # published again by the relay: dropped
+    assert mine.frames == mine_too.frames == [text_frame(event("u1", 1)[1])]
+    assert theirs.frames == []
+
+
+@pytest.mark.gen_test
+async def test_a_reconnect_gets_what_it_missed_then_what_came_meanwhile_each_once():
+    sockets = hub()
+    socket = FakeSocket()
+    conn = sockets.add(socket, "u1", "phone", "ip")
+    await sockets.broadcast(*event("u1", 3))  # live while the replay is read: held
+    await sockets.broadcast(*event("u1", 4))
+    missed = [(f"e{n}", event("u1", n)[1]) for n in (1, 2, 3)]  # the replay reached e3 too
+    sockets.go_live(conn, "e0", missed)
+    await sockets.broadcast(*event("u1", 5))
+    kinds = [(m["type"], m.get("data", {}).get("n", m.get("count"))) for m in socket.messages()]
+    assert kinds == [
+        ("payment_created", 1),
+        ("payment_created", 2),
+        ("payment_created", 3),
+        ("replay_complete", 3),
+        ("payment_created", 4),
+        ("payment_created", 5),
+    ]
+
+
+@pytest.mark.gen_test
+async def test_a_socket_whose_unsent_data_passes_the_bound_is_closed_and_the_others_go_on():
+    sockets = hub(max_pending_bytes=1000)
+    slow, fast = FakeSocket(stalled=True), FakeSocket()
+    for socket, client in ((slow, "slow"), (fast, "fast")):
+        sockets.go_live(sockets.add(socket, "u1", client, "ip"), None, None)
+    for n in range(20):  # about 120 bytes each
+        await sockets.broadcast(*event("u1", n))
+    assert slow.closed[0] == websocket_hub.CLOSE_SLOW and 1 <= len(slow.frames) < 20
+    assert len(fast.frames) == 20 and list(sockets.by_user["u1"]) == ["fast"]

@@ -5,47 +5,42 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import stat
 import subprocess
 import sys
-import urllib.request
 import uuid
+from collections.abc import Callable
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from service.__main__ import drain
-from tests.conftest import GateHandler
-from tests.helpers import ROOT, free_port, fresh_database, run_service, service_env, wait_for_health, wait_until
+from tests.conftest import Api, GateHandler
+from tests.helpers import (
+    ROOT,
+    free_port,
+    fresh_database,
+    run_service,
+    service_env,
+    terminate,
+    wait_healthy,
+    wait_until,
+)
 
 
-def test_invalid_config_exits_non_zero_naming_the_key_before_connecting():
-    # MySQL points at a closed port: had the service tried to connect, it would log so.
-    env = service_env(SINGLETON_KAFKA__REQUEST_TIMEOUT_S="soon", SINGLETON_MYSQL__PORT=str(free_port()))
-    result = run_service(env=env, timeout=20)
+@pytest.mark.gen_test
+async def test_invalid_config_exits_non_zero_naming_the_key_before_connecting():
+    result = await run_service(env=service_env(SINGLETON_KAFKA__REQUEST_TIMEOUT_S="soon"), timeout=20)
     assert result.returncode == 2
-    assert "kafka.request_timeout_s" in result.stderr
-    assert "connect failed" not in result.stdout + result.stderr
+    assert result.stderr.startswith("invalid configuration: kafka.request_timeout_s: 'soon' is not of type")
+    # Nothing started: a manager, or the logger, would have written a line to stdout.
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
 
 
-def test_sigterm_stops_cleanly_with_exit_0():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port)],
-        cwd=ROOT,
-        env=service_env(SINGLETON_LOGGING__LEVEL="INFO"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for_health(proc, port)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+@pytest.mark.integration  # a real start: /health answers 200 once MariaDB is reached
+@pytest.mark.gen_test(timeout=60)
+async def test_sigterm_stops_cleanly_with_exit_0():
+    out, err = await run_until_healthy_then_stop(service_env())
     assert "Traceback" not in out + err
     messages = [json.loads(line)["msg"] for line in out.splitlines() if line.startswith("{")]
     assert messages[-1] == "stopped"
@@ -54,48 +49,53 @@ def test_sigterm_stops_cleanly_with_exit_0():
 KEY = re.compile(r"^sk_(admin|user)_[0-9A-Za-z]{32}$")
 
 
-def test_keys_cli_creates_lists_and_revokes(services):
+@pytest.mark.gen_test(timeout=60)
+async def test_keys_cli_creates_lists_and_revokes(services):
     env = service_env()
-    created = run_service("keys", "create", "--role", "admin", env=env)
+    created = await run_service("keys", "create", "--role", "admin", env=env)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert KEY.match(key) and created.stdout == key + "\n", "stdout holds the key and nothing else"
 
-    listed = run_service("keys", "list", env=env)
+    listed = await run_service("keys", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     keys = [json.loads(line) for line in listed.stdout.splitlines()]
     [mine] = [k for k in keys if key.startswith(k["prefix"])]
     assert mine["role"] == "admin" and mine["revoked_at"] is None
     assert key not in listed.stdout
 
-    revoked = run_service("keys", "revoke", mine["id"], env=env)
+    revoked = await run_service("keys", "revoke", mine["id"], env=env)
     assert revoked.returncode == 0, revoked.stderr
     assert json.loads(revoked.stdout)["revoked_at"] is not None
 
-    missing = run_service("keys", "create", "--role", "user", "--user-id", str(uuid.uuid4()), env=env)
+    missing = await run_service("keys", "create", "--role", "user", "--user-id", str(uuid.uuid4()), env=env)
     assert missing.returncode == 1 and "user_not_found" in missing.stderr and missing.stdout == ""
 
 
-def test_first_start_with_no_admin_key_writes_one_to_a_private_file(tmp_path, config):
+@pytest.mark.gen_test(timeout=90)
+async def test_first_start_with_no_admin_key_writes_one_to_a_private_file(tmp_path, config):
     database = "singleton_test_bootstrap"
     fresh_database(config["mysql"], database)
     key_file = tmp_path / "secrets" / "admin.key"
     env = service_env(SINGLETON_MYSQL__DATABASE=database, SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE=str(key_file))
 
-    out = run_until_healthy_then_stop(env)
+    out, _ = await run_until_healthy_then_stop(env, until=key_file.exists)
     key = key_file.read_text().strip()
     assert KEY.match(key) and key.startswith("sk_admin_")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert str(key_file) in out and key not in out, "the log says where the key is, never what it is"
 
-    out = run_until_healthy_then_stop(env, check_key=key)
+    await run_until_healthy_then_stop(env, check_key=key)
     assert key_file.read_text().strip() == key, "a second start creates no other key"
-    listed = run_service("keys", "list", env=env)
+    listed = await run_service("keys", "list", env=env)
     assert [k["role"] for k in map(json.loads, listed.stdout.splitlines())] == ["admin"]
 
 
-def run_until_healthy_then_stop(env: dict[str, str], check_key: str | None = None) -> str:
-    """Start the service, wait for /health (and try ``check_key``), SIGTERM it; its stdout."""
+async def run_until_healthy_then_stop(
+    env: dict[str, str], check_key: str | None = None, until: Callable[[], bool] | None = None
+) -> tuple[str, str]:
+    """Start the service, wait for /health (and ``until()``; and try ``check_key``),
+    SIGTERM it: its stdout and stderr, once it has exited 0."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "--port", str(port)],
@@ -106,20 +106,18 @@ def run_until_healthy_then_stop(env: dict[str, str], check_key: str | None = Non
         text=True,
     )
     try:
-        wait_for_health(proc, port)
+        await wait_healthy(proc, port)
+        if until is not None:
+            await wait_until(until, timeout=30, what=str(until))
         if check_key is not None:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/v1/api-keys", headers={"Authorization": f"Bearer {check_key}"}
-            )
-            with urllib.request.urlopen(request, timeout=5) as response:
-                assert response.status == 200
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+            code, _, _ = await Api(AsyncHTTPClient(), f"http://127.0.0.1:{port}", check_key).get("/api/v1/api-keys")
+            assert code == 200
+        out, err = await terminate(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    return out
+    return out, err
 
 
 @pytest.mark.gen_test

@@ -9,8 +9,8 @@ from tests.helpers import read_events, service_process, topic_consumer, wait_unt
 
 
 @pytest.fixture
-def api_process():
-    with service_process("--role", "api") as running:
+def api_process(io_loop):
+    with service_process(io_loop, "--role", "api") as running:
         yield running
 
 

@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
+import urllib.parse
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient
 
 from managers.mongodb import MongoManager
 from tests.handlers.test_ws import Client
-from tests.helpers import service_process, wait_until
+from tests.helpers import service_process, wait_healthy, wait_until
 
 
-@pytest.fixture
-def second_instance():
-    with service_process() as running:
-        yield running
-
-
-async def until_healthy(proc: subprocess.Popen, url: str) -> None:
-    http = AsyncHTTPClient()
-
-    async def healthy():
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            return (await http.fetch(f"{url}/health", raise_error=False)).code == 200
-        except OSError:
-            return False
-
-    await wait_until(healthy, timeout=60, interval=0.2, what="the second instance to be healthy")
+@pytest.fixture(scope="module")
+def second_instance(io_loop, services):
+    """One more service process for the module's tests (a start and a stop are seconds each)."""
+    with service_process(io_loop) as (proc, url):
+        io_loop.run_sync(lambda: wait_healthy(proc, urllib.parse.urlsplit(url).port), timeout=70)
+        yield proc, url
 
 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_change_made_on_one_instance_reaches_a_client_of_the_other(api, second_instance):
-    proc, other_url = second_instance
-    await until_healthy(proc, other_url)
+    _, other_url = second_instance
 
     user = await api.new_user()
     client = await Client.connect(api, user["id"], "elsewhere", base_url=other_url)
@@ -56,8 +43,7 @@ async def test_a_change_made_on_one_instance_reaches_a_client_of_the_other(api, 
 
 @pytest.mark.gen_test(timeout=120)
 async def test_a_revoked_key_stops_working_on_another_instance_within_the_stated_delay(api, config, second_instance):
-    proc, other_url = second_instance
-    await until_healthy(proc, other_url)
+    _, other_url = second_instance
     user = await api.new_user()
     me = (await api.as_user(user["id"])).at(other_url)
     assert (await me.get(f"/api/v1/users/{user['id']}"))[0] == 200  # the other instance caches the verdict
