@@ -156,9 +156,6 @@ class WebSocketHub(Manager):
         metrics.WS_CONNECTIONS.set(self.count)
         metrics.WS_DISCONNECTS.labels(reason).inc()
 
-    def connections(self, user_id: str) -> list[Connection]:
-        return list(self.by_user.get(user_id, {}).values())
-
     # -- catch-up --------------------------------------------------------------------------
     def go_live(self, conn: Connection, last_event_id: str | None, missed: Sequence[tuple[str, bytes]] | None) -> None:
         """Replay what the client missed since ``last_event_id`` (``missed`` None: that

@@ -25,13 +25,12 @@ HANDLER_MODULES = (
 )
 
 
-def make_app(config: Config, extra_handlers: Routes | None = None, role: str = "all") -> tornado.web.Application:
+def make_app(config: Config, role: str = "all") -> tornado.web.Application:
     """The API for the roles that serve it (all, api); the health endpoints alone for the others."""
     ws = config["websocket"]
     routes: Routes = []
     for name in HANDLER_MODULES if role in API_ROLES else ("handlers.health",):
         routes.extend(importlib.import_module(name).default_handlers)
-    routes.extend(extra_handlers or [])
     return tornado.web.Application(
         routes,
         log_function=log_request,
