@@ -169,6 +169,33 @@ def metric(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
+# Times that are not RFC 3339 (domain/codec.py refuses each; the API answers 400 invalid_time).
+NOT_RFC_3339 = [
+    "",
+    "2026-01-01",
+    "2026-01-01T00:00:00",  # no zone
+    "2026-01-01 00:00:00Z",  # ISO 8601 forms that datetime.fromisoformat takes
+    "20260101T000000Z",
+    "2026-01-01T00:00Z",
+    "2026-01-01T00:00:00+0000",
+    "2026-W01-1T00:00:00Z",
+    "2026-01-01T00:00:00,5Z",
+    "2026-01-01T00:00:00.Z",
+    "2026-01-01T00:00:00Z\n",
+    " 2026-01-01T00:00:00Z",
+    "２０２６-01-01T00:00:00Z",  # digits of another script
+    "2026-02-30T00:00:00Z",
+    "2026-01-01T24:00:00Z",
+    "2026-01-01T00:00:60Z",  # a leap second only ends a UTC day
+    "2026-01-01T00:00:00+24:00",
+    "2026-01-01T00:00:00+01:60",
+    "0000-01-01T00:00:00Z",
+    "0001-01-01T00:30:00+01:00",  # before year 1 in UTC
+    "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+    "9999-12-31T23:59:60Z",
+]
+
+
 BUG_LINE = "background task failed: a bug, not an outage; retrying with backoff"  # managers/background.py
 
 

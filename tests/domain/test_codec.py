@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 
 from domain import codec
+from tests.helpers import NOT_RFC_3339
 
 
 def test_numbers_with_a_fraction_stay_exact_decimals_and_go_back_out_as_written():
@@ -61,33 +62,7 @@ def test_every_rfc_3339_form_is_read_in_utc(text, utc):
     assert codec.parse_rfc3339(text) == utc.replace(tzinfo=dt.UTC)
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "2026-01-01",
-        "2026-01-01T00:00:00",  # no zone
-        "2026-01-01 00:00:00Z",  # ISO 8601 forms that datetime.fromisoformat takes
-        "20260101T000000Z",
-        "2026-01-01T00:00Z",
-        "2026-01-01T00:00:00+0000",
-        "2026-W01-1T00:00:00Z",
-        "2026-01-01T00:00:00,5Z",
-        "2026-01-01T00:00:00.Z",
-        "2026-01-01T00:00:00Z\n",
-        " 2026-01-01T00:00:00Z",
-        "２０２６-01-01T00:00:00Z",  # digits of another script
-        "2026-02-30T00:00:00Z",
-        "2026-01-01T24:00:00Z",
-        "2026-01-01T00:00:60Z",  # a leap second only ends a UTC day
-        "2026-01-01T00:00:00+24:00",
-        "2026-01-01T00:00:00+01:60",
-        "0000-01-01T00:00:00Z",
-        "0001-01-01T00:30:00+01:00",  # before year 1 in UTC
-        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
-        "9999-12-31T23:59:60Z",
-    ],
-)
+@pytest.mark.parametrize("text", NOT_RFC_3339)
 def test_anything_else_is_a_value_error(text):
     with pytest.raises(ValueError):
         codec.parse_rfc3339(text)

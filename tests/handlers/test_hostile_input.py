@@ -17,7 +17,7 @@ import tornado.websocket
 from managers.websocket_hub import WebSocketHub
 from service.app import make_app, server_options
 from tests.handlers.test_ws import Client
-from tests.helpers import wait_until
+from tests.helpers import NOT_RFC_3339, wait_until
 
 DEEP = b"[" * 10_000 + b"]" * 10_000
 
@@ -104,23 +104,7 @@ async def test_analytics_windows_at_the_ends_of_time_are_400(api, query, error):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize(
-    "value",
-    [
-        "",  # `?to=` is a bad time, not a missing one
-        "2026-01-01 00:00:00Z",  # ISO 8601 forms that datetime.fromisoformat takes and RFC 3339 does not
-        "20260101T000000Z",
-        "2026-01-01T00:00Z",
-        "2026-01-01T00:00:00+0000",
-        "2026-W01-1T00:00:00Z",
-        "2026-01-01T00:00:00,5Z",
-        "2026-01-01T00:00:00.Z",
-        "2026-01-01T00:00:00Z\n",
-        " 2026-01-01T00:00:00Z",
-        "2026-01-01T00:00:60Z",  # a leap second only ends a UTC day
-        "2026-01-01T00:00:00+24:00",
-    ],
-)
+@pytest.mark.parametrize("value", NOT_RFC_3339)  # `?to=` included: a bad time, not a missing one
 async def test_a_time_that_is_not_rfc_3339_is_400_invalid_time(api, value):
     code, body, _ = await api.get(f"/api/v1/analytics/summary?to={urllib.parse.quote(value)}")
     assert (code, body["error"]["code"]) == (400, "invalid_time"), body

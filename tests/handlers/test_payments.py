@@ -92,9 +92,9 @@ async def test_malformed_payment_bodies_are_422(api, body):
 async def test_unknown_payment_is_404(api):
     for path in (f"/api/v1/payments/{MISSING}", "/api/v1/payments/nope"):
         code, body, _ = await api.get(path)
-        assert code == 404 and body["error"]["code"] == "not_found"
-    code, _, _ = await api.put(f"/api/v1/payments/{MISSING}/status", {"status": "completed"})
-    assert code == 404
+        assert (code, body["error"]["code"]) == (404, "not_found")
+    code, body, _ = await api.put(f"/api/v1/payments/{MISSING}/status", {"status": "completed"})
+    assert (code, body["error"]["code"]) == (404, "not_found")
 
 
 @pytest.mark.gen_test

@@ -74,9 +74,9 @@ async def test_update_with_no_change_keeps_the_version(api):
 async def test_update_to_a_taken_email_is_409_and_unknown_is_404(api):
     first, second = await api.new_user(), await api.new_user()
     code, body, _ = await api.put(f"/api/v1/users/{second['id']}", {"email": first["email"]})
-    assert code == 409 and body["error"]["code"] == "email_taken"
+    assert (code, body["error"]["code"]) == (409, "email_taken")
     code, body, _ = await api.put(f"/api/v1/users/{MISSING}", {"name": "x"})
-    assert code == 404
+    assert (code, body["error"]["code"]) == (404, "not_found")
 
 
 @pytest.mark.gen_test

@@ -295,12 +295,17 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(api, config, service
         server.stop()
 
 
+async def paid_and_told(api, user_id: str, client: Client) -> tuple[dict, dict]:
+    """A new payment of ``user_id``'s, and the frame that told ``client`` of it."""
+    payment = await api.new_payment(user_id, amount="1.00")
+    return payment, await client.next_frame("payment_created", id=payment["id"])
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_reconnect_with_last_event_id_replays_what_was_missed(api, base_url):
     user = await api.new_user()
     client = await Client.connect(api, user["id"], "phone")
-    first = await api.new_payment(user["id"], amount="1.00")
-    seen = await client.next_frame("payment_created", id=first["id"])
+    _, seen = await paid_and_told(api, user["id"], client)
     client.close()
 
     missed = [await api.new_payment(user["id"], amount=f"{n}.00") for n in (2, 3)]
@@ -337,9 +342,9 @@ async def test_unknown_last_event_id_says_replay_is_unavailable(api, base_url):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_sockets_per_user_and_per_address_are_limited_before_the_upgrade(api, base_url, monkeypatch):
-    user = await api.new_user()
     hub = WebSocketHub.instance()
     monkeypatch.setattr(hub, "max_per_user", 2)
+    user = await api.new_user()
     first, second = await Client.connect(api, user["id"], "a"), await Client.connect(api, user["id"], "b")
     try:
         token = await api.ws_token(user["id"])
@@ -370,8 +375,7 @@ async def test_an_event_published_twice_reaches_a_socket_once(api, config):
     user = await api.new_user()
     client = await Client.connect(api, user["id"], "once")
     try:
-        first = await api.new_payment(user["id"], amount="1.00")
-        frame = await client.next_frame("payment_created", id=first["id"])
+        _, frame = await paid_and_told(api, user["id"], client)
         row = await MySQLManager.instance().fetchone(
             "SELECT partition_key, payload FROM outbox WHERE event_id = %s", (frame["event_id"],)
         )
