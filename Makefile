@@ -20,10 +20,16 @@ include bench/bench.mk
 include loadtests/load.mk
 include chaos/chaos.mk
 
-run: install services
+# The virtualenv and the backing services need nothing of each other, so a cold start
+# makes them side by side (pip's downloads overlap FerretDB's Go build); `make test`
+# installs the test tools' Debian packages in the same apt-get as the servers'.
+run:
+	@$(MAKE) --no-print-directory -j2 install services
 	$(PY) -m service
 
-test: install services tools
+test:
+	@$(MAKE) --no-print-directory -j2 install services DEVSTACK_WITH_TOOLS=1
+	@$(MAKE) --no-print-directory tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The fast tier: every test that needs no backing service and no external tool, in

@@ -3,9 +3,9 @@
 # Pass SERVICES="redis kafka" to act on some of them only.
 DEVSTACK_SERVICES_SH := $(dir $(lastword $(MAKEFILE_LIST)))services.sh
 SERVICES ?=
-# `make test` needs the test tools too: `services` then installs their Debian packages in
-# the same apt-get as the servers' (`tools` finds them there).
-DEVSTACK_WITH_TOOLS := $(if $(filter test,$(MAKECMDGOALS)),1,)
+# `make test` needs the test tools too: it sets DEVSTACK_WITH_TOOLS=1, and `services` then
+# installs their Debian packages in the same apt-get as the servers' (`tools` finds them there).
+DEVSTACK_WITH_TOOLS ?=
 
 .PHONY: services services-stop services-status services-tools tools events
 
