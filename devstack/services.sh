@@ -86,13 +86,13 @@ closure() {
 
 # ---------------------------------------------------------------- commands
 
-# up: every Debian package first, in one apt-get, as a job; beside it from the start the
-# steps that need no package (FerretDB's Go build), then the Maven fetch once Java is
-# there; each service starts as soon as apt, its own step and the services it needs are
-# done, side by side with the others. DEVSTACK_WITH_TOOLS=1 adds the tools' packages to
-# the same apt-get (make test, which needs both).
+# up: the slow steps side by side. From the start: one apt-get of every missing Debian
+# package of the services, and the steps that need none (FerretDB's Go build); with
+# DEVSTACK_WITH_TOOLS=1 (make test) a second apt-get, of the test tools' packages, once
+# the first is done, while the servers start. Each service starts as soon as the packages,
+# its own step (the Maven fetch waits for Java) and the services it needs are there.
 cmd_up() {
-  local s n packages=() start
+  local s n start packages=()
   start=$(now)
   ensure_secrets
   for s in "$@"; do
@@ -100,10 +100,12 @@ cmd_up() {
     read -r -a n <<<"$("${s}_packages")"
     packages+=("${n[@]}")
   done
-  [[ "${DEVSTACK_WITH_TOOLS:-}" != 1 ]] || packages+=("${TOOLS_PACKAGES[@]}")
-
   jobs_begin
-  job_start apt apt_ensure "${packages[@]}"
+  APT_UPDATED_MARK="$JOBS_DIR/apt-updated"
+  job_start apt apt_after "" "${packages[@]}"
+  if [[ "${DEVSTACK_WITH_TOOLS:-}" == 1 ]]; then
+    job_start apt-tools apt_after apt "${TOOLS_PACKAGES[@]}"
+  fi
   for s in "$@"; do
     if declare -F "${s}_prepare" >/dev/null; then job_start "$s-prepare" "${s}_prepare"; fi
   done

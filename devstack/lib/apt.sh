@@ -12,6 +12,7 @@ have() {
 }
 
 APT_UPDATED=""
+APT_UPDATED_MARK="" # a file: apt-get update ran (shared by the background steps of one run)
 # apt_install PACKAGE...: install Debian packages (apt-get update once per run). Waits for
 # an apt run that holds the lock instead of failing.
 apt_install() {
@@ -27,10 +28,11 @@ apt_install() {
   fi
   local aptlog="$LOG_DIR/apt.log" rc=0 lock=(-o DPkg::Lock::Timeout=600)
   mkdir -p "$LOG_DIR"
-  if [[ -z "$APT_UPDATED" ]]; then
+  if [[ -z "$APT_UPDATED" && ! -e "${APT_UPDATED_MARK:-/nonexistent}" ]]; then
     log "apt-get update"
     $sudo apt-get "${lock[@]}" update >>"$aptlog" 2>&1 || rc=$?
     APT_UPDATED=1
+    [[ -z "$APT_UPDATED_MARK" ]] || : >"$APT_UPDATED_MARK"
   fi
   if ((rc == 0)); then
     log "apt-get install $*"
@@ -42,7 +44,7 @@ apt_install() {
 }
 
 # apt_ensure CHECK:PACKAGE...: install, in one apt-get, every PACKAGE whose CHECK (see
-# have) fails. `up` calls it once with what every service it starts needs.
+# have) fails.
 apt_ensure() {
   local pair missing=()
   for pair in "$@"; do
@@ -58,4 +60,13 @@ need_cmd() {
   local cmd=$1
   shift
   have "$cmd" || apt_install "$@"
+}
+
+# apt_after JOB CHECK:PACKAGE...: apt_ensure, once background job JOB (an earlier
+# apt_after; none if empty) has ended, whether it failed or not: `up` installs the test
+# tools' packages after the servers', so that the servers need not wait for them.
+apt_after() {
+  [[ -z "$1" ]] || job_wait "$1" || true
+  shift
+  apt_ensure "$@"
 }

@@ -24,7 +24,7 @@ kafka_stop() { stop_service kafka 60; }
 # The broker's jars (and the CLI tools'), fetched with Maven once: refetched only when
 # devstack/kafka/pom.xml changes. Needs Java and Maven, from apt.
 kafka_prepare() {
-  job_wait apt || fail kafka /dev/null "the Debian packages it needs could not be installed (see above)"
+  job_wait apt || fail kafka /dev/null "the Debian packages could not be installed (see above)"
   maven_fetch kafka "$DEVSTACK_SRC/kafka/pom.xml" "$KAFKA_LIBS" "$LOG_DIR/kafka-fetch.log"
 }
 
