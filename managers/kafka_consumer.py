@@ -109,10 +109,12 @@ class TopicReader(Manager):
         inst._run_in_background(inst._run(), f"kafka-{cls.name}-consumer")
         return inst
 
+    def _dependencies(self) -> tuple[type[BackingService], ...]:
+        return (KafkaProducerManager, *self.stores)
+
     def is_outage(self, exc: BaseException) -> bool:
         """Kafka, or one of the reader's stores, unavailable: anything else is a bug."""
-        services: tuple[type[BackingService], ...] = (KafkaProducerManager, *self.stores)
-        return any(service.is_unavailable(exc) for service in services)
+        return any(service.is_unavailable(exc) for service in self._dependencies())
 
     async def _connect(self) -> None:
         raise NotImplementedError
@@ -122,7 +124,8 @@ class TopicReader(Manager):
 
     async def _run(self) -> None:
         """Connect, then read batch after batch; a failure backs off and tries again."""
-        await reconnect(f"kafka_{self.name}_connect", self._connect, self.is_outage, **self.reconnect_cfg)
+        task, needs = f"kafka_{self.name}_connect", "/".join(s.dependency for s in self._dependencies())
+        await reconnect(task, self._connect, self.is_outage, **self.reconnect_cfg, dependency=needs)
         backoff = Backoff(self.reconnect_cfg["initial_delay_s"], self.reconnect_cfg["max_delay_s"])
         while True:
             try:

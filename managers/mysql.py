@@ -153,7 +153,9 @@ class MySQLManager(BackingService):
     async def _connect_until_ready(self) -> None:
         """Connect and migrate, retrying: an unreachable server is an outage, a migration
         that fails is a bug (managers/background.py), and both are tried again."""
-        await reconnect("mysql_connect", self._connect_and_migrate, self.is_unavailable, **self.reconnect_cfg)
+        await reconnect(
+            "mysql_connect", self._connect_and_migrate, self.is_unavailable, **self.reconnect_cfg, dependency="mysql"
+        )
         self.ready.set()
 
     async def _connect_and_migrate(self) -> None:
