@@ -61,8 +61,9 @@ async def test_a_bug_in_a_dependency_check_says_error_not_down(services, monkeyp
     assert "pingg" in report["dependencies"]["redis"]["error"]
     assert report["status"] == "degraded" and "redis" in report["down"]
     assert metric("singleton_dependency_up", {"dependency": "redis"}) == up == 1
-    assert bugs("health_check_redis") == before + 1
-    assert bug_lines(caplog, "health_check_redis")
+    # The monitor's own probe may check too meanwhile: every failed check counts, one is logged.
+    assert bugs("health_check_redis") > before
+    assert len(bug_lines(caplog, "health_check_redis")) == 1
     assert not [r for r in caplog.records if r.getMessage() == "dependency down"]
 
     monkeypatch.undo()
