@@ -26,7 +26,7 @@ from domain.errors import APIError, not_found
 from domain.ratelimit import RateLimiter
 from managers import metrics
 from managers.config import ConfigManager
-from managers.dependencies import UNAVAILABLE
+from managers.dependencies import UNAVAILABLE  # a backing service failing mid-request: 503
 from managers.logger import request_id_var
 
 log = logging.getLogger("singleton.http")
@@ -35,8 +35,6 @@ access_log = logging.getLogger("singleton.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BEARER = re.compile(r"^Bearer +(\S+) *$", re.IGNORECASE)
 _LENGTH = re.compile(r"^[0-9]{1,19}$")  # not str.isdigit(), which takes '²'
-# A dependency failing mid-request is the service being unavailable, not a bug.
-DEPENDENCY_ERRORS = UNAVAILABLE
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Request metrics label the method from this list; any other token is "other", so
 # invented methods cannot create new series.
@@ -159,7 +157,7 @@ class BaseHandler(tornado.web.RequestHandler):
             return None
         try:
             return await authenticator.authenticate(key)
-        except DEPENDENCY_ERRORS:
+        except UNAVAILABLE:
             if self.public:  # a public answer does not need to know who asked
                 return None
             raise
@@ -267,7 +265,7 @@ class BaseHandler(tornado.web.RequestHandler):
             code, message, details = exc.code, exc.message, exc.details
             for name, value in exc.headers.items():
                 self.set_header(name, value)
-        elif isinstance(exc, DEPENDENCY_ERRORS):
+        elif isinstance(exc, UNAVAILABLE):
             self.set_status(503)
             self.set_header("Retry-After", "1")
             code, message, details = "dependency_unavailable", "a backing service is unavailable; retry later", None
@@ -287,7 +285,7 @@ class BaseHandler(tornado.web.RequestHandler):
         """The one place request errors are logged: client errors are not logged here."""
         if isinstance(value, (APIError, tornado.web.HTTPError)):
             return
-        if isinstance(value, DEPENDENCY_ERRORS):
+        if isinstance(value, UNAVAILABLE):
             self.error = repr(value)[:300]  # on the access line: one line per request, not two
             return
         log.error("unhandled error", exc_info=(typ, value, tb), extra={"path": self.request.path})

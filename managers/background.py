@@ -87,10 +87,6 @@ class Failures:
     def failing(self) -> bool:
         return self.kind is not None
 
-    @property
-    def in_outage(self) -> bool:
-        return self.kind == "outage"
-
     def failed(self, exc: BaseException) -> None:
         """Record one failure: logged if it starts a run (or changes its kind), or as a
         minute's reminder; a bug is counted every time."""
