@@ -3,6 +3,10 @@
 ``python -m service keys create --role admin|user [--user-id ID] | list | revoke ID``:
 manage API keys. ``create`` prints only the new key on stdout (it is shown nowhere
 else, ever); ``list`` and ``revoke`` print one JSON object per key.
+
+``python -m service shards map | move LOGICAL --to PHYSICAL [--grace-s S]``: the shard
+map (which physical shard holds each range of logical shards), and moving one logical
+shard while the service runs (domain/moves.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 
 import tornado.httpserver
 
-from domain import auth
+from domain import auth, moves
 from domain.errors import APIError
 from handlers.base import Traffic
 from managers import config as config_module
@@ -27,6 +31,7 @@ from managers.config import Config
 from managers.health import HealthMonitor
 from managers.logger import LoggerManager
 from managers.mysql import MySQLManager
+from managers.shards import compact
 from service.app import make_app, make_ops_app, server_options
 from service.lifecycle import ROLES, Lifecycle
 from service.supervisor import Supervisor
@@ -55,6 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     keys.add_parser("list", help="every key, without its secret")
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
+    shards = commands.add_parser("shards", help="the shard map; move a logical shard")
+    shard_actions = shards.add_subparsers(dest="action", required=True)
+    shard_actions.add_parser("map", help="each physical shard and the logical shards it holds")
+    move = shard_actions.add_parser("move", help="move a logical shard to another physical shard, live")
+    move.add_argument("logical", type=int)
+    move.add_argument("--to", required=True, help="the physical shard's name (config's shards.physical)")
+    move.add_argument(
+        "--grace-s",
+        type=float,
+        help="wait this long after the switch before deleting the old copies (default: 3 map refreshes)",
+    )
     return parser.parse_args(argv)
 
 
@@ -73,6 +89,31 @@ async def manage_keys(config: Config, args: argparse.Namespace) -> int:
             print(json.dumps(await auth.revoke_key(args.key_id)))
     except TimeoutError:
         print(f"cannot reach mysql within {KEYS_WAIT_S} s", file=sys.stderr)
+        return 1
+    except APIError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await mysql.close()
+    return 0
+
+
+async def manage_shards(config: Config, args: argparse.Namespace) -> int:
+    """The ``shards`` commands: MariaDB only, no port opened."""
+    mysql = MySQLManager.start(config)
+    try:
+        await mysql.wait_ready(KEYS_WAIT_S)
+        if mysql.sharded:
+            await mysql.refresh_map()
+        if args.action == "map":
+            for name in mysql.databases:
+                print(json.dumps({"physical": name, "logical": compact(mysql.shard_map.held_by(name))}))
+        else:
+            grace_s = args.grace_s if args.grace_s is not None else 3 * mysql.map_refresh_s
+            moved = await moves.move(args.logical, args.to, grace_s, say=lambda line: print(line, file=sys.stderr))
+            print(json.dumps(moved._asdict()))
+    except TimeoutError:
+        print(f"cannot reach every mysql shard within {KEYS_WAIT_S} s", file=sys.stderr)
         return 1
     except APIError as exc:
         print(f"{exc.code}: {exc.message}", file=sys.stderr)
@@ -171,6 +212,8 @@ async def run(config: Config, args: argparse.Namespace) -> int:
     try:
         if args.command == "keys":
             return await manage_keys(config, args)
+        if args.command == "shards":
+            return await manage_shards(config, args)
         if config["server"]["processes"] > 1 and args.listen_fd is None:
             passed_on = [*(["--config", args.config] if args.config else []), "--role", args.role]
             return await Supervisor(config, passed_on).run()
