@@ -127,6 +127,8 @@ class OutboxRelay(Manager):
 
     async def release(self) -> None:
         """Let each batch in hand finish (published rows get marked), then flush once more."""
+        if self._stopping:  # released already
+            return
         deadline_s = KafkaProducerManager.instance().timeout_s * 2
         self._stopping = True
         self.notify()

@@ -13,13 +13,24 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from tornado.simple_httpclient import HTTPStreamClosedError
 
 from domain import auth, users
 from domain.outbox import OutboxRelay
 from managers import shards
 from managers.mysql import MySQLManager
 from managers.shards import id_range, logical_shard
-from tests.helpers import ROOT, free_port, fresh_database, run_service, service_env, terminate, wait_healthy, wait_until
+from tests.helpers import (
+    ROOT,
+    free_port,
+    fresh_database,
+    restart,
+    run_service,
+    service_env,
+    terminate,
+    wait_healthy,
+    wait_until,
+)
 
 A, B = "singleton_test_shard_a", "singleton_test_shard_b"
 ON_A, ON_B = 7, 700  # a logical shard on each: a holds 0-511, b 512-1023
@@ -43,10 +54,9 @@ def sharded_overrides(config: dict) -> dict:
 
 async def swap(config: dict) -> None:
     """The session's MariaDB manager and relay, closed and started again on ``config``."""
-    await OutboxRelay.instance().close()
-    await MySQLManager.instance().close()
-    MySQLManager.start(config)
-    OutboxRelay.start(config)
+    await OutboxRelay.instance().close()  # first: its last flush needs the database
+    await restart(MySQLManager, config)
+    await restart(OutboxRelay, config)
     await MySQLManager.instance().wait_ready(60)
 
 
@@ -154,14 +164,14 @@ async def test_changing_an_email_moves_its_claim_and_frees_the_old_one(sharded_a
     on_shard(ON_B)
     user = await sharded_api.new_user()
     new_email = f"moved-{uuid.uuid4().hex}@example.com"
-    code, updated, _ = await sharded_api.request("PATCH", f"/api/v1/users/{user['id']}", {"email": new_email})
+    code, updated, _ = await sharded_api.put(f"/api/v1/users/{user['id']}", {"email": new_email})
     assert code == 200 and updated["email"] == new_email
     claims = await rows("a", "SELECT email FROM email_claims WHERE user_id = %s", (user["id"],))
     assert claims == [{"email": new_email}]
     on_shard(ON_A)  # the old email is free again, for a user on the other shard
     assert (await sharded_api.post("/api/v1/users", {"email": user["email"], "name": "next"}))[0] == 201
     other = await sharded_api.new_user()
-    code, body, _ = await sharded_api.request("PATCH", f"/api/v1/users/{other['id']}", {"email": new_email})
+    code, body, _ = await sharded_api.put(f"/api/v1/users/{other['id']}", {"email": new_email})
     assert code == 409 and body["error"]["code"] == "email_taken"
 
 
@@ -192,7 +202,7 @@ async def test_a_create_killed_at_each_step_leaves_nothing_stuck(sharded_api, sh
             email = f"crash-{uuid.uuid4().hex}@example.com"
             try:
                 code, _, _ = await child.post("/api/v1/users", {"email": email, "name": "crash"})
-            except OSError:
+            except (OSError, HTTPStreamClosedError):  # the process died mid-request
                 code = None
             if proc.poll() is not None or code is None:
                 break
@@ -247,7 +257,11 @@ async def topic_events(config: dict, user_ids: set[str]) -> list[str]:
         parts = sorted(consumer.assignment())
         ends = await asyncio.wait_for(consumer.end_offsets(parts), 15)
         seen: list[str] = []
-        while any(await consumer.position(tp) < ends[tp] for tp in parts):
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in parts])
+
+        while await behind():
             batch = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 15)
             for records in batch.values():
                 seen += [json.loads(r.value)["event_id"] for r in records if r.key and r.key.decode() in user_ids]
