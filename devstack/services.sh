@@ -75,6 +75,10 @@ CLUSTER_REGISTRY=(
   "redis-5       redis          $N.15    -"
   "redis-6       redis          $N.16    -"
   "redis-cluster redis-cluster  -        default  redis-1 redis-2 redis-3 redis-4 redis-5 redis-6"
+  "kafka-1       kafka          $N.21    -" # Kafka's brokers (each a KRaft controller too), and the topic
+  "kafka-2       kafka          $N.22    -"
+  "kafka-3       kafka          $N.23    -"
+  "kafka-cluster kafka-cluster  -        default  kafka-1 kafka-2 kafka-3"
 )
 unset N
 if [[ $DEVSTACK_STACK == cluster ]]; then
