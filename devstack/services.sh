@@ -68,6 +68,8 @@ CLUSTER_NET="${CLUSTER_NET:-127.0.0}"
 N=$CLUSTER_NET
 CLUSTER_REGISTRY=(
   # name         service        address  default  needs
+  "mariadb-a     mariadb        $N.2     default" # the shards
+  "mariadb-b     mariadb        $N.3     default"
   "redis-1       redis          $N.11    -" # Redis Cluster's nodes, and the step that joins them
   "redis-2       redis          $N.12    -"
   "redis-3       redis          $N.13    -"
