@@ -81,6 +81,8 @@ CLUSTER_REGISTRY=(
   "kafka-2       kafka          $N.22    -"
   "kafka-3       kafka          $N.23    -"
   "kafka-cluster kafka-cluster  -        default  kafka-1 kafka-2 kafka-3"
+  "postgres      postgres       $N.31    -"
+  "ferretdb      ferretdb       $N.31    default  postgres"
 )
 unset N
 if [[ $DEVSTACK_STACK == cluster ]]; then
