@@ -1,6 +1,6 @@
 """``python -m chaos`` (``make chaos``): a fresh stack of the run's own, the service on it,
 every scenario in turn, the tables in docs/RELIABILITY.md; exit 1 if any scenario lost
-a payment, left analytics inexact, failed a write for good or answered 500.
+or doubled a payment, left analytics inexact, failed a write for good or answered 500.
 
 ``CHAOS_SCENARIOS=kafka,rolling`` plays only those (the document is then left alone).
 """
@@ -71,6 +71,8 @@ async def main() -> int:
             await run.close()
         await stack.down()
     meta = {
+        "stack": "everyday",
+        "what": "the whole `make chaos`",
         "date": dt.date.today().isoformat(),
         "commit": commit(),
         "runtime_s": time.monotonic() - started,
@@ -80,7 +82,8 @@ async def main() -> int:
         "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # 1-minute, at start and end
         "scenarios": keys,
     }
-    report.write(run.results, meta, doc=report.DOC if keys == list(SCENARIOS) else WORK / "RELIABILITY.partial.md")
+    whole = keys == list(SCENARIOS)
+    report.write(run.results, meta, stack.work, doc=report.DOC if whole else WORK / "RELIABILITY.partial.md")
     failed = [r["key"] for r in run.results if not report.passed(r)]
     log(f"done in {meta['runtime_s'] / 60:.1f} min: {'FAILED ' + ', '.join(failed) if failed else 'every scenario ok'}")
     return 1 if failed else 0

@@ -36,8 +36,11 @@ class Scenario:
     since: dict = field(default_factory=dict)  # the topic's end offsets before it
     fault_start: float | None = None
     fault_end: float | None = None
+    rate_per_s: float = RATE_PER_S  # the writes offered
+    read_rate_per_s: float = 0.0  # reads of its users beside them (none by default)
     notes: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # anything else that fails the scenario
+    figures: dict = field(default_factory=dict)  # what a scenario measures beyond the frame's (cluster ones)
 
 
 def first_accepted(writes: list[Write], after: float) -> float | None:
@@ -48,7 +51,7 @@ def first_accepted(writes: list[Write], after: float) -> float | None:
 
 def analytics_view(backlog: BacklogWatch, watch: HealthWatch, s: Scenario) -> dict:
     """The analytics group's backlog as Kafka has it, and the lag /health reported."""
-    caught_up = int(RATE_PER_S)  # one second of writes
+    caught_up = int(s.rate_per_s)  # one second of writes
     peak, cleared = backlog.backlog(s.fault_start, s.fault_end, caught_up)
     reported, _ = peak_and_cleared(watch.lags, s.fault_start, s.fault_end, caught_up)
     return {
@@ -93,7 +96,7 @@ class Run:
     def __init__(self, stack: Stack, key: str):
         self.stack = stack
         self.service: Service | None = None
-        self.client = Client(f"http://127.0.0.1:{stack.ports['service']}", key)
+        self.client = Client(stack.service_url, key)
         self.results: list[dict] = []
         self.services: list[Service] = []  # every process this run started, for their logs
         self._seen_trouble = (0, 0)  # tracebacks and event-loop complaints already reported
@@ -129,22 +132,31 @@ class Run:
                 raise RuntimeError(f"service not ready within {timeout_s} s: {self.service.log_path}")
             await asyncio.sleep(0.2)
 
-    async def prepare(self, key: str, title: str) -> Scenario:
+    async def prepare(self, key: str, title: str, users: int = USERS) -> Scenario:
         """A scenario's users (made by the running, healthy service) and the topic's ends."""
         log(f"scenario {key}: {title}")
         s = Scenario(key, title)
-        for n in range(USERS):
-            body = {"email": f"chaos-{uuid.uuid4().hex}@example.com", "name": f"Chaos {key} {n}"}
-            code, user, _ = await self.client.request("POST", "/api/v1/users", body)
-            if code != 201:
-                raise RuntimeError(f"creating a user: {code} {user}")
-            s.users.append(user["id"])
+        for _ in range(users):
+            s.users.append(await self.new_user(s))
         s.since = await accounting.topic_ends(self.stack)
         return s
 
+    async def new_user(self, s: Scenario) -> str:
+        """A new user of scenario ``s``'s (its id is random: so is its shard)."""
+        body = {"email": f"chaos-{uuid.uuid4().hex}@example.com", "name": f"Chaos {s.key} {len(s.users)}"}
+        code, user, _ = await self.client.request("POST", "/api/v1/users", body)
+        if code != 201:
+            raise RuntimeError(f"creating a user: {code} {user}")
+        return user["id"]
+
     @contextlib.asynccontextmanager
-    async def loaded(self, s: Scenario, warmup_s: float = WARMUP_S) -> AsyncIterator[Load]:
-        load, watch = Load(self.client, s.users), HealthWatch(self.client)
+    async def loaded(
+        self, s: Scenario, warmup_s: float = WARMUP_S, weights: list[int] | None = None
+    ) -> AsyncIterator[Load]:
+        """Steady writes at ``s.rate_per_s`` over ``s.users`` (``weights``: how many shares of
+        the writes each user gets, one each by default) around the scenario's fault."""
+        users = [u for u, n in zip(s.users, weights or [1] * len(s.users), strict=True) for _ in range(n)]
+        load, watch = Load(self.client, users, s.rate_per_s, s.read_rate_per_s), HealthWatch(self.client)
         load.start()
         watch.start()
         try:
@@ -166,7 +178,17 @@ class Run:
             s.problems.append(f"{tracebacks} tracebacks in the service's log")
         if complaints:  # noted, not failed: seen once so far, and it loses nothing (docs/RELIABILITY.md)
             s.notes["event_loop"] = complaints
-        self.results.append({"key": s.key, "title": s.title, **view, **books, "notes": s.notes, "problems": s.problems})
+        self.results.append(
+            {
+                "key": s.key,
+                "title": s.title,
+                **view,
+                **books,
+                "notes": s.notes,
+                "problems": s.problems,
+                "figures": s.figures,
+            }
+        )
         log(f"scenario {s.key}: accepted {books['accepted']}, lost {books['lost']}, analytics {books['analytics']}")
 
     async def close(self) -> None:
