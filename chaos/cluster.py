@@ -30,7 +30,7 @@ from managers.shards import ShardMap, logical_shard
 CLUSTER_CONFIG = REPO / "config.cluster.yaml"
 DEFAULT_NET = "127.0.5"
 STATE_IN_CONFIG = ".devstack-cluster/"  # where config.cluster.yaml's files are, relative to it
-_ADDRESS = re.compile(r"\b127\.0\.0\.(\d+)\b")
+_ADDRESS = re.compile(r"(?<![\d.])127\.0\.0\.(\d+)\b")
 REDIS_PORT = 6379
 TIMEOUT_S = 2.0  # one call to a server of the stack, from the run's side
 MOVE_TIMEOUT_S = 300.0  # a whole `shards move`, its grace period included

@@ -23,7 +23,10 @@ from managers.shards import logical_shard
 
 # What the issue asks (issue 15), and how long each fault lasts here.
 REDIS_BACK_WITHIN_S = 10.0  # cache and limiter on the cluster again, after the failover
-REDIS_FAILOVER_DEADLINE_S = 30.0
+REDIS_NODE_TIMEOUT_S = 3.0  # devstack/services/redis.sh's cluster-node-timeout
+REDIS_FAILOVER_MAX_S = 10.0  # "within the node timeout (a few seconds)": the timeout, then the election
+REDIS_FAILOVER_DEADLINE_S = 30.0  # how long the run waits for a promotion at all
+REDIS_READS_PER_S = 25.0  # GET /api/v1/users/:id beside the writes: the cache's read-through path
 REDIS_DOWN_S = 10.0  # the killed master is restarted (as a replica) this long after the kill
 KAFKA_RATE_PER_S = 200.0
 KAFKA_USERS = 12  # 200 writes/s on 3 users would queue on 3 row locks
@@ -49,20 +52,23 @@ def outage_end(s: Scenario, load: Load) -> float:
 
 def answers_by_shard(stack: ClusterStack, writes: list[Write], start: float, end: float) -> dict[str, dict]:
     """Per physical shard (the user's, as the map was when the scenario began): attempts
-    sent between ``start`` and ``end`` and what came back."""
+    sent between ``start`` and ``end``, what came back, and every kind of refusal counted
+    ("503 dependency_unavailable", "connection": no answer)."""
     out: dict[str, dict] = {}
     for write in writes:
         shard = stack.shard_of(write.user_id)
-        seen = out.setdefault(shard, {"attempts": 0, "201": 0, "503": 0, "503_without_retry_after": 0, "other": 0})
+        seen = out.setdefault(shard, {"attempts": 0, "201": 0, "503": 0, "503_without_retry_after": 0, "refused": {}})
         for a in write.attempts:
             if not start <= a.started <= end:
                 continue
             seen["attempts"] += 1
-            if a.outcome in (201, 503):
-                seen[str(a.outcome)] += 1
-                seen["503_without_retry_after"] += a.outcome == 503 and a.retry_after is None
-            else:
-                seen["other"] += 1
+            if a.outcome == 201:
+                seen["201"] += 1
+                continue
+            kind = " ".join(str(x) for x in (a.outcome, a.error) if x is not None)
+            seen["refused"][kind] = seen["refused"].get(kind, 0) + 1
+            seen["503"] += a.outcome == 503
+            seen["503_without_retry_after"] += a.outcome == 503 and a.retry_after is None
     return out
 
 
@@ -100,7 +106,7 @@ async def wait_failover(stack: ClusterStack, victim: str, killed_at: float) -> t
 async def redis_master(run: Run) -> None:
     stack = cluster(run)
     s = await run.prepare("redis-master", "SIGKILL of a Redis Cluster master", users=6)
-    s.read_rate_per_s = 50.0  # GET /api/v1/users/:id: the cache's read-through path
+    s.read_rate_per_s = REDIS_READS_PER_S
     metrics = MetricsWatch(stack.metrics_url)
     metrics.start()
     try:
@@ -137,8 +143,8 @@ async def redis_master(run: Run) -> None:
         reads_failed=len(reads_failed),
         reads_slowest_s=round(max((a.seconds for a in load.reads), default=0), 2),
     )
-    if failover_s is None:
-        s.problems.append(f"{replica} did not take over within {REDIS_FAILOVER_DEADLINE_S:.0f} s")
+    if failover_s is None or failover_s > REDIS_FAILOVER_MAX_S:
+        s.problems.append(f"{replica} did not take over within {REDIS_FAILOVER_MAX_S:.0f} s ({failover_s} s)")
     if back_s is not None and back_s > REDIS_BACK_WITHIN_S:
         s.problems.append(f"the cache or limiter missed Redis {back_s:.1f} s after the failover")
     if not hits_after:
@@ -237,8 +243,8 @@ async def mariadb_shard(run: Run) -> None:
         seen["users"] = sum(1 for u in s.users if stack.shard_of(u) == shard)
     s.figures.update(victim=victim, by_shard=by_shard)
     for shard, seen in others.items():
-        if seen["attempts"] != seen["201"]:
-            s.problems.append(f"shard {shard}'s users were refused {seen['attempts'] - seen['201']} times")
+        if seen["refused"]:
+            s.problems.append(f"shard {shard}'s users were refused: {seen['refused']}")
     if by_shard.get(victim, {}).get("503_without_retry_after"):
         s.problems.append("a 503 without Retry-After")
     if "down" in run.results[-1]["health_during"]:

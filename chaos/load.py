@@ -38,6 +38,7 @@ class Attempt:
     seconds: float
     outcome: int | str  # the HTTP status, or CONNECTION
     retry_after: str | None = None  # the answer's Retry-After
+    error: str | None = None  # the answer's error code (its JSON envelope's error.code)
 
 
 @dataclass
@@ -114,6 +115,7 @@ async def send(client: Client, write: Write) -> None:
     for tries in range(10_000):
         started = time.monotonic()
         headers: dict = {}
+        payload = None
         write.sending = True
         try:
             code, payload, headers = await client.request(
@@ -124,7 +126,8 @@ async def send(client: Client, write: Write) -> None:
             outcome = CONNECTION
         finally:
             write.sending = False
-        write.attempts.append(Attempt(started, time.monotonic() - started, outcome, headers.get("Retry-After")))
+        error = ((payload or {}).get("error") or {}).get("code") if outcome != 201 else None
+        write.attempts.append(Attempt(started, time.monotonic() - started, outcome, headers.get("Retry-After"), error))
         write.final = outcome
         if outcome == 201:
             write.payment_id = payload["id"]
