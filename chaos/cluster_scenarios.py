@@ -14,8 +14,10 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import RedisError
+
 from chaos.cluster import ClusterStack
-from chaos.load import CONNECTION, Load, Write
+from chaos.load import Attempt, Load, Write
 from chaos.run import Run, Scenario
 from chaos.stack import log
 from chaos.watches import CACHE_HITS, LIMITER_MISSED, REDIS_MISSED, EventSockets, MetricsWatch
@@ -50,6 +52,11 @@ def outage_end(s: Scenario, load: Load) -> float:
     return max([s.fault_end or 0.0, *[t for t in refused if t >= (s.fault_start or 0.0)]])
 
 
+def kind(a: Attempt) -> str:
+    """What an attempt that got no 201 got: "503 dependency_unavailable", "connection" (no answer)."""
+    return " ".join(str(x) for x in (a.outcome, a.error) if x is not None)
+
+
 def answers_by_shard(stack: ClusterStack, writes: list[Write], start: float, end: float) -> dict[str, dict]:
     """Per physical shard (the user's, as the map was when the scenario began): attempts
     sent between ``start`` and ``end``, what came back, and every kind of refusal counted
@@ -65,8 +72,7 @@ def answers_by_shard(stack: ClusterStack, writes: list[Write], start: float, end
             if a.outcome == 201:
                 seen["201"] += 1
                 continue
-            kind = " ".join(str(x) for x in (a.outcome, a.error) if x is not None)
-            seen["refused"][kind] = seen["refused"].get(kind, 0) + 1
+            seen["refused"][kind(a)] = seen["refused"].get(kind(a), 0) + 1
             seen["503"] += a.outcome == 503
             seen["503_without_retry_after"] += a.outcome == 503 and a.retry_after is None
     return out
@@ -85,22 +91,25 @@ def bucket_master(stack: ClusterStack) -> tuple[str, str]:
     raise RuntimeError(f"no rate-limit bucket in Redis: {found}")
 
 
-async def wait_failover(stack: ClusterStack, victim: str, killed_at: float) -> tuple[float | None, str | None]:
-    """Seconds from the kill until the victim's replica is a master serving its slots and
-    the cluster says ok; and that replica's name."""
-    nodes = stack.redis_nodes(victim)
-    victim_id = next(n.node_id for n in nodes if n.server == victim)
-    replica = next(n.server for n in nodes if n.master_of == victim_id)
+def replica_of(stack: ClusterStack, master: str) -> str:
+    """The replica of ``master`` (asked before it is killed)."""
+    nodes = stack.redis_nodes(master)
+    master_id = next(n.node_id for n in nodes if n.server == master)
+    return next(n.server for n in nodes if n.master_of == master_id)
+
+
+async def wait_failover(stack: ClusterStack, replica: str, killed_at: float) -> float | None:
+    """Seconds from the kill until ``replica`` is a master serving slots and the cluster says ok."""
     while time.monotonic() - killed_at < REDIS_FAILOVER_DEADLINE_S:
         try:
             seen = {n.server: n for n in await asyncio.to_thread(stack.redis_nodes, replica)}
             state = await asyncio.to_thread(stack.redis_state, replica)
-        except OSError:
+        except (OSError, RedisError):  # the node busy with the election: ask again
             seen, state = {}, ""
         if replica in seen and seen[replica].master and seen[replica].slots and state == "ok":
-            return time.monotonic() - killed_at, replica
+            return time.monotonic() - killed_at
         await asyncio.sleep(0.1)  # deliberate: polling the cluster's view
-    return None, replica
+    return None
 
 
 async def redis_master(run: Run) -> None:
@@ -113,11 +122,12 @@ async def redis_master(run: Run) -> None:
         async with run.loaded(s) as load:
             victim, bucket = await asyncio.to_thread(bucket_master, stack)
             cached = (await asyncio.to_thread(stack.redis_keys, "*user:*")).get(victim, [])
+            replica = await asyncio.to_thread(replica_of, stack, victim)
             s.title = f"SIGKILL of Redis master {victim}, restarted {REDIS_DOWN_S:.0f} s later"
             log(f"scenario {s.key}: killing {victim}, which holds {bucket} and {len(cached)} cached users")
             s.fault_start = time.monotonic()
             await stack.kill(victim)
-            failover_s, replica = await wait_failover(stack, victim, s.fault_start)
+            failover_s = await wait_failover(stack, replica, s.fault_start)
             log(f"scenario {s.key}: {replica} took over in {failover_s} s")
             await asyncio.sleep(max(0.0, s.fault_start + REDIS_DOWN_S - time.monotonic()))  # deliberate: the outage
             s.notes["restart_s"] = round(await stack.devstack("up", victim, "redis-cluster"), 1)
@@ -285,7 +295,7 @@ async def shard_move(run: Run) -> None:
         rows_moved=moved["rows"],
         moving_writes=len(moving),
         refused=len(refused),
-        refused_outcomes=dict(Counter(str(a.outcome) for a in refused)),
+        refused_outcomes=dict(Counter(map(kind, refused))),
         refused_for_s=round(max(a.started + a.seconds for a in refused) - min(a.started for a in refused), 2)
         if refused
         else 0.0,
@@ -300,7 +310,7 @@ async def shard_move(run: Run) -> None:
         s.problems.append("the move did not say when it froze and switched")
     elif outside := [a for a in refused if a.started + a.seconds < frozen or a.started > switched + MOVE_SLACK_S]:
         s.problems.append(f"{len(outside)} writes refused outside the switch")
-    if any(a.outcome not in (503, CONNECTION) or a.retry_after is None for a in refused):
+    if any(a.outcome != 503 or a.retry_after is None for a in refused):
         s.problems.append(f"refusals other than 503 with Retry-After: {s.figures['refused_outcomes']}")
 
 
