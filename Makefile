@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit lint clean
+.PHONY: install run test test-unit lint clean run-cluster test-cluster
 
 install: $(STAMP)
 
@@ -36,6 +36,20 @@ test:
 # seconds, with nothing but the virtualenv (tests/conftest.py says how tests are told apart).
 test-unit: install
 	$(PY) -m pytest --unit $(PYTEST_ARGS)
+
+# The cluster stack (devstack/README.md: 2 MariaDB shards, Redis Cluster, 3 Kafka brokers,
+# FerretDB), and the service on it, or the cluster suite (tests/cluster/, which `make test`
+# never runs). SINGLETON_CLUSTER_CONFIG names another configuration than config.cluster.yaml,
+# e.g. for a copy of the stack on other addresses (CLUSTER_NET).
+CLUSTER_CONFIG := $(or $(SINGLETON_CLUSTER_CONFIG),config.cluster.yaml)
+
+run-cluster:
+	@$(MAKE) --no-print-directory -j2 install services-cluster
+	$(PY) -m service --config $(CLUSTER_CONFIG)
+
+test-cluster:
+	@$(MAKE) --no-print-directory -j2 install services-cluster
+	SINGLETON_CLUSTER_CONFIG=$(CLUSTER_CONFIG) $(PY) -m pytest --cluster tests/cluster $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

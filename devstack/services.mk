@@ -8,6 +8,7 @@ SERVICES ?=
 DEVSTACK_WITH_TOOLS ?=
 
 .PHONY: services services-stop services-status services-tools tools events
+.PHONY: services-cluster services-cluster-stop services-cluster-status
 
 services: ## Install if needed, start and wait for mariadb, redis, kafka, ferretdb (and its postgres)
 	@DEVSTACK_WITH_TOOLS=$(DEVSTACK_WITH_TOOLS) bash $(DEVSTACK_SERVICES_SH) up $(SERVICES)
@@ -17,6 +18,18 @@ services-stop: ## Stop the services that devstack started
 
 services-status: ## Show which services answer their readiness check
 	@bash $(DEVSTACK_SERVICES_SH) status $(SERVICES)
+
+# The cluster stack (devstack/README.md): 2 MariaDB shards, Redis Cluster, 3 Kafka brokers,
+# FerretDB on PostgreSQL, each server on its own address under CLUSTER_NET (default 127.0.0),
+# state in .devstack-cluster/. SERVICES names some of its servers (e.g. redis-cluster).
+services-cluster: ## Install if needed, start and wait for the cluster stack, beside the everyday one
+	@bash $(DEVSTACK_SERVICES_SH) --cluster up $(SERVICES)
+
+services-cluster-stop: ## Stop the cluster stack's servers that devstack started
+	@bash $(DEVSTACK_SERVICES_SH) --cluster down $(SERVICES)
+
+services-cluster-status: ## Show which of the cluster stack's servers answer their readiness check
+	@bash $(DEVSTACK_SERVICES_SH) --cluster status $(SERVICES)
 
 services-tools: ## Install promtool (prometheus), wrk and chromium if missing
 	@bash $(DEVSTACK_SERVICES_SH) tools

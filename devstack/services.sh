@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
 # Local backing services for development and tests, without Docker or systemd.
 #
-#   devstack/services.sh up     [SERVICE...]   install if missing, start, wait until ready
-#   devstack/services.sh down   [SERVICE...]   stop what this script started
-#   devstack/services.sh status [SERVICE...]   print each service up/down (exit 3 if any is down)
-#   devstack/services.sh tools                 install promtool (prometheus), wrk and chromium
-#   devstack/services.sh events [ARG...]       print the Kafka topic's events from the beginning
+#   devstack/services.sh [--cluster] up     [NAME...]   install if missing, start, wait until ready
+#   devstack/services.sh [--cluster] down   [NAME...]   stop what this script started
+#   devstack/services.sh [--cluster] status [NAME...]   print each one up/down (exit 3 if any is down)
+#   devstack/services.sh tools                          install promtool (prometheus), wrk and chromium
+#   devstack/services.sh [--cluster] events [ARG...]    print the Kafka topic's events from the beginning
 #
-# SERVICE is one of the registry below (default: those marked "default"); a service
-# brings the ones it needs with it (ferretdb its postgres): up starts them first, down
-# stops them after, status lists them. All servers listen on 127.0.0.1 only. State lives
-# under $DEVSTACK_DIR (default: <repo>/.devstack): data/, logs/, run/ (pid files),
-# cache/ (Kafka's jars, the FerretDB build; $DEVSTACK_CACHE_DIR puts it elsewhere, e.g.
-# shared by a second stack). See devstack/README.md.
+# Two stacks, each a registry below: the everyday one (make services), every server on
+# 127.0.0.1, and with --cluster the production-shaped one (make services-cluster): two
+# MariaDB shards, Redis Cluster, three Kafka brokers, FerretDB, each server on a loopback
+# address of its own. NAME is one of the stack's registry (default: those marked
+# "default"); a name brings the ones it needs with it (ferretdb its postgres): up starts
+# them first, down stops them after, status lists them. State lives under $DEVSTACK_DIR
+# (default: <repo>/.devstack, or <repo>/.devstack-cluster for the cluster stack): data/,
+# logs/, run/ (pid files), and cache/ (Kafka's jars, the FerretDB build; $DEVSTACK_CACHE_DIR
+# puts it elsewhere, e.g. shared by a second stack; the cluster stack uses the everyday
+# stack's). See devstack/README.md.
 #
 # The pieces: lib/ holds what every service uses (lib/common.sh paths, logging, failing;
 # lib/process.sh the supervisor; lib/jobs.sh steps side by side; lib/apt.sh, lib/maven.sh,
-# lib/go.sh installing), services/NAME.sh each service (see "Adding a service" in
+# lib/go.sh installing), services/SERVICE.sh each service (see "Adding a service" in
 # devstack/README.md).
 # shellcheck source-path=SCRIPTDIR # the sources below are named from this directory
 set -euo pipefail
+
+DEVSTACK_STACK=everyday
+if [[ "${1:-}" == --cluster ]]; then
+  DEVSTACK_STACK=cluster
+  shift
+fi
 
 DEVSTACK_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib"
 # shellcheck source=lib/common.sh
@@ -35,17 +45,52 @@ source "$DEVSTACK_LIB/maven.sh"
 # shellcheck source=lib/go.sh
 source "$DEVSTACK_LIB/go.sh"
 
-# ---------------------------------------------------------------- the registry
-# One line per service, in start order: its name (services/NAME.sh), whether a bare
-# `up`/`down`/`status` includes it, and the services it needs running first (which must
-# come earlier here). A new server is a file in services/ and one line here.
-REGISTRY=(
-  "mariadb  default"
-  "redis    default"
-  "kafka    default"
-  "postgres -"
-  "ferretdb default postgres"
+# ---------------------------------------------------------------- the registries
+# One line per server, in start order: its name (its pid file, data directory and log),
+# its service (services/SERVICE.sh, which runs it; several servers may share one), the
+# address it listens on, whether a bare `up`/`down`/`status` includes it, and the names it
+# needs running first (which must come earlier here). A line whose address is "-" starts
+# no server of its own: it joins the servers it needs into a cluster. A new server is a
+# file in services/ (or an existing one) and one line here.
+EVERYDAY_REGISTRY=(
+  # name    service   address    default  needs
+  "mariadb  mariadb   127.0.0.1  default"
+  "redis    redis     127.0.0.1  default"
+  "kafka    kafka     127.0.0.1  default"
+  "postgres postgres  127.0.0.1  -"
+  "ferretdb ferretdb  127.0.0.1  default  postgres"
 )
+
+# The cluster stack: every server on its service's usual port, on an address of its own
+# under CLUSTER_NET (default 127.0.0, so 127.0.0.2 ...; another copy can run on 127.0.1.x).
+# Its ports are fixed: the everyday stack's *_PORT variables do not move them.
+CLUSTER_NET="${CLUSTER_NET:-127.0.0}"
+N=$CLUSTER_NET
+CLUSTER_REGISTRY=(
+  # name         service        address  default  needs
+  "mariadb-a     mariadb        $N.2     default" # the shards
+  "mariadb-b     mariadb        $N.3     default"
+  "redis-1       redis          $N.11    -" # Redis Cluster's nodes, and the step that joins them
+  "redis-2       redis          $N.12    -"
+  "redis-3       redis          $N.13    -"
+  "redis-4       redis          $N.14    -"
+  "redis-5       redis          $N.15    -"
+  "redis-6       redis          $N.16    -"
+  "redis-cluster redis-cluster  -        default  redis-1 redis-2 redis-3 redis-4 redis-5 redis-6"
+  "kafka-1       kafka          $N.21    -" # Kafka's brokers (each a KRaft controller too), and the topic
+  "kafka-2       kafka          $N.22    -"
+  "kafka-3       kafka          $N.23    -"
+  "kafka-cluster kafka-cluster  -        default  kafka-1 kafka-2 kafka-3"
+  "postgres      postgres       $N.31    -"
+  "ferretdb      ferretdb       $N.31    default  postgres"
+)
+unset N
+if [[ $DEVSTACK_STACK == cluster ]]; then
+  unset MYSQL_PORT REDIS_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT POSTGRES_PORT MONGO_PORT
+  REGISTRY=("${CLUSTER_REGISTRY[@]}")
+else
+  REGISTRY=("${EVERYDAY_REGISTRY[@]}")
+fi
 
 # Debian packages of `tools` (test tooling): promtool, wrk, and Chromium for the browser
 # test (tests/e2e), which launches /usr/bin/chromium by that path.
@@ -53,20 +98,60 @@ TOOLS_PACKAGES=(promtool:prometheus wrk:wrk /usr/bin/chromium:chromium)
 
 ALL_SERVICES=()
 DEFAULT_SERVICES=()
-declare -A NEEDS=()
+declare -A NEEDS=() SERVICE_OF=() ADDRESS=()
 registry_load() {
-  local line name default needs
+  local line name service address default needs
+  local -A sourced=()
   for line in "${REGISTRY[@]}"; do
-    read -r name default needs <<<"$line"
+    read -r name service address default needs <<<"$line"
     ALL_SERVICES+=("$name")
     [[ "$default" != default ]] || DEFAULT_SERVICES+=("$name")
     NEEDS[$name]="$needs"
+    SERVICE_OF[$name]="$service"
+    ADDRESS[$name]="${address#-}"
+    [[ -z "${sourced[$service]:-}" ]] || continue
+    sourced[$service]=1
     # shellcheck source=/dev/null # one file per service, named by the registry
-    source "$DEVSTACK_SRC/services/$name.sh"
+    source "$DEVSTACK_SRC/services/$service.sh"
   done
 }
 
-# closure SERVICE...: the services and, recursively, those they need, in registry order.
+# The functions of service SERVICE are SERVICE_up, SERVICE_ready, ... ("-" read as "_":
+# redis-cluster's are redis_cluster_up, ...).
+# has NAME FUNCTION: NAME's service defines FUNCTION.
+has() {
+  declare -F "${SERVICE_OF[$1]//-/_}_$2" >/dev/null
+}
+
+# on NAME FUNCTION ARGS...: run the FUNCTION of NAME's service (`on redis-3 up` runs
+# redis_up) for server NAME: INSTANCE is its name, HOST its address.
+on() {
+  local INSTANCE=$1 fn=$2
+  shift 2
+  # shellcheck disable=SC2034 # read by the service's functions
+  local HOST=${ADDRESS[$INSTANCE]}
+  "${SERVICE_OF[$INSTANCE]//-/_}_$fn" "$@"
+}
+
+# servers_of SERVICE: the names of the stack's servers that SERVICE runs, in registry order.
+servers_of() {
+  local s
+  for s in "${ALL_SERVICES[@]}"; do
+    [[ "${SERVICE_OF[$s]}" != "$1" ]] || echo "$s"
+  done
+}
+
+# address_of NAME: the address server NAME listens on.
+address_of() { echo "${ADDRESS[$1]}"; }
+
+# service_stop NAME: its service's own SERVICE_stop if its file defines one (a longer
+# grace, another signal, nothing for a line without a server), else stop_service with the
+# defaults.
+service_stop() {
+  if has "$1" stop; then on "$1" stop; else stop_service "$1"; fi
+}
+
+# closure NAME...: the names and, recursively, those they need, in registry order.
 closure() {
   local -A want=()
   local s n changed=1
@@ -89,15 +174,17 @@ closure() {
 # up: the slow steps side by side. From the start: one apt-get of every missing Debian
 # package of the services, and the steps that need none (FerretDB's Go build); with
 # DEVSTACK_WITH_TOOLS=1 (make test) a second apt-get, of the test tools' packages, once
-# the first is done, while the servers start. Each service starts as soon as the packages,
-# its own step (the Maven fetch waits for Java) and the services it needs are there.
+# the first is done, while the servers start. Each server starts as soon as the packages,
+# its service's own step (the Maven fetch waits for Java) and the servers it needs are
+# there: the cluster stack's servers of one service start side by side.
 cmd_up() {
-  local s n start packages=()
+  local s n start packages=() services=()
   start=$(now)
   ensure_secrets
-  for s in "$@"; do
-    declare -F "${s}_packages" >/dev/null || continue
-    read -r -a n <<<"$("${s}_packages")"
+  mapfile -t services < <(for s in "$@"; do echo "${SERVICE_OF[$s]}"; done | sort -u)
+  for s in "${services[@]}"; do
+    declare -F "${s//-/_}_packages" >/dev/null || continue
+    read -r -a n <<<"$("${s//-/_}_packages")"
     packages+=("${n[@]}")
   done
   jobs_begin
@@ -106,8 +193,8 @@ cmd_up() {
   if [[ "${DEVSTACK_WITH_TOOLS:-}" == 1 ]]; then
     job_start apt-tools apt_after apt "${TOOLS_PACKAGES[@]}"
   fi
-  for s in "$@"; do
-    if declare -F "${s}_prepare" >/dev/null; then job_start "$s-prepare" "${s}_prepare"; fi
+  for s in "${services[@]}"; do
+    if declare -F "${s//-/_}_prepare" >/dev/null; then job_start "$s-prepare" "${s//-/_}_prepare"; fi
   done
   for s in "$@"; do
     job_start "$s" service_up "$s"
@@ -116,35 +203,58 @@ cmd_up() {
   log "up: $* ready in $(($(now) - start))s"
 }
 
-# service_up SERVICE: the job that starts SERVICE, once what it needs is there.
+# service_up NAME: the job that starts server NAME, once what it needs is there.
 service_up() {
   local s=$1 n start
   job_wait apt || fail "$s" /dev/null "the Debian packages could not be installed (see above)"
-  job_wait "$s-prepare" || fail "$s" /dev/null "its preparation failed (see above)"
+  job_wait "${SERVICE_OF[$s]}-prepare" || fail "$s" /dev/null "its preparation failed (see above)"
   for n in ${NEEDS[$s]}; do
     job_wait "$n" || fail "$s" /dev/null "$n, which it needs, did not come up (see above)"
   done
   start=$(now)
-  "${s}_up"
+  on "$s" up
   log "$s: took $(($(now) - start))s"
 }
 
+# down: every server side by side, each once those that need it have stopped (ferretdb
+# before its postgres): a Kafka cluster's brokers stop together, none waiting for a quorum
+# that the others have already left.
 cmd_down() {
-  local i
-  # Reverse order of start.
-  for ((i = $#; i >= 1; i--)); do
-    service_stop "${!i}"
+  local s start
+  start=$(now)
+  jobs_begin
+  for s in "$@"; do
+    job_start "$s" stop_after "$s" "$@"
   done
+  jobs_end || exit 1
+  log "down: $* in $(($(now) - start))s"
+}
+
+# stop_after NAME NAME...: the job that stops NAME, once each of the others that needs it
+# has stopped.
+stop_after() {
+  local s=$1 n
+  shift
+  for n in "$@"; do
+    [[ " ${NEEDS[$n]} " != *" $s "* ]] || job_wait "$n" || true
+  done
+  service_stop "$s"
 }
 
 cmd_status() {
   local s pid owner rc=0
   for s in "$@"; do
-    if pid="$(our_pid "$s")"; then owner="pid $pid, started by devstack"; else owner="not started by devstack"; fi
-    if "${s}_ready" >/dev/null 2>&1; then
-      printf '%-9s up    (%s)\n' "$s" "$owner"
+    if [[ -z "${ADDRESS[$s]}" ]]; then
+      owner="joins ${NEEDS[$s]// /, }"
+    elif pid="$(our_pid "$s")"; then
+      owner="${ADDRESS[$s]}, pid $pid, started by devstack"
     else
-      printf '%-9s down  (%s)\n' "$s" "$owner"
+      owner="${ADDRESS[$s]}, not started by devstack"
+    fi
+    if on "$s" ready >/dev/null 2>&1; then
+      printf '%-13s up    (%s)\n' "$s" "$owner"
+    else
+      printf '%-13s down  (%s)\n' "$s" "$owner"
       rc=3
     fi
   done
@@ -159,15 +269,16 @@ cmd_tools() {
 }
 
 cmd_events() {
-  local packages
+  local packages kafka
   mkdir -p "$LOG_DIR"
   read -r -a packages <<<"$(kafka_packages)"
   apt_ensure "${packages[@]}" >&2
-  kafka_events "$@"
+  kafka="$(servers_of kafka | head -n 1)"
+  on "$kafka" events "$@"
 }
 
 usage() {
-  echo "usage: $0 up|down|status [${ALL_SERVICES[*]}] | tools | events [CONSUMER-ARG...]" >&2
+  echo "usage: $0 [--cluster] up|down|status [${ALL_SERVICES[*]}] | tools | [--cluster] events [CONSUMER-ARG...]" >&2
   exit 2
 }
 
@@ -182,6 +293,7 @@ main() {
     return
     ;;
   events)
+    stack_claim
     cmd_events "$@"
     return
     ;;
@@ -191,9 +303,10 @@ main() {
   local services=("$@") s
   [[ ${#services[@]} -gt 0 ]] || services=("${DEFAULT_SERVICES[@]}")
   for s in "${services[@]}"; do
-    [[ " ${ALL_SERVICES[*]} " == *" $s "* ]] || { echo "unknown service: $s" >&2; usage; }
+    [[ " ${ALL_SERVICES[*]} " == *" $s "* ]] || { echo "unknown name: $s" >&2; usage; }
   done
   mapfile -t services < <(closure "${services[@]}")
+  stack_claim
   mkdir -p "$DATA_DIR" "$LOG_DIR" "$RUN_DIR" "$CACHE_DIR"
   "cmd_$cmd" "${services[@]}"
 }

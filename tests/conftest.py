@@ -14,6 +14,10 @@ the fast tier by forgetting a mark:
 
 Under ``--unit`` both are deselected, and any network connection a test still opens
 fails it with a message saying so: a test that passes there needs no server.
+
+``tests/cluster/`` is the cluster suite (``make test-cluster``): tests of the cluster stack
+(``make services-cluster``), collected only with ``--cluster``, so neither ``make test`` nor
+``make test-unit`` ever runs them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncio
 import json
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 import tornado.ioloop
@@ -47,8 +52,11 @@ from tests.helpers import REPLACEMENTS, TEST_OVERRIDES, UNIT_SECRETS, ensure_dat
 
 # A test that uses any of these needs the backing services (``http_server`` finds
 # the ``app`` fixture by name, so its need does not show in its own closure).
-SERVER_FIXTURES = frozenset({"services", "config", "admin_key", "app", "api", "http_server", "http_client"})
+SERVER_FIXTURES = frozenset(
+    {"services", "config", "admin_key", "app", "api", "http_server", "http_client", "cluster_config"}
+)
 NEEDS = ("integration", "tools")
+CLUSTER_SUITE = Path(__file__).resolve().parent / "cluster"
 
 
 def pytest_addoption(parser):
@@ -58,11 +66,27 @@ def pytest_addoption(parser):
         help="the fast tier: only tests that need no backing service and no external tool; "
         "a network connection fails the test",
     )
+    parser.addoption(
+        "--cluster",
+        action="store_true",
+        help="collect tests/cluster too: the cluster suite, against the cluster stack (make test-cluster)",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    """tests/cluster/ only with --cluster (None: the other hooks decide)."""
+    if not config.getoption("--cluster") and collection_path.is_relative_to(CLUSTER_SUITE):
+        return True
+    return None
 
 
 def pytest_configure(config):
     if config.getoption("--unit"):
         _refuse_network()
+    if not config.getoption("--cluster"):
+        for arg in config.args:
+            if Path(arg.split("::")[0]).resolve().is_relative_to(CLUSTER_SUITE):
+                raise pytest.UsageError(f"{arg}: the cluster suite runs with --cluster (make test-cluster)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,24 @@
 
 DEVSTACK_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPO_ROOT="$(cd "$DEVSTACK_SRC/.." && pwd)"
-DEVSTACK_DIR="${DEVSTACK_DIR:-$REPO_ROOT/.devstack}"
+# Which stack: `everyday` (make services) or `cluster` (make services-cluster; services.sh
+# --cluster sets it). Each has its own state directory; the cluster stack shares the
+# everyday stack's downloads and builds.
+DEVSTACK_STACK="${DEVSTACK_STACK:-everyday}"
+case $DEVSTACK_STACK in
+everyday)
+  DEVSTACK_DIR="${DEVSTACK_DIR:-$REPO_ROOT/.devstack}"
+  CACHE_DIR="${DEVSTACK_CACHE_DIR:-$DEVSTACK_DIR/cache}" # another stack may share its downloads and builds
+  ;;
+cluster)
+  DEVSTACK_DIR="${DEVSTACK_DIR:-$REPO_ROOT/.devstack-cluster}"
+  CACHE_DIR="${DEVSTACK_CACHE_DIR:-$REPO_ROOT/.devstack/cache}"
+  ;;
+*)
+  echo "[devstack] unknown stack: $DEVSTACK_STACK (everyday or cluster)" >&2
+  exit 2
+  ;;
+esac
 mkdir -p "$DEVSTACK_DIR"
 DEVSTACK_DIR="$(cd "$DEVSTACK_DIR" && pwd)"
 
@@ -13,10 +30,29 @@ DATA_DIR="$DEVSTACK_DIR/data"
 SECRETS_DIR="$DEVSTACK_DIR/secrets"
 LOG_DIR="$DEVSTACK_DIR/logs"
 RUN_DIR="$DEVSTACK_DIR/run"
-CACHE_DIR="${DEVSTACK_CACHE_DIR:-$DEVSTACK_DIR/cache}" # another stack may share its downloads and builds
 
 export DEBIAN_FRONTEND=noninteractive
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
+
+# stack_claim: a state directory holds one stack. Refuse to run the other stack in it
+# (both have a `postgres`, whose pid file and data would be taken for the other's). A
+# directory of an older devstack, which had no cluster stack, holds the everyday one.
+stack_claim() {
+  local mark="$DEVSTACK_DIR/stack" holds
+  if [[ -f "$mark" ]]; then
+    holds="$(cat "$mark")"
+  elif [[ -d "$DEVSTACK_DIR/data" || -d "$DEVSTACK_DIR/run" ]]; then
+    holds=everyday
+  else
+    holds=$DEVSTACK_STACK
+  fi
+  if [[ "$holds" != "$DEVSTACK_STACK" ]]; then
+    printf '[devstack] %s holds the %s stack, not the %s stack: give this one another DEVSTACK_DIR\n' \
+      "$DEVSTACK_DIR" "$holds" "$DEVSTACK_STACK" >&2
+    exit 2
+  fi
+  [[ -f "$mark" ]] || echo "$holds" >"$mark"
+}
 
 log() { printf '[devstack] %s\n' "$*"; }
 

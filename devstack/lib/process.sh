@@ -3,14 +3,16 @@
 # the recorded process still runs (and is ours, not a reused pid), stop it, and check
 # ports before starting anything. Sourced by devstack/services.sh.
 
-# port_open PORT: true if something accepts TCP connections on 127.0.0.1:PORT.
+# port_open HOST PORT: true if something accepts TCP connections on HOST:PORT.
 port_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
 }
 
-# port_owner PORT: which process listens on PORT (for error messages).
+# port_owner HOST PORT: which process listens on HOST:PORT, or on PORT of every address
+# (for error messages).
 port_owner() {
-  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'users:.*' | head -n 1 || true
+  ss -Hltnp "sport = :$2" 2>/dev/null | grep -F -e " $1:$2 " -e " *:$2 " -e " 0.0.0.0:$2 " |
+    grep -o 'users:.*' | head -n 1 || true
 }
 
 pid_file() { echo "$RUN_DIR/$1.pid"; }
@@ -70,10 +72,13 @@ spawn() {
   cat "$pf"
 }
 
-# stop_service SERVICE [GRACE [SIGNAL]]: stop the process we started (SIGNAL, TERM by
-# default; wait up to GRACE seconds, 15 by default; then KILL).
+# stop_service SERVICE [GRACE [SIGNAL [HOPELESS...]]]: stop the process we started (SIGNAL,
+# TERM by default; wait up to GRACE seconds, 15 by default; then KILL). HOPELESS, a
+# command, says the process waits for something that will not come (a broker for a quorum
+# that has stopped): once it succeeds, the process gets 5 s more.
 stop_service() {
   local service=$1 grace=${2:-15} signal=${3:-TERM} pid
+  shift $(($# < 3 ? $# : 3))
   if ! pid="$(our_pid "$service")"; then
     rm -f "$(pid_file "$service")" "$RUN_DIR/$service.start"
     log "$service: not running (not started by devstack)"
@@ -81,37 +86,36 @@ stop_service() {
   fi
   log "$service: stopping pid $pid"
   kill "-$signal" "$pid" 2>/dev/null || true
-  local deadline=$(($(now) + grace))
+  local deadline=$(($(now) + grace)) why="after ${grace}s"
   while alive "$pid" && (($(now) < deadline)); do
+    if (($# > 0)) && "$@"; then
+      deadline=$(($(now) + 5)) why="5s after $*"
+      set --
+    fi
     sleep 0.3
   done
   if alive "$pid"; then
-    log "$service: still running after ${grace}s, sending KILL"
+    log "$service: still running $why, sending KILL"
     kill -KILL "$pid" 2>/dev/null || true
     sleep 0.5
   fi
   rm -f "$(pid_file "$service")" "$RUN_DIR/$service.start"
 }
 
-# service_stop SERVICE: the service's own SERVICE_stop if its file defines one (a longer
-# grace, another signal), else stop_service with the defaults.
-service_stop() {
-  if declare -F "${1}_stop" >/dev/null; then "${1}_stop"; else stop_service "$1"; fi
-}
-
-# free_ports SERVICE PORT...: called before starting SERVICE, once its readiness
-# check failed. A process of ours that runs but is not ready is restarted; a
+# free_ports SERVICE HOST PORT...: called before starting SERVICE on HOST, once its
+# readiness check failed. A process of ours that runs but is not ready is restarted
+# (service_stop, services.sh); a
 # port held by anything else is an error (we never start a second server).
 free_ports() {
-  local service=$1 port
-  shift
+  local service=$1 host=$2 port
+  shift 2
   if our_pid "$service" >/dev/null; then
     log "$service: our process is still there but not ready (or shutting down): restarting it"
     service_stop "$service"
   fi
   for port in "$@"; do
-    if port_open "$port"; then
-      fail "$service" /dev/null "port $port is taken by a process that fails the readiness check: $(port_owner "$port")"
+    if port_open "$host" "$port"; then
+      fail "$service" /dev/null "$host:$port is taken by a process that fails the readiness check: $(port_owner "$host" "$port")"
     fi
   done
 }

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # FerretDB, the service's MongoDB (analytics): FerretDB v1 built with Go at the version
-# pinned in ferretdb/go.mod, on the PostgreSQL backend (services/postgres.sh); its
-# readiness probe, mongoping, is built from ferretdb/mongoping with the official driver.
+# pinned in ferretdb/go.mod, on the PostgreSQL backend (the stack's postgres,
+# services/postgres.sh); its readiness probe, mongoping, is built from ferretdb/mongoping
+# with the official driver.
 
 MONGO_PORT="${MONGO_PORT:-27017}"
 FERRETDB_DEBUG_ADDR="${FERRETDB_DEBUG_ADDR:--}" # "-" disables FerretDB's debug HTTP handler
@@ -15,8 +16,8 @@ FERRETDB_BIN="$FERRETDB_BUILD/ferretdb"
 MONGOPING_BIN="$FERRETDB_BUILD/mongoping"
 
 ferretdb_ready() {
-  [[ -x "$MONGOPING_BIN" ]] && port_open "$MONGO_PORT" || return 1
-  "$MONGOPING_BIN" -uri "mongodb://127.0.0.1:$MONGO_PORT/" -timeout 3s >/dev/null 2>&1
+  [[ -x "$MONGOPING_BIN" ]] && port_open "$HOST" "$MONGO_PORT" || return 1
+  "$MONGOPING_BIN" -uri "mongodb://$HOST:$MONGO_PORT/" -timeout 3s >/dev/null 2>&1
 }
 
 # Both binaries, once (Go is not a Debian package here: no need to wait for apt).
@@ -54,29 +55,30 @@ ferretdb_fetch() {
 }
 
 ferretdb_up() {
-  local logfile="$LOG_DIR/ferretdb.log"
+  local logfile="$LOG_DIR/$INSTANCE.log" postgres
   # A FerretDB an older devstack started on SQLite (FERRETDB_BACKEND, gone) is restarted.
-  if [[ -f "$RUN_DIR/ferretdb.backend" ]]; then
-    if [[ "$(cat "$RUN_DIR/ferretdb.backend")" != postgresql ]] && our_pid ferretdb >/dev/null; then
-      log "ferretdb: ours runs on SQLite: restarting it on PostgreSQL"
-      service_stop ferretdb
+  if [[ -f "$RUN_DIR/$INSTANCE.backend" ]]; then
+    if [[ "$(cat "$RUN_DIR/$INSTANCE.backend")" != postgresql ]] && our_pid "$INSTANCE" >/dev/null; then
+      log "$INSTANCE: ours runs on SQLite: restarting it on PostgreSQL"
+      service_stop "$INSTANCE"
     fi
-    rm -f "$RUN_DIR/ferretdb.backend"
+    rm -f "$RUN_DIR/$INSTANCE.backend"
   fi
   if ferretdb_ready; then
-    log "ferretdb: reusing server on 127.0.0.1:$MONGO_PORT"
+    log "$INSTANCE: reusing server on $HOST:$MONGO_PORT"
     return 0
   fi
-  free_ports ferretdb "$MONGO_PORT"
-  mkdir -p "$DATA_DIR/ferretdb-state"
+  free_ports "$INSTANCE" "$HOST" "$MONGO_PORT"
+  mkdir -p "$DATA_DIR/$INSTANCE-state"
 
-  log "ferretdb: starting on 127.0.0.1:$MONGO_PORT"
+  log "$INSTANCE: starting on $HOST:$MONGO_PORT"
   local pid
-  pid="$(DO_NOT_TRACK=1 spawn ferretdb "$logfile" "$FERRETDB_BIN" --handler=postgresql \
-    --postgresql-url="postgres://$POSTGRES_USER:$POSTGRES_PASSWORD@127.0.0.1:$POSTGRES_PORT/$POSTGRES_DATABASE" \
-    --state-dir="$DATA_DIR/ferretdb-state" \
-    --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr="$FERRETDB_DEBUG_ADDR" \
+  postgres="$(address_of "$(servers_of postgres | head -n 1)"):$POSTGRES_PORT"
+  pid="$(DO_NOT_TRACK=1 spawn "$INSTANCE" "$logfile" "$FERRETDB_BIN" --handler=postgresql \
+    --postgresql-url="postgres://$POSTGRES_USER:$POSTGRES_PASSWORD@$postgres/$POSTGRES_DATABASE" \
+    --state-dir="$DATA_DIR/$INSTANCE-state" \
+    --listen-addr="$HOST:$MONGO_PORT" --debug-addr="$FERRETDB_DEBUG_ADDR" \
     --telemetry=disable --log-level=warn)"
-  wait_for ferretdb 60 "$pid" ferretdb_ready || fail ferretdb "$logfile" "MongoDB ping failed"
-  log "ferretdb: ready (pid $pid)"
+  wait_for "$INSTANCE" 60 "$pid" ferretdb_ready || fail "$INSTANCE" "$logfile" "MongoDB ping failed"
+  log "$INSTANCE: ready (pid $pid)"
 }

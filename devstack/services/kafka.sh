@@ -1,25 +1,46 @@
 # shellcheck shell=bash
-# Kafka, the service's event bus: Apache Kafka's jars from Maven (kafka/pom.xml), one
-# KRaft node (broker and controller), topic singleton-events with 3 partitions.
+# Kafka, the service's event bus: Apache Kafka's jars from Maven (kafka/pom.xml), KRaft
+# nodes that are each broker and controller. The everyday stack runs one (topic
+# singleton-events with 3 partitions, created here); the cluster stack three (kafka-1 ...
+# kafka-3: one cluster, every topic replicated on all three, at least two in sync for a
+# write), whose topic services/kafka-cluster.sh creates once they are all up.
 
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_TOPIC=singleton-events
-KAFKA_TOPIC_PARTITIONS=3
 KAFKA_LIBS="$CACHE_DIR/kafka-libs"
-KAFKA_CONFIG="$DATA_DIR/kafka/server.properties"
-
-# JVM for the broker, and for the short-lived CLI tools (quick start-up flags; their own
-# log file, so that two JVMs never write the broker's).
-KAFKA_JAVA=(java -Dkafka.logs.dir="$LOG_DIR/kafka"
-  -Dlog4j2.configurationFile="$DEVSTACK_SRC/kafka/log4j2.properties" -cp "$KAFKA_LIBS/*")
-KAFKA_CLI=(java -Dkafka.logs.dir="$LOG_DIR/kafka/tools"
-  -Dlog4j2.configurationFile="$DEVSTACK_SRC/kafka/log4j2.properties" -cp "$KAFKA_LIBS/*"
-  -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1)
+# A JVM with Kafka's jars (its kafka.logs.dir to add), and the flags of the short-lived CLI
+# tools' (quick start-up).
+KAFKA_JAVA=(java -Dlog4j2.configurationFile="$DEVSTACK_SRC/kafka/log4j2.properties" -cp "$KAFKA_LIBS/*")
+KAFKA_CLI_JVM=(-Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1)
+if [[ $DEVSTACK_STACK == cluster ]]; then
+  KAFKA_TOPIC_PARTITIONS=12
+  KAFKA_REPLICATION=3 # every partition on the three brokers ...
+  KAFKA_MIN_ISR=2     # ... and a write (acks=all) on two of them at least
+else
+  KAFKA_TOPIC_PARTITIONS=3
+  KAFKA_REPLICATION=1
+  KAFKA_MIN_ISR=1
+fi
 
 kafka_packages() { echo java:openjdk-17-jre-headless mvn:maven; }
 
-kafka_stop() { stop_service kafka 60; }
+# A broker stops in a controlled way: the controllers first move the leadership of its
+# partitions to the other brokers. When a whole cluster stops, the last broker cannot: no
+# quorum of controllers is left to approve it, and it would wait 5 minutes for one. Once
+# the others have stopped it is killed (its logs recover in a moment at the next start).
+kafka_stop() { stop_service "$INSTANCE" 60 TERM kafka_others_stopped; }
+
+# kafka_others_stopped: the stack has other brokers, and none of them is listening any more.
+kafka_others_stopped() {
+  local n others=0
+  for n in $(kafka_nodes); do
+    [[ "$n" != "$INSTANCE" ]] || continue
+    others=$((others + 1))
+    ! port_open "$(address_of "$n")" "$KAFKA_CONTROLLER_PORT" || return 1
+  done
+  ((others > 0))
+}
 
 # The broker's jars (and the CLI tools'), fetched with Maven once: refetched only when
 # devstack/kafka/pom.xml changes. Needs Java and Maven, from apt.
@@ -28,45 +49,121 @@ kafka_prepare() {
   maven_fetch kafka "$DEVSTACK_SRC/kafka/pom.xml" "$KAFKA_LIBS" "$LOG_DIR/kafka-fetch.log"
 }
 
-# kafka_topics ARGS...: org.apache.kafka.tools.TopicCommand (kafka-topics.sh) against our broker.
-kafka_topics() {
-  timeout 30 "${KAFKA_CLI[@]}" org.apache.kafka.tools.TopicCommand \
-    --bootstrap-server "127.0.0.1:$KAFKA_PORT" "$@"
+# kafka_cli SECONDS CLASS ARGS...: one of Kafka's CLI tools, with a deadline, logging into
+# logs/INSTANCE/tools (never into a broker's log file).
+kafka_cli() {
+  local seconds=$1
+  shift
+  timeout "$seconds" "${KAFKA_JAVA[@]}" -Dkafka.logs.dir="$LOG_DIR/$INSTANCE/tools" "${KAFKA_CLI_JVM[@]}" "$@"
 }
 
+# The stack's brokers: their names, and HOST:PORT each for clients.
+kafka_nodes() { servers_of kafka; }
+kafka_bootstrap() {
+  local n
+  for n in $(kafka_nodes); do echo "$(address_of "$n"):$KAFKA_PORT"; done | paste -sd ,
+}
+
+# kafka_topics ARGS...: org.apache.kafka.tools.TopicCommand (kafka-topics.sh) against the brokers.
+kafka_topics() {
+  kafka_cli 30 org.apache.kafka.tools.TopicCommand --bootstrap-server "$(kafka_bootstrap)" "$@"
+}
+
+# The topic as the stack wants it: its partitions, each on KAFKA_REPLICATION brokers and
+# all of them in sync, and (replicated) its min.insync.replicas.
+kafka_topic_ready() {
+  local want_config=""
+  ((KAFKA_REPLICATION == 1)) || want_config="min.insync.replicas=$KAFKA_MIN_ISR"
+  kafka_topics --describe --topic "$KAFKA_TOPIC" 2>/dev/null | awk -v partitions="$KAFKA_TOPIC_PARTITIONS" \
+    -v replication="$KAFKA_REPLICATION" -v config="$want_config" '
+    $0 ~ "PartitionCount: " partitions "\t" && $0 ~ "ReplicationFactor: " replication "\t" &&
+      (config == "" || $0 ~ "Configs: (.*,)?" config "(,|$)") { described = 1 }
+    /Partition: [0-9]/ && match($0, /Isr: [0-9,]+/) {
+      if (split(substr($0, RSTART + 5, RLENGTH - 5), isr, ",") == replication) in_sync++
+    }
+    END { exit !(described && in_sync == partitions) }'
+}
+
+# kafka_topic_up PID LOGFILE: create the topic (if missing) and wait until it is as the
+# stack wants it; PID, if given, the broker that must stay up meanwhile; LOGFILE the log
+# to show if it fails.
+kafka_topic_up() {
+  local pid=$1 logfile=$2 deadline=$(($(now) + 120)) config=()
+  ((KAFKA_REPLICATION == 1)) || config=(--config "min.insync.replicas=$KAFKA_MIN_ISR")
+  wait_for "$INSTANCE" 120 "$pid" kafka_topics --create --if-not-exists --topic "$KAFKA_TOPIC" \
+    --partitions "$KAFKA_TOPIC_PARTITIONS" --replication-factor "$KAFKA_REPLICATION" "${config[@]}" ||
+    fail "$INSTANCE" "$logfile" "could not create topic $KAFKA_TOPIC"
+  wait_for "$INSTANCE" $((deadline - $(now))) "$pid" kafka_topic_ready ||
+    fail "$INSTANCE" "$logfile" "topic $KAFKA_TOPIC not described with $KAFKA_TOPIC_PARTITIONS partitions, each on $KAFKA_REPLICATION brokers in sync"
+}
+
+# A lone node is ready with its topic; a node of the cluster stack once it takes clients
+# (its listener opens once it has caught up with the cluster's metadata, which needs a
+# quorum of controllers).
 kafka_ready() {
-  port_open "$KAFKA_PORT" || return 1
-  kafka_topics --describe --topic "$KAFKA_TOPIC" 2>/dev/null |
-    grep -q "PartitionCount: $KAFKA_TOPIC_PARTITIONS"
+  port_open "$HOST" "$KAFKA_PORT" || return 1
+  [[ $DEVSTACK_STACK == cluster ]] || kafka_topic_ready
+}
+
+# The node's id: its place among the stack's brokers, from 1.
+kafka_node_id() {
+  local n id=0
+  for n in $(kafka_nodes); do
+    id=$((id + 1))
+    [[ "$n" != "$INSTANCE" ]] || echo "$id"
+  done
+}
+
+# kafka_controllers [WITH-DIRECTORY-IDS]: the controllers, HOST:PORT each (the quorum's
+# bootstrap servers), or ID@HOST:PORT:DIRECTORY-ID each (--initial-controllers).
+kafka_controllers() {
+  local n id=0 dirs=() out=()
+  [[ -z "${1:-}" ]] || read -r -a dirs <<<"$(kafka_quorum_ids | cut -d' ' -f2-)"
+  for n in $(kafka_nodes); do
+    id=$((id + 1))
+    if [[ -n "${1:-}" ]]; then
+      out+=("$id@$(address_of "$n"):$KAFKA_CONTROLLER_PORT:${dirs[id - 1]}")
+    else
+      out+=("$(address_of "$n"):$KAFKA_CONTROLLER_PORT")
+    fi
+  done
+  (
+    IFS=,
+    echo "${out[*]}"
+  )
 }
 
 kafka_write_config() {
-  mkdir -p "$DATA_DIR/kafka/logs"
-  cat >"$KAFKA_CONFIG" <<CONF
+  local dir=$1 auto_create=false
+  [[ $DEVSTACK_STACK == cluster ]] || auto_create=true
+  mkdir -p "$dir/logs"
+  cat >"$dir/server.properties" <<CONF
 # Generated by devstack/services/kafka.sh on every start; edit the script, not this file.
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+node.id=$(kafka_node_id)
+controller.quorum.bootstrap.servers=$(kafka_controllers)
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs=$DATA_DIR/kafka/logs
-num.partitions=3
-auto.create.topics.enable=true
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+log.dirs=$dir/logs
+num.partitions=$KAFKA_TOPIC_PARTITIONS
+auto.create.topics.enable=$auto_create
+default.replication.factor=$KAFKA_REPLICATION
+min.insync.replicas=$KAFKA_MIN_ISR
+offsets.topic.replication.factor=$KAFKA_REPLICATION
+transaction.state.log.replication.factor=$KAFKA_REPLICATION
+transaction.state.log.min.isr=$KAFKA_MIN_ISR
+share.coordinator.state.topic.replication.factor=$KAFKA_REPLICATION
+share.coordinator.state.topic.min.isr=$KAFKA_MIN_ISR
 group.initial.rebalance.delay.ms=0
 CONF
 }
 
-# A cluster id as kafka-storage random-uuid makes one (16 random bytes, URL-safe base64
+# A Kafka id as kafka-storage random-uuid makes one (16 random bytes, URL-safe base64
 # without padding, not starting with "-"), without starting a JVM for it.
-kafka_cluster_id() {
+kafka_random_id() {
   local id=-
   while [[ "$id" == -* ]]; do
     id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)"
@@ -74,48 +171,71 @@ kafka_cluster_id() {
   echo "$id"
 }
 
+# kafka_quorum_ids: the cluster id and each controller's metadata directory id, on one
+# line: made once (under a lock: the brokers start side by side) and kept in
+# data/kafka-quorum, so that every node is formatted with the same ones.
+kafka_quorum_ids() {
+  local file="$DATA_DIR/kafka-quorum"
+  [[ -s "$file" ]] || with_lock "$file.lock" kafka_quorum_ids_make "$file"
+  cat "$file"
+}
+
+kafka_quorum_ids_make() {
+  local file=$1 ids _
+  [[ -s "$file" ]] && return 0
+  ids="$(kafka_random_id)"
+  for _ in $(kafka_nodes); do ids+=" $(kafka_random_id)"; done
+  echo "$ids" >"$file.tmp" && mv "$file.tmp" "$file"
+}
+
+# Format the node's log directory: a lone node as its own quorum (--standalone); a node of
+# the cluster with the same cluster id and --initial-controllers as the others
+# (PITFALLS.md: with controller.quorum.bootstrap.servers, the same on every node).
+kafka_format() {
+  local dir=$1 stdout=$2 quorum=()
+  if [[ $DEVSTACK_STACK == cluster ]]; then
+    quorum=(-t "$(kafka_quorum_ids | cut -d' ' -f1)" --initial-controllers "$(kafka_controllers with-directory-ids)")
+  else
+    quorum=(-t "$(kafka_random_id)" --standalone)
+  fi
+  log "$INSTANCE: formatting log dir (cluster id ${quorum[1]})"
+  kafka_cli 60 kafka.tools.StorageTool format "${quorum[@]}" -c "$dir/server.properties" >>"$stdout" 2>&1 ||
+    fail "$INSTANCE" "$stdout" "kafka-storage format failed"
+}
+
 kafka_up() {
-  local logfile="$LOG_DIR/kafka/server.log" stdout="$LOG_DIR/kafka/stdout.log"
-  mkdir -p "$LOG_DIR/kafka"
+  local dir="$DATA_DIR/$INSTANCE" logfile="$LOG_DIR/$INSTANCE/server.log" stdout="$LOG_DIR/$INSTANCE/stdout.log"
+  mkdir -p "$LOG_DIR/$INSTANCE"
   if kafka_ready; then
-    log "kafka: reusing broker on 127.0.0.1:$KAFKA_PORT"
+    log "$INSTANCE: reusing broker on $HOST:$KAFKA_PORT"
     return 0
   fi
   local pid
-  if pid="$(our_pid kafka)"; then
+  if pid="$(our_pid "$INSTANCE")"; then
     # Our broker, still starting or without the topic yet: wait for it below
     # rather than restarting it.
-    log "kafka: broker pid $pid already running, waiting for it"
+    log "$INSTANCE: broker pid $pid already running, waiting for it"
   else
-    free_ports kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
-    kafka_write_config
-    if [[ ! -f "$DATA_DIR/kafka/logs/meta.properties" ]]; then
-      local cluster_id
-      cluster_id="$(kafka_cluster_id)"
-      log "kafka: formatting log dir (cluster id $cluster_id)"
-      "${KAFKA_CLI[@]}" kafka.tools.StorageTool format --standalone -t "$cluster_id" \
-        -c "$KAFKA_CONFIG" >>"$stdout" 2>&1 || fail kafka "$stdout" "kafka-storage format failed"
-    fi
-    log "kafka: starting on 127.0.0.1:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)"
-    pid="$(spawn kafka "$stdout" "${KAFKA_JAVA[@]}" -Xmx512m -Xms512m kafka.Kafka "$KAFKA_CONFIG")"
+    free_ports "$INSTANCE" "$HOST" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+    kafka_write_config "$dir"
+    [[ -f "$dir/logs/meta.properties" ]] || kafka_format "$dir" "$stdout"
+    log "$INSTANCE: starting on $HOST:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)"
+    pid="$(spawn "$INSTANCE" "$stdout" "${KAFKA_JAVA[@]}" -Dkafka.logs.dir="$LOG_DIR/$INSTANCE" \
+      -Xmx512m -Xms512m kafka.Kafka "$dir/server.properties")"
   fi
 
-  local deadline=$(($(now) + 120))
-  wait_for kafka 120 "$pid" port_open "$KAFKA_PORT" || fail kafka "$logfile" "broker port did not open"
-  wait_for kafka $((deadline - $(now))) "$pid" kafka_topics --create --if-not-exists \
-    --topic "$KAFKA_TOPIC" --partitions "$KAFKA_TOPIC_PARTITIONS" --replication-factor 1 ||
-    fail kafka "$logfile" "could not create topic $KAFKA_TOPIC"
-  wait_for kafka $((deadline - $(now))) "$pid" kafka_ready ||
-    fail kafka "$logfile" "topic $KAFKA_TOPIC not described with $KAFKA_TOPIC_PARTITIONS partitions"
-  log "kafka: ready (pid $pid, topic $KAFKA_TOPIC)"
+  wait_for "$INSTANCE" 120 "$pid" port_open "$HOST" "$KAFKA_PORT" || fail "$INSTANCE" "$logfile" "broker port did not open"
+  [[ $DEVSTACK_STACK == cluster ]] || kafka_topic_up "$pid" "$logfile"
+  log "$INSTANCE: ready (pid $pid)"
 }
 
 # kafka_events ARGS...: the topic from its beginning with Kafka's console consumer, one
 # event's JSON a line, until Ctrl-C; ARGS go to the consumer (e.g. --property print.key=true).
 kafka_events() {
-  port_open "$KAFKA_PORT" ||
-    fail kafka /dev/null "no broker on 127.0.0.1:$KAFKA_PORT: start one with make services (KAFKA_PORT picks the port)"
+  port_open "$HOST" "$KAFKA_PORT" ||
+    fail kafka /dev/null "no broker on $HOST:$KAFKA_PORT: start the stack first (make services or make services-cluster)"
   maven_fetch kafka "$DEVSTACK_SRC/kafka/pom.xml" "$KAFKA_LIBS" "$LOG_DIR/kafka-fetch.log" >&2
-  exec "${KAFKA_CLI[@]}" org.apache.kafka.tools.consumer.ConsoleConsumer \
-    --bootstrap-server "127.0.0.1:$KAFKA_PORT" --topic "$KAFKA_TOPIC" --from-beginning "$@"
+  exec "${KAFKA_JAVA[@]}" -Dkafka.logs.dir="$LOG_DIR/$INSTANCE/tools" "${KAFKA_CLI_JVM[@]}" \
+    org.apache.kafka.tools.consumer.ConsoleConsumer \
+    --bootstrap-server "$(kafka_bootstrap)" --topic "$KAFKA_TOPIC" --from-beginning "$@"
 }

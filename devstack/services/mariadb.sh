@@ -1,24 +1,29 @@
 # shellcheck shell=bash
 # MariaDB, the service's transactional store: Debian's mariadb-server, a datadir of its
-# own, database singleton_db and user singleton (the generated password).
+# own, database singleton_db and user singleton (the generated password). Each server
+# (INSTANCE: mariadb, or the cluster stack's shards mariadb-a and mariadb-b) is its own
+# mariadbd on its own address (HOST), with its own datadir, socket and log.
 
 MYSQL_PORT="${MYSQL_PORT:-3306}"
 MYSQL_DATABASE=singleton_db
 MYSQL_USER=singleton
 MYSQL_PASSWORD_FILE="$SECRETS_DIR/mysql.password"
-MYSQL_SOCKET="$RUN_DIR/mysqld.sock"
 
 mariadb_packages() { echo mariadb:mariadb-client mariadbd:mariadb-server; }
 
-mariadb_stop() { stop_service mariadb 60; }
+mariadb_stop() { stop_service "$INSTANCE" 60; }
+
+# The server's Unix socket and pid file: run/mysqld.sock and run/mariadbd.pid for the
+# everyday stack's mariadb, run/mysqld-a.sock ... for the shards.
+mariadb_socket() { echo "$RUN_DIR/${INSTANCE/#mariadb/mysqld}.sock"; }
 
 mariadb_ready() {
-  [[ "$(MYSQL_PWD="$(cat "$MYSQL_PASSWORD_FILE")" mariadb --no-defaults --protocol=TCP -h 127.0.0.1 -P "$MYSQL_PORT" \
-    -u "$MYSQL_USER" -N -B -e 'SELECT 1' "$MYSQL_DATABASE" 2>/dev/null)" == 1 ]]
+  [[ "$(MYSQL_PWD="$(cat "$MYSQL_PASSWORD_FILE")" mariadb --no-defaults --protocol=TCP -h "$HOST" -P "$MYSQL_PORT" \
+    --connect-timeout=3 -u "$MYSQL_USER" -N -B -e 'SELECT 1' "$MYSQL_DATABASE" 2>/dev/null)" == 1 ]]
 }
 
 mariadb_root() {
-  mariadb --no-defaults --protocol=SOCKET -S "$MYSQL_SOCKET" -u root "$@"
+  mariadb --no-defaults --protocol=SOCKET -S "$(mariadb_socket)" -u root "$@"
 }
 
 # The database and the service's user, with the password from the secrets file.
@@ -40,33 +45,35 @@ SQL
 }
 
 mariadb_up() {
-  local logfile="$LOG_DIR/mariadb.log" datadir="$DATA_DIR/mariadb"
-  if ! mariadb_ready && our_pid mariadb >/dev/null && mariadb_root -e 'SELECT 1' >/dev/null 2>&1; then
-    mariadb_setup >>"$logfile" 2>&1 || fail mariadb "$logfile" "setting the user's password failed"
+  local logfile="$LOG_DIR/$INSTANCE.log" datadir="$DATA_DIR/$INSTANCE"
+  if ! mariadb_ready && our_pid "$INSTANCE" >/dev/null && mariadb_root -e 'SELECT 1' >/dev/null 2>&1; then
+    mariadb_setup >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "setting the user's password failed"
   fi
   if mariadb_ready; then
-    log "mariadb: reusing server on 127.0.0.1:$MYSQL_PORT"
+    log "$INSTANCE: reusing server on $HOST:$MYSQL_PORT"
     return 0
   fi
-  free_ports mariadb "$MYSQL_PORT"
+  free_ports "$INSTANCE" "$HOST" "$MYSQL_PORT"
 
   if [[ ! -d "$datadir/mysql" ]]; then
-    log "mariadb: initialising $datadir"
+    log "$INSTANCE: initialising $datadir"
     mkdir -p "$datadir"
     mariadb-install-db --no-defaults --datadir="$datadir" --user="$(id -un)" \
       --auth-root-authentication-method=socket --skip-test-db --skip-name-resolve \
-      >>"$logfile" 2>&1 || fail mariadb "$logfile" "mariadb-install-db failed"
+      >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "mariadb-install-db failed"
   fi
 
-  log "mariadb: starting on 127.0.0.1:$MYSQL_PORT"
+  log "$INSTANCE: starting on $HOST:$MYSQL_PORT"
   local pid
-  pid="$(spawn mariadb "$logfile" mariadbd --no-defaults --datadir="$datadir" \
-    --socket="$MYSQL_SOCKET" --pid-file="$RUN_DIR/mariadbd.pid" --port="$MYSQL_PORT" \
-    --bind-address=127.0.0.1 --user="$(id -un)" --skip-name-resolve \
+  # server-id: its address's last number, so that the shards tell themselves apart
+  # (@@server_id; 1, the default, on 127.0.0.1).
+  pid="$(spawn "$INSTANCE" "$logfile" mariadbd --no-defaults --datadir="$datadir" \
+    --socket="$(mariadb_socket)" --pid-file="$RUN_DIR/${INSTANCE/#mariadb/mariadbd}.pid" --port="$MYSQL_PORT" \
+    --bind-address="$HOST" --server-id="${HOST##*.}" --user="$(id -un)" --skip-name-resolve \
     --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci)"
-  wait_for mariadb 60 "$pid" mariadb_root -e 'SELECT 1' || fail mariadb "$logfile" "server did not come up"
+  wait_for "$INSTANCE" 60 "$pid" mariadb_root -e 'SELECT 1' || fail "$INSTANCE" "$logfile" "server did not come up"
 
-  mariadb_setup >>"$logfile" 2>&1 || fail mariadb "$logfile" "creating database/user failed"
-  wait_for mariadb 60 "$pid" mariadb_ready || fail mariadb "$logfile" "SELECT 1 as $MYSQL_USER failed"
-  log "mariadb: ready (pid $pid)"
+  mariadb_setup >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "creating database/user failed"
+  wait_for "$INSTANCE" 60 "$pid" mariadb_ready || fail "$INSTANCE" "$logfile" "SELECT 1 as $MYSQL_USER failed"
+  log "$INSTANCE: ready (pid $pid)"
 }

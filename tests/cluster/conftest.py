@@ -1,0 +1,121 @@
+"""The cluster suite (``make test-cluster``, ``pytest --cluster tests/cluster``): tests against
+the cluster stack that ``make services-cluster`` starts (devstack/README.md): two MariaDB
+shards, Redis Cluster, three Kafka brokers, FerretDB. ``make test`` never collects it
+(tests/conftest.py).
+
+``cluster_config`` is the cluster configuration: the file ``$SINGLETON_CLUSTER_CONFIG`` names
+(default: config.cluster.yaml at the repository's root), so that a copy of the stack on other
+addresses (CLUSTER_NET) is tested with a copy of the file. Until managers/config.py reads
+``extends`` and ``shards``, it is the file's YAML as it stands, with the servers' addresses
+read from it; a setting the file leaves to the one it extends is read there. Before the
+first test, every one of those servers must accept a connection, or the run ends saying
+which do not.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_VARIABLE = "SINGLETON_CLUSTER_CONFIG"
+CONNECT_TIMEOUT_S = 3
+
+Address = tuple[str, int]
+
+
+def host_port(text: str, default_port: int | None = None) -> Address:
+    """``host:port`` (or ``host`` alone, with a default port) as a pair."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ValueError(f"{text!r}: no port")
+        return text.strip(), default_port
+    return host, int(port)
+
+
+class ClusterConfig(dict[str, Any]):
+    """The cluster configuration's YAML, and where its servers are."""
+
+    def __init__(self, path: Path):
+        self.path = path.resolve()
+        data = yaml.safe_load(self.path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: top level must be a mapping")
+        super().__init__(data)
+        extends = data.get("extends")
+        base = yaml.safe_load((self.path.parent / extends).read_text()) if extends else None
+        self.base: dict[str, Any] = base or {}
+
+    def setting(self, section: str, key: str) -> Any:
+        """``section.key`` from this file, else from the file it extends."""
+        for source in (self, self.base):
+            if key in (source.get(section) or {}):
+                return source[section][key]
+        raise KeyError(f"{section}.{key} is set neither in {self.path} nor in the file it extends")
+
+    def file(self, section: str, key: str) -> Path:
+        """A ``*_file`` setting, relative to this file's directory (as the loader reads it)."""
+        return self.path.parent / self.setting(section, key)
+
+    def shards(self) -> dict[str, Address]:
+        """The physical MariaDB shards by name."""
+        physical = (self.get("shards") or {}).get("physical") or {}
+        return {name: (shard["host"], int(shard["port"])) for name, shard in physical.items()}
+
+    def redis_nodes(self) -> list[Address]:
+        return [host_port(node) for node in (self.get("redis") or {}).get("cluster_nodes") or []]
+
+    def kafka_brokers(self) -> list[Address]:
+        return [host_port(broker) for broker in str(self.setting("kafka", "bootstrap_servers")).split(",")]
+
+    def mongodb(self) -> Address:
+        uri = urlsplit(self.setting("mongodb", "uri"))
+        return uri.hostname or "127.0.0.1", uri.port or 27017
+
+    def nodes(self) -> list[tuple[str, Address]]:
+        """Every server of the stack: what it is, and its address."""
+        return [
+            *((f"MariaDB shard {name}", address) for name, address in self.shards().items()),
+            *(("Redis node", address) for address in self.redis_nodes()),
+            *(("Kafka broker", address) for address in self.kafka_brokers()),
+            ("FerretDB", self.mongodb()),
+        ]
+
+
+@pytest.fixture(scope="session")
+def cluster_config() -> ClusterConfig:
+    """The cluster configuration (``$SINGLETON_CLUSTER_CONFIG``, default config.cluster.yaml)."""
+    return ClusterConfig(Path(os.environ.get(CONFIG_VARIABLE) or ROOT / "config.cluster.yaml"))
+
+
+def _refuses(address: Address) -> str | None:
+    try:
+        socket.create_connection(address, timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster_stack_up(cluster_config: ClusterConfig) -> None:
+    """Before the first test: every server of the configuration accepts a connection."""
+    nodes = cluster_config.nodes()
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        errors = pool.map(_refuses, [address for _, address in nodes])
+        down = [f"{what} at {h}:{p} ({error})" for (what, (h, p)), error in zip(nodes, errors, strict=True) if error]
+    if down:
+        pytest.exit(
+            f"the cluster stack is not up, or not where {cluster_config.path} says: "
+            + "; ".join(down)
+            + ". Start it with `make services-cluster` (CLUSTER_NET moves it; "
+            + f"{CONFIG_VARIABLE} names a configuration for its addresses).",
+            returncode=pytest.ExitCode.TESTS_FAILED,
+        )
