@@ -34,7 +34,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.typing import EncodableT
 
 from managers import metrics
@@ -45,7 +45,9 @@ from managers.metrics import CacheLookup, RedisOp
 log = logging.getLogger("singleton.redis")
 BYPASS_AFTER_ERROR_S = 1.0
 
-UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+# RedisClusterException is no RedisError: a cluster client raises it when no startup node
+# answers, or a slot has no master it knows of.
+UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 # A cached resource: hash fields v (version), o (owning user id), b (the response body).
 _PUT_IF_NEWER = """
