@@ -55,10 +55,16 @@ mariadb_up() {
   fi
   free_ports "$INSTANCE" "$HOST" "$MYSQL_PORT"
 
+  # A temporary directory of its own: at start a server deletes every #sql* file of its
+  # tmpdir, so with the default (/tmp) a server starting anywhere on the machine removed the
+  # temporary tables of another's mariadb-install-db under way ("Unknown table
+  # 'mysql.tmp_user_sys'"), as seen with stacks of several checkouts starting side by side.
+  local tmpdir="$RUN_DIR/$INSTANCE.tmp"
+  mkdir -p "$tmpdir"
   if [[ ! -d "$datadir/mysql" ]]; then
     log "$INSTANCE: initialising $datadir"
     mkdir -p "$datadir"
-    mariadb-install-db --no-defaults --datadir="$datadir" --user="$(id -un)" \
+    mariadb-install-db --no-defaults --datadir="$datadir" --tmpdir="$tmpdir" --user="$(id -un)" \
       --auth-root-authentication-method=socket --skip-test-db --skip-name-resolve \
       >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "mariadb-install-db failed"
   fi
@@ -67,7 +73,7 @@ mariadb_up() {
   local pid
   # server-id: its address's last number, so that the shards tell themselves apart
   # (@@server_id; 1, the default, on 127.0.0.1).
-  pid="$(spawn "$INSTANCE" "$logfile" mariadbd --no-defaults --datadir="$datadir" \
+  pid="$(spawn "$INSTANCE" "$logfile" mariadbd --no-defaults --datadir="$datadir" --tmpdir="$tmpdir" \
     --socket="$(mariadb_socket)" --pid-file="$RUN_DIR/${INSTANCE/#mariadb/mariadbd}.pid" --port="$MYSQL_PORT" \
     --bind-address="$HOST" --server-id="${HOST##*.}" --user="$(id -un)" --skip-name-resolve \
     --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci)"
