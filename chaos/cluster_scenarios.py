@@ -160,7 +160,7 @@ async def redis_master(run: Run) -> None:
     if not hits_after:
         s.problems.append("no cache hit after the last miss: the cache did not come back")
     if reads_failed:
-        s.problems.append(f"{len(reads_failed)} reads not answered 200: {sorted(Counter(map(str, reads_failed)))}")
+        s.problems.append(f"{len(reads_failed)} reads not answered 200: {dict(Counter(map(kind, reads_failed)))}")
 
 
 # -- a Kafka broker ----------------------------------------------------------------------------

@@ -118,7 +118,8 @@ def notes(results: list[dict]) -> list[str]:
 
 def client_table(results: list[dict]) -> list[str]:
     columns = ["scenario", "fault lasted", "5xx seen (of them 500)", "no answer", "failed after retries"]
-    columns += ["slowest attempt", "slowest write, retries included", "/health meanwhile"]
+    columns += ["median answer before the fault", "slowest attempt", "slowest write, retries included"]
+    columns += ["/health meanwhile"]
     columns += ["health ok after", "writes back after"]
     rows = [
         [
@@ -127,6 +128,7 @@ def client_table(results: list[dict]) -> list[str]:
             f"{r['http_5xx']} ({r['http_500']})",
             r["connection_errors"],
             r["failed"],
+            "—" if r.get("median_before_s") is None else f"{r['median_before_s']:.3f} s",
             f"{r['slowest_attempt_s']:.2f} s",
             f"{r['slowest_write_s']:.2f} s",
             ", ".join(r["health_during"]),

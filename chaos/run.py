@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -71,6 +72,7 @@ def client_view(writes: list[Write], watch: HealthWatch, s: Scenario, health_ok,
     outage_end = max(t for t in (s.fault_end, health_ok, writes_ok) if t is not None)
     in_outage = [a for a in attempts if s.fault_start <= a.started <= outage_end]
     writes_in_outage = [w for w in writes if s.fault_start <= w.started <= outage_end and w.ended]
+    before = [a.seconds for a in attempts if a.started < s.fault_start]  # the warm-up: how busy the machine is
     seconds = writes[-1].started - writes[0].started if len(writes) > 1 else 0
     return {
         "rate_per_s": round(len(writes) / seconds, 1) if seconds else None,
@@ -83,6 +85,7 @@ def client_view(writes: list[Write], watch: HealthWatch, s: Scenario, health_ok,
         "failed": sum(1 for w in writes if not w.accepted),
         "failed_outcomes": sorted({str(w.final) for w in writes if not w.accepted}),
         "outage_s": round(s.fault_end - s.fault_start, 1),
+        "median_before_s": round(statistics.median(before), 3) if before else None,
         "slowest_attempt_s": round(max((a.seconds for a in in_outage), default=0), 2),
         "slowest_write_s": round(max((w.ended - w.started for w in writes_in_outage), default=0), 2),
         "health_during": watch.statuses(s.fault_start, outage_end),

@@ -18,7 +18,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from chaos.load import Client, Poller
 
-METRICS_EVERY_S = 0.25
+METRICS_EVERY_S = 0.5  # /metrics costs the service a render of every series: twice a second is enough
 METRICS_TIMEOUT_S = 2.0
 # A sample line of Prometheus's text format: name{labels} value
 _SAMPLE = re.compile(r"^([a-z_:]+)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$")
