@@ -30,6 +30,7 @@ REDIS_FAILOVER_MAX_S = 10.0  # "within the node timeout (a few seconds)": the ti
 REDIS_FAILOVER_DEADLINE_S = 30.0  # how long the run waits for a promotion at all
 REDIS_READS_PER_S = 25.0  # GET /api/v1/users/:id beside the writes: the cache's read-through path
 REDIS_DOWN_S = 10.0  # the killed master is restarted (as a replica) this long after the kill
+BUCKET_SEARCH_S = 10.0
 KAFKA_RATE_PER_S = 200.0
 KAFKA_USERS = 12  # 200 writes/s on 3 users would queue on 3 row locks
 KAFKA_DOWN_S = 20.0  # longer than a broker's session timeout (9 s): the cluster fences it
@@ -79,16 +80,30 @@ def answers_by_shard(stack: ClusterStack, writes: list[Write], start: float, end
 
 
 # -- a Redis master ----------------------------------------------------------------------------
-def bucket_master(stack: ClusterStack) -> tuple[str, str]:
+def bucket_master(stack: ClusterStack) -> tuple[str, str] | None:
     """The master holding the rate limiter's bucket of the run's writes (the admin key's
-    ``w`` bucket; else any bucket): the kill that reaches both the limiter and some cache."""
+    ``w`` bucket; else any bucket), and the bucket: the kill that reaches the limiter."""
     found = stack.redis_keys("*rl:*")
     for suffix in (":w", ""):
         for master, keys in sorted(found.items()):
             for key in keys:
                 if key.rstrip("}").endswith(suffix):
                     return master, key
-    raise RuntimeError(f"no rate-limit bucket in Redis: {found}")
+    return None
+
+
+async def choose_master(stack: ClusterStack) -> tuple[str, str]:
+    """The master to kill: the one with the writes' bucket (it lives 2 s after its last use,
+    and a busy service may skip Redis for a moment: looked for over BUCKET_SEARCH_S), else
+    the one caching most of the users."""
+    deadline = time.monotonic() + BUCKET_SEARCH_S
+    while time.monotonic() < deadline:
+        if (found := await asyncio.to_thread(bucket_master, stack)) is not None:
+            return found
+        await asyncio.sleep(0.25)  # deliberate: the next share the limiter takes creates the bucket
+    cached = await asyncio.to_thread(stack.redis_keys, "*user:*")
+    master = max(sorted(cached), key=lambda m: len(cached[m]))
+    return master, f"no bucket seen in {BUCKET_SEARCH_S:.0f} s: the master caching most users"
 
 
 def replica_of(stack: ClusterStack, master: str) -> str:
@@ -120,7 +135,7 @@ async def redis_master(run: Run) -> None:
     metrics.start()
     try:
         async with run.loaded(s) as load:
-            victim, bucket = await asyncio.to_thread(bucket_master, stack)
+            victim, bucket = await choose_master(stack)
             cached = (await asyncio.to_thread(stack.redis_keys, "*user:*")).get(victim, [])
             replica = await asyncio.to_thread(replica_of, stack, victim)
             s.title = f"SIGKILL of Redis master {victim}, restarted {REDIS_DOWN_S:.0f} s later"

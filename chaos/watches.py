@@ -13,7 +13,8 @@ import re
 import time
 import uuid
 
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from chaos.load import Client, Poller
@@ -47,7 +48,7 @@ class MetricsWatch(Poller):
     async def poll(self, started: float) -> None:
         try:
             response = await self.http.fetch(self.url, request_timeout=METRICS_TIMEOUT_S, raise_error=False)
-        except OSError:
+        except (OSError, HTTPClientError, StreamClosedError):  # no answer in time (599): the next poll
             return
         if response.code != 200:
             return
@@ -117,7 +118,7 @@ class EventSockets:
         while self._running:
             try:
                 socket = await self._connect(user, last_event_id)
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, HTTPClientError, StreamClosedError) as exc:
                 if not connected.done():
                     connected.set_exception(exc)
                     return
