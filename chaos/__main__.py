@@ -106,6 +106,8 @@ async def stage(name: str, keys: list[str]) -> bool:
     failed = [r["key"] for r in run.results if not report.passed(r)]
     verdict = "FAILED " + ", ".join(failed) if failed else "every scenario ok"
     log(f"{name} stage done in {meta['runtime_s'] / 60:.1f} min: {verdict}")
+    for demand in [] if everyday else cluster_report.unmet(run.results):
+        log(f"not met: {demand}")
     return not failed
 
 
