@@ -26,6 +26,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 from collections import defaultdict
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from bench import spider_checks, spider_outage, spider_relay
+from bench import env, spider_checks, spider_outage, spider_relay
 from bench.env import DOCS_BENCH, REPO, log
 from bench.spider_load import DIRECT, SPIDER_AI2, run, seed, summary
 from bench.spider_stack import DIR, SHARDS, Stack, ensure_spider_plugin
@@ -84,7 +85,13 @@ async def load(stack: Stack, ids: dict, s: Settings, timeout_s: float) -> list[d
                     result = await run(stack, route, op, ids, concurrency, s.seconds, timeout_s)
                     runs[(op, concurrency, route.name)].append(result)
                     log(f"spider: {op} c={concurrency} {route.name}: {result['ops_per_s']}/s p99 {result['p99_ms']} ms")
-    return [summary(group) for group in runs.values()]
+    out = [summary(group) for group in runs.values()]
+    for r in out:  # each round's ratio to the direct run beside it, the median of those
+        direct = runs[(r["op"], r["concurrency"], DIRECT.name)]
+        mine = runs[(r["op"], r["concurrency"], r["route"])]
+        ratios = [m["ops_per_s"] / d["ops_per_s"] for m, d in zip(mine, direct, strict=True) if d["ops_per_s"]]
+        r["x_direct"] = round(statistics.median(ratios), 2) if ratios else 0.0
+    return out
 
 
 async def measure(stack: Stack, ids: dict, s: Settings, timeout_s: float) -> dict:
@@ -93,7 +100,7 @@ async def measure(stack: Stack, ids: dict, s: Settings, timeout_s: float) -> dic
     log("spider: load")
     loads = await load(stack, ids, s, timeout_s)
     log("spider: relay")
-    relay = await spider_relay.measure(stack, s.backlog, s.rounds, 30.0)
+    relay = spider_relay.summary(await spider_relay.measure(stack, s.backlog, s.rounds, 30.0))
     log("spider: one backend down")
     outage = await spider_outage.measure(stack, ids, s.outage_concurrency, s.outage_s, timeout_s)
     return {"checks": checks, "load": loads, "relay": relay, "outage": outage}
@@ -118,7 +125,8 @@ def commit() -> str:
 
 def main() -> None:
     s, timeout_s = Settings(), service_timeout_s()
-    started = dt.datetime.now(dt.UTC)
+    started, load_at_start = dt.datetime.now(dt.UTC), os.getloadavg()[0]
+    background_at_start = env.background_load()  # what else uses the shared cores
     install = ensure_spider_plugin()
     stack = Stack()
     ok = False
@@ -135,7 +143,13 @@ def main() -> None:
     result = {
         "date": started.strftime("%Y-%m-%d"),
         "commit": commit(),
-        "machine": {"nproc": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2)},
+        "machine": {
+            "nproc": os.cpu_count(),
+            "load_average_at_start": round(load_at_start, 2),
+            "load_average_at_end": round(os.getloadavg()[0], 2),
+            "other_cpu_use_at_start": background_at_start,
+            "other_cpu_use_at_end": env.background_load(),
+        },
         "settings": vars(s) | {"service_deadline_s": timeout_s, "shards": SHARDS},
         "install": install,
     } | measured
@@ -149,30 +163,25 @@ def tables(result: dict) -> str:
     lines = [f"Spider against routing in the service: {result['date']}, commit {result['commit']}", ""]
     lines += ["| operation | tasks | route | ops/s | × direct | p50 ms | p99 ms | errors | CPU ms/op: front | b1+b2 |"]
     lines += ["|---|---:|---|---:|---:|---:|---:|---|---:|---:|"]
-    direct = {(r["op"], r["concurrency"]): r["ops_per_s"] for r in result["load"] if r["route"] == "direct"}
     for r in sorted(result["load"], key=lambda r: (r["op"], r["concurrency"])):
-        ratio = r["ops_per_s"] / direct[(r["op"], r["concurrency"])] if direct.get((r["op"], r["concurrency"])) else 0
         cpu = r["cpu_ms_per_op"]
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
         lines.append(
-            f"| {r['op']} | {r['concurrency']} | {r['route']} | {r['ops_per_s']:,.0f} | {ratio:.2f} | {r['p50_ms']} "
-            f"| {r['p99_ms']} | {errors} | {cpu.get('front', 0):.2f} | {cpu.get('b1', 0) + cpu.get('b2', 0):.2f} |"
+            f"| {r['op']} | {r['concurrency']} | {r['route']} | {r['ops_per_s']:,.0f} | {r['x_direct']:.2f} "
+            f"| {r['p50_ms']} | {r['p99_ms']} | {errors} | {cpu.get('front', 0):.2f} "
+            f"| {cpu.get('b1', 0) + cpu.get('b2', 0):.2f} |"
         )
-    lines += [
-        "",
-        "| relay | events/s | batches out of order | batches marking other rows | CPU cores front / b1 / b2 |",
-    ]
+    lines += ["", "| relay | events/s (each round) | batches out of order | batches marking other rows "]
+    lines[-1] += "| CPU ms per 1,000 events: front / b1+b2 |"
     lines += ["|---|---:|---:|---:|---|"]
     for r in result["relay"]:
-        cpu = r["cpu_cores"]
+        rounds = ", ".join(f"{x:,}" for x in r["rounds"])
         lines.append(
-            f"| {r['route']} | {r['events_per_s']:,} | {r['batches_out_of_order']} | {r['batches_marked_other']} "
-            f"| {cpu.get('front', 0)} / {cpu.get('b1', 0)} / {cpu.get('b2', 0)} |"
+            f"| {r['route']} | {r['events_per_s']:,} ({rounds}) | {r['batches_out_of_order']} "
+            f"| {r['batches_marked_other']} | {r['cpu_ms_per_1000']['front']} / {r['cpu_ms_per_1000']['backends']} |"
         )
-    lines += [
-        "",
-        "| b2 | route | b1 users' creates/s | their errors | a b2 user's create (the service's answer) | b2 back |",
-    ]
+    lines += ["", "| b2 | route | b1 users' creates/s | their errors | a b2 user's create (the service's answer) "]
+    lines[-1] += "| b2 back |"
     lines += ["|---|---|---:|---|---|---|"]
     for r in result["outage"]:
         d, probe, rec = r["during"], r["b2_user"], r["recovery"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import statistics
 import time
 
 import aiomysql
@@ -113,3 +114,30 @@ async def measure(stack: Stack, backlog: int, rounds: int, timeout_s: float) -> 
         for via_front in (True, False):
             runs.append(await relay_round(stack, via_front, timeout_s))
     return runs
+
+
+def summary(runs: list[dict]) -> list[dict]:
+    """Per route: the median of the rounds' events/s, each round's, the checks summed, and the
+    median of the rounds' CPU per 1,000 events."""
+    out = []
+    for route in dict.fromkeys(r["route"] for r in runs):
+        mine = [r for r in runs if r["route"] == route]
+
+        def per_1000(r: dict, names: tuple[str, ...]) -> float:
+            return round(sum(r["cpu_cores"].get(n, 0.0) for n in names) * r["seconds"] / r["events"] * 1e6, 1)
+
+        out.append(
+            {
+                "route": route,
+                "events_per_s": round(statistics.median(r["events_per_s"] for r in mine)),
+                "rounds": [r["events_per_s"] for r in mine],
+                "batches_out_of_order": sum(r["batches_out_of_order"] for r in mine),
+                "batches_marked_other": sum(r["batches_marked_other"] for r in mine),
+                "cpu_ms_per_1000": {
+                    "front": statistics.median(per_1000(r, ("front",)) for r in mine),
+                    "backends": statistics.median(per_1000(r, tuple(SHARDS)) for r in mine),
+                },
+                "runs": mine,
+            }
+        )
+    return out
