@@ -16,10 +16,11 @@ KAFKA_CLI_JVM=(-Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1)
 # Class data sharing: a JVM of Kafka maps the classes an earlier one of its kind (a broker,
 # or a CLI tool) loaded, archived once, instead of loading and verifying them again. Here a
 # broker then started on 4-5 s of CPU instead of 6-7, a CLI tool on half of its 1.2 s, which
-# counts when three brokers start side by side on two cores. Until there is an archive, one
-# JVM of each kind writes it as it exits (the first broker of a stack, one CLI tool at a
-# time: writing it costs a few seconds at exit); the JVM checks it before devstack keeps it
-# in the cache (one per jar set and JVM build). A JVM with none starts as before.
+# counts when three brokers start side by side on two cores. Until there is an archive, the
+# brokers write one each as they exit (the last of a cluster, killed, does not), and one CLI
+# tool at a time does (writing it costs a few seconds at exit); the JVM checks it before
+# devstack keeps one in the cache (per jar set and JVM build). A JVM with none starts as
+# before.
 KAFKA_CDS_DIR="$CACHE_DIR/kafka-cds"
 if [[ $DEVSTACK_STACK == cluster ]]; then
   KAFKA_TOPIC_PARTITIONS=12
@@ -35,14 +36,17 @@ kafka_packages() { echo java:openjdk-17-jre-headless mvn:maven; }
 
 # A broker stops in a controlled way: the controllers first move the leadership of its
 # partitions to the other brokers. When a whole cluster stops, the last broker cannot: no
-# quorum of controllers is left to approve it, and it would wait 5 minutes for one. Once
-# the others have stopped it is killed (its logs recover in a moment at the next start).
-kafka_stop() { stop_service "$INSTANCE" 60 TERM kafka_others_stopped; }
+# quorum of controllers is left to approve it, and it would wait 5 minutes for one. One
+# that still takes clients once the others have stopped is killed 5 s later (its logs
+# recover in a moment at the next start); one past that point (writing its class archive
+# as it exits) gets its time.
+kafka_stop() { stop_service "$INSTANCE" 60 TERM kafka_waits_for_quorum; }
 
-# kafka_others_stopped: the stack has other brokers, and none of them runs any more (a
-# broker that has closed its listeners may still be writing its class archive).
-kafka_others_stopped() {
+# kafka_waits_for_quorum: this broker still takes clients, and the stack's other brokers
+# (it has some) have all stopped.
+kafka_waits_for_quorum() {
   local n others=0
+  port_open "$HOST" "$KAFKA_PORT" || return 1
   for n in $(kafka_nodes); do
     [[ "$n" != "$INSTANCE" ]] || continue
     others=$((others + 1))
@@ -278,13 +282,12 @@ kafka_up() {
     free_ports "$INSTANCE" "$HOST" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
     kafka_write_config "$dir"
     [[ -f "$dir/logs/meta.properties" ]] || kafka_format "$dir" "$stdout"
-    # The archive of classes the broker that ran here last wrote as it exited, if any; the
-    # stack's first broker writes one if there is none yet.
+    # The archive of classes the broker that ran here last wrote as it exited, if any; this
+    # one writes one if there is none yet.
     mkdir -p "$KAFKA_CDS_DIR"
     kafka_cds_keep broker "$dir/classes.jsa"
-    local cds dump=""
-    [[ "$(kafka_node_id)" != 1 ]] || dump="$dir/classes.jsa"
-    mapfile -t cds < <(kafka_cds_flags broker "$dump")
+    local cds
+    mapfile -t cds < <(kafka_cds_flags broker "$dir/classes.jsa")
     log "$INSTANCE: starting on $HOST:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)"
     pid="$(spawn "$INSTANCE" "$stdout" "${KAFKA_JAVA[@]}" -Dkafka.logs.dir="$LOG_DIR/$INSTANCE" \
       -XX:ErrorFile="$LOG_DIR/$INSTANCE/hs_err_pid%p.log" -Xmx512m -Xms512m "${cds[@]}" \
