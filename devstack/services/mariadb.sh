@@ -45,7 +45,7 @@ SQL
 }
 
 mariadb_up() {
-  local logfile="$LOG_DIR/$INSTANCE.log" datadir="$DATA_DIR/$INSTANCE"
+  local logfile="$LOG_DIR/$INSTANCE.log" datadir="$DATA_DIR/$INSTANCE" tmpdir="$RUN_DIR/$INSTANCE.tmp"
   if ! mariadb_ready && our_pid "$INSTANCE" >/dev/null && mariadb_root -e 'SELECT 1' >/dev/null 2>&1; then
     mariadb_setup >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "setting the user's password failed"
   fi
@@ -55,18 +55,24 @@ mariadb_up() {
   fi
   free_ports "$INSTANCE" "$HOST" "$MYSQL_PORT"
 
-  # A temporary directory of its own: at start a server deletes every #sql* file of its
-  # tmpdir, so with the default (/tmp) a server starting anywhere on the machine removed the
-  # temporary tables of another's mariadb-install-db under way ("Unknown table
-  # 'mysql.tmp_user_sys'"), as seen with stacks of several checkouts starting side by side.
-  local tmpdir="$RUN_DIR/$INSTANCE.tmp"
+  # A temporary directory of its own: a starting mariadbd deletes every #sql file in its
+  # tmpdir, and in a shared /tmp those were the tables of another server's initialisation
+  # (seen as "Unknown table 'mysql.tmp_proxies_priv'" with stacks starting side by side).
   mkdir -p "$tmpdir"
+  # An initialisation cut short leaves a datadir the server starts on but root cannot use:
+  # its mark says to start it over.
+  if [[ -f "$datadir/.initialising" ]]; then
+    log "$INSTANCE: $datadir was not initialised completely: initialising it again"
+    rm -rf "$datadir"
+  fi
   if [[ ! -d "$datadir/mysql" ]]; then
     log "$INSTANCE: initialising $datadir"
     mkdir -p "$datadir"
+    : >"$datadir/.initialising"
     mariadb-install-db --no-defaults --datadir="$datadir" --tmpdir="$tmpdir" --user="$(id -un)" \
       --auth-root-authentication-method=socket --skip-test-db --skip-name-resolve \
       >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "mariadb-install-db failed"
+    rm -f "$datadir/.initialising"
   fi
 
   log "$INSTANCE: starting on $HOST:$MYSQL_PORT"
