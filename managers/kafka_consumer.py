@@ -107,6 +107,7 @@ class TopicReader(Manager):
         self.timeout_s: float = self.cfg["request_timeout_s"]
         self.consumer: AIOKafkaConsumer | None = None
         self.lag: int | None = None  # None until first known
+        self._stopping = False
         self.failures = Failures(
             f"kafka_{self.name}_consumer",
             self.is_outage,
@@ -118,7 +119,7 @@ class TopicReader(Manager):
         self._progress_at = time.monotonic()  # when it last fetched something, or was found caught up
         self._stuck_since: float | None = None  # since when it has been found behind and not fetching
         self._watch_due = 0.0
-        self._stopping: set[asyncio.Task[None]] = set()  # replaced consumers still stopping
+        self._old_consumers: set[asyncio.Task[None]] = set()  # replaced consumers still stopping
 
     @classmethod
     def start(cls, config: Config) -> TopicReader:
@@ -159,6 +160,8 @@ class TopicReader(Manager):
                 await self._next_batch()
                 await self._watch()
             except Exception as exc:
+                if self._stopping:  # the consumer stopped under a batch that outlived release's wait
+                    return
                 metrics.CONSUMER_ERRORS.labels(self.name).inc()
                 self.failures.failed(exc)
                 await backoff.sleep()
@@ -221,8 +224,8 @@ class TopicReader(Manager):
                 log.warning("kafka consumer stop failed", extra={"consumer": self.name, "error": repr(exc)})
 
         task = asyncio.create_task(stop(), name=f"kafka-{self.name}-consumer-stop")
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
+        self._old_consumers.add(task)
+        task.add_done_callback(self._old_consumers.discard)
 
     def status(self) -> dict[str, Any]:
         """For /health: a reader whose loop has ended is down (aiokafka#1037: watch them);
@@ -233,14 +236,15 @@ class TopicReader(Manager):
         return {"status": state, "lag": self.lag}
 
     async def release(self) -> None:
+        self._stopping = True
         await self._stop_background(self.timeout_s)
         if self.consumer is not None:
             try:
                 await asyncio.wait_for(self.consumer.stop(), self.timeout_s)
             except Exception as exc:
                 log.warning("kafka consumer stop failed", extra={"consumer": self.name, "error": repr(exc)})
-        if self._stopping:
-            await asyncio.wait(self._stopping, timeout=self.timeout_s)
+        if self._old_consumers:
+            await asyncio.wait(self._old_consumers, timeout=self.timeout_s)
 
 
 class BroadcastConsumer(TopicReader):
