@@ -1,9 +1,11 @@
-"""What the cluster suite's fault tests share: the service's configuration for the cluster
-stack, the service run on it as a child process (``python -m service``), a SIGKILL of one
-server of the stack, and devstack bringing that server back.
+"""What the Redis Cluster and Kafka fault tests share: the service's configuration for the
+cluster stack, the service run on it as a child process (``python -m service``) on
+databases of its own, a SIGKILL of the server listening on an address, and devstack
+bringing that server back.
 
 The service uses MariaDB as one database here, on the global shard: these tests are about
-Redis Cluster and the Kafka brokers, not about sharding.
+Redis Cluster and the Kafka brokers, not sharding (conftest's ``cluster_service`` runs the
+sharded configuration as it is).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from managers import config as config_module
 from service.supervisor import free_port
-from tests.helpers import ROOT, ensure_database, in_thread, run_make, run_service, wait_until
+from tests.cluster.conftest import devstack
+from tests.helpers import ROOT, ensure_database, in_thread, run_service, wait_until
 
 # The cluster file's keys that name a file, relative to that file's directory.
 FILES = (("mysql", "password_file"), ("auth", "token_secret_file"))
@@ -53,7 +56,7 @@ def service_overrides(cluster_config, name: str) -> dict[str, dict[str, Any]]:
     overrides.setdefault("auth", {})["bootstrap_admin_key_file"] = ""  # the test makes its own key
     overrides["server"] = {"port": 0, "health_probe_interval_s": 0.25}
     overrides["metrics"] = {"port": free_port()}
-    overrides["logging"] = {"file": "", "level": "INFO"}
+    overrides["logging"] = {"file": "", "level": "WARNING"}  # no access line per request: 200/s of them cost CPU
     overrides["reconnect"] = {"initial_delay_s": 0.1, "max_delay_s": 1}
     # Limits far above what a test sends (the limiter still asks Redis on every share).
     overrides["rate_limit"] = {f"{kind}_{what}": 100000 for kind in ("read", "write") for what in ("per_s", "burst")}
@@ -150,14 +153,6 @@ class Service:
         self.http.close()
         return self.popen.returncode
 
-    def logged(self, message: str) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    lines.append(json.loads(line))
-        return [line for line in lines if line.get("msg") == message]
-
 
 @contextlib.asynccontextmanager
 async def running_service(overrides: dict[str, dict[str, Any]], log_path: Path) -> AsyncIterator[Service]:
@@ -214,10 +209,9 @@ def sigkill(host: str, port: int) -> int:
 
 
 async def restore(name: str) -> float:
-    """``make services-cluster SERVICES=name``: devstack starts what is missing of ``name``
-    (e.g. redis-cluster: its nodes, then the cluster whole again) and waits until it is
-    ready. The seconds it took. The environment (CLUSTER_NET, DEVSTACK_DIR) is the suite's."""
+    """devstack starts what is missing of ``name`` (e.g. redis-cluster: its nodes, then the
+    cluster whole again) and waits until it is ready, on the suite's stack (CLUSTER_NET,
+    DEVSTACK_DIR); the seconds it took."""
     started = time.monotonic()
-    result = await in_thread(run_make, "services-cluster", f"SERVICES={name}", timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    await in_thread(devstack, "up", name)
     return time.monotonic() - started
