@@ -324,6 +324,8 @@ async def test_a_master_killed_under_load(cluster_config, tmp_path):
                 )
                 killed_at = time.monotonic()
                 killed = sigkill(victim.host, victim.port)
+                with pytest.raises(redis_manager.UNAVAILABLE):  # a ping is every master's answer
+                    await topology.ping()
 
                 async def promoted() -> bool:
                     master = await master_of_slot(survivor, slot)
@@ -339,6 +341,15 @@ async def test_a_master_killed_under_load(cluster_config, tmp_path):
                     interval=0.2,
                     what="cache hits and no fail-open after the promotion",
                 )
+
+                async def every_master_answers() -> bool:
+                    try:
+                        await topology.ping()
+                    except redis_manager.UNAVAILABLE:
+                        return False
+                    return True
+
+                await wait_until(every_master_answers, timeout=10, interval=0.2, what="a ping of the new masters")
             finally:
                 load.running = False
                 await asyncio.gather(*tasks)
