@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 
-.PHONY: bench bench-deps bench-report
+.PHONY: bench bench-deps bench-report bench-spider
 
 bench-deps: install
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
@@ -15,3 +15,6 @@ bench: bench-deps services ## Every endpoint against a bare Tornado baseline, We
 
 bench-report: ## Rewrite docs/BENCHMARKS.md and the plots from docs/bench/results.json
 	$(PY) -m bench.report
+
+bench-spider: install ## MariaDB's Spider as the shard router against routing in the service (own servers): docs/bench/spider.json
+	$(PY) -m bench.spider

@@ -34,13 +34,12 @@ from typing import Any, NamedTuple
 
 import jwt
 
-from domain import codec
+from domain import codec, users
 from domain.errors import APIError, not_found, user_not_found
-from managers import mysql
 from managers.background import Backoff, Failures
 from managers.base import Manager
 from managers.config import AuthConfig, Config
-from managers.mysql import MySQLManager, Row, is_missing_parent
+from managers.mysql import MySQLManager, Row
 
 log = logging.getLogger("singleton.auth")
 
@@ -113,29 +112,28 @@ async def create_key(role: str, user_id: str | None = None) -> dict[str, Any]:
         "last_used_at": None,
         "revoked_at": None,
     }
-    try:
-        async with MySQLManager.instance().cursor() as cur:
-            await cur.execute(
-                "INSERT INTO api_keys (id, prefix, hash, role, user_id, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
-                (row["id"], row["prefix"], _hash(key), role, user_id, row["created_at"]),
-            )
-    except mysql.IntegrityError as exc:
-        if is_missing_parent(exc):
-            raise user_not_found(str(user_id)) from None
-        raise
+    # Keys live in the global home and the user on its shard: no foreign key can join
+    # them, so the user is looked up first (users are never deleted).
+    if user_id is not None and not await users.exists(user_id):
+        raise user_not_found(user_id)
+    async with MySQLManager.instance().home.cursor() as cur:
+        await cur.execute(
+            "INSERT INTO api_keys (id, prefix, hash, role, user_id, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+            (row["id"], row["prefix"], _hash(key), role, user_id, row["created_at"]),
+        )
     created = key_to_api(row)
     del created["last_used_at"], created["revoked_at"]
     return {**created, "key": key}
 
 
 async def list_keys() -> list[dict[str, Any]]:
-    rows = await MySQLManager.instance().fetchall(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
+    rows = await MySQLManager.instance().home.fetchall(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
     return [key_to_api(row) for row in rows]
 
 
 async def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key (again is a no-op); this instance forgets it at once."""
-    async with MySQLManager.instance().cursor() as cur:
+    async with MySQLManager.instance().home.cursor() as cur:
         await cur.execute(
             "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (codec.utc_now(), key_id)
         )
@@ -150,7 +148,7 @@ async def revoke_key(key_id: str) -> dict[str, Any]:
 async def bootstrap_admin_key(path: str) -> bool:
     """With no usable admin key in the database, create one and write it to ``path``
     (mode 0600). Several instances starting at once create one key between them."""
-    async with MySQLManager.instance().cursor() as cur:
+    async with MySQLManager.instance().home.cursor() as cur:
         locked = await cur.fetchone("SELECT GET_LOCK(%s, 10) AS ok", (_BOOTSTRAP_LOCK,))
         if not locked or locked["ok"] != 1:
             raise RuntimeError("could not take the admin key bootstrap lock")
@@ -204,7 +202,7 @@ class Authenticator(Manager):
     async def _bootstrap_when_ready(self, path: str) -> None:
         """Make the dev admin key once MariaDB is ready. Losing MariaDB meanwhile is an
         outage (wait for it, try again); anything else is a bug, logged as one and retried."""
-        db = MySQLManager.instance()
+        db = MySQLManager.instance().home
         failures = Failures(
             "admin_key_bootstrap",
             MySQLManager.is_unavailable,
@@ -256,7 +254,7 @@ class Authenticator(Manager):
         return principal
 
     async def _lookup(self, key: str, digest: str) -> Principal | None:
-        db = MySQLManager.instance()
+        db = MySQLManager.instance().home
         row = await db.fetchone(
             "SELECT id, hash, role, user_id FROM api_keys WHERE prefix = %s AND revoked_at IS NULL",
             (key_prefix(key),),

@@ -1,5 +1,5 @@
 """The transactional outbox: events are written with the change they describe,
-then relayed to Kafka.
+then relayed to Kafka, one relay loop per physical shard.
 
 ``insert(event)`` is the statement that records an event; its caller runs it in
 the transaction of the change, so an event exists exactly when its change
@@ -38,7 +38,7 @@ from managers.background import Backoff, Failures
 from managers.base import Manager
 from managers.config import Config, OutboxConfig
 from managers.kafka_producer import KafkaProducerManager
-from managers.mysql import MySQLManager, Statement
+from managers.mysql import Database, MySQLManager, Statement
 
 log = logging.getLogger("singleton.outbox")
 MAX_BACKOFF_S = 5.0
@@ -64,76 +64,43 @@ def notify_committed() -> None:
 
 
 class OutboxRelay(Manager):
+    """One relay loop per physical shard (each shard's rows are ordered, locked and marked
+    on that shard alone), sharing the producer; ``notify`` wakes them all."""
+
     def __init__(self, outbox_cfg: OutboxConfig, idempotency_ttl_hours: float):
         self.batch_size: int = outbox_cfg["batch_size"]
         self.poll_interval_s: float = outbox_cfg["poll_interval_s"]
         self.retention_hours: float = outbox_cfg["retention_hours"]
         self.idempotency_ttl_hours = idempotency_ttl_hours
-        self._wakeup = asyncio.Event()
         self._stopping = False
-        self._next_housekeeping = 0.0
-        self._publishing = Failures(
-            "outbox_publish",
-            self.is_outage,
-            logger=log,
-            outage="outbox relay cannot publish; rows wait",
-            recovered="outbox relay recovered",
-        )
-        self._gauges = Failures("outbox_gauges", self.is_outage, logger=log)
-        self._housekeeping_failures = Failures("outbox_housekeeping", self.is_outage, logger=log)
+        self._shards: dict[str, ShardRelay] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
     def start(cls, config: Config) -> OutboxRelay:
         inst = cls._install(cls(config["outbox"], config["payments"]["idempotency_ttl_hours"]))
-        inst._run_in_background(inst._run(), "outbox-relay")
+        for db in MySQLManager.instance().all():
+            shard = inst._shards[db.name] = ShardRelay(inst, db)
+            inst._tasks.append(asyncio.create_task(shard.run(), name=f"outbox-relay-{db.name}"))
         return inst
 
     def notify(self) -> None:
         """Called after a commit that wrote events: publish now rather than at the next poll."""
-        self._wakeup.set()
+        for shard in self._shards.values():
+            shard.wakeup.set()
 
     @staticmethod
     def is_outage(exc: BaseException) -> bool:
         return MySQLManager.is_unavailable(exc) or KafkaProducerManager.is_unavailable(exc)
 
-    async def _run(self) -> None:
-        # Until MariaDB is reached and migrated there is nothing to relay, and its manager
-        # already says so: without this wait, every start logged a relay "outage".
-        await MySQLManager.instance().ready.wait()
-        backoff = Backoff(self.poll_interval_s, MAX_BACKOFF_S)
-        while not self._stopping:
-            try:
-                published = await self.relay_once()
-            except Exception as exc:
-                metrics.OUTBOX_PUBLISH_FAILURES.inc()
-                self._publishing.failed(exc)
-                await self._refresh_gauges()  # the backlog's age is what alerts watch now
-                await self._sleep(backoff.next())
-                continue
-            self._publishing.succeeded()
-            backoff.reset()
-            if published == self.batch_size:
-                continue  # more may be waiting
-            await self._refresh_gauges()
-            await self._housekeeping_when_due()
-            await self._sleep(self.poll_interval_s)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Wait for a commit's notify, a stop, or ``seconds``, whichever comes first."""
-        try:
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
-        except TimeoutError:
-            pass
-        self._wakeup.clear()
-
-    async def relay_once(self) -> int:
-        """Publish the oldest pending rows; return how many went out.
+    async def relay_once(self, db: Database) -> int:
+        """Publish the oldest pending rows of shard ``db``; return how many went out.
 
         The rows stay locked until they are marked, so a second instance's relay
         waits instead of sending them again or overtaking them. READ COMMITTED
         keeps the lock to those rows: writers adding new rows are not blocked.
         """
-        async with MySQLManager.instance().transaction(isolation="READ COMMITTED") as tx:
+        async with db.transaction(isolation="READ COMMITTED") as tx:
             rows = await tx.fetchall(
                 "SELECT id, event_type, partition_key, payload FROM outbox"
                 " WHERE published_at IS NULL ORDER BY id LIMIT %s FOR UPDATE",
@@ -152,25 +119,110 @@ class OutboxRelay(Manager):
             metrics.EVENTS_PUBLISHED.labels(metrics.event_label(row["event_type"])).inc()
         return len(rows)
 
+    def _set_gauges(self) -> None:
+        """The backlog over every shard: its size, and the age of its oldest row."""
+        shards = self._shards.values()
+        metrics.OUTBOX_PENDING.set(sum(shard.pending for shard in shards))
+        metrics.OUTBOX_OLDEST_AGE.set(max((shard.oldest_age_s for shard in shards), default=0))
+
+    async def release(self) -> None:
+        """Let each batch in hand finish (published rows get marked), then flush once more."""
+        if self._stopping:  # released already
+            return
+        deadline_s = KafkaProducerManager.instance().timeout_s * 2
+        self._stopping = True
+        self.notify()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=deadline_s)
+            for task in pending:  # a batch stuck past its own deadline: give up on it, it is re-sent later
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=deadline_s)
+        for shard in self._shards.values():
+            if not shard.db.ready.is_set():  # never began: nothing in hand, nothing to flush
+                continue
+            try:  # one last flush, so a clean stop leaves nothing for the next start
+                await asyncio.wait_for(self.relay_once(shard.db), deadline_s)
+            except Exception as exc:
+                log.warning(
+                    "outbox not flushed at shutdown; rows wait for the next start",
+                    extra={"shard": shard.db.name, "error": repr(exc)},
+                )
+
+
+class ShardRelay:
+    """The relay's loop over one shard: publishing, the backlog gauges and the
+    housekeeping, each with its own failures."""
+
+    def __init__(self, relay: OutboxRelay, db: Database):
+        self.relay = relay
+        self.db = db
+        self.wakeup = asyncio.Event()
+        self.pending = 0
+        self.oldest_age_s = 0.0
+        self._next_housekeeping = 0.0
+        fields = {"shard": db.name}
+        self._publishing = Failures(
+            "outbox_publish",
+            relay.is_outage,
+            logger=log,
+            outage="outbox relay cannot publish; rows wait",
+            recovered="outbox relay recovered",
+            fields=fields,
+        )
+        self._gauges = Failures("outbox_gauges", relay.is_outage, logger=log, fields=fields)
+        self._housekeeping_failures = Failures("outbox_housekeeping", relay.is_outage, logger=log, fields=fields)
+
+    async def run(self) -> None:
+        # Until the shard is reached and migrated there is nothing to relay, and its manager
+        # already says so: without this wait, every start logged a relay "outage".
+        await self.db.ready.wait()
+        relay = self.relay
+        backoff = Backoff(relay.poll_interval_s, MAX_BACKOFF_S)
+        while not relay._stopping:
+            try:
+                published = await relay.relay_once(self.db)
+            except Exception as exc:
+                metrics.OUTBOX_PUBLISH_FAILURES.inc()
+                self._publishing.failed(exc)
+                await self._refresh_gauges()  # the backlog's age is what alerts watch now
+                await self._sleep(backoff.next())
+                continue
+            self._publishing.succeeded()
+            backoff.reset()
+            if published == relay.batch_size:
+                continue  # more may be waiting
+            await self._refresh_gauges()
+            await self._housekeeping_when_due()
+            await self._sleep(relay.poll_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait for a commit's notify, a stop, or ``seconds``, whichever comes first."""
+        try:
+            await asyncio.wait_for(self.wakeup.wait(), seconds)
+        except TimeoutError:
+            pass
+        self.wakeup.clear()
+
     async def _refresh_gauges(self) -> None:
         """The backlog's size and age; during an outage they keep their last values."""
         try:
             await self._read_backlog()
         except Exception as exc:
-            if not self.is_outage(exc):  # an outage is publishing's to report, and dependency_up's
+            if not self.relay.is_outage(exc):  # an outage is publishing's to report, and dependency_up's
                 self._gauges.failed(exc)
             return
         self._gauges.succeeded()
 
     async def _read_backlog(self) -> None:
-        row = await MySQLManager.instance().fetchone(
+        row = await self.db.fetchone(
             "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL"
         )
         assert row is not None
-        metrics.OUTBOX_PENDING.set(row["pending"])
         oldest = row["oldest"]
-        age = (codec.utc_now() - oldest).total_seconds() if oldest else 0
-        metrics.OUTBOX_OLDEST_AGE.set(max(age, 0))
+        self.pending = row["pending"]
+        self.oldest_age_s = max((codec.utc_now() - oldest).total_seconds(), 0) if oldest else 0
+        self.relay._set_gauges()
 
     async def _housekeeping_when_due(self) -> None:
         """Once every ``HOUSEKEEPING_EVERY_S``, whether the last turn worked or not."""
@@ -180,38 +232,21 @@ class OutboxRelay(Manager):
         try:
             await self._housekeeping()
         except Exception as exc:
-            if not self.is_outage(exc):
+            if not self.relay.is_outage(exc):
                 self._housekeeping_failures.failed(exc)
             return
         self._housekeeping_failures.succeeded()
 
     async def _housekeeping(self) -> None:
         """Forget published events past the replay window, and old idempotency keys."""
-        async with MySQLManager.instance().cursor() as cur:
+        relay = self.relay
+        async with self.db.cursor() as cur:
             await cur.execute(
                 "DELETE FROM outbox WHERE published_at IS NOT NULL"
                 " AND created_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND LIMIT 5000",
-                (int(self.retention_hours * 3600),),
+                (int(relay.retention_hours * 3600),),
             )
             await cur.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND LIMIT 5000",
-                (int(self.idempotency_ttl_hours * 3600),),
+                (int(relay.idempotency_ttl_hours * 3600),),
             )
-
-    async def release(self) -> None:
-        """Let the batch in hand finish (published rows get marked), then flush once more."""
-        deadline_s = KafkaProducerManager.instance().timeout_s * 2
-        if not MySQLManager.instance().ready.is_set():  # never began: nothing in hand, nothing to flush
-            await self._stop_background(deadline_s)
-            return
-        if self._task is not None:
-            self._stopping = True
-            self._wakeup.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), deadline_s)
-            except TimeoutError:  # a batch stuck past its own deadline: give up on it, it is re-sent later
-                await self._stop_background(deadline_s)
-        try:  # one last flush, so a clean stop leaves nothing for the next start
-            await asyncio.wait_for(self.relay_once(), deadline_s)
-        except Exception as exc:
-            log.warning("outbox not flushed at shutdown; rows wait for the next start", extra={"error": repr(exc)})

@@ -7,7 +7,6 @@ import binascii
 import datetime as dt
 import hashlib
 import json
-import uuid
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -16,8 +15,9 @@ from domain.errors import APIError, not_found, user_not_found
 from domain.money import MoneyError, format_amount, parse_amount
 from domain.schemas import PaymentCreate
 from managers import mysql
-from managers.mysql import MySQLManager, Row, Statement, Tx, is_duplicate_key, is_missing_parent
+from managers.mysql import Database, MySQLManager, Row, Statement, Tx, is_duplicate_key, is_missing_parent
 from managers.redis import Cached, RedisManager
+from managers.shards import logical_shard, new_id
 
 PENDING = "pending"
 # Where each status may go next; absent or empty means final.
@@ -62,19 +62,24 @@ def request_fingerprint(user_id: str, amount_minor: int, currency: str, descript
 async def create(
     body: PaymentCreate, max_amount: Decimal, idempotency_key: str | None = None, idempotency_scope: str = "admin"
 ) -> Created:
-    """Create a pending payment. An ``idempotency_key`` is remembered within its
-    caller's ``idempotency_scope``, so two callers choosing the same key never collide."""
+    """Create a pending payment, on its user's shard, with an id that names that shard.
+
+    An ``idempotency_key`` is remembered within its caller's ``idempotency_scope`` and the
+    payment's user: two callers choosing the same key never collide, and the key lives
+    on the user's shard, in the payment's own transaction (stored as ``user|scope:key``,
+    so a move of the user's logical shard finds it by the user's id range)."""
+    user_id = body["user_id"]
     if idempotency_key is not None:
-        idempotency_key = f"{idempotency_scope}:{idempotency_key}"
+        idempotency_key = f"{user_id}|{idempotency_scope}:{idempotency_key}"
     try:
         amount_minor = parse_amount(body["amount"], body["currency"], max_amount)
     except MoneyError as exc:
         raise APIError(422, exc.code, str(exc), details=[{"field": exc.field, "message": str(exc)}]) from None
-    user_id, description = body["user_id"], body.get("description")
+    description = body.get("description")
     fingerprint = request_fingerprint(user_id, amount_minor, body["currency"], description)
     now = codec.utc_now()
     row = {
-        "id": str(uuid.uuid4()),
+        "id": new_id(logical_shard(user_id)),
         "user_id": user_id,
         "amount_minor": amount_minor,
         "currency": body["currency"],
@@ -105,21 +110,22 @@ async def create(
         )
     )
     statements.append(outbox.insert(events.envelope(events.PAYMENT_CREATED, user_id, payment, now)))
+    shard = MySQLManager.instance().for_id(user_id)
     try:
-        async with MySQLManager.instance().transaction() as tx:
+        async with shard.transaction() as tx:
             await tx.script(statements, commit=True)
     except mysql.IntegrityError as exc:
         if is_missing_parent(exc):
             raise user_not_found(user_id) from None
         if idempotency_key is None or not is_duplicate_key(exc):
             raise
-        return await _replay(idempotency_key, fingerprint)
+        return await _replay(shard, idempotency_key, fingerprint)
     outbox.notify_committed()
     return Created(201, response, replayed=False)
 
 
-async def _replay(idempotency_key: str, fingerprint: str) -> Created:
-    row = await MySQLManager.instance().fetchone(
+async def _replay(shard: Database, idempotency_key: str, fingerprint: str) -> Created:
+    row = await shard.fetchone(
         "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE idem_key = %s",
         (idempotency_key,),
     )
@@ -144,7 +150,11 @@ async def get(payment_id: str) -> Cached:
     """The payment as response bytes with its version and owner, from Redis when cached, else MariaDB."""
 
     async def load() -> Cached:
-        row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
+        row = (
+            await MySQLManager.instance()
+            .for_id(payment_id)
+            .fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
+        )
         if row is None:
             raise not_found("payment", payment_id)
         return cached(to_api(row))
@@ -183,7 +193,7 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict[
     same transaction as the change itself: two round trips, the locking read with
     its BEGIN, then the writes with the COMMIT.
     """
-    async with MySQLManager.instance().transaction() as tx:
+    async with MySQLManager.instance().for_id(payment_id).transaction() as tx:
         row = await _lock_payment(tx, payment_id)
         current = row["status"]
         if new_status == current:
@@ -221,10 +231,14 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict[
 
 async def history(payment_id: str) -> list[dict[str, Any]]:
     """The payment's status changes, oldest first."""
-    rows = await MySQLManager.instance().fetchall(
-        "SELECT from_status, to_status, version, actor_key_id, request_id, remote_ip, created_at"
-        " FROM payment_status_history WHERE payment_id = %s ORDER BY version",
-        (payment_id,),
+    rows = (
+        await MySQLManager.instance()
+        .for_id(payment_id)
+        .fetchall(
+            "SELECT from_status, to_status, version, actor_key_id, request_id, remote_ip, created_at"
+            " FROM payment_status_history WHERE payment_id = %s ORDER BY version",
+            (payment_id,),
+        )
     )
     return [
         {
@@ -271,9 +285,13 @@ async def list_for_user(user_id: str, limit: int, cursor: str | None, status: st
         created_at, payment_id = decode_cursor(cursor)
         where.append("(created_at < %s OR (created_at = %s AND id < %s))")
         args += [created_at, created_at, payment_id]
-    rows = await MySQLManager.instance().fetchall(
-        f"SELECT {_COLUMNS} FROM payments WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-        (*args, limit + 1),
+    rows = (
+        await MySQLManager.instance()
+        .for_id(user_id)
+        .fetchall(
+            f"SELECT {_COLUMNS} FROM payments WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
+            (*args, limit + 1),
+        )
     )
     if not rows and not await users.exists(user_id):
         raise not_found("user", user_id)

@@ -13,7 +13,7 @@ from managers.mysql import MySQLManager
 
 async def missed_events(user_id: str, last_event_id: str, max_events: int) -> list[tuple[str, bytes]] | None:
     """``(event_id, payload)`` in order, or None when the gap cannot be replayed."""
-    db = MySQLManager.instance()
+    db = MySQLManager.instance().for_id(user_id)
     anchor = await db.fetchone(
         "SELECT id FROM outbox WHERE event_id = %s AND partition_key = %s", (last_event_id, user_id)
     )

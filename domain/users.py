@@ -1,8 +1,18 @@
-"""Users: create, read (cache-aside), update under a row lock with optional If-Match."""
+"""Users: create, read (cache-aside), update under a row lock with optional If-Match.
+
+A user lives on the shard its id names (managers/shards.py). Its email is unique
+across shards through a claim in the global home (``email_claims``), taken before
+the user is written and released when the email changes. A process can die between
+the claim and the user: a claim is therefore valid while its user, on its shard, has
+that email; one that is not, and older than ``users.email_claim_lease_s``, is taken
+over by the next create that wants the email. So neither a user without its claim
+nor a claim that blocks a retry for good is ever left behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import unicodedata
 import uuid
 from collections.abc import Iterator
@@ -12,7 +22,9 @@ from domain import codec, events, outbox
 from domain.errors import APIError, not_found
 from domain.schemas import UserUpdate
 from managers import mysql
-from managers.mysql import MySQLManager, Row, Statement, Tx, is_duplicate_key
+from managers.config import ConfigManager
+from managers.crashpoints import crashpoint
+from managers.mysql import Database, MySQLManager, Row, Statement, Tx, is_duplicate_key
 from managers.redis import Cached, RedisManager
 
 _COLUMNS = "id, email, name, version, created_at, updated_at"
@@ -44,6 +56,14 @@ def to_api(row: Row) -> dict[str, Any]:
     return codec.api_view(row, ("id", "email", "name", "version"), ("created_at", "updated_at"))
 
 
+EMAIL_TAKEN = (409, "email_taken", "another user already has this email")
+
+
+def new_id() -> str:
+    """A new user's id: random, so its logical shard is too."""
+    return str(uuid.uuid4())
+
+
 @contextlib.contextmanager
 def email_must_be_free() -> Iterator[None]:
     """Another user's email (the unique key refusing it) is 409 ``email_taken``."""
@@ -51,14 +71,76 @@ def email_must_be_free() -> Iterator[None]:
         yield
     except mysql.IntegrityError as exc:
         if is_duplicate_key(exc):
-            raise APIError(409, "email_taken", "another user already has this email") from None
+            raise APIError(*EMAIL_TAKEN) from None
         raise
 
 
+def _claim_statement(email: str, user_id: str, now: dt.datetime) -> Statement:
+    return ("INSERT INTO email_claims (email, user_id, claimed_at) VALUES (%s, %s, %s)", (email, user_id, now))
+
+
+async def claim_email(email: str, user_id: str) -> None:
+    """Claim ``email`` for ``user_id`` in the global home, or raise 409 ``email_taken``.
+
+    Claiming an email the user already holds succeeds. A claim held by another user is
+    taken over only when it is stale: older than the lease, and its user does not have
+    that email (its create died before writing the user, or its change of email did).
+    """
+    home = MySQLManager.instance().home
+    now = codec.utc_now()
+    claim = _claim_statement(email, user_id, now)
+    try:
+        async with home.cursor() as cur:
+            await cur.execute(*claim)
+        return
+    except mysql.IntegrityError as exc:
+        if not is_duplicate_key(exc):
+            raise
+    held = await home.fetchone("SELECT user_id, claimed_at FROM email_claims WHERE email = %s", (email,))
+    if held is None or held["user_id"] == user_id:
+        if held is None:  # released meanwhile: claim it now (a second race is a plain 409)
+            with email_must_be_free():
+                async with home.cursor() as cur:
+                    await cur.execute(*claim)
+        return
+    lease_s = ConfigManager.instance()["users"]["email_claim_lease_s"]
+    if (now - held["claimed_at"]).total_seconds() < lease_s or await _has_email(held["user_id"], email):
+        raise APIError(*EMAIL_TAKEN)
+    async with home.cursor() as cur:
+        taken = await cur.execute(
+            "UPDATE email_claims SET user_id = %s, claimed_at = %s"
+            " WHERE email = %s AND user_id = %s AND claimed_at = %s",
+            (user_id, now, email, held["user_id"], held["claimed_at"]),
+        )
+    if taken != 1:  # another create took it over first
+        raise APIError(*EMAIL_TAKEN)
+
+
+async def release_email(email: str, user_id: str) -> None:
+    """Give up ``user_id``'s claim on ``email`` (no-op if it holds none)."""
+    async with MySQLManager.instance().home.cursor() as cur:
+        await cur.execute("DELETE FROM email_claims WHERE email = %s AND user_id = %s", (email, user_id))
+
+
+async def _has_email(user_id: str, email: str) -> bool:
+    row = (
+        await MySQLManager.instance()
+        .for_id(user_id)
+        .fetchone("SELECT 1 AS found FROM users WHERE id = %s AND email = %s", (user_id, email))
+    )
+    return row is not None
+
+
 async def create(email: str, name: str) -> dict[str, Any]:
+    """Claim the email, then write the user and its event on the user's shard.
+
+    A write refused for certain (the shard's own unique key) gives the claim back; one
+    whose outcome is unknown (the shard unreachable mid-commit) keeps it, and the lease
+    settles it: valid if the user arrived, reclaimable if not.
+    """
     now = codec.utc_now()
     row: Row = {
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "email": email,
         "name": name,
         "version": 1,
@@ -71,12 +153,40 @@ async def create(email: str, name: str) -> dict[str, Any]:
         (row["id"], row["email"], row["name"], 1, now, now),
     )
     event = outbox.insert(events.envelope(events.USER_CREATED, row["id"], user, now))
-    # One round trip: BEGIN, the user, its event, COMMIT.
-    with email_must_be_free():
-        async with MySQLManager.instance().transaction() as tx:
-            await tx.script([insert_user, event], commit=True)
+    shard = MySQLManager.instance().for_id(row["id"])
+    if shard is MySQLManager.instance().home and await _create_with_claim(shard, row, insert_user, event):
+        return user
+    await claim_email(email, row["id"])
+    crashpoint("user_create.email_claimed")
+    try:
+        # One round trip: BEGIN, the user, its event, COMMIT.
+        with email_must_be_free():
+            async with shard.transaction() as tx:
+                await tx.script([insert_user, event], commit=True)
+    except mysql.UNAVAILABLE:
+        raise
+    except Exception:
+        await release_email(email, row["id"])
+        raise
+    crashpoint("user_create.committed")
     outbox.notify_committed()
     return user
+
+
+async def _create_with_claim(home: Database, row: Row, insert_user: Statement, event: Statement) -> bool:
+    """A user whose shard is the home (always, unsharded): the claim, the user and its event
+    in one transaction, one round trip. False when the email is claimed already: the
+    general path then settles that claim (perhaps a stale one) first."""
+    try:
+        async with home.transaction() as tx:
+            await tx.script([_claim_statement(row["email"], row["id"], row["created_at"]), insert_user, event], True)
+    except mysql.IntegrityError as exc:
+        if is_duplicate_key(exc):
+            return False
+        raise
+    crashpoint("user_create.committed")
+    outbox.notify_committed()
+    return True
 
 
 def cached(user: dict[str, Any]) -> Cached:
@@ -90,7 +200,11 @@ async def get(user_id: str) -> Cached:
 
 async def load(user_id: str) -> Cached:
     """The user from MariaDB, as the cache keeps it."""
-    row = await MySQLManager.instance().fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
+    row = (
+        await MySQLManager.instance()
+        .for_id(user_id)
+        .fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
+    )
     if row is None:
         raise not_found("user", user_id)
     return cached(to_api(row))
@@ -116,10 +230,32 @@ def _matches(if_match: str, version: int) -> bool:
 async def update(user_id: str, changes: UserUpdate, if_match: str | None = None) -> dict[str, Any]:
     """Apply a partial update; no event and no new version when nothing changes.
 
+    A new email is claimed first and the old one released after the commit (the module
+    says why a crash in between leaves nothing stuck).
+    """
+    new_email = changes.get("email")
+    if new_email is not None:
+        await claim_email(new_email, user_id)  # the user's own email again: already theirs
+    try:
+        user, old_email = await _update(user_id, changes, if_match)
+    except mysql.UNAVAILABLE:
+        raise  # the outcome is unknown: the lease settles the claim
+    except Exception:
+        if new_email is not None and not await _has_email(user_id, new_email):
+            await release_email(new_email, user_id)
+        raise
+    if old_email is not None:
+        await release_email(old_email, user_id)
+    return user
+
+
+async def _update(user_id: str, changes: UserUpdate, if_match: str | None) -> tuple[dict[str, Any], str | None]:
+    """The update itself, and the email it replaced (None if the email stayed).
+
     Two round trips: BEGIN with the locking read, then the update, its event and COMMIT.
     """
     with email_must_be_free():
-        async with MySQLManager.instance().transaction() as tx:
+        async with MySQLManager.instance().for_id(user_id).transaction() as tx:
             row = await lock(tx, user_id)
             if row is None:
                 raise not_found("user", user_id)
@@ -131,7 +267,7 @@ async def update(user_id: str, changes: UserUpdate, if_match: str | None = None)
                     details={"current_etag": etag(row["version"])},
                 )
             if all(row[field] == value for field, value in changes.items()):
-                return to_api(row)
+                return to_api(row), None
             now = codec.utc_now()
             updated = {**row, **changes, "version": row["version"] + 1, "updated_at": now}
             user = to_api(updated)
@@ -143,9 +279,10 @@ async def update(user_id: str, changes: UserUpdate, if_match: str | None = None)
             await tx.script([update_user, event], commit=True)
     await RedisManager.instance().cache_put(cache_key(user_id), cached(user))
     outbox.notify_committed()
-    return user
+    return user, row["email"] if row["email"] != updated["email"] else None
 
 
 async def exists(user_id: str) -> bool:
-    row = await MySQLManager.instance().fetchone("SELECT 1 AS found FROM users WHERE id = %s", (user_id,))
+    shard = MySQLManager.instance().for_id(user_id)
+    row = await shard.fetchone("SELECT 1 AS found FROM users WHERE id = %s", (user_id,))
     return row is not None

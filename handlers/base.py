@@ -28,6 +28,7 @@ from managers import metrics
 from managers.config import ConfigManager
 from managers.dependencies import UNAVAILABLE  # a backing service failing mid-request: 503
 from managers.logger import request_id_var
+from managers.mysql import is_shard_moving
 
 log = logging.getLogger("singleton.http")
 access_log = logging.getLogger("singleton.access")
@@ -269,6 +270,8 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_status(503)
             self.set_header("Retry-After", "1")
             code, message, details = "dependency_unavailable", "a backing service is unavailable; retry later", None
+            if is_shard_moving(exc):
+                code, message = "shard_moving", "this user's data is moving to another shard; retry in a moment"
         elif isinstance(exc, tornado.web.HTTPError) or exc is None:
             code = HTTPStatus(status_code).phrase.lower().replace(" ", "_")
             message = getattr(exc, "log_message", None) or HTTPStatus(status_code).phrase

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from managers import metrics
@@ -71,7 +71,7 @@ class Failures:
         logger: logging.Logger = log,
         outage: str = "dependency unreachable; retrying in the background",
         recovered: str = "dependency reachable again",
-        fields: dict[str, object] | None = None,
+        fields: Mapping[str, object] | None = None,
     ) -> None:
         self.task = task
         self.is_outage = is_outage
@@ -120,13 +120,14 @@ async def reconnect(
     initial_delay_s: float,
     max_delay_s: float,
     dependency: str | None = None,
+    fields: Mapping[str, object] | None = None,
 ) -> T:
     """Run ``attempt`` until it succeeds, backing off from ``initial_delay_s`` to ``max_delay_s``.
 
     Each attempt must carry its own deadline. An outage of the dependency is a few
     log lines, not thousands; any other error is a bug (see the module).
     """
-    failures = Failures(task, is_outage, fields={"dependency": dependency or task})
+    failures = Failures(task, is_outage, fields={"dependency": dependency or task, **(fields or {})})
     backoff = Backoff(initial_delay_s, max_delay_s)
     while True:
         try:

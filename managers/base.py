@@ -91,3 +91,10 @@ class BackingService(Manager):
     async def ping(self) -> None:
         """A real round trip to the server, under its own deadline; raises if it fails."""
         raise NotImplementedError
+
+    async def check(self) -> dict[str, Any]:
+        """What /health reports of it: ``ping()``'s verdict, raising as it does. A service
+        of several servers (MariaDB's shards) reports each, and ``degraded`` while the
+        ones it cannot serve without answer."""
+        await self.ping()
+        return {"status": "ok"}

@@ -12,12 +12,13 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypedDict, cast, overload
+from typing import Any, Literal, NotRequired, TypedDict, cast, overload
 
 import jsonschema
 import yaml
 
 from managers.base import Manager
+from managers.shards import ShardMap, ShardMapError
 
 ENV_PREFIX = "SINGLETON_"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -37,6 +38,7 @@ _pos = {"type": "number", "exclusiveMinimum": 0}
 _port = {"type": "integer", "minimum": 1, "maximum": 65535}
 _str = {"type": "string", "minLength": 1}
 _strs = {"type": "array", "items": {"type": "string"}}
+_host_port = {"type": "string", "pattern": r"^[^\s:/@]+:[0-9]{1,5}$"}
 _path = {"type": "string"}  # relative to the config file's directory; "" for none
 
 # (section, key): values that must never appear in an error or a log line. The
@@ -80,6 +82,7 @@ SCHEMA: dict[str, Any] = _obj(
         "redis": _obj(
             {
                 "url": _str,
+                "cluster_nodes": {"type": "array", "items": _host_port, "uniqueItems": True},
                 "socket_timeout_s": _pos,
                 "connect_timeout_s": _pos,
                 "cache_ttl_s": {"type": "integer", "minimum": 1},
@@ -153,8 +156,30 @@ SCHEMA: dict[str, Any] = _obj(
         ),
         "metrics": _obj({"host": _str, "port": {"type": "integer", "minimum": 0, "maximum": 65535}}),
         "reconnect": _obj({"initial_delay_s": _pos, "max_delay_s": _pos}),
+        "users": _obj({"email_claim_lease_s": _pos}),
+        # Optional: MariaDB sharded by user (managers/shards.py). Each physical shard shares
+        # the `mysql` section's settings but for its address and the logical shards it holds.
+        "shards": _obj(
+            {
+                "global": _str,
+                "physical": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "propertyNames": {"pattern": "^[a-z][a-z0-9_]{0,31}$"},
+                    "additionalProperties": _obj(
+                        {"host": _str, "port": _port, "logical": {"type": "string"}, "database": _str},
+                        required=False,
+                    )
+                    | {"required": ["host", "port", "logical"]},
+                },
+                "map_refresh_s": _pos,
+            },
+            required=False,
+        )
+        | {"required": ["global", "physical"]},
     }
 )
+SCHEMA["required"].remove("shards")
 
 
 # The validated configuration, section by section: what SCHEMA guarantees once load()
@@ -195,6 +220,7 @@ class MongoConfig(TypedDict):
 
 class RedisConfig(TypedDict):
     url: str
+    cluster_nodes: list[str]
     socket_timeout_s: float
     connect_timeout_s: float
     cache_ttl_s: int
@@ -274,7 +300,30 @@ class ReconnectConfig(TypedDict):
     max_delay_s: float
 
 
-class Config(TypedDict):
+class UsersConfig(TypedDict):
+    email_claim_lease_s: float
+
+
+# Optional keys by total=False, as NotRequired in a class body is a string under `from
+# __future__ import annotations`, which TypedDict cannot read (Python 3.11).
+class _PhysicalShardRequired(TypedDict):
+    host: str
+    port: int
+    logical: str  # the logical shards it holds: "0-511", "0-99, 200", or "" (none yet)
+
+
+class PhysicalShardConfig(_PhysicalShardRequired, total=False):
+    database: str
+
+
+# "global" is a keyword: the functional form.
+ShardsConfig = TypedDict(
+    "ShardsConfig",
+    {"global": str, "physical": dict[str, PhysicalShardConfig], "map_refresh_s": NotRequired[float]},
+)
+
+
+class _RequiredSections(TypedDict):
     server: ServerConfig
     mysql: MySQLConfig
     mongodb: MongoConfig
@@ -289,6 +338,11 @@ class Config(TypedDict):
     rate_limit: RateLimitConfig
     metrics: MetricsConfig
     reconnect: ReconnectConfig
+    users: UsersConfig
+
+
+class Config(_RequiredSections, total=False):
+    shards: ShardsConfig  # optional: MariaDB sharded by user
 
 
 Section = Literal[
@@ -306,6 +360,7 @@ Section = Literal[
     "rate_limit",
     "metrics",
     "reconnect",
+    "users",
 ]
 
 
@@ -354,6 +409,20 @@ def load(
 ) -> Config:
     """Read, override and validate a configuration; raise ConfigError naming the bad key."""
     path = Path(path or DEFAULT_PATH)
+    data = _read(path)
+    _apply_env(data, os.environ if env is None else env)
+    _merge(data, overrides or {})
+    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        raise ConfigError("; ".join(_describe(e) for e in errors))
+    _check_shards(data)
+    _resolve(data, path.resolve().parent)
+    return cast(Config, data)  # what SCHEMA has just validated
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's mapping; with ``extends: <file>``, that file's (read the same way) with
+    this one's sections on top, key by key (``shards`` as a whole)."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
@@ -363,13 +432,35 @@ def load(
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     data = copy.deepcopy(data)
-    _apply_env(data, os.environ if env is None else env)
-    _merge(data, overrides or {})
-    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data), key=lambda e: list(e.path))
-    if errors:
-        raise ConfigError("; ".join(_describe(e) for e in errors))
-    _resolve(data, path.resolve().parent)
-    return cast(Config, data)  # what SCHEMA has just validated
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends must name a file")
+    base_path = (path.parent / parent).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: extends {parent}, which extends it back")
+    base = _read(base_path, (*seen, path.resolve()))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(base.get(section), dict) and section != "shards":
+            base[section].update(values)
+        else:
+            base[section] = values
+    return base
+
+
+def _check_shards(data: dict[str, Any]) -> None:
+    """What the schema cannot say of a shard map: every logical shard on exactly one
+    physical shard, and the global home among them."""
+    shards = data.get("shards")
+    if shards is None:
+        return
+    try:
+        ShardMap({name: physical["logical"] for name, physical in shards["physical"].items()})
+    except ShardMapError as exc:
+        raise ConfigError(f"shards.physical: {exc}") from None
+    if shards["global"] not in shards["physical"]:
+        raise ConfigError(f"shards.global: {shards['global']!r} is not one of shards.physical")
 
 
 def _resolve(data: dict[str, Any], base: Path) -> None:
@@ -439,5 +530,7 @@ class ConfigManager(Manager):
     def __getitem__(self, section: Literal["metrics"]) -> MetricsConfig: ...
     @overload
     def __getitem__(self, section: Literal["reconnect"]) -> ReconnectConfig: ...
+    @overload
+    def __getitem__(self, section: Literal["users"]) -> UsersConfig: ...
     def __getitem__(self, section: Section) -> object:
         return self.data[section]

@@ -8,7 +8,7 @@ parts it watches (the Kafka consumers' loops, the rate limiter) for their state,
 and keeps the report:
 
 - ``status``: ``down`` when the instance cannot serve its API (its essential
-  dependency, MariaDB for the API, is unreachable or not migrated yet),
+  dependency, MariaDB's home for the API, is unreachable or not migrated yet),
   ``degraded`` when anything else is not ok (writes still go to the outbox,
   reads skip the cache, analytics waits), else ``ok``;
 - ``ready``: not ``down``; ``/health/ready`` and ``singleton_ready`` show it.
@@ -45,6 +45,7 @@ from managers.mysql import MySQLManager, NotReady
 log = logging.getLogger("singleton.health")
 
 SUMMARY_EVERY_S = 60.0  # how often suppressed client-library warnings are summed up in the log
+SERVING = ("ok", "degraded")  # a dependency that serves (degraded: MariaDB with a shard down)
 
 StatusOf = Callable[[], dict[str, Any]]
 Listener = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
@@ -154,8 +155,7 @@ class HealthMonitor(Manager):
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout_s):
-                await cls.instance().ping()
-            result: dict[str, Any] = {"status": "ok"}
+                result: dict[str, Any] = await cls.instance().check()
             failures.succeeded()
         except NotReady as exc:  # still making its first connection
             result = {"status": "down", "error": str(exc), "connecting": True}
@@ -170,7 +170,7 @@ class HealthMonitor(Manager):
         result["latency_ms"] = round(elapsed * 1000, 2)
         metrics.DEPENDENCY_CHECK_DURATION.labels(cls.dependency).observe(elapsed)
         if result["status"] != "error":  # a bug in the check leaves the last known state
-            metrics.DEPENDENCY_UP.labels(cls.dependency).set(1 if result["status"] == "ok" else 0)
+            metrics.DEPENDENCY_UP.labels(cls.dependency).set(1 if result["status"] in SERVING else 0)
         return result
 
     def _log_changes(self, dependencies: dict[str, dict[str, Any]]) -> None:
@@ -218,7 +218,7 @@ def assess(
     for section, value in watched.items():
         parts.update(value if "status" not in value else {section: value})
     not_ok = [name for name, r in parts.items() if r["status"] not in ("ok", "disabled")]
-    essential_ok = dependencies.get(essential, {}).get("status") == "ok"
+    essential_ok = dependencies.get(essential, {}).get("status") in SERVING
     status = "down" if not essential_ok else "degraded" if not_ok else "ok"
     report = {"status": status, "ready": essential_ok, "dependencies": dependencies, **watched}
     if not_ok:

@@ -26,13 +26,15 @@ import aiomysql
 import pymysql
 from pymysql.constants import CLIENT
 
-from managers.background import reconnect
+from managers.background import Failures, reconnect
 from managers.base import BackingService
 from managers.config import Config, MySQLConfig, ReconnectConfig
+from managers.shards import SINGLE, ShardMap, logical_shard
 
 log = logging.getLogger("singleton.mysql")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_LOCK_TIMEOUT_S = 30
+DEFAULT_MAP_REFRESH_S = 1.0  # how often an instance reads the shard moves (shards.map_refresh_s)
 
 IntegrityError = pymysql.err.IntegrityError  # a constraint refused a statement
 DUPLICATE_KEY = 1062  # ER_DUP_ENTRY
@@ -45,6 +47,15 @@ def is_duplicate_key(exc: pymysql.err.IntegrityError) -> bool:
 
 def is_missing_parent(exc: pymysql.err.IntegrityError) -> bool:
     return bool(exc.args) and exc.args[0] == MISSING_PARENT
+
+
+SHARD_NOT_WRITABLE = 1644  # ER_SIGNAL_EXCEPTION: only migrations/0003_shards.sql's guard signals
+
+
+def is_shard_moving(exc: BaseException) -> bool:
+    """A write refused because its logical shard is being moved, or has moved away and
+    this instance has not read the move yet: retried in a moment, it goes through."""
+    return isinstance(exc, pymysql.err.OperationalError) and bool(exc.args) and exc.args[0] == SHARD_NOT_WRITABLE
 
 
 ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"})
@@ -118,12 +129,11 @@ class Tx:
         return list(await self._cur.fetchall())
 
 
-class MySQLManager(BackingService):
-    dependency = "mysql"
-    unavailable = UNAVAILABLE
-    log_sources = ("aiomysql",)
+class Database:
+    """One MariaDB server (a physical shard): its pool, the gate to it, its migrations."""
 
-    def __init__(self, cfg: MySQLConfig, reconnect_cfg: ReconnectConfig):
+    def __init__(self, name: str, cfg: MySQLConfig, reconnect_cfg: ReconnectConfig):
+        self.name = name
         self.cfg = cfg
         self.reconnect_cfg = reconnect_cfg
         self.query_timeout_s: float = cfg["query_timeout_s"]
@@ -135,26 +145,24 @@ class MySQLManager(BackingService):
         # and again (a list's p99 was 14x its p50, docs/PROFILING.md). Past this gate a
         # connection is always free or can be opened.
         self._turns = asyncio.Semaphore(cfg["pool_max"])
+        self._task: asyncio.Task[None] | None = None
 
-    @classmethod
-    def start(cls, config: Config) -> MySQLManager:
-        """Install the manager and connect in the background (see ``ready``)."""
-        inst = cls._install(cls(config["mysql"], config["reconnect"]))
-        inst._run_in_background(inst._connect_until_ready(), "mysql-connect")
-        return inst
+    def __repr__(self) -> str:
+        return f"<Database {self.name} {self.cfg['host']}:{self.cfg['port']}>"
 
-    @classmethod
-    def is_unavailable(cls, exc: BaseException) -> bool:
-        if isinstance(exc, pymysql.err.OperationalError):
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-            return code in _CLIENT_ERRORS or code in _NOT_NOW
-        return isinstance(exc, UNAVAILABLE)
+    def connect_in_background(self) -> None:
+        self._task = asyncio.create_task(self._connect_until_ready(), name=f"mysql-connect-{self.name}")
 
     async def _connect_until_ready(self) -> None:
         """Connect and migrate, retrying: an unreachable server is an outage, a migration
         that fails is a bug (managers/background.py), and both are tried again."""
         await reconnect(
-            "mysql_connect", self._connect_and_migrate, self.is_unavailable, **self.reconnect_cfg, dependency="mysql"
+            "mysql_connect",
+            self._connect_and_migrate,
+            MySQLManager.is_unavailable,
+            **self.reconnect_cfg,
+            dependency="mysql",
+            fields={"shard": self.name},
         )
         self.ready.set()
 
@@ -189,7 +197,7 @@ class MySQLManager(BackingService):
     @contextlib.asynccontextmanager
     async def _connection(self, migrating: bool = False) -> AsyncIterator[aiomysql.Connection]:
         if self.pool is None or not (migrating or self.ready.is_set()):
-            raise NotReady("mysql is not reachable yet")
+            raise NotReady(f"mysql shard {self.name} is not reachable yet")
         async with asyncio.timeout(self.query_timeout_s):
             await self._turns.acquire()
             try:
@@ -257,7 +265,8 @@ class MySQLManager(BackingService):
         """Apply ``NNNN_name.sql`` files not yet in ``schema_migrations``, in name order.
 
         Idempotent, and safe with several instances starting at once: a named
-        lock lets one of them migrate while the others wait.
+        lock lets one of them migrate while the others wait. Every shard has the
+        same schema; the global tables are used in the home only.
         """
         applied_now: list[str] = []
         files = [(path.stem, path.read_text()) for path in sorted(directory.glob("*.sql"))]  # noqa: ASYNC240 (startup)
@@ -284,7 +293,7 @@ class MySQLManager(BackingService):
                         (version,),
                     )
                     applied_now.append(version)
-                    log.info("migration applied", extra={"version": version})
+                    log.info("migration applied", extra={"version": version, "shard": self.name})
             finally:
                 await tx.execute("SELECT RELEASE_LOCK('singleton_migrations')")
         return applied_now
@@ -292,11 +301,149 @@ class MySQLManager(BackingService):
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
 
-    async def release(self) -> None:
-        await self._stop_background(self.query_timeout_s)
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=self.query_timeout_s)
         if self.pool is not None:
             self.pool.close()
             await asyncio.wait_for(self.pool.wait_closed(), 5)
+
+
+def shard_configs(config: Config) -> tuple[dict[str, MySQLConfig], str, ShardMap]:
+    """Each physical shard's connection settings, the home's name, and config's shard map."""
+    mysql_cfg = config["mysql"]
+    shards = config.get("shards")
+    if shards is None:
+        return {SINGLE: mysql_cfg}, SINGLE, ShardMap.single()
+    databases: dict[str, MySQLConfig] = {}
+    for name, physical in shards["physical"].items():
+        databases[name] = {
+            **mysql_cfg,
+            "host": physical["host"],
+            "port": physical["port"],
+            "database": physical.get("database", mysql_cfg["database"]),
+        }
+    ranges = {name: physical["logical"] for name, physical in shards["physical"].items()}
+    return databases, shards["global"], ShardMap(ranges)
+
+
+class MySQLManager(BackingService):
+    """The physical shards, and which one holds a given user's rows."""
+
+    dependency = "mysql"
+    unavailable = UNAVAILABLE
+    log_sources = ("aiomysql",)
+
+    def __init__(
+        self,
+        databases: dict[str, Database],
+        home: str,
+        shard_map: ShardMap,
+        map_refresh_s: float,
+        check_timeout_s: float = 1.0,
+    ):
+        self.databases = databases
+        self.home = databases[home]
+        self.shard_map = shard_map
+        self.map_refresh_s = map_refresh_s
+        # Each shard's own deadline in check(), inside the monitor's: a hung shard is that
+        # shard down, not the whole check timed out (which would be MariaDB down).
+        self.check_timeout_s = check_timeout_s
+        self._map_failures = Failures("shard_map_refresh", self.is_unavailable, logger=log)
+
+    @classmethod
+    def start(cls, config: Config) -> MySQLManager:
+        """Install the manager and connect to every shard in the background (see ``Database.ready``)."""
+        configs, home, shard_map = shard_configs(config)
+        databases = {name: Database(name, cfg, config["reconnect"]) for name, cfg in configs.items()}
+        refresh_s = config.get("shards", {}).get("map_refresh_s", DEFAULT_MAP_REFRESH_S)
+        check_timeout_s = config["server"]["health_check_timeout_s"] * 0.8
+        inst = cls._install(cls(databases, home, shard_map, refresh_s, check_timeout_s))
+        for database in databases.values():
+            database.connect_in_background()
+        if len(databases) > 1:  # moves are recorded in the home; one shard has nowhere to move to
+            inst._run_in_background(inst._follow_moves(), "shard-map")
+        return inst
+
+    @classmethod
+    def is_unavailable(cls, exc: BaseException) -> bool:
+        if isinstance(exc, pymysql.err.OperationalError):
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            return code in _CLIENT_ERRORS or code in _NOT_NOW
+        return isinstance(exc, UNAVAILABLE)
+
+    # -- routing -------------------------------------------------------------------------------
+    def for_id(self, entity_id: str) -> Database:
+        """The shard of a user id, or of a payment id (which carries its user's logical shard)."""
+        return self.databases[self.shard_map.physical(logical_shard(entity_id))]
+
+    def for_logical(self, shard: int) -> Database:
+        return self.databases[self.shard_map.physical(shard)]
+
+    def all(self) -> list[Database]:
+        return list(self.databases.values())
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Until every shard is reached and migrated (commands that need them all: ``keys``)."""
+        async with asyncio.timeout(timeout_s):
+            for database in self.all():
+                await database.ready.wait()
+
+    @property
+    def sharded(self) -> bool:
+        return len(self.databases) > 1
+
+    async def _follow_moves(self) -> None:
+        """Keep the shard map in step with the moves recorded in the home. A stale map is
+        safe, only slower: a moved logical shard's old home refuses its writes (503,
+        retried) until this instance routes them to the new one."""
+        await self.home.ready.wait()
+        while True:
+            try:
+                await self.refresh_map()
+            except Exception as exc:
+                self._map_failures.failed(exc)
+            else:
+                self._map_failures.succeeded()
+            await asyncio.sleep(self.map_refresh_s)
+
+    async def refresh_map(self) -> None:
+        rows = await self.home.fetchall("SELECT logical, physical FROM shard_moves")
+        moves = [(row["logical"], row["physical"]) for row in rows]
+        unknown = {physical for _, physical in moves} - set(self.databases)
+        if unknown:
+            raise RuntimeError(f"shard_moves names physical shards not in config: {sorted(unknown)}")
+        self.shard_map.apply(moves)
+
+    # -- health --------------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self.home.ping()
+
+    async def check(self) -> dict[str, Any]:
+        """Every shard's state; ``down`` (raised) without the home, ``degraded`` without another."""
+        if not self.sharded:
+            return await super().check()
+        results = await asyncio.gather(
+            *(asyncio.wait_for(db.ping(), self.check_timeout_s) for db in self.all()), return_exceptions=True
+        )
+        shards: dict[str, dict[str, Any]] = {}
+        for database, result in zip(self.all(), results, strict=True):
+            if isinstance(result, BaseException):
+                if database is self.home:
+                    raise result
+                if not (isinstance(result, NotReady) or self.is_unavailable(result)):
+                    raise result  # a bug in the check, which health reports as one
+                shards[database.name] = {"status": "down", "error": str(result)[:300] or type(result).__name__}
+            else:
+                shards[database.name] = {"status": "ok"}
+        degraded = any(shard["status"] != "ok" for shard in shards.values())
+        return {"status": "degraded" if degraded else "ok", "shards": shards}
+
+    async def release(self) -> None:
+        await self._stop_background(self.home.query_timeout_s)
+        for database in self.all():
+            await database.close()
 
 
 def split_sql(text: str) -> list[str]:

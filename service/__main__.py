@@ -3,6 +3,10 @@
 ``python -m service keys create --role admin|user [--user-id ID] | list | revoke ID``:
 manage API keys. ``create`` prints only the new key on stdout (it is shown nowhere
 else, ever); ``list`` and ``revoke`` print one JSON object per key.
+
+``python -m service shards map | move LOGICAL --to PHYSICAL [--grace-s S]``: the shard
+map (which physical shard holds each range of logical shards), and moving one logical
+shard while the service runs (domain/moves.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 
 import tornado.httpserver
 
-from domain import auth
+from domain import auth, moves
 from domain.errors import APIError
 from handlers.base import Traffic
 from managers import config as config_module
@@ -27,6 +31,7 @@ from managers.config import Config
 from managers.health import HealthMonitor
 from managers.logger import LoggerManager
 from managers.mysql import MySQLManager
+from managers.shards import ShardMapError, compact, parse_ranges
 from service.app import make_app, make_ops_app, server_options
 from service.lifecycle import ROLES, Lifecycle
 from service.supervisor import Supervisor
@@ -55,6 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     keys.add_parser("list", help="every key, without its secret")
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
+    shards = commands.add_parser("shards", help="the shard map; move a logical shard")
+    shard_actions = shards.add_subparsers(dest="action", required=True)
+    shard_actions.add_parser("map", help="each physical shard and the logical shards it holds")
+    move = shard_actions.add_parser("move", help="move logical shards to another physical shard, live")
+    move.add_argument("logical", help='the logical shards, one at a time: "7", or "0-63, 100"')
+    move.add_argument("--to", required=True, help="the physical shard's name (config's shards.physical)")
+    move.add_argument(
+        "--grace-s",
+        type=float,
+        help="wait this long after the switch before deleting the old copies (default: 3 map refreshes)",
+    )
     return parser.parse_args(argv)
 
 
@@ -77,6 +93,37 @@ async def manage_keys(config: Config, args: argparse.Namespace) -> int:
     except APIError as exc:
         print(f"{exc.code}: {exc.message}", file=sys.stderr)
         return 1
+    finally:
+        await mysql.close()
+    return 0
+
+
+async def manage_shards(config: Config, args: argparse.Namespace) -> int:
+    """The ``shards`` commands: MariaDB only, no port opened."""
+    mysql = MySQLManager.start(config)
+    try:
+        await mysql.wait_ready(KEYS_WAIT_S)
+        if mysql.sharded:
+            await mysql.refresh_map()
+        if args.action == "map":
+            for name in mysql.databases:
+                print(json.dumps({"physical": name, "logical": compact(mysql.shard_map.held_by(name))}))
+        else:
+            grace_s = args.grace_s if args.grace_s is not None else 3 * mysql.map_refresh_s
+            for logical in parse_ranges(args.logical):
+                if mysql.for_logical(logical).name == args.to:
+                    continue  # there already: a range half moved before is simply run again
+                moved = await moves.move(logical, args.to, grace_s, say=lambda line: print(line, file=sys.stderr))
+                print(json.dumps(moved._asdict()), flush=True)
+    except TimeoutError:
+        print(f"cannot reach every mysql shard within {KEYS_WAIT_S} s", file=sys.stderr)
+        return 1
+    except APIError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except ShardMapError as exc:
+        print(f"invalid logical shards: {exc}", file=sys.stderr)
+        return 2
     finally:
         await mysql.close()
     return 0
@@ -171,6 +218,8 @@ async def run(config: Config, args: argparse.Namespace) -> int:
     try:
         if args.command == "keys":
             return await manage_keys(config, args)
+        if args.command == "shards":
+            return await manage_shards(config, args)
         if config["server"]["processes"] > 1 and args.listen_fd is None:
             passed_on = [*(["--config", args.config] if args.config else []), "--role", args.role]
             return await Supervisor(config, passed_on).run()

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -119,3 +122,76 @@ def cluster_stack_up(cluster_config: ClusterConfig) -> None:
             + f"{CONFIG_VARIABLE} names a configuration for its addresses).",
             returncode=pytest.ExitCode.TESTS_FAILED,
         )
+
+
+# -- the service on the cluster stack -----------------------------------------------------------
+def service_env(**extra: str) -> dict[str, str]:
+    """A ``python -m service --config <cluster config>`` child's environment: none of the
+    caller's SINGLETON_* settings (those point at the everyday stack), the suite's short
+    waits, no dev admin key (the suite makes its own), logs on stderr only."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SINGLETON_")}
+    return env | {
+        "SINGLETON_SERVER__HEALTH_PROBE_INTERVAL_S": "0.25",
+        "SINGLETON_RECONNECT__INITIAL_DELAY_S": "0.1",
+        "SINGLETON_RECONNECT__MAX_DELAY_S": "1",
+        "SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE": "",
+        "SINGLETON_LOGGING__FILE": "",
+        "SINGLETON_METRICS__PORT": "0",
+        **extra,
+    }
+
+
+class ClusterService:
+    """One ``python -m service`` on the cluster stack, and an admin's client for it."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, api: Any, log: Path):
+        self.proc, self.port, self.api, self.log = proc, port, api, log
+        self.base_url = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def cluster_service(cluster_config: ClusterConfig, io_loop, tmp_path_factory) -> Iterator[ClusterService]:
+    """The service on the cluster stack for a module's tests, with an admin key of its own."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    from tests.conftest import Api
+    from tests.helpers import free_port, run_service, terminate, wait_healthy
+
+    env = service_env()
+    config_arg = ["--config", str(cluster_config.path)]
+    made = io_loop.run_sync(
+        lambda: run_service(*config_arg, "keys", "create", "--role", "admin", env=env, timeout=90), timeout=100
+    )
+    assert made.returncode == 0, made.stderr
+    port, log = free_port(), tmp_path_factory.mktemp("cluster-service") / "service.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", *config_arg, "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        io_loop.run_sync(lambda: wait_healthy(proc, port, timeout=90), timeout=100)
+        api = Api(AsyncHTTPClient(), f"http://127.0.0.1:{port}", made.stdout.strip())
+        yield ClusterService(proc, port, api, log)
+    finally:
+        if proc.poll() is None:
+            io_loop.run_sync(lambda: terminate(proc), timeout=40)
+
+
+def devstack(action: str, *names: str) -> None:
+    """``devstack/services.sh --cluster ACTION NAMES`` for the stack this suite runs on."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "devstack" / "services.sh"), "--cluster", action, *names],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def server_pid(name: str) -> int:
+    """The pid of the cluster stack's server ``name`` (devstack's pid file)."""
+    state = Path(os.environ.get("DEVSTACK_DIR") or ROOT / ".devstack-cluster")
+    return int((state / "run" / f"{name}.pid").read_text().split()[0])

@@ -21,7 +21,7 @@ from tests.helpers import bug_lines, bugs, metric, wait_until
 
 async def missing_table() -> None:
     """A real statement MariaDB refuses: not an outage, a bug in our SQL."""
-    async with MySQLManager.instance().cursor() as cur:
+    async with MySQLManager.instance().home.cursor() as cur:
         await cur.execute("DELETE FROM outbox_that_does_not_exist WHERE id = 0")
 
 
@@ -29,7 +29,7 @@ async def all_published(user_id: str) -> None:
     """Until the relay has published every event of ``user_id``."""
 
     async def none_pending() -> bool:
-        row = await MySQLManager.instance().fetchone(
+        row = await MySQLManager.instance().home.fetchone(
             "SELECT COUNT(*) AS n FROM outbox WHERE partition_key = %s AND published_at IS NULL", (user_id,)
         )
         return row is not None and row["n"] == 0
@@ -40,7 +40,7 @@ async def all_published(user_id: str) -> None:
 @pytest.mark.gen_test(timeout=60)
 async def test_a_housekeeping_bug_is_not_a_publishing_failure_and_waits_its_turn(api, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="singleton.outbox")
-    relay = OutboxRelay.instance()
+    [relay] = OutboxRelay.instance()._shards.values()
     calls = 0
 
     async def broken_housekeeping() -> None:
@@ -70,7 +70,7 @@ async def test_a_housekeeping_bug_is_not_a_publishing_failure_and_waits_its_turn
 @pytest.mark.gen_test(timeout=60)
 async def test_a_bug_reading_the_backlog_is_not_a_publishing_failure(api, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="singleton.outbox")
-    relay = OutboxRelay.instance()
+    [relay] = OutboxRelay.instance()._shards.values()
     monkeypatch.setattr(relay, "_read_backlog", missing_table)
     publish_failures = metric("singleton_outbox_publish_failures_total")
     before = bugs("outbox_gauges")
@@ -91,7 +91,7 @@ async def test_losing_mariadb_during_the_admin_key_bootstrap_postpones_it(config
     restart. It once raised AttributeError here (a local name hid the mysql module)
     and the bootstrap was never tried again."""
     caplog.set_level(logging.INFO, logger="singleton.auth")
-    db = MySQLManager.instance()
+    db = MySQLManager.instance().home
     verifier = Authenticator(config["auth"])  # not installed: the suite's own is running
     async with db.cursor() as holder:
         assert (await holder.fetchone("SELECT GET_LOCK(%s, 0) AS ok", (auth._BOOTSTRAP_LOCK,)) or {}).get("ok") == 1

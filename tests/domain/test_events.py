@@ -92,7 +92,7 @@ def kafka(action: str) -> str:
 
 
 async def pending() -> int:
-    row = await MySQLManager.instance().fetchone("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL")
+    row = await MySQLManager.instance().home.fetchone("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL")
     return row["n"]
 
 

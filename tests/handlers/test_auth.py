@@ -116,7 +116,7 @@ async def test_a_key_is_shown_once_and_stored_only_as_a_hash(api, world):
     assert code == 201 and KEY.match(created["key"]) and created["key"].startswith("sk_user_")
     assert headers["Location"] == f"/api/v1/api-keys/{created['id']}"
     assert created["prefix"] == created["key"][: len("sk_user_") + 8]
-    row = await MySQLManager.instance().fetchone("SELECT * FROM api_keys WHERE id = %s", (created["id"],))
+    row = await MySQLManager.instance().home.fetchone("SELECT * FROM api_keys WHERE id = %s", (created["id"],))
     assert created["key"] not in repr(row)
     assert row["hash"] != created["key"] and len(row["hash"]) == 64
 
@@ -129,7 +129,9 @@ async def test_a_key_is_shown_once_and_stored_only_as_a_hash(api, world):
 
     # The new key works, and last_used_at is written.
     assert (await api.with_key(created["key"]).get(f"/api/v1/users/{world['mine']['id']}"))[0] == 200
-    row = await MySQLManager.instance().fetchone("SELECT last_used_at FROM api_keys WHERE id = %s", (created["id"],))
+    row = await MySQLManager.instance().home.fetchone(
+        "SELECT last_used_at FROM api_keys WHERE id = %s", (created["id"],)
+    )
     assert row["last_used_at"] is not None
 
 
@@ -209,7 +211,7 @@ async def test_status_changes_leave_an_audit_row_each_in_the_same_transaction(ap
     # A failed change (an invalid transition) leaves no row.
     code, _, _ = await api.put(f"/api/v1/payments/{payment['id']}/status", {"status": "pending"})
     assert code == 409
-    rows = await MySQLManager.instance().fetchall(
+    rows = await MySQLManager.instance().home.fetchall(
         "SELECT version FROM payment_status_history WHERE payment_id = %s", (payment["id"],)
     )
     assert [r["version"] for r in rows] == [2, 3, 4]

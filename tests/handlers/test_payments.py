@@ -25,7 +25,9 @@ async def test_create_then_get_with_exact_amount(api):
     assert payment["user_id"] == user["id"] and payment["description"] == "Coffee"
     code, fetched, _ = await api.get(f"/api/v1/payments/{payment['id']}")
     assert code == 200 and fetched == payment
-    row = await MySQLManager.instance().fetchone("SELECT amount_minor FROM payments WHERE id = %s", (payment["id"],))
+    row = await MySQLManager.instance().home.fetchone(
+        "SELECT amount_minor FROM payments WHERE id = %s", (payment["id"],)
+    )
     assert row == {"amount_minor": 10050}
 
 
@@ -144,7 +146,7 @@ async def test_concurrent_status_updates_follow_the_state_machine(api):
 
     # Every move that happened left its event in the same transaction. Without the row
     # lock, two requests could both move version 1 to 2: two events with one version.
-    rows = await MySQLManager.instance().fetchall(
+    rows = await MySQLManager.instance().home.fetchall(
         "SELECT payload FROM outbox WHERE partition_key = %s AND event_type = 'payment_updated' ORDER BY id",
         (user["id"],),
     )
@@ -188,6 +190,23 @@ async def test_reused_key_with_another_body_is_422(api):
     assert code == 422 and response["error"]["code"] == "idempotency_key_reused"
 
 
+@pytest.mark.gen_test
+async def test_a_key_is_remembered_per_payment_user_too(api):
+    """The key lives with the user's payments, on the user's shard: one key, two users, two payments."""
+    first, second = await api.new_user(), await api.new_user()
+    key = uuid.uuid4().hex
+    made = [
+        await api.post(
+            "/api/v1/payments",
+            {"user_id": u["id"], "amount": "3.00", "currency": "EUR"},
+            headers={"Idempotency-Key": key},
+        )
+        for u in (first, second)
+    ]
+    assert [code for code, _, _ in made] == [201, 201]
+    assert made[0][1]["id"] != made[1][1]["id"] and "Idempotent-Replayed" not in made[1][2]
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_concurrent_requests_with_one_key_create_one_payment(api):
     user = await api.new_user()
@@ -199,7 +218,7 @@ async def test_concurrent_requests_with_one_key_create_one_payment(api):
     assert [code for code, _, _ in results] == [201] * 10
     assert len({payment["id"] for _, payment, _ in results}) == 1
     assert sum(1 for _, _, h in results if "Idempotent-Replayed" not in h) == 1
-    rows = await MySQLManager.instance().fetchall("SELECT id FROM payments WHERE user_id = %s", (user["id"],))
+    rows = await MySQLManager.instance().home.fetchall("SELECT id FROM payments WHERE user_id = %s", (user["id"],))
     assert len(rows) == 1
 
 

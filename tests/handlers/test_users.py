@@ -159,5 +159,5 @@ async def test_hostile_strings_are_stored_literally(api):
     user = await api.new_user(name=nasty)
     code, fetched, _ = await api.get(f"/api/v1/users/{user['id']}")
     assert code == 200 and fetched["name"] == nasty
-    row = await MySQLManager.instance().fetchone("SELECT name FROM users WHERE id = %s", (user["id"],))
+    row = await MySQLManager.instance().home.fetchone("SELECT name FROM users WHERE id = %s", (user["id"],))
     assert row == {"name": nasty}

@@ -376,7 +376,7 @@ async def test_an_event_published_twice_reaches_a_socket_once(api, config):
     client = await Client.connect(api, user["id"], "once")
     try:
         _, frame = await paid_and_told(api, user["id"], client)
-        row = await MySQLManager.instance().fetchone(
+        row = await MySQLManager.instance().home.fetchone(
             "SELECT partition_key, payload FROM outbox WHERE event_id = %s", (frame["event_id"],)
         )
         dropped = metric("singleton_websocket_duplicate_events_dropped_total")

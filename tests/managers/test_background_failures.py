@@ -12,7 +12,7 @@ import pytest
 
 from managers.health import HealthMonitor
 from managers.kafka_consumer import BroadcastConsumer
-from managers.mysql import MySQLManager
+from managers.mysql import Database
 from managers.redis import RedisManager
 from tests.helpers import bug_lines, bugs, fresh_database, metric, wait_until
 
@@ -24,11 +24,13 @@ async def test_a_broken_migration_is_a_bug_not_an_unreachable_database(config, t
     database = "singleton_test_broken_migration"
     fresh_database(config["mysql"], database)
 
-    class BrokenMigrations(MySQLManager):
+    class BrokenMigrations(Database):
         async def migrate(self, directory: Path = tmp_path) -> list[str]:
             return await super().migrate(directory)
 
-    manager = BrokenMigrations({**config["mysql"], "database": database}, {"initial_delay_s": 0.05, "max_delay_s": 0.1})
+    manager = BrokenMigrations(
+        "main", {**config["mysql"], "database": database}, {"initial_delay_s": 0.05, "max_delay_s": 0.1}
+    )
     before = bugs("mysql_connect")
     task = asyncio.create_task(manager._connect_until_ready())
     try:
@@ -41,7 +43,7 @@ async def test_a_broken_migration_is_a_bug_not_an_unreachable_database(config, t
     finally:
         task.cancel()
         await asyncio.wait({task}, timeout=5)
-        await manager.release()
+        await manager.close()
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -31,9 +31,25 @@ def test_the_same_sections() -> None:
     assert set(sections()) == set(SCHEMA["properties"])
 
 
+def assert_matches(schema: dict[str, Any], typed: Any) -> None:
+    """The same keys, the same types, and the same keys required (the rest NotRequired)."""
+    keys = schema["properties"]
+    hints = typing.get_type_hints(typed)
+    assert set(hints) == set(keys)
+    assert typed.__required_keys__ == set(schema.get("required", []))
+    for key, sub in keys.items():
+        hint = hints[key]
+        if sub.get("type") == "object":  # a map of names to objects: dict[str, <TypedDict>]
+            assert typing.get_origin(hint) is dict and typing.get_args(hint)[0] is str, key
+            assert_matches(sub["additionalProperties"], typing.get_args(hint)[1])
+        else:
+            assert hint == expected(sub), key
+
+
 @pytest.mark.parametrize("section", sorted(SCHEMA["properties"]))
 def test_the_same_keys_and_types(section: str) -> None:
-    keys = SCHEMA["properties"][section]["properties"]
-    hints = typing.get_type_hints(sections()[section])
-    assert {key: hints.get(key) for key in keys} == {key: expected(schema) for key, schema in keys.items()}
-    assert set(hints) == set(keys)
+    assert_matches(SCHEMA["properties"][section], sections()[section])
+
+
+def test_the_optional_sections_are_not_required() -> None:
+    assert Config.__required_keys__ == set(SCHEMA["required"])

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from managers.mysql import MIGRATIONS_DIR, MySQLManager, split_sql
+from managers.mysql import MIGRATIONS_DIR, Database, split_sql
 from tests.helpers import wait_until
 
 
@@ -42,7 +42,7 @@ def test_every_migration_splits_into_statements_without_a_comment_line_or_a_trai
 async def test_connections_go_to_waiters_in_the_order_they_came(services, config):
     """aiomysql hands a released connection to whoever asks next, not to the one who
     waited longest: ``late`` arrives as ``first`` lets go, and must wait behind ``second``."""
-    mysql = MySQLManager({**config["mysql"], "pool_min": 1, "pool_max": 1}, config["reconnect"])
+    mysql = Database("main", {**config["mysql"], "pool_min": 1, "pool_max": 1}, config["reconnect"])
     await mysql._connect_and_migrate()
     mysql.ready.set()
     asked: list[str] = []
@@ -76,4 +76,4 @@ async def test_connections_go_to_waiters_in_the_order_they_came(services, config
         assert asked == ["first", "second", "late"]
         assert served == ["first", "second", "late"]
     finally:
-        await mysql.release()
+        await mysql.close()

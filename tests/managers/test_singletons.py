@@ -35,7 +35,7 @@ async def test_handlers_see_the_same_manager_instances(http_client, base_url):
 
 @pytest.mark.gen_test
 async def test_each_manager_reaches_its_real_server(services):
-    assert (await MySQLManager.instance().fetchone("SELECT 1 AS one")) == {"one": 1}
+    assert (await MySQLManager.instance().home.fetchone("SELECT 1 AS one")) == {"one": 1}
     await RedisManager.instance().ping()
     await MongoManager.instance().ping()
     await KafkaProducerManager.instance().ping()

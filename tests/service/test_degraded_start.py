@@ -99,7 +99,7 @@ async def test_starts_with_a_dependency_down_and_connects_when_it_comes(dependen
         if dependency == "kafka":
 
             async def published():
-                row = await MySQLManager.instance().fetchone(
+                row = await MySQLManager.instance().home.fetchone(
                     "SELECT COUNT(*) AS n FROM outbox WHERE partition_key IN (%s, %s) AND published_at IS NULL",
                     (user["id"], later["id"]),
                 )

@@ -95,7 +95,7 @@ async def test_a_rolling_restart_under_steady_load_fails_no_request(api, config,
         failures = [o for o in outcomes if o != "ok"]
         assert failures == [], f"{len(failures)} of {len(outcomes)} requests failed: {set(failures)}"
         # Retried writes created each payment once.
-        row = await MySQLManager.instance().fetchone(
+        row = await MySQLManager.instance().home.fetchone(
             "SELECT COUNT(*) AS n FROM payments WHERE user_id = %s", (user["id"],)
         )
         assert row["n"] == len(keys)
