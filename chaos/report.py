@@ -142,9 +142,12 @@ def client_table(results: list[dict]) -> list[str]:
 
 
 def header(meta: dict) -> str:
+    warm = meta.get("warm_up")
+    median = "none" if not warm or warm["median_s"] is None else f"{warm['median_s']:.3f} s"
+    warmed = "" if not warm else f", {warm['s']:.0f} s of writes warming it up (median answer at the end: {median})"
     return (
         f"Run of {meta['date']} on commit `{meta['commit']}`: {meta['runtime_s'] / 60:.1f} minutes "
-        f"for {meta['what']} ({meta['stack_s']:.0f} s of it starting the stack), "
+        f"for {meta['what']} ({meta['stack_s']:.0f} s of it starting the stack{warmed}), "
         f"{meta['rate_per_s']} payments/s offered{meta.get('rate_note', '')}, "
         f"{meta['cores']} cores shared with the backing services "
         f"(and whatever else ran: load average {meta['load_average'][0]} at the start, "
