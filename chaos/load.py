@@ -113,22 +113,23 @@ def retry_delay(headers: dict, tries: int) -> float:
 async def send(client: Client, write: Write) -> None:
     """POST the payment until accepted, refused for good, or past the deadline."""
     body = {"user_id": write.user_id, "amount": str(write.amount), "currency": "USD"}
-    deadline = time.monotonic() + WRITE_DEADLINE_S
+    deadline = write.started + WRITE_DEADLINE_S
     for tries in range(10_000):
-        started = time.monotonic()
         headers: dict = {}
         payload = None
-        write.sending = True
-        try:
-            code, payload, headers = await client.request(
-                "POST", "/api/v1/payments", body, {"Idempotency-Key": write.key}
-            )
-            outcome: int | str = code
-        except OSError:
-            outcome = CONNECTION
-        finally:
-            write.sending = False
-        error = ((payload or {}).get("error") or {}).get("code") if outcome != 201 else None
+        async with client.slots:  # a free connection of the pool: waited for untimed
+            started = time.monotonic()
+            write.sending = True
+            try:
+                code, payload, headers = await client.request(
+                    "POST", "/api/v1/payments", body, {"Idempotency-Key": write.key}
+                )
+                outcome: int | str = code
+                error = ((payload or {}).get("error") or {}).get("code") if code != 201 else None
+            except OSError as exc:  # no answer: say why (refused, reset, which timeout)
+                outcome, error = CONNECTION, str(exc)[:80] or type(exc).__name__
+            finally:
+                write.sending = False
         write.attempts.append(Attempt(started, time.monotonic() - started, outcome, headers.get("Retry-After"), error))
         write.final = outcome
         if outcome == 201:

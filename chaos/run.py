@@ -13,6 +13,7 @@ import contextlib
 import statistics
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -84,6 +85,7 @@ def client_view(writes: list[Write], watch: HealthWatch, s: Scenario, health_ok,
         "http_429": sum(1 for c in codes if c == 429),
         "other_4xx": sorted({c for c in codes if 400 <= c < 500 and c != 429}),
         "connection_errors": sum(1 for a in attempts if a.outcome == CONNECTION),
+        "connection_errors_why": dict(Counter(a.error for a in attempts if a.outcome == CONNECTION).most_common(3)),
         "failed": sum(1 for w in writes if not w.accepted),
         "failed_outcomes": sorted({str(w.final) for w in writes if not w.accepted}),
         "outage_s": round(s.fault_end - s.fault_start, 1),
