@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import re
 import resource
@@ -24,11 +25,15 @@ from pathlib import Path
 
 from managers import config as service_config
 from managers.mysql import shard_configs
+from managers.shards import LOGICAL_SHARDS
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / os.environ.get("BENCH_CONFIG", "config.yaml")).resolve()  # what the bench and its services read
 WORK = REPO / "reports" / "bench"  # git-ignored scratch: logs, raw wrk output
 DOCS_BENCH = REPO / "docs" / "bench"
+DOCS_OUT = DOCS_BENCH / os.environ.get(
+    "BENCH_OUT", ""
+)  # where a run's JSON goes: docs/bench/cluster/ with BENCH_OUT=cluster
 PY = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable
 HOST = "127.0.0.1"
 MYSQL_DATABASE = "singleton_test_bench"  # the devstack user may only create singleton_test%
@@ -46,8 +51,6 @@ ANALYTICS_GROUP = f"singleton-bench-analytics-{int(time.time())}"  # a fresh gro
 class Settings:
     """Every knob; each from BENCH_<NAME> if set (BENCH_DURATION_S=5; a tuple: 25,50,100)."""
 
-    config: str = "config.yaml"  # the service's configuration (read at import as CONFIG)
-    out: str = ""  # "cluster": docs/bench/cluster/results.json and docs/BENCHMARKS-cluster.md
     stages: str = "http,ws,analytics"
     duration_s: int = 10  # a wrk run
     connections: int = 50
@@ -92,6 +95,14 @@ def shards() -> dict[str, dict]:
     """Each physical shard's MariaDB settings, the home first (``main`` without a ``shards`` section)."""
     databases, home, _ = shard_configs(config())
     return {home: databases[home]} | {name: cfg for name, cfg in databases.items() if name != home}
+
+
+def one_shard() -> dict[str, str]:
+    """SINGLETON_* overrides for the layout of one physical shard: the home alone, on its own
+    server, holding every logical shard (what a sharded configuration is compared with)."""
+    cfg = config()["shards"]
+    home = {**cfg["physical"][cfg["global"]], "logical": f"0-{LOGICAL_SHARDS - 1}"}
+    return {"SINGLETON_SHARDS__PHYSICAL": json.dumps({cfg["global"]: home})}
 
 
 def mysql_connect(database: str | None = MYSQL_DATABASE, shard: str | None = None):
