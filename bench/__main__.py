@@ -1,7 +1,9 @@
 """``python -m bench`` (``make bench``): the whole benchmark, end to end, in stages
 (bench/README.md): seed, ``http`` (wrk against each endpoint of each service variant,
 alternating with the bare baseline), ``ws`` (bench/fanout.py), ``analytics``
-(bench/analytics.py); then docs/bench/results.json and docs/BENCHMARKS.md."""
+(bench/analytics.py); then docs/bench/results.json and docs/BENCHMARKS.md. With a sharded
+configuration (``make bench-cluster``) ``http`` also compares POST payments on one physical
+shard and on all of them; the results go to docs/bench/cluster/ and docs/BENCHMARKS-cluster.md."""
 
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ VARIANTS = {
     "MariaDB pool of 50": {"SINGLETON_MYSQL__POOL_MAX": "50"},  # a connection for each of wrk's
 }
 COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING")  # --role api, side by side
+SHARDED = len(env.shards()) > 1
+if SHARDED:  # the same servers, the home alone holding every logical shard or config's map
+    VARIANTS |= {"1 shard": env.one_shard(), f"{len(env.shards())} shards": {}}
+SHARD_LAYOUTS = tuple(v for v in VARIANTS if v.endswith((" shard", " shards")))
+# A variant that must be driven with other ids: one shard holds only the users seeded on the home.
+VARIANT_IDS = {"1 shard": {"users": "users_home"}}
 # key: label, wrk script, ids (a seed list, or "pending"), path template
 ENDPOINTS = {
     "get_user": ("GET user (cache hit)", "get.lua", "users", "/api/v1/users/%s"),
@@ -46,6 +54,8 @@ PHASES = [
     (COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED]),  # 3 rounds of half-length runs
     (("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")]),
 ]
+if SHARDED:  # side by side, 3 rounds of half-length runs, as COMPARED
+    PHASES.append((SHARD_LAYOUTS, [(v, "post_payments") for _ in range(3) for v in SHARD_LAYOUTS]))
 
 
 class Run:
@@ -81,6 +91,7 @@ class Run:
         url = f"http://{env.HOST}:{self.base_port}/"
         if variant is not None:
             _, script, ids, path = ENDPOINTS[endpoint]
+            ids = VARIANT_IDS.get(variant, {}).get(ids, ids)
             if ids == "pending":
                 self.ids[ids] = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
             (env.WORK / f"{ids}.txt").write_text("\n".join(self.ids[ids]) + "\n")
@@ -119,6 +130,8 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
         run.use(("shipped",))
         started, port = time.time(), run.running["shipped"][1]
         run.ids = asyncio.run(client.seed(port, key, s.users, s.list_users, s.payments_per_user))
+        if SHARDED:
+            run.ids["users_home"] = env.on_home(run.ids["users"])
         KEYS.write_text("\n".join(asyncio.run(client.admin_keys(port, key, CLIENTS))) + "\n")
         results["seed"] = {"seconds": round(time.time() - started, 1), "drain": run.drain(time.time())}
         run.wrk("warmup-baseline", None, "", s.warmup_s)
@@ -147,8 +160,10 @@ def main() -> None:
     if s.stage("analytics"):
         results["analytics"] = asyncio.run(analytics.run(s.analytics_payments))
     results |= {"load_after": env.background_load(), "elapsed_s": round(time.monotonic() - t0)}
-    (env.DOCS_BENCH / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    log(f"wrote docs/bench/results.json and {report.write()} in {results['elapsed_s']} s")
+    results["config"] = str(env.CONFIG.relative_to(env.REPO))
+    env.DOCS_OUT.mkdir(parents=True, exist_ok=True)
+    (env.DOCS_OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {env.DOCS_OUT.relative_to(env.REPO)}/results.json and {report.write()} in {results['elapsed_s']} s")
 
 
 if __name__ == "__main__":

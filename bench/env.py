@@ -25,15 +25,14 @@ from pathlib import Path
 
 from managers import config as service_config
 from managers.mysql import shard_configs
-from managers.shards import LOGICAL_SHARDS
+from managers.shards import LOGICAL_SHARDS, logical_shard
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / os.environ.get("BENCH_CONFIG", "config.yaml")).resolve()  # what the bench and its services read
 WORK = REPO / "reports" / "bench"  # git-ignored scratch: logs, raw wrk output
 DOCS_BENCH = REPO / "docs" / "bench"
-DOCS_OUT = DOCS_BENCH / os.environ.get(
-    "BENCH_OUT", ""
-)  # where a run's JSON goes: docs/bench/cluster/ with BENCH_OUT=cluster
+OUT = os.environ.get("BENCH_OUT", "")  # "cluster": results in docs/bench/cluster/, docs/BENCHMARKS-cluster.md
+DOCS_OUT = DOCS_BENCH / OUT
 PY = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable
 HOST = "127.0.0.1"
 MYSQL_DATABASE = "singleton_test_bench"  # the devstack user may only create singleton_test%
@@ -103,6 +102,12 @@ def one_shard() -> dict[str, str]:
     cfg = config()["shards"]
     home = {**cfg["physical"][cfg["global"]], "logical": f"0-{LOGICAL_SHARDS - 1}"}
     return {"SINGLETON_SHARDS__PHYSICAL": json.dumps({cfg["global"]: home})}
+
+
+def on_home(ids: list[str]) -> list[str]:
+    """Those of the user (or payment) ``ids`` whose logical shard config's map puts on the home."""
+    _, home, shard_map = shard_configs(config())
+    return [i for i in ids if shard_map.physical(logical_shard(i)) == home]
 
 
 def mysql_connect(database: str | None = MYSQL_DATABASE, shard: str | None = None):

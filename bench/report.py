@@ -9,7 +9,10 @@ import json
 import statistics
 import sys
 
-from bench.env import DOCS_BENCH
+from bench.env import DOCS_BENCH, DOCS_OUT, OUT
+
+PAGE = f"BENCHMARKS-{OUT}.md" if OUT else "BENCHMARKS.md"  # in docs/
+IMAGES = f"bench/{OUT}/" if OUT else "bench/"  # the plots, from docs/
 
 NEVER = 1e9  # a catch-up not seen before the drain timeout
 COSTS = (
@@ -141,7 +144,7 @@ def _save(fig, ax, name: str) -> str:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(DOCS_BENCH / name, dpi=100)
+    fig.savefig(DOCS_OUT / name, dpi=100)
     fig.clf()
     return name
 
@@ -160,11 +163,14 @@ def _ms(*values: float | None) -> str:
 
 def header(r: dict) -> list[str]:
     mc, s = r["machine"], r["settings"]
+    made = "`make bench-cluster`, on the cluster stack" if OUT else "`make bench`"
     return [
-        "# Benchmarks",
+        "# Benchmarks" + (f" on the {OUT} stack ({r.get('config')})" if OUT else ""),
         "",
-        "Written by `make bench` (bench/README.md says how it measures) from one run, on "
-        f"{r['date']} at {mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report` writes it again.",
+        f"Written by {made} (bench/README.md says how it measures) from one run, on "
+        f"{r['date']} at {mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report"
+        + (f" BENCH_OUT={OUT}" if OUT else "")
+        + "` writes it again.",
         "",
         f"- **Machine:** {mc['nproc']} CPUs ({mc['cpu_model']}), {mc['mem_total_gib']} GiB, kernel {mc['kernel']}, "
         f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process. Shared: other "
@@ -197,7 +203,7 @@ def http_section(r: dict, images: list[str]) -> list[str]:
     header = ["endpoint", "service", "req/s", "p50 / p99 ms", "baseline req/s", "ratio", "errors / non-2xx"]
     pool = _versus(r, "MariaDB pool of 50", ("list_payments", "put_status"), "{label} {p50_ms:,.1f} / {p99_ms:,.1f}")
     two = _versus(r, "2 processes", ("get_user", "post_payments"), "{label} {ratio:.1%}")
-    return [
+    return shards_section(r) + [
         "## HTTP endpoints",
         "",
         f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. The GET user comparisons: four `--role "
@@ -212,7 +218,41 @@ def http_section(r: dict, images: list[str]) -> list[str]:
         "with wrk, the baseline and every backing service (the CPU column): no core is free for the second worker "
         "here, so this is no measure of scaling.",
         "",
-        *(f"![{name}](bench/{name})\n" for name in images if name != "ws_knee.png"),
+        *(f"![{name}]({IMAGES}{name})\n" for name in images if name != "ws_knee.png"),
+    ]
+
+
+def shard_rounds(r: dict) -> list[tuple[dict, dict]]:
+    """POST payments on one physical shard and on every shard, round by round (side by side)."""
+    layouts = [v for v in dict.fromkeys(x.get("variant") for x in r.get("runs", [])) if v and v.endswith("shards")]
+    return list(zip(_runs(r, "1 shard", "post_payments"), _runs(r, layouts[0], "post_payments"), strict=True))
+
+
+def shards_section(r: dict) -> list[str]:
+    if not (pairs := shard_rounds(r)):
+        return []
+    rows = [
+        [
+            n + 1,
+            f"{a['rps']:,.0f}",
+            f"{b['rps']:,.0f}",
+            f"{b['rps'] / a['rps']:.2f}",
+            _cpu(a["cpu_cores"]),
+            _cpu(b["cpu_cores"]),
+        ]
+        for n, (a, b) in enumerate(pairs)
+    ]
+    ratio = statistics.median(b["rps"] / a["rps"] for a, b in pairs)
+    many = pairs[0][1]["variant"]
+    return [
+        "## POST payments: one shard against " + many,
+        "",
+        f"The same servers: `1 shard` is the home alone holding every logical shard (driven with the seeded users "
+        f"whose logical shard is on the home), `{many}` config's map (driven with every seeded user). Both services "
+        "ran side by side (each with its relay and analytics consumer), their runs alternating; the ratio is "
+        f"within a round. Median ratio {ratio:.2f}.",
+        "",
+        *_table(["round", "1 shard req/s", f"{many} req/s", "ratio", "CPU, 1 shard", f"CPU, {many}"], rows),
     ]
 
 
@@ -263,7 +303,7 @@ def ws_section(ws: dict, m: dict, images: list[str]) -> list[str]:
         f"{before:.0f} MiB + 50,000 × {m['per_socket_kib']:.1f} KiB = {m['rss_50k_mib']:,.0f} MiB. Limited by the "
         "environment.",
         "",
-        *(f"![{name}](bench/{name})\n" for name in images if name == "ws_knee.png"),
+        *(f"![{name}]({IMAGES}{name})\n" for name in images if name == "ws_knee.png"),
     ]
 
 
@@ -284,17 +324,19 @@ def markdown(r: dict, history: dict, images: list[str]) -> str:
     out += http_section(r, images) if r.get("runs") else []
     out += analytics_section(r["analytics"]) if r.get("analytics") else []
     out += ws_section(r["ws"], m, images) if r.get("ws") else []
+    if OUT:  # the before/after rows are the everyday stack's
+        return "\n".join(out)
     rows = [[h["change"], h["commit"], h["measure"], h["before"], _after(h, m)] for h in history.get("rows", [])]
     out += ["## Before and after", "", history.get("note", ""), ""]
     return "\n".join(out + _table(["change", "code", "measure", "before", "after"], rows))
 
 
 def write() -> str:
-    if not (path := DOCS_BENCH / "results.json").exists():
+    if not (path := DOCS_OUT / "results.json").exists():
         raise SystemExit(f"no {path}: run `make bench` first")
     results, history = json.loads(path.read_text()), json.loads((DOCS_BENCH / "history.json").read_text())
-    (DOCS_BENCH.parent / "BENCHMARKS.md").write_text(markdown(results, history, plots(results)))
-    return "docs/BENCHMARKS.md"
+    (DOCS_BENCH.parent / PAGE).write_text(markdown(results, history, plots(results)))
+    return f"docs/{PAGE}"
 
 
 if __name__ == "__main__":
