@@ -6,9 +6,10 @@
    idempotency keys and published outbox rows) are copied to the target by primary-key
    range (managers/shards.py: a logical shard is an id range), while writes go on.
 2. **Freeze.** The source marks the logical shard ``frozen``. Every write of a user's
-   inserts an outbox row, and the source's trigger on ``outbox`` share-locks the logical
-   shard's state (migrations/0003_shards.sql): the freeze waits for the writes in flight,
-   and every write after it is refused (503 with Retry-After) until the switch is done.
+   inserts an outbox row, and the source's trigger on ``outbox`` (``GUARD``, installed by
+   the first move from that server, so a database that never moved pays nothing for it)
+   share-locks the logical shard's state: the freeze waits for the writes in flight, and
+   every write after it is refused (503 with Retry-After) until the switch is done.
 3. **Drain.** The source's relay publishes what is left of the shard's outbox.
 4. **Copy what changed** since step 1 began.
 5. **Switch.** The home records the move (``shard_moves``), which every instance reads
@@ -91,6 +92,18 @@ TABLES = (
         "published_at",  # a row published since step 1 began is copied in step 4
         "published_at = VALUES(published_at)",
     ),
+)
+
+
+# The write guard: it share-locks the logical shard's state row (a freeze waits for the
+# writes in flight, and the writes after it see the freeze) and refuses a write to a logical
+# shard not at home here with error 1644 (managers/mysql.py's is_shard_moving).
+GUARD = (
+    "CREATE TRIGGER IF NOT EXISTS outbox_shard_guard BEFORE INSERT ON outbox FOR EACH ROW"
+    " IF (SELECT state FROM logical_shards WHERE id = CONV(LEFT(NEW.partition_key, 3), 16, 10) DIV 4"
+    " LOCK IN SHARE MODE) <> 'home'"
+    " THEN SIGNAL SQLSTATE '45000'"
+    " SET MESSAGE_TEXT = 'logical shard not writable here: moving or moved', MYSQL_ERRNO = 1644; END IF"
 )
 
 
@@ -239,6 +252,8 @@ async def move(
         raise APIError(409, "legacy_ids", f"{legacy} payments of logical shard {logical} have ids without it")
 
     say(f"logical shard {logical}: {source.name} -> {target.name}")
+    async with source.cursor() as cur:
+        await cur.execute(GUARD)
     await _delete(target, logical)  # leftovers of an earlier move away, or of a failed attempt
     await _set_state(target, logical, "home")
     started, since = time.monotonic(), await _server_now(source) - CLOCK_SLACK

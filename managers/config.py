@@ -165,7 +165,7 @@ SCHEMA: dict[str, Any] = _obj(
                     "minProperties": 1,
                     "propertyNames": {"pattern": "^[a-z][a-z0-9_]{0,31}$"},
                     "additionalProperties": _obj(
-                        {"host": _str, "port": _port, "logical": _str, "database": _str},
+                        {"host": _str, "port": _port, "logical": {"type": "string"}, "database": _str},
                         required=False,
                     )
                     | {"required": ["host", "port", "logical"]},
@@ -301,13 +301,19 @@ class UsersConfig(TypedDict):
     email_claim_lease_s: float
 
 
-# The functional form, as NotRequired in a class body is a string under `from __future__
-# import annotations`, which TypedDict cannot read (Python 3.11); "global" is a keyword too.
-PhysicalShardConfig = TypedDict(
-    "PhysicalShardConfig",
-    # logical: the logical shards it holds, "0-511" or "0-99, 200"
-    {"host": str, "port": int, "logical": str, "database": NotRequired[str]},
-)
+# Optional keys by total=False, as NotRequired in a class body is a string under `from
+# __future__ import annotations`, which TypedDict cannot read (Python 3.11).
+class _PhysicalShardRequired(TypedDict):
+    host: str
+    port: int
+    logical: str  # the logical shards it holds: "0-511", "0-99, 200", or "" (none yet)
+
+
+class PhysicalShardConfig(_PhysicalShardRequired, total=False):
+    database: str
+
+
+# "global" is a keyword: the functional form.
 ShardsConfig = TypedDict(
     "ShardsConfig",
     {"global": str, "physical": dict[str, PhysicalShardConfig], "map_refresh_s": NotRequired[float]},

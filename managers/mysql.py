@@ -335,11 +335,21 @@ class MySQLManager(BackingService):
     unavailable = UNAVAILABLE
     log_sources = ("aiomysql",)
 
-    def __init__(self, databases: dict[str, Database], home: str, shard_map: ShardMap, map_refresh_s: float):
+    def __init__(
+        self,
+        databases: dict[str, Database],
+        home: str,
+        shard_map: ShardMap,
+        map_refresh_s: float,
+        check_timeout_s: float = 1.0,
+    ):
         self.databases = databases
         self.home = databases[home]
         self.shard_map = shard_map
         self.map_refresh_s = map_refresh_s
+        # Each shard's own deadline in check(), inside the monitor's: a hung shard is that
+        # shard down, not the whole check timed out (which would be MariaDB down).
+        self.check_timeout_s = check_timeout_s
         self._map_failures = Failures("shard_map_refresh", self.is_unavailable, logger=log)
 
     @classmethod
@@ -348,7 +358,8 @@ class MySQLManager(BackingService):
         configs, home, shard_map = shard_configs(config)
         databases = {name: Database(name, cfg, config["reconnect"]) for name, cfg in configs.items()}
         refresh_s = config.get("shards", {}).get("map_refresh_s", DEFAULT_MAP_REFRESH_S)
-        inst = cls._install(cls(databases, home, shard_map, refresh_s))
+        check_timeout_s = config["server"]["health_check_timeout_s"] * 0.8
+        inst = cls._install(cls(databases, home, shard_map, refresh_s, check_timeout_s))
         for database in databases.values():
             database.connect_in_background()
         if len(databases) > 1:  # moves are recorded in the home; one shard has nowhere to move to
@@ -413,7 +424,9 @@ class MySQLManager(BackingService):
         """Every shard's state; ``down`` (raised) without the home, ``degraded`` without another."""
         if not self.sharded:
             return await super().check()
-        results = await asyncio.gather(*(db.ping() for db in self.all()), return_exceptions=True)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(db.ping(), self.check_timeout_s) for db in self.all()), return_exceptions=True
+        )
         shards: dict[str, dict[str, Any]] = {}
         for database, result in zip(self.all(), results, strict=True):
             if isinstance(result, BaseException):

@@ -59,8 +59,11 @@ def id_range(shard: int) -> tuple[str, str]:
 
 
 def parse_ranges(spec: str) -> list[int]:
-    """ "0-511" or "0-99, 200, 300-310" as the logical shards it names."""
+    """ "0-511" or "0-99, 200, 300-310" as the logical shards it names ("" names none: a
+    new physical shard, filled by moves)."""
     shards: list[int] = []
+    if not spec.strip():
+        return shards
     for part in spec.split(","):
         match = _RANGE.match(part)
         if match is None:

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS shard_moves (
 
 -- Each logical shard's state on this server: home (writes go through), frozen (a move's
 -- final switch: writes are refused until it is done) or moved (it lives elsewhere now).
+-- The first move from a server installs the trigger that enforces it (domain/moves.py).
 CREATE TABLE IF NOT EXISTS logical_shards (
     id          SMALLINT UNSIGNED NOT NULL,
     state       VARCHAR(8)   NOT NULL DEFAULT 'home',
@@ -37,14 +38,6 @@ CREATE TABLE IF NOT EXISTS logical_shards (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 INSERT IGNORE INTO logical_shards (id) SELECT seq FROM seq_0_to_1023;
-
--- Every change of a user's writes an outbox row in its transaction, so this guard sees
--- every write: it share-locks the logical shard's row (a move's freeze waits for the
--- writes in flight, and the writes after it see the freeze) and refuses writes to a
--- logical shard that is not at home here. Error 1644 with this text is ShardMoving.
-CREATE TRIGGER outbox_shard_guard BEFORE INSERT ON outbox FOR EACH ROW
-IF (SELECT state FROM logical_shards WHERE id = CONV(LEFT(NEW.partition_key, 3), 16, 10) DIV 4 LOCK IN SHARE MODE) <> 'home'
-THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'logical shard not writable here: moving or moved', MYSQL_ERRNO = 1644; END IF;
 
 -- Idempotency keys are stored as "<user id>|<caller's scope>:<key>": they live on the
 -- payment's user's shard, and a move finds them by the user's id range.

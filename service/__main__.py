@@ -31,7 +31,7 @@ from managers.config import Config
 from managers.health import HealthMonitor
 from managers.logger import LoggerManager
 from managers.mysql import MySQLManager
-from managers.shards import compact
+from managers.shards import ShardMapError, compact, parse_ranges
 from service.app import make_app, make_ops_app, server_options
 from service.lifecycle import ROLES, Lifecycle
 from service.supervisor import Supervisor
@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     shards = commands.add_parser("shards", help="the shard map; move a logical shard")
     shard_actions = shards.add_subparsers(dest="action", required=True)
     shard_actions.add_parser("map", help="each physical shard and the logical shards it holds")
-    move = shard_actions.add_parser("move", help="move a logical shard to another physical shard, live")
-    move.add_argument("logical", type=int)
+    move = shard_actions.add_parser("move", help="move logical shards to another physical shard, live")
+    move.add_argument("logical", help='the logical shards, one at a time: "7", or "0-63, 100"')
     move.add_argument("--to", required=True, help="the physical shard's name (config's shards.physical)")
     move.add_argument(
         "--grace-s",
@@ -110,14 +110,20 @@ async def manage_shards(config: Config, args: argparse.Namespace) -> int:
                 print(json.dumps({"physical": name, "logical": compact(mysql.shard_map.held_by(name))}))
         else:
             grace_s = args.grace_s if args.grace_s is not None else 3 * mysql.map_refresh_s
-            moved = await moves.move(args.logical, args.to, grace_s, say=lambda line: print(line, file=sys.stderr))
-            print(json.dumps(moved._asdict()))
+            for logical in parse_ranges(args.logical):
+                if mysql.for_logical(logical).name == args.to:
+                    continue  # there already: a range half moved before is simply run again
+                moved = await moves.move(logical, args.to, grace_s, say=lambda line: print(line, file=sys.stderr))
+                print(json.dumps(moved._asdict()), flush=True)
     except TimeoutError:
         print(f"cannot reach every mysql shard within {KEYS_WAIT_S} s", file=sys.stderr)
         return 1
     except APIError as exc:
         print(f"{exc.code}: {exc.message}", file=sys.stderr)
         return 1
+    except ShardMapError as exc:
+        print(f"invalid logical shards: {exc}", file=sys.stderr)
+        return 2
     finally:
         await mysql.close()
     return 0

@@ -189,3 +189,9 @@ def devstack(action: str, *names: str) -> None:
         timeout=180,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def server_pid(name: str) -> int:
+    """The pid of the cluster stack's server ``name`` (devstack's pid file)."""
+    state = Path(os.environ.get("DEVSTACK_DIR") or ROOT / ".devstack-cluster")
+    return int((state / "run" / f"{name}.pid").read_text().split()[0])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from managers.shards import ShardMap, logical_shard
-from tests.cluster.conftest import devstack
+from tests.cluster.conftest import devstack, server_pid
 from tests.helpers import wait_until
 
 
@@ -66,3 +69,21 @@ async def test_with_one_shard_down_only_its_users_wait_and_health_says_degraded(
     await wait_until(b_served, timeout=60, interval=0.5, what="shard b's users served again")
     code, report, _ = await api.get("/health")
     assert code == 200
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_hung_shard_is_that_shard_down_not_mariadb(cluster_service):
+    """SIGSTOP: connections stay open and nothing answers, so only deadlines tell."""
+    api, pid = cluster_service.api, server_pid("mariadb-b")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+
+        async def b_down() -> dict | None:
+            code, report, _ = await api.get("/health")
+            shards = report.get("dependencies", {}).get("mysql", {}).get("shards", {})
+            return report if code == 200 and shards.get("b", {}).get("status") == "down" else None
+
+        report = await wait_until(b_down, timeout=30, what="shard b reported down while hung")
+        assert report["status"] == "degraded" and report["ready"] is True
+    finally:
+        os.kill(pid, signal.SIGCONT)

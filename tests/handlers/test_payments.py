@@ -190,6 +190,23 @@ async def test_reused_key_with_another_body_is_422(api):
     assert code == 422 and response["error"]["code"] == "idempotency_key_reused"
 
 
+@pytest.mark.gen_test
+async def test_a_key_is_remembered_per_payment_user_too(api):
+    """The key lives with the user's payments, on the user's shard: one key, two users, two payments."""
+    first, second = await api.new_user(), await api.new_user()
+    key = uuid.uuid4().hex
+    made = [
+        await api.post(
+            "/api/v1/payments",
+            {"user_id": u["id"], "amount": "3.00", "currency": "EUR"},
+            headers={"Idempotency-Key": key},
+        )
+        for u in (first, second)
+    ]
+    assert [code for code, _, _ in made] == [201, 201]
+    assert made[0][1]["id"] != made[1][1]["id"] and "Idempotent-Replayed" not in made[1][2]
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_concurrent_requests_with_one_key_create_one_payment(api):
     user = await api.new_user()

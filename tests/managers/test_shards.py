@@ -93,8 +93,7 @@ def test_config_extends_its_base_key_by_key_and_checks_the_shard_map(tmp_path, u
 
 def test_the_shipped_cluster_config_loads() -> None:
     path = config_module.DEFAULT_PATH.with_name("config.cluster.yaml")
-    if not path.exists():
-        pytest.skip("config.cluster.yaml is not there yet")
     overrides = {"mysql": {"password": "stand-in"}, "auth": {"token_secret": "stand-in-token-secret-0123456789"}}
     loaded = config_module.load(path, env={}, overrides=overrides)
-    assert set(loaded["shards"]["physical"]) == {"a", "b"}
+    assert set(loaded["shards"]["physical"]) == {"a", "b"} and loaded["shards"]["global"] == "a"
+    assert len(loaded["kafka"]["bootstrap_servers"].split(",")) == 3
