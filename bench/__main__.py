@@ -54,7 +54,7 @@ PHASES = [
     (COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED]),  # 3 rounds of half-length runs
     (("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")]),
 ]
-if SHARDED:  # side by side, 3 rounds of half-length runs, as COMPARED
+if SHARDED:  # side by side, 3 rounds alternating, as COMPARED
     PHASES.append((SHARD_LAYOUTS, [(v, "post_payments") for _ in range(3) for v in SHARD_LAYOUTS]))
 
 
@@ -111,7 +111,10 @@ class Run:
         runs = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}]
         for variants, plan in PHASES:
             self.use(variants)
-            seconds = self.s.duration_s if len(variants) == 1 else max(3, self.s.duration_s // 2)
+            # side by side, half-length runs; the shard layouts' whole runs (the measure is their ratio)
+            seconds = (
+                self.s.duration_s if len(variants) == 1 or variants == SHARD_LAYOUTS else max(3, self.s.duration_s // 2)
+            )
             for variant, endpoint in plan:
                 r = self.wrk(f"{variant}: {endpoint}", variant, endpoint, seconds)
                 r |= {"kind": "endpoint", "variant": variant, "endpoint": endpoint, "label": ENDPOINTS[endpoint][0]}
