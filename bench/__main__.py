@@ -140,6 +140,7 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
         run.wrk("warmup-baseline", None, "", s.warmup_s)
         if s.stage("http"):
             results["runs"] = run.http()
+            results["tables"] = env.table_sizes()  # how the shards split what the run wrote
         if s.stage("ws"):
             run.stop()
             run.use(("shipped",))

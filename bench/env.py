@@ -130,6 +130,23 @@ def mysql_query(sql: str, args: tuple = ()) -> list[tuple]:
     return rows
 
 
+def table_sizes() -> dict[str, dict[str, dict[str, int]]]:
+    """Each physical shard's tables of the bench's database: rows (exact) and bytes of data and
+    indexes (InnoDB's estimate), for how a layout splits the storage."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for shard in shards():
+        with contextlib.closing(mysql_connect(shard=shard)) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_name, data_length, index_length FROM information_schema.tables WHERE table_schema = %s",
+                (MYSQL_DATABASE,),
+            )
+            out[shard] = {}
+            for name, data, index in cur.fetchall():
+                cur.execute(f"SELECT COUNT(*) FROM `{name}`")
+                out[shard][name] = {"rows": cur.fetchone()[0], "data_bytes": data, "index_bytes": index}
+    return out
+
+
 def reset_stores() -> None:
     """A clean slate: the bench's MySQL database, Redis db, Mongo dbs and Kafka topic."""
     import pymongo
@@ -139,7 +156,14 @@ def reset_stores() -> None:
         with contextlib.closing(mysql_connect(None, shard)) as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
             cur.execute(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4")
-    redis.Redis.from_url(redis_url()).flushdb()
+    if nodes := config()["redis"].get("cluster_nodes"):  # Redis Cluster has db 0 only: the stack is the bench's
+        from redis.cluster import ClusterNode, RedisCluster
+
+        startup = [ClusterNode(host, int(port)) for host, port in (node.rsplit(":", 1) for node in nodes)]
+        with contextlib.closing(RedisCluster(startup_nodes=startup, socket_timeout=10)) as cluster:
+            cluster.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        redis.Redis.from_url(redis_url()).flushdb()
     with contextlib.closing(pymongo.MongoClient(config()["mongodb"]["uri"])) as mongo:
         for name in (MONGO_DATABASE, f"{MONGO_DATABASE}_analytics"):
             mongo.drop_database(name)

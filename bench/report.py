@@ -262,6 +262,25 @@ def shards_section(r: dict) -> list[str]:
     ]
 
 
+def tables_section(r: dict) -> list[str]:
+    """What the run left on each physical shard: rows, and data + index bytes (InnoDB's estimate)."""
+    if len(tables := r.get("tables") or {}) < 2:
+        return []
+    names = ("users", "payments", "payment_status_history", "outbox", "api_keys", "email_claims")
+    rows = [
+        [shard] + [f"{t[n]['rows']:,} ({(t[n]['data_bytes'] + t[n]['index_bytes']) / 2**20:.1f} MiB)" for n in names]
+        for shard, t in tables.items()
+    ]
+    return [
+        "## Storage by shard",
+        "",
+        "What the run left in each physical shard's database: rows (and data + index MiB, InnoDB's estimate). The "
+        "user's tables split by logical shard; API keys and email claims live in the home only.",
+        "",
+        *_table(["shard", *names], rows),
+    ]
+
+
 def analytics_section(a: dict) -> list[str]:
     seed, notes = a["seed"], DOCS_BENCH / "analytics-notes.md"
     rows = [[f"apply, {x['users']:,} active users", f"{x['events_per_s']:,} events/s"] for x in a["apply"]]
@@ -327,7 +346,7 @@ def markdown(r: dict, history: dict, images: list[str]) -> str:
     m, out = measures(r), header(r)
     rows = [[*t[:3], {None: "reported", True: "**met**", False: "**missed**"}[t[3]], t[4]] for t in targets(r, m)]
     out += ["## Targets", "", *_table(["target", "goal", "measured", "verdict", "margin"], rows)]
-    out += http_section(r, images) if r.get("runs") else []
+    out += http_section(r, images) + tables_section(r) if r.get("runs") else []
     out += analytics_section(r["analytics"]) if r.get("analytics") else []
     out += ws_section(r["ws"], m, images) if r.get("ws") else []
     if OUT:  # the before/after rows are the everyday stack's
