@@ -62,8 +62,9 @@ def measures(r: dict) -> dict:
         for shape in ("shared", "single"):
             m[f"knee_{shape}_fps"] = _knee(ws[shape]).get("fps", 0)
             m[f"knee_{shape}_cpu"] = _knee(ws[shape]).get("frames_per_cpu_s")
-        m["per_socket_kib"] = ws["most"]["per_socket_kib"]
-        m["rss_50k_mib"] = (ws["rss_before_kib"] + 50_000 * m["per_socket_kib"]) / 1024
+        if most := ws.get("most"):  # BENCH_WS_MOST=0 skips it
+            m["per_socket_kib"] = most["per_socket_kib"]
+            m["rss_50k_mib"] = (ws["rss_before_kib"] + 50_000 * m["per_socket_kib"]) / 1024
     return m
 
 
@@ -108,8 +109,19 @@ def targets(r: dict, m: dict) -> list[tuple]:
         for shape, fps in (("shared", m["knee_shared_fps"]), ("single", m["knee_single_fps"])):
             what = f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}"
             add((what, "≥ 20,000 frames/s, p99 ≤ 100 ms", f"{fps:,} frames/s", fps, 20_000, "frames/s", True))
-        seen = f"{ws['most']['sockets']:,} held, {m['per_socket_kib']:.1f} KiB each; {m['rss_50k_mib']:,.0f} MiB"
-        add(("50,000 sockets, one process (extrapolated)", "≤ 1 GiB RSS", seen, m["rss_50k_mib"], 1024, "MiB", False))
+        if most := ws.get("most"):
+            seen = f"{most['sockets']:,} held, {m['per_socket_kib']:.1f} KiB each; {m['rss_50k_mib']:,.0f} MiB"
+            add(
+                (
+                    "50,000 sockets, one process (extrapolated)",
+                    "≤ 1 GiB RSS",
+                    seen,
+                    m["rss_50k_mib"],
+                    1024,
+                    "MiB",
+                    False,
+                )
+            )
     return [(*spec[:3], *_verdict(*spec[3:])) for spec in specs]
 
 
@@ -319,7 +331,15 @@ def ws_section(ws: dict, m: dict, images: list[str]) -> list[str]:
             for x in s["steps"]
         ]
         out += _table(header, rows)
-    most, before = ws["most"], ws["rss_before_kib"] / 1024
+    most, before = ws.get("most"), ws["rss_before_kib"] / 1024
+    if most is None:
+        return out + [
+            f"**Memory.** The service's RSS: {before:.0f} MiB before any socket, "
+            f"{ws['single']['per_socket_kib']:.1f} KiB more a socket with {ws['single']['open']:,} open (the most "
+            "sockets a process can hold was not measured in this run: `BENCH_WS_MOST=0`).",
+            "",
+            *(f"![{name}]({IMAGES}{name})\n" for name in images if name == "ws_knee.png"),
+        ]
     return out + [
         f"**Memory.** The service's RSS: {before:.0f} MiB before any socket, {ws['single']['per_socket_kib']:.1f} KiB "
         f"more a socket with {ws['single']['open']:,} open, {most['rss_kib'] / 1024:.0f} MiB with {most['sockets']:,} "
