@@ -43,6 +43,16 @@ SHARE_TTL_S = 1.0  # an unspent share is forfeited after this
 SHARES_MAX = 10_000  # buckets with a local share at most (per address ones included)
 
 
+def key_bucket(key_id: str, method: str) -> str:
+    """The Redis key of an API key's bucket for ``method``'s kind (reads, or writes)."""
+    return f"rl:key:{key_id}:{'r' if method in READ_METHODS else 'w'}"
+
+
+def address_bucket(remote_ip: str) -> str:
+    """The Redis key of the bucket of calls from ``remote_ip`` without a valid key."""
+    return f"rl:ip:{remote_ip}"
+
+
 class Share:
     """Tokens this instance took from a bucket in advance, or (``refused``) an empty
     bucket remembered until its next token is due."""
@@ -89,10 +99,10 @@ class RateLimiter(Manager):
         if not self.enabled:
             return None
         if principal is None:
-            role, bucket, rate = ANONYMOUS, f"rl:ip:{remote_ip}", self.anonymous
+            role, bucket, rate = ANONYMOUS, address_bucket(remote_ip), self.anonymous
         else:
-            kind, rate = ("r", self.read) if method in READ_METHODS else ("w", self.write)
-            role, bucket = principal.role, f"rl:key:{principal.key_id}:{kind}"
+            rate = self.read if method in READ_METHODS else self.write
+            role, bucket = principal.role, key_bucket(principal.key_id, method)
         while (verdict := self._spend_share(bucket, rate, role)) is None:
             refilling = self._refills.get(bucket)
             if refilling is None:

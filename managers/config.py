@@ -38,6 +38,7 @@ _pos = {"type": "number", "exclusiveMinimum": 0}
 _port = {"type": "integer", "minimum": 1, "maximum": 65535}
 _str = {"type": "string", "minLength": 1}
 _strs = {"type": "array", "items": {"type": "string"}}
+_host_port = {"type": "string", "pattern": r"^[^\s:/@]+:[0-9]{1,5}$"}
 _path = {"type": "string"}  # relative to the config file's directory; "" for none
 
 # (section, key): values that must never appear in an error or a log line. The
@@ -81,6 +82,7 @@ SCHEMA: dict[str, Any] = _obj(
         "redis": _obj(
             {
                 "url": _str,
+                "cluster_nodes": {"type": "array", "items": _host_port, "uniqueItems": True},
                 "socket_timeout_s": _pos,
                 "connect_timeout_s": _pos,
                 "cache_ttl_s": {"type": "integer", "minimum": 1},
@@ -218,6 +220,7 @@ class MongoConfig(TypedDict):
 
 class RedisConfig(TypedDict):
     url: str
+    cluster_nodes: list[str]
     socket_timeout_s: float
     connect_timeout_s: float
     cache_ttl_s: int

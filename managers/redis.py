@@ -9,6 +9,15 @@ After a failure Redis is bypassed for a moment, so an outage does not charge eve
 request a timeout. Cached entries carry their version and are only ever replaced
 by a newer one (one Lua script), so a slow reader can never put back a version
 older than one already committed.
+
+One server (``redis.url``) or a Redis Cluster (``redis.cluster_nodes``), through the same
+calls: every key the service uses is a command's only key (a cached resource's hash, a
+rate-limit bucket), so every command and every script stays in one hash slot, whichever
+node holds it. No command is retried inside a call, on either: a retry after a lost
+reply would run the token-bucket script twice (a double debit), and a cluster's failover
+(its node timeout, seconds) outlasts any retry a request can afford. A failed call is
+retried by the next call after the bypass instead; on a cluster that call first reloads
+the slot map, so the cache and the limiter are back once a replica has taken over.
 """
 
 from __future__ import annotations
@@ -17,12 +26,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.typing import EncodableT
 
 from managers import metrics
 from managers.base import BackingService
@@ -32,7 +45,9 @@ from managers.metrics import CacheLookup, RedisOp
 log = logging.getLogger("singleton.redis")
 BYPASS_AFTER_ERROR_S = 1.0
 
-UNAVAILABLE = (RedisError, OSError, asyncio.TimeoutError)
+# RedisClusterException is no RedisError: a cluster client raises it when no startup node
+# answers, or a slot has no master it knows of.
+UNAVAILABLE = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 # A cached resource: hash fields v (version), o (owning user id), b (the response body).
 _PUT_IF_NEWER = """
@@ -64,6 +79,42 @@ return {taken, tostring(tokens), tostring(wait), tostring((burst - tokens) / rat
 """
 
 
+def client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
+    """The client ``cfg`` names: one server at ``url``, or a cluster of ``cluster_nodes``."""
+    options: dict[str, Any] = {
+        "socket_timeout": cfg["socket_timeout_s"],
+        "socket_connect_timeout": cfg["connect_timeout_s"],
+        # Never a silent retry (see the module's docstring): one attempt per call.
+        "retry": Retry(NoBackoff(), retries=0),
+        "health_check_interval": 30,
+        "max_connections": 64,  # per node on a cluster
+    }
+    if not cfg["cluster_nodes"]:
+        return aioredis.Redis.from_url(cfg["url"], **options)
+    credentials = parse_url(cfg["url"])  # a cluster has one database (0): only the user and password count
+    nodes = [node.rpartition(":") for node in cfg["cluster_nodes"]]
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, int(port)) for host, _, port in nodes],
+        # Keep every configured node as a place to learn the slot map from: by default a node
+        # missing from one CLUSTER SLOTS answer (a dead master, just failed over) is dropped.
+        dynamic_startup_nodes=False,
+        username=credentials.get("username"),
+        password=credentials.get("password"),
+        **options,
+    )
+
+
+async def _run(script: AsyncScript, key: str, *args: EncodableT) -> Any:
+    """``script`` on its one key. redis-py loads a script the server lacks (NOSCRIPT: a new
+    master after a failover, a restarted server) and runs it again; a slot that moved to
+    yet another master in between answers NOSCRIPT once more, and the script has not run
+    there, so a second try of our own is safe."""
+    try:
+        return await script(keys=[key], args=args)
+    except NoScriptError:
+        return await script(keys=[key], args=args)
+
+
 class Cached(NamedTuple):
     """A resource as the cache keeps it: its response body, version (the ETag) and owner."""
 
@@ -84,7 +135,7 @@ class RedisManager(BackingService):
     unavailable = UNAVAILABLE
     log_sources = ("redis",)
 
-    def __init__(self, client: aioredis.Redis, cfg: RedisConfig):
+    def __init__(self, client: aioredis.Redis | RedisCluster, cfg: RedisConfig):
         self.client = client
         self.ttl_s = cfg["cache_ttl_s"]
         self.timeout_s = cfg["socket_timeout_s"] + cfg["connect_timeout_s"]
@@ -98,21 +149,16 @@ class RedisManager(BackingService):
     def start(cls, config: Config) -> RedisManager:
         """Install the manager; the client connects on first use, so Redis may be down now."""
         cfg = config["redis"]
-        client = aioredis.Redis.from_url(
-            cfg["url"],
-            socket_timeout=cfg["socket_timeout_s"],
-            socket_connect_timeout=cfg["connect_timeout_s"],
-            # One immediate retry on a dropped connection (a restarted server),
-            # never a retry loop that would outlast the request's budget.
-            retry=Retry(NoBackoff(), retries=1),
-            health_check_interval=30,
-            max_connections=64,
-        )
-        return cls._install(cls(client, cfg))
+        return cls._install(cls(client(cfg), cfg))
 
     async def ping(self) -> None:
+        """A round trip to the server; on a cluster, to every master (each holds a share
+        of the slots, so one that does not answer is a share of the cache gone)."""
         async with asyncio.timeout(self.timeout_s):
-            await self.client.ping()
+            if isinstance(self.client, RedisCluster):
+                await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self.client.ping()
         self._succeeded()
 
     # -- cache-aside ---------------------------------------------------------------------
@@ -160,7 +206,7 @@ class RedisManager(BackingService):
             return
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._put_if_newer(keys=[key], args=[entry.version, entry.owner, entry.body, self.ttl_s])
+                await _run(self._put_if_newer, key, entry.version, entry.owner, entry.body, self.ttl_s)
         except UNAVAILABLE as exc:
             self._failed(RedisOp.SET, exc)
 
@@ -181,7 +227,7 @@ class RedisManager(BackingService):
             raise ConnectionError("redis recently failed; not retried yet")
         try:
             async with asyncio.timeout(self.timeout_s):
-                taken, remaining, retry_after, reset = await self._take_tokens(keys=[key], args=[per_s, burst, wanted])
+                taken, remaining, retry_after, reset = await _run(self._take_tokens, key, per_s, burst, wanted)
         except UNAVAILABLE as exc:
             self._failed(RedisOp.RATE_LIMIT, exc)
             raise

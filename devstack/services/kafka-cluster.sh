@@ -6,7 +6,15 @@
 
 kafka_cluster_stop() { :; }
 
-kafka_cluster_ready() { kafka_topic_ready; }
+# Every broker listening (checked first: a CLI tool would wait for its deadline where
+# none is), and the topic as the stack wants it.
+kafka_cluster_ready() {
+  local n
+  for n in $(kafka_nodes); do
+    port_open "$(address_of "$n")" "$KAFKA_PORT" || return 1
+  done
+  kafka_topic_ready
+}
 
 kafka_cluster_up() {
   mkdir -p "$LOG_DIR/$INSTANCE"

@@ -26,12 +26,16 @@ redis_up() {
   # A cluster node keeps the cluster's shape in nodes.conf (in its datadir), so that a
   # restarted cluster forms again. It announces its own address, and connects to the
   # others from it: every connection between addresses of 127/8 would otherwise come
-  # from 127.0.0.1, and the nodes would take each other for that address.
+  # from 127.0.0.1, and the nodes would take each other for that address. Protected mode
+  # is off: it admits only 127.0.0.1 and ::1 without a password, so it refused every
+  # replica's connection to its master (from the replica's own address), no replica ever
+  # had the data, and none took over when a master died. The bind keeps the node on its
+  # loopback address.
   local cluster=()
   if [[ $DEVSTACK_STACK == cluster ]]; then
     cluster=(--cluster-enabled yes --cluster-config-file nodes.conf
       --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT_MS"
-      --cluster-announce-ip "$HOST" --bind-source-addr "$HOST")
+      --cluster-announce-ip "$HOST" --bind-source-addr "$HOST" --protected-mode no)
   fi
   log "$INSTANCE: starting on $HOST:$REDIS_PORT"
   local pid
