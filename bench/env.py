@@ -318,9 +318,10 @@ def own_services() -> dict[int, str]:
     return out
 
 
-def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], top: int = 12) -> dict[str, float]:
+def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], top: int = 8) -> dict[str, float]:
     """CPU between two ``processes()`` snapshots in cores by name (``names`` and the bench's own
-    services label pids and their children), largest first, the rest summed as "other"."""
+    services label pids and their children), largest first: every named one, and the ``top``
+    largest of the others (other work on the machine), the rest summed as "other"."""
     use: dict[str, float] = {}
     names = own_services() | names
     for pid, (comm, ppid, cpu) in after.items():
@@ -328,8 +329,11 @@ def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], 
             label = names.get(pid) or names.get(ppid) or comm
             use[label] = use.get(label, 0.0) + used / seconds
     ranked = sorted(use.items(), key=lambda kv: -kv[1])
-    rest = sum(v for _, v in ranked[top:])
-    return {k: round(v, 2) for k, v in ranked[:top]} | ({"other": round(rest, 2)} if rest >= 0.01 else {})
+    mine = set(names.values())
+    strangers = [k for k, _ in ranked if k not in mine]
+    shown = {k: round(v, 2) for k, v in ranked if k in mine or k in strangers[:top]}
+    rest = sum(v for k, v in ranked if k not in shown)
+    return shown | ({"other": round(rest, 2)} if rest >= 0.01 else {})
 
 
 def background_load(seconds: float = 2.0) -> dict[str, float]:
