@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import random
 import resource
 import statistics
 import time
@@ -47,15 +48,16 @@ ENDPOINTS = {
 }
 CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
 KEYS = env.WORK / "keys.txt"
-# The processes running side by side in each phase, and the (variant, endpoint) runs against them.
-PHASES = [
-    (("shipped",), [("shipped", e) for e in ENDPOINTS]),
-    (("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")]),
-    (COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED]),  # 3 rounds of half-length runs
-    (("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")]),
-]
-if SHARDED:  # side by side, 3 rounds alternating, as COMPARED
-    PHASES.append((SHARD_LAYOUTS, [(v, "post_payments") for _ in range(3) for v in SHARD_LAYOUTS]))
+# Each phase by name: the processes running side by side, and the (variant, endpoint) runs against them.
+PHASES = {
+    "shipped": (("shipped",), [("shipped", e) for e in ENDPOINTS]),
+    "pool": (("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")]),
+    "costs": (COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED]),  # 3 rounds of half-length runs
+    "processes": (("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")]),
+}
+if SHARDED:  # side by side, BENCH_SHARD_ROUNDS rounds alternating, as COMPARED
+    rounds = env.Settings().shard_rounds
+    PHASES["shards"] = (SHARD_LAYOUTS, [(v, "post_payments") for _ in range(rounds) for v in SHARD_LAYOUTS])
 
 
 class Run:
@@ -66,6 +68,7 @@ class Run:
         self.baseline = env.start_baseline(self.base_port)
         self.running: dict[str, tuple[env.Proc, int]] = {}
         self.ids: dict[str, list[str]] = {}
+        self.tables: dict | None = None
 
     def use(self, variants: tuple[str, ...]) -> None:
         """Exactly these variants running, each on a port of its own, warmed up."""
@@ -93,7 +96,9 @@ class Run:
             _, script, ids, path = ENDPOINTS[endpoint]
             ids = VARIANT_IDS.get(variant, {}).get(ids, ids)
             if ids == "pending":
-                self.ids[ids] = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
+                pending = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
+                random.Random(len(pending)).shuffle(pending)  # every shard's, mixed (they come shard by shard)
+                self.ids[ids] = pending
             (env.WORK / f"{ids}.txt").write_text("\n".join(self.ids[ids]) + "\n")
             extra |= {"BENCH_IDS": str(env.WORK / f"{ids}.txt"), "BENCH_PATH": path}
             url = f"http://{env.HOST}:{self.running[variant][1]}"
@@ -109,7 +114,9 @@ class Run:
     def http(self) -> list[dict]:
         """Every phase's runs, each between two baseline runs."""
         runs = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}]
-        for variants, plan in PHASES:
+        for variants, plan in (PHASES[name] for name in PHASES if self.s.phase(name)):
+            if variants == SHARD_LAYOUTS:  # what config's map wrote, before "1 shard" writes to the home alone
+                self.tables = env.table_sizes()
             self.use(variants)
             # side by side, half-length runs; the shard layouts' whole runs (the measure is their ratio)
             seconds = (
@@ -140,7 +147,8 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
         run.wrk("warmup-baseline", None, "", s.warmup_s)
         if s.stage("http"):
             results["runs"] = run.http()
-            results["tables"] = env.table_sizes()  # how the shards split what the run wrote
+            results["tables"] = run.tables or env.table_sizes()  # how the shards split what the run wrote
+            results["redis_keys"] = env.redis_spread()  # and how the keys hash over Redis Cluster's masters
         if s.stage("ws"):
             run.stop()
             run.use(("shipped",))

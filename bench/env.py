@@ -32,6 +32,7 @@ CONFIG = (REPO / os.environ.get("BENCH_CONFIG", "config.yaml")).resolve()  # wha
 WORK = REPO / "reports" / "bench"  # git-ignored scratch: logs, raw wrk output
 DOCS_BENCH = REPO / "docs" / "bench"
 OUT = os.environ.get("BENCH_OUT", "")  # "cluster": results in docs/bench/cluster/, docs/BENCHMARKS-cluster.md
+# (a path: "cluster/post" puts them in docs/bench/cluster/post/ and docs/BENCHMARKS-cluster-post.md)
 DOCS_OUT = DOCS_BENCH / OUT
 PY = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable
 HOST = "127.0.0.1"
@@ -51,6 +52,8 @@ class Settings:
     """Every knob; each from BENCH_<NAME> if set (BENCH_DURATION_S=5; a tuple: 25,50,100)."""
 
     stages: str = "http,ws,analytics"
+    phases: str = "shipped,pool,costs,processes,shards"  # of the http stage (bench/__main__.py PHASES)
+    shard_rounds: int = 3  # POST payments on 1 shard and on all, alternating (a sharded configuration)
     duration_s: int = 10  # a wrk run
     connections: int = 50
     users: int = 10000
@@ -74,6 +77,9 @@ class Settings:
 
     def stage(self, name: str) -> bool:
         return name in self.stages.split(",")
+
+    def phase(self, name: str) -> bool:
+        return name in self.phases.split(",")
 
 
 def log(msg: str) -> None:
@@ -145,6 +151,24 @@ def table_sizes() -> dict[str, dict[str, dict[str, int]]]:
             for name, data, index in cur.fetchall():
                 cur.execute(f"SELECT COUNT(*) FROM `{name}`")
                 out[shard][name] = {"rows": cur.fetchone()[0], "data_bytes": data, "index_bytes": index}
+    return out
+
+
+def redis_spread() -> dict[str, int]:
+    """Keys on each Redis Cluster master (``{}`` on one server): how the keys hash over them."""
+    import redis
+
+    if not (nodes := config()["redis"].get("cluster_nodes")):
+        return {}
+    from redis.cluster import ClusterNode, RedisCluster
+
+    startup = [ClusterNode(host, int(port)) for host, port in (node.rsplit(":", 1) for node in nodes)]
+    with contextlib.closing(RedisCluster(startup_nodes=startup, socket_timeout=10)) as cluster:
+        masters = [(node.host, node.port) for node in cluster.get_primaries()]
+    out = {}
+    for host, port in sorted(masters):
+        with contextlib.closing(redis.Redis(host=host, port=port, socket_timeout=10)) as node:
+            out[f"{host}:{port}"] = int(node.dbsize())
     return out
 
 

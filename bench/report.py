@@ -11,7 +11,7 @@ import sys
 
 from bench.env import DOCS_BENCH, DOCS_OUT, OUT
 
-PAGE = f"BENCHMARKS-{OUT}.md" if OUT else "BENCHMARKS.md"  # in docs/
+PAGE = f"BENCHMARKS-{OUT.replace('/', '-')}.md" if OUT else "BENCHMARKS.md"  # in docs/
 IMAGES = f"bench/{OUT}/" if OUT else "bench/"  # the plots, from docs/
 
 NEVER = 1e9  # a catch-up not seen before the drain timeout
@@ -290,7 +290,11 @@ def tables_section(r: dict) -> list[str]:
         "user's tables split by logical shard; API keys and email claims live in the home only.",
         "",
         *_table(["shard", *names], rows),
-    ]
+    ] + (
+        [f"Keys on each Redis Cluster master after the run: {', '.join(f'{n:,}' for n in keys.values())}.", ""]
+        if (keys := r.get("redis_keys"))
+        else []
+    )
 
 
 def analytics_section(a: dict) -> list[str]:
