@@ -94,6 +94,7 @@ class TopicReader(Manager):
         self.timeout_s: float = self.cfg["request_timeout_s"]
         self.consumer: AIOKafkaConsumer | None = None
         self.lag: int | None = None  # None until first known
+        self._stopping = False
         self.failures = Failures(
             f"kafka_{self.name}_consumer",
             self.is_outage,
@@ -131,6 +132,8 @@ class TopicReader(Manager):
             try:
                 await self._next_batch()
             except Exception as exc:
+                if self._stopping:  # the consumer stopped under a batch that outlived release's wait
+                    return
                 metrics.CONSUMER_ERRORS.labels(self.name).inc()
                 self.failures.failed(exc)
                 await backoff.sleep()
@@ -147,6 +150,7 @@ class TopicReader(Manager):
         return {"status": state, "lag": self.lag}
 
     async def release(self) -> None:
+        self._stopping = True
         await self._stop_background(self.timeout_s)
         if self.consumer is not None:
             try:

@@ -13,11 +13,14 @@ older than one already committed.
 One server (``redis.url``) or a Redis Cluster (``redis.cluster_nodes``), through the same
 calls: every key the service uses is a command's only key (a cached resource's hash, a
 rate-limit bucket), so every command and every script stays in one hash slot, whichever
-node holds it. No command is retried inside a call, on either: a retry after a lost
-reply would run the token-bucket script twice (a double debit), and a cluster's failover
-(its node timeout, seconds) outlasts any retry a request can afford. A failed call is
-retried by the next call after the bypass instead; on a cluster that call first reloads
-the slot map, so the cache and the limiter are back once a replica has taken over.
+node holds it. redis-py retries nothing, on either: its retry after a lost reply would
+run the token-bucket script twice (a double debit), and a cluster's failover (its node
+timeout, seconds) outlasts any retry a request can afford. Our own code makes a cache read
+or write (idempotent) once more when its connection turned out closed, as every pooled
+connection to a restarted or failed-over server does once (redis-py's cluster client checks
+none before use); a bucket debit never. Otherwise a failed call is retried by the next
+call after the bypass; on a cluster that call first reloads the slot map, so the cache and
+the limiter are back once a replica has taken over.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -34,6 +37,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as ConnectionLost
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.typing import EncodableT
 
@@ -102,6 +106,19 @@ def client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
         password=credentials.get("password"),
         **options,
     )
+
+
+T = TypeVar("T")
+
+
+async def _again_if_dropped(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, made once more if its connection was found closed (the client has replaced
+    it by then). Only for what may run twice: never a bucket debit, whose script may have
+    run before the reply was lost."""
+    try:
+        return await call()
+    except ConnectionLost:
+        return await call()
 
 
 async def _run(script: AsyncScript, key: str, *args: EncodableT) -> Any:
@@ -184,7 +201,7 @@ class RedisManager(BackingService):
             return None
         try:
             async with asyncio.timeout(self.timeout_s):
-                version, owner, body = await self.client.hmget(key, ("v", "o", "b"))
+                version, owner, body = await _again_if_dropped(lambda: self.client.hmget(key, ("v", "o", "b")))
         except UNAVAILABLE as exc:
             metrics.CACHE_LOOKUPS.labels(CacheLookup.ERROR).inc()
             self._failed(RedisOp.GET, exc)
@@ -206,7 +223,8 @@ class RedisManager(BackingService):
             return
         try:
             async with asyncio.timeout(self.timeout_s):
-                await _run(self._put_if_newer, key, entry.version, entry.owner, entry.body, self.ttl_s)
+                args = (entry.version, entry.owner, entry.body, self.ttl_s)
+                await _again_if_dropped(lambda: _run(self._put_if_newer, key, *args))
         except UNAVAILABLE as exc:
             self._failed(RedisOp.SET, exc)
 

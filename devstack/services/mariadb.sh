@@ -45,7 +45,7 @@ SQL
 }
 
 mariadb_up() {
-  local logfile="$LOG_DIR/$INSTANCE.log" datadir="$DATA_DIR/$INSTANCE"
+  local logfile="$LOG_DIR/$INSTANCE.log" datadir="$DATA_DIR/$INSTANCE" tmpdir="$RUN_DIR/$INSTANCE.tmp"
   if ! mariadb_ready && our_pid "$INSTANCE" >/dev/null && mariadb_root -e 'SELECT 1' >/dev/null 2>&1; then
     mariadb_setup >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "setting the user's password failed"
   fi
@@ -55,19 +55,31 @@ mariadb_up() {
   fi
   free_ports "$INSTANCE" "$HOST" "$MYSQL_PORT"
 
+  # A temporary directory of its own: a starting mariadbd deletes every #sql file in its
+  # tmpdir, and in a shared /tmp those were the tables of another server's initialisation
+  # (seen as "Unknown table 'mysql.tmp_proxies_priv'" with stacks starting side by side).
+  mkdir -p "$tmpdir"
+  # An initialisation cut short leaves a datadir the server starts on but root cannot use:
+  # its mark says to start it over.
+  if [[ -f "$datadir/.initialising" ]]; then
+    log "$INSTANCE: $datadir was not initialised completely: initialising it again"
+    rm -rf "$datadir"
+  fi
   if [[ ! -d "$datadir/mysql" ]]; then
     log "$INSTANCE: initialising $datadir"
     mkdir -p "$datadir"
-    mariadb-install-db --no-defaults --datadir="$datadir" --user="$(id -un)" \
+    : >"$datadir/.initialising"
+    mariadb-install-db --no-defaults --datadir="$datadir" --tmpdir="$tmpdir" --user="$(id -un)" \
       --auth-root-authentication-method=socket --skip-test-db --skip-name-resolve \
       >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "mariadb-install-db failed"
+    rm -f "$datadir/.initialising"
   fi
 
   log "$INSTANCE: starting on $HOST:$MYSQL_PORT"
   local pid
   # server-id: its address's last number, so that the shards tell themselves apart
   # (@@server_id; 1, the default, on 127.0.0.1).
-  pid="$(spawn "$INSTANCE" "$logfile" mariadbd --no-defaults --datadir="$datadir" \
+  pid="$(spawn "$INSTANCE" "$logfile" mariadbd --no-defaults --datadir="$datadir" --tmpdir="$tmpdir" \
     --socket="$(mariadb_socket)" --pid-file="$RUN_DIR/${INSTANCE/#mariadb/mariadbd}.pid" --port="$MYSQL_PORT" \
     --bind-address="$HOST" --server-id="${HOST##*.}" --user="$(id -un)" --skip-name-resolve \
     --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci)"

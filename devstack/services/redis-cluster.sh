@@ -26,9 +26,16 @@ redis_cluster_info() {
   echo " $(redis_node "$1" cluster info 2>/dev/null | tr -d '\r' | tr ':\n' '= ')"
 }
 
-# Ready: every node sees the cluster ok, knows every other node and every slot served;
-# and in the first node's view there are as many masters as the nodes allow, each
-# serving slots with its replicas, and no node failing or disconnected.
+# redis_replication HOST:PORT: the node's INFO replication on one line, as above.
+redis_replication() {
+  echo " $(redis_node "$1" info replication 2>/dev/null | tr -d '\r' | tr ':\n' '= ')"
+}
+
+# Ready: every node sees the cluster ok, knows every other node and every slot served, and
+# a replica has its link to its master up (it holds the master's data: a replica listed
+# but refused by its master takes over nothing); and in the first node's view there are as
+# many masters as the nodes allow, each serving slots with its replicas, and no node
+# failing or disconnected.
 redis_cluster_ready() {
   local nodes node info
   mapfile -t nodes < <(redis_cluster_nodes)
@@ -36,6 +43,8 @@ redis_cluster_ready() {
     info="$(redis_cluster_info "$node")"
     [[ $info == *" cluster_state=ok "* && $info == *" cluster_known_nodes=${#nodes[@]} "* &&
       $info == *" cluster_slots_ok=16384 "* ]] || return 1
+    info="$(redis_replication "$node")"
+    [[ $info == *" role=master "* || $info == *" master_link_status=up "* ]] || return 1
   done
   redis_node "${nodes[0]}" cluster nodes 2>/dev/null | awk -v replicas="$REDIS_CLUSTER_REPLICAS" \
     -v masters="$((${#nodes[@]} / (REDIS_CLUSTER_REPLICAS + 1)))" '

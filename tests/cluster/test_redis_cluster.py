@@ -50,6 +50,7 @@ def masters_of(client: RedisCluster, keys: list[str]) -> dict[str, str]:
 def spread(prefix: str, client: RedisCluster, per_master: int = 2) -> list[str]:
     """Keys ``prefix<n>`` until every master holds ``per_master`` of them."""
     masters = {node.name for node in client.get_primaries()}
+    assert len(masters) == 3, f"the client knows the masters {masters}: initialize() it first"
     chosen: dict[str, list[str]] = {name: [] for name in masters}
     n = 0
     while any(len(keys) < per_master for keys in chosen.values()):
@@ -89,6 +90,38 @@ async def test_cache_and_buckets_on_every_master(cluster_config):
             assert (second.taken, second.remaining) == (1, 0)
             assert third.taken == 0 and 0 < third.retry_after_s <= 1
         assert not redis.bypassing()
+    finally:
+        await redis.release()
+
+
+async def drop_connections(nodes: list[tuple[str, int]]) -> None:
+    """Every node closes its clients' connections (as a restart does), ours while idle in the pool."""
+    for host, port in nodes:
+        node = Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            await asyncio.wait_for(node.client_kill_filter(_type="normal", skipme=True), 5)
+        finally:
+            await node.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_connections_dropped_while_idle_cost_no_cache_miss(cluster_config):
+    redis = manager(cluster_config)
+    client = redis.client
+    assert isinstance(client, RedisCluster)
+    try:
+        await client.initialize()
+        entries = spread(users.cache_key(""), client)
+        for key in entries:
+            await redis.cache_put(key, Cached(b"body", 1, "owner"))
+        await drop_connections(cluster_config.redis_nodes())
+        for key in entries:  # the first use of each dropped connection fails, and is made again
+            assert await redis.cache_get(key) == Cached(b"body", 1, "owner")
+        await drop_connections(cluster_config.redis_nodes())
+        for key in entries:
+            await redis.cache_put(key, Cached(b"newer", 2, "owner"))
+        assert not redis.bypassing()
+        assert [await redis.cache_get(key) for key in entries] == [Cached(b"newer", 2, "owner")] * len(entries)
     finally:
         await redis.release()
 

@@ -98,7 +98,18 @@ async def test_redis_cluster_has_three_masters_each_with_a_replica_over_every_sl
     covered = sorted(slot for m in masters.values() for ranges in m["slots"] for slot in slot_range(ranges))
     assert covered == list(range(SLOTS)), "every slot is served, by one master"
 
-    # And a cluster client reaches every master: one key in each master's slots, written and read back.
+    # Every replica's link to its master is up: it holds its master's data.
+    for host, port in configured:
+        node = redis_node(host, port)
+        try:
+            replication = await asyncio.wait_for(node.info("replication"), DEADLINE_S)
+        finally:
+            await node.aclose()
+        if replication["role"] == "slave":
+            assert replication["master_link_status"] == "up", (host, port, replication)
+
+    # And a cluster client reaches every master: one key in each master's slots, written and
+    # read back, the write acknowledged by that master's replica (WAIT, on the write's connection).
     client = RedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in configured],
         socket_timeout=2,
@@ -115,9 +126,19 @@ async def test_redis_cluster_has_three_masters_each_with_a_replica_over_every_sl
             if len(keys) == len(masters):
                 break
         assert len(keys) == len(masters), keys
-        for key in keys.values():
+        for name, key in keys.items():
             await asyncio.wait_for(client.set(key, "ok", ex=60), DEADLINE_S)
             assert await asyncio.wait_for(client.get(key), DEADLINE_S) == "ok"
+            host, port = name.rsplit(":", 1)
+            master = redis_node(host, int(port))
+            try:
+                async with master.pipeline(transaction=False) as pipe:
+                    pipe.set(key, "acked", ex=60)
+                    pipe.execute_command("WAIT", 1, 5000)
+                    _, acked = await asyncio.wait_for(pipe.execute(), DEADLINE_S)
+            finally:
+                await master.aclose()
+            assert acked == 1, f"{name}: no replica acknowledged the write"
             await asyncio.wait_for(client.delete(key), DEADLINE_S)
     finally:
         await asyncio.wait_for(client.aclose(), DEADLINE_S)
