@@ -1,7 +1,8 @@
 """The analytics backlog as Kafka has it: the topic's end offsets minus the analytics
 group's committed offsets, polled from outside the service through the whole run (what
 the service itself reports is in ``HealthWatch.lags``). Nothing is read while Kafka is
-down."""
+down. The committed offsets' sum is kept too: while a backlog waits and it does not
+move, the analytics consumer is stalled (``longest_stall``)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from chaos.load import Poller
-from chaos.stack import ANALYTICS_GROUP, TOPIC, Stack
+from chaos.stack import Stack
 
 EVERY_S = 0.5
 CALL_TIMEOUT_S = 2.0
-PARTITIONS = [TopicPartition(TOPIC, p) for p in range(3)]
 
 
 class BacklogWatch(Poller):
@@ -24,7 +24,9 @@ class BacklogWatch(Poller):
 
     def __init__(self, stack: Stack):
         self.stack = stack
+        self.partitions = [TopicPartition(stack.topic, p) for p in range(stack.partitions)]
         self.seen: list[tuple[float, int]] = []
+        self.committed: list[tuple[float, int]] = []  # (time, the group's committed offsets summed)
         self._committed: dict[TopicPartition, int] = {}
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -32,6 +34,7 @@ class BacklogWatch(Poller):
     async def poll(self, started: float) -> None:
         try:
             self.seen.append((started, await asyncio.wait_for(self._lag(), CALL_TIMEOUT_S * 3)))
+            self.committed.append((started, sum(self._committed.values())))
         except Exception:  # Kafka down or coming back: try again with new clients
             await self._close()
 
@@ -41,15 +44,17 @@ class BacklogWatch(Poller):
             await self._admin.start()
             self._consumer = AIOKafkaConsumer(bootstrap_servers=self.stack.kafka, request_timeout_ms=2000)
             await self._consumer.start()
-        committed = await self._admin.list_consumer_group_offsets(ANALYTICS_GROUP, partitions=PARTITIONS)
-        ends = await self._consumer.end_offsets(PARTITIONS)
+        committed = await self._admin.list_consumer_group_offsets(
+            self.stack.analytics_group, partitions=self.partitions
+        )
+        ends = await self._consumer.end_offsets(self.partitions)
         # The group's offsets only move forward in a run. Right after a Kafka restart the
         # coordinator, still loading them, answers none (the admin client does not raise on
         # that top-level error): that is not a backlog of the whole topic, so keep the last.
         for tp, meta in committed.items():
             if meta is not None and meta.offset > self._committed.get(tp, 0):
                 self._committed[tp] = meta.offset
-        return sum(max(0, ends[tp] - self._committed.get(tp, 0)) for tp in PARTITIONS)
+        return sum(max(0, ends[tp] - self._committed.get(tp, 0)) for tp in self.partitions)
 
     async def _close(self) -> None:
         for client in (self._consumer, self._admin):
@@ -66,6 +71,33 @@ class BacklogWatch(Poller):
         """The backlog's peak from ``since`` on, and when after ``fault_end`` it was first
         back at or under ``caught_up`` once past that peak (None: never, or no backlog)."""
         return peak_and_cleared(self.seen, since, fault_end, caught_up)
+
+    def longest_stall(self, since: float, until: float) -> tuple[float, float | None]:
+        """The longest time between ``since`` and ``until`` that the group's committed
+        offsets stood still while a backlog waited, and when that stall began."""
+        return longest_stall(self.seen, self.committed, since, until)
+
+
+def longest_stall(
+    backlog: list[tuple[float, int]], committed: list[tuple[float, int]], since: float, until: float
+) -> tuple[float, float | None]:
+    """From samples taken together: the longest span over which the committed offsets did
+    not move although the backlog was above 0, and its start. A span starts at the last
+    sample that saw progress (or no backlog) and ends at a later sample: time without
+    samples (Kafka not answering the watch) counts as stalled."""
+    longest, began = 0.0, None
+    last_progress: float | None = None
+    previous: int | None = None
+    for (t, lag), (_, offsets) in zip(backlog, committed, strict=True):
+        if t < since or t > until:
+            previous = offsets
+            continue
+        if last_progress is None or lag == 0 or (previous is not None and offsets > previous):
+            last_progress = t
+        elif t - last_progress > longest:
+            longest, began = t - last_progress, last_progress
+        previous = offsets
+    return round(longest, 1), began
 
 
 def peak_and_cleared(

@@ -15,6 +15,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -36,6 +37,8 @@ class Attempt:
     started: float  # time.monotonic()
     seconds: float
     outcome: int | str  # the HTTP status, or CONNECTION
+    retry_after: str | None = None  # the answer's Retry-After
+    error: str | None = None  # the answer's error code (its JSON envelope's error.code)
 
 
 @dataclass
@@ -112,6 +115,7 @@ async def send(client: Client, write: Write) -> None:
     for tries in range(10_000):
         started = time.monotonic()
         headers: dict = {}
+        payload = None
         write.sending = True
         try:
             code, payload, headers = await client.request(
@@ -122,7 +126,8 @@ async def send(client: Client, write: Write) -> None:
             outcome = CONNECTION
         finally:
             write.sending = False
-        write.attempts.append(Attempt(started, time.monotonic() - started, outcome))
+        error = ((payload or {}).get("error") or {}).get("code") if outcome != 201 else None
+        write.attempts.append(Attempt(started, time.monotonic() - started, outcome, headers.get("Retry-After"), error))
         write.final = outcome
         if outcome == 201:
             write.payment_id = payload["id"]
@@ -136,27 +141,48 @@ async def send(client: Client, write: Write) -> None:
     write.ended = time.monotonic()
 
 
-class Load:
-    """Payments at ``rate`` per second over ``users`` until ``stop()``."""
+async def read(client: Client, user_id: str, reads: list[Attempt]) -> None:
+    """GET the user once (the cache's read-through path), no retry: what a reader saw."""
+    started = time.monotonic()
+    try:
+        outcome: int | str = (await client.request("GET", f"/api/v1/users/{user_id}"))[0]
+    except OSError:
+        outcome = CONNECTION
+    reads.append(Attempt(started, time.monotonic() - started, outcome))
 
-    def __init__(self, client: Client, users: list[str], rate: float = RATE_PER_S):
-        self.client, self.users, self.rate = client, users, rate
+
+class Load:
+    """Payments at ``rate`` per second over ``users`` until ``stop()`` (a user named
+    twice in ``users`` gets twice the writes); with ``read_rate``, reads of the users too."""
+
+    def __init__(self, client: Client, users: list[str], rate: float = RATE_PER_S, read_rate: float = 0.0):
+        self.client, self.users, self.rate, self.read_rate = client, users, rate, read_rate
         self.writes: list[Write] = []
+        self.reads: list[Attempt] = []
         self._tasks: set[asyncio.Task] = set()
         self._running = asyncio.Event()
-        self._driver: asyncio.Task | None = None
+        self._drivers: list[asyncio.Task] = []
 
     def start(self) -> None:
         self._running.set()
-        self._driver = asyncio.create_task(self._drive())
+        self._drivers.append(asyncio.create_task(self._drive(self.rate, self._write)))
+        if self.read_rate:
+            self._drivers.append(asyncio.create_task(self._drive(self.read_rate, self._read)))
 
-    async def _drive(self) -> None:
-        interval, n = 1.0 / self.rate, 0
+    def _write(self, n: int) -> Awaitable[None]:
+        write = Write(uuid.uuid4().hex, self.users[n % len(self.users)], Decimal(random.randint(100, 9999)) / 100)
+        self.writes.append(write)
+        return send(self.client, write)
+
+    def _read(self, n: int) -> Awaitable[None]:
+        return read(self.client, self.users[n % len(self.users)], self.reads)
+
+    async def _drive(self, rate: float, start_one: Callable[[int], Awaitable[None]]) -> None:
+        """Open loop: the n-th call starts at n / rate seconds, however slow the answers."""
+        interval, n = 1.0 / rate, 0
         begin = time.monotonic()
         while self._running.is_set():
-            write = Write(uuid.uuid4().hex, self.users[n % len(self.users)], Decimal(random.randint(100, 9999)) / 100)
-            self.writes.append(write)
-            task = asyncio.create_task(send(self.client, write))
+            task = asyncio.ensure_future(start_one(n))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             n += 1
@@ -168,8 +194,7 @@ class Load:
     async def stop(self) -> None:
         """No new writes; wait for those in flight (each ends by its own deadline)."""
         self._running.clear()
-        if self._driver is not None:
-            await self._driver
+        await asyncio.gather(*self._drivers)
         await asyncio.gather(*self._tasks)
 
 

@@ -1,5 +1,7 @@
 """The results as Markdown tables, written between two markers in docs/RELIABILITY.md
-(the prose around them is kept), and raw in reports/chaos/results.json."""
+(the prose around them is kept): one pair for the everyday stack's scenarios, one for the
+cluster stack's (chaos/cluster_report.py adds what those measure). Raw in each stack's
+``results.json`` (reports/chaos/, reports/chaos/cluster/)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ import json
 import re
 from pathlib import Path
 
-from chaos.stack import REPO, WORK
+from chaos.stack import REPO
 
 DOC = REPO / "docs" / "RELIABILITY.md"
-BEGIN, END = "<!-- chaos:results -->", "<!-- /chaos:results -->"
+MARKERS = {
+    "everyday": ("<!-- chaos:results -->", "<!-- /chaos:results -->"),
+    "cluster": ("<!-- chaos-cluster:results -->", "<!-- /chaos-cluster:results -->"),
+}
 
 
 def _s(value) -> str:
@@ -36,13 +41,14 @@ def verdict(r: dict) -> str:
 
 
 def passed(r: dict) -> bool:
-    """No payment lost, analytics exact, no write failed for good, no 500, nothing else wrong."""
+    """No payment lost or doubled, analytics exact, no write failed for good, no 500, nothing else wrong."""
     if "error" in r:
         return False
-    return r["lost"] == 0 and r["analytics"]["exact"] and r["failed"] == 0 and r["http_500"] == 0 and not r["problems"]
+    books = r["lost"] == 0 and r["doubled"] == 0 and r["analytics"]["exact"]
+    return books and r["failed"] == 0 and r["http_500"] == 0 and not r["problems"]
 
 
-def _table(columns: list[str], rows: list[list]) -> list[str]:
+def table(columns: list[str], rows: list[list]) -> list[str]:
     """A Markdown table: the first column to the left, numbers (and "—") to the right."""
 
     def line(cells) -> str:
@@ -57,17 +63,17 @@ def _table(columns: list[str], rows: list[list]) -> list[str]:
 
 def books_table(results: list[dict]) -> list[str]:
     columns = ["scenario", "writes sent", "accepted (201)", "rows", "events (distinct)", "duplicate events"]
-    columns += ["analytics = rows", "lost", "verdict"]
+    columns += ["analytics = rows", "lost", "doubled", "verdict"]
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["title"], *[""] * 7, f"ERROR: {r['error']}"])
+            rows.append([r["title"], *[""] * 8, f"ERROR: {r['error']}"])
             continue
         a = r["analytics"]
         exact = "exact" if a["exact"] else f"{a['counted']} of {a['expected']}"
         rows.append([r["title"], r["writes"], r["accepted"], r["rows"], r["events"], r["event_duplicates"]])
-        rows[-1] += [exact, r["lost"], verdict(r)]
-    return _table(columns, rows)
+        rows[-1] += [exact, r["lost"], r["doubled"], verdict(r)]
+    return table(columns, rows)
 
 
 def analytics_table(results: list[dict]) -> list[str]:
@@ -84,7 +90,7 @@ def analytics_table(results: list[dict]) -> list[str]:
         for r in results
         if "error" not in r
     ]
-    return _table(columns, rows)
+    return table(columns, rows)
 
 
 NOTES = {
@@ -112,7 +118,8 @@ def notes(results: list[dict]) -> list[str]:
 
 def client_table(results: list[dict]) -> list[str]:
     columns = ["scenario", "fault lasted", "5xx seen (of them 500)", "no answer", "failed after retries"]
-    columns += ["slowest attempt", "slowest write, retries included", "/health meanwhile"]
+    columns += ["median answer before the fault", "slowest attempt", "slowest write, retries included"]
+    columns += ["/health meanwhile"]
     columns += ["health ok after", "writes back after"]
     rows = [
         [
@@ -121,6 +128,7 @@ def client_table(results: list[dict]) -> list[str]:
             f"{r['http_5xx']} ({r['http_500']})",
             r["connection_errors"],
             r["failed"],
+            "—" if r.get("median_before_s") is None else f"{r['median_before_s']:.3f} s",
             f"{r['slowest_attempt_s']:.2f} s",
             f"{r['slowest_write_s']:.2f} s",
             ", ".join(r["health_during"]),
@@ -130,17 +138,25 @@ def client_table(results: list[dict]) -> list[str]:
         for r in results
         if "error" not in r
     ]
-    return _table(columns, rows)
+    return table(columns, rows)
 
 
-def section(results: list[dict], meta: dict) -> str:
-    lines = [
-        BEGIN,
+def header(meta: dict) -> str:
+    return (
         f"Run of {meta['date']} on commit `{meta['commit']}`: {meta['runtime_s'] / 60:.1f} minutes "
-        f"for the whole `make chaos` ({meta['stack_s']:.0f} s of it starting the stack), "
-        f"{meta['rate_per_s']} payments/s offered, {meta['cores']} cores shared with the backing services "
+        f"for {meta['what']} ({meta['stack_s']:.0f} s of it starting the stack), "
+        f"{meta['rate_per_s']} payments/s offered{meta.get('rate_note', '')}, "
+        f"{meta['cores']} cores shared with the backing services "
         f"(and whatever else ran: load average {meta['load_average'][0]} at the start, "
-        f"{meta['load_average'][1]} at the end).",
+        f"{meta['load_average'][1]} at the end)."
+    )
+
+
+def section(results: list[dict], meta: dict, extra: list[str] = ()) -> str:
+    begin, end = MARKERS[meta["stack"]]
+    lines = [
+        begin,
+        header(meta),
         "",
         "Every payment accounted for:",
         "",
@@ -154,19 +170,22 @@ def section(results: list[dict], meta: dict) -> str:
         "",
         *client_table(results),
         "",
+        *extra,
         "Noted by the run:",
         "",
         *notes(results),
-        END,
+        end,
     ]
     return "\n".join(lines)
 
 
-def write(results: list[dict], meta: dict, doc: Path = DOC) -> None:
-    WORK.mkdir(parents=True, exist_ok=True)
-    (WORK / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
-    text = doc.read_text() if doc.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    doc.write_text(pattern.sub(lambda _: section(results, meta), text))
+def write(results: list[dict], meta: dict, work: Path, doc: Path = DOC, extra: list[str] = ()) -> None:
+    """The stack's section of ``doc`` (its markers added at the end if missing), and its raw results."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+    begin, end = MARKERS[meta["stack"]]
+    text = doc.read_text() if doc.exists() else "# Reliability\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    doc.write_text(pattern.sub(lambda _: section(results, meta, extra), text))

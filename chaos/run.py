@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,8 +37,11 @@ class Scenario:
     since: dict = field(default_factory=dict)  # the topic's end offsets before it
     fault_start: float | None = None
     fault_end: float | None = None
+    rate_per_s: float = RATE_PER_S  # the writes offered
+    read_rate_per_s: float = 0.0  # reads of its users beside them (none by default)
     notes: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # anything else that fails the scenario
+    figures: dict = field(default_factory=dict)  # what a scenario measures beyond the frame's (cluster ones)
 
 
 def first_accepted(writes: list[Write], after: float) -> float | None:
@@ -48,7 +52,7 @@ def first_accepted(writes: list[Write], after: float) -> float | None:
 
 def analytics_view(backlog: BacklogWatch, watch: HealthWatch, s: Scenario) -> dict:
     """The analytics group's backlog as Kafka has it, and the lag /health reported."""
-    caught_up = int(RATE_PER_S)  # one second of writes
+    caught_up = int(s.rate_per_s)  # one second of writes
     peak, cleared = backlog.backlog(s.fault_start, s.fault_end, caught_up)
     reported, _ = peak_and_cleared(watch.lags, s.fault_start, s.fault_end, caught_up)
     return {
@@ -68,6 +72,7 @@ def client_view(writes: list[Write], watch: HealthWatch, s: Scenario, health_ok,
     outage_end = max(t for t in (s.fault_end, health_ok, writes_ok) if t is not None)
     in_outage = [a for a in attempts if s.fault_start <= a.started <= outage_end]
     writes_in_outage = [w for w in writes if s.fault_start <= w.started <= outage_end and w.ended]
+    before = [a.seconds for a in attempts if a.started < s.fault_start]  # the warm-up: how busy the machine is
     seconds = writes[-1].started - writes[0].started if len(writes) > 1 else 0
     return {
         "rate_per_s": round(len(writes) / seconds, 1) if seconds else None,
@@ -80,6 +85,7 @@ def client_view(writes: list[Write], watch: HealthWatch, s: Scenario, health_ok,
         "failed": sum(1 for w in writes if not w.accepted),
         "failed_outcomes": sorted({str(w.final) for w in writes if not w.accepted}),
         "outage_s": round(s.fault_end - s.fault_start, 1),
+        "median_before_s": round(statistics.median(before), 3) if before else None,
         "slowest_attempt_s": round(max((a.seconds for a in in_outage), default=0), 2),
         "slowest_write_s": round(max((w.ended - w.started for w in writes_in_outage), default=0), 2),
         "health_during": watch.statuses(s.fault_start, outage_end),
@@ -93,7 +99,7 @@ class Run:
     def __init__(self, stack: Stack, key: str):
         self.stack = stack
         self.service: Service | None = None
-        self.client = Client(f"http://127.0.0.1:{stack.ports['service']}", key)
+        self.client = Client(stack.service_url, key)
         self.results: list[dict] = []
         self.services: list[Service] = []  # every process this run started, for their logs
         self._seen_trouble = (0, 0)  # tracebacks and event-loop complaints already reported
@@ -129,22 +135,31 @@ class Run:
                 raise RuntimeError(f"service not ready within {timeout_s} s: {self.service.log_path}")
             await asyncio.sleep(0.2)
 
-    async def prepare(self, key: str, title: str) -> Scenario:
+    async def prepare(self, key: str, title: str, users: int = USERS) -> Scenario:
         """A scenario's users (made by the running, healthy service) and the topic's ends."""
         log(f"scenario {key}: {title}")
         s = Scenario(key, title)
-        for n in range(USERS):
-            body = {"email": f"chaos-{uuid.uuid4().hex}@example.com", "name": f"Chaos {key} {n}"}
-            code, user, _ = await self.client.request("POST", "/api/v1/users", body)
-            if code != 201:
-                raise RuntimeError(f"creating a user: {code} {user}")
-            s.users.append(user["id"])
+        for _ in range(users):
+            s.users.append(await self.new_user(s))
         s.since = await accounting.topic_ends(self.stack)
         return s
 
+    async def new_user(self, s: Scenario) -> str:
+        """A new user of scenario ``s``'s (its id is random: so is its shard)."""
+        body = {"email": f"chaos-{uuid.uuid4().hex}@example.com", "name": f"Chaos {s.key} {len(s.users)}"}
+        code, user, _ = await self.client.request("POST", "/api/v1/users", body)
+        if code != 201:
+            raise RuntimeError(f"creating a user: {code} {user}")
+        return user["id"]
+
     @contextlib.asynccontextmanager
-    async def loaded(self, s: Scenario, warmup_s: float = WARMUP_S) -> AsyncIterator[Load]:
-        load, watch = Load(self.client, s.users), HealthWatch(self.client)
+    async def loaded(
+        self, s: Scenario, warmup_s: float = WARMUP_S, weights: list[int] | None = None
+    ) -> AsyncIterator[Load]:
+        """Steady writes at ``s.rate_per_s`` over ``s.users`` (``weights``: how many shares of
+        the writes each user gets, one each by default) around the scenario's fault."""
+        users = [u for u, n in zip(s.users, weights or [1] * len(s.users), strict=True) for _ in range(n)]
+        load, watch = Load(self.client, users, s.rate_per_s, s.read_rate_per_s), HealthWatch(self.client)
         load.start()
         watch.start()
         try:
@@ -166,7 +181,17 @@ class Run:
             s.problems.append(f"{tracebacks} tracebacks in the service's log")
         if complaints:  # noted, not failed: seen once so far, and it loses nothing (docs/RELIABILITY.md)
             s.notes["event_loop"] = complaints
-        self.results.append({"key": s.key, "title": s.title, **view, **books, "notes": s.notes, "problems": s.problems})
+        self.results.append(
+            {
+                "key": s.key,
+                "title": s.title,
+                **view,
+                **books,
+                "notes": s.notes,
+                "problems": s.problems,
+                "figures": s.figures,
+            }
+        )
         log(f"scenario {s.key}: accepted {books['accepted']}, lost {books['lost']}, analytics {books['analytics']}")
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 
-from chaos.stack import PY, REPO, WORK, Stack
+from chaos.stack import PY, REPO, Stack
 
 STOP_TIMEOUT_S = 60  # the service drains in shutdown_timeout_s (10 s), twice for a supervisor
 
@@ -19,11 +19,12 @@ STOP_TIMEOUT_S = 60  # the service drains in shutdown_timeout_s (10 s), twice fo
 class Service:
     def __init__(self, stack: Stack, name: str, processes: int = 1):
         self.name = name
-        self.log_path = WORK / f"service-{name}.log"
+        self.log_path = stack.work / f"service-{name}.log"
         self.port = stack.ports["service"]
+        self.url = stack.service_url
         with open(self.log_path, "w") as out:
             self.popen = subprocess.Popen(
-                [PY, "-m", "service", "--port", str(self.port)],
+                [PY, "-m", "service", *stack.service_args(), "--port", str(self.port)],
                 cwd=REPO,
                 env=stack.service_env(SINGLETON_SERVER__PROCESSES=str(processes)),
                 stdout=out,
@@ -31,10 +32,6 @@ class Service:
                 start_new_session=True,  # its workers share its group: one kill reaches them all
             )
         self.started = time.monotonic()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def running(self) -> bool:
         return self.popen.poll() is None

@@ -5,7 +5,12 @@ database, and the faults it injects.
 Nothing here reaches the everyday stack (``make services``): devstack runs with this
 stack's DEVSTACK_DIR and ports, and a kill goes only to a pid that this stack's
 devstack recorded, checked against the start time it recorded with it. The Kafka
-jars and the FerretDB build are shared with the everyday stack (DEVSTACK_CACHE_DIR).
+jars and the FerretDB build are shared with the everyday stack (its ``cache/``, or
+``$DEVSTACK_CACHE_DIR`` when set).
+
+``Stack`` is what the rest of the run asks of a stack (the service's address and
+environment, the topic, the shards' rows, kill and up); chaos/cluster.py's
+``ClusterStack`` is the same for a copy of the cluster stack.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from pathlib import Path
 from managers import config as service_config
 
 REPO = Path(__file__).resolve().parent.parent
-WORK = REPO / "reports" / "chaos"  # git-ignored: logs and the raw results
+WORK = REPO / "reports" / "chaos"  # git-ignored: logs and the raw results (a stack's own: Stack.work)
 PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 HOST = "127.0.0.1"
 
 DATABASE = "singleton_test_chaos"  # the devstack user may create only singleton_test% databases
 TOPIC = "singleton-chaos"
+PARTITIONS = 3
 ANALYTICS_GROUP = "singleton-analytics-chaos"
 MONGO_DATABASE = "singleton_chaos"
 PORT_NAMES = ("mysql", "redis", "kafka", "kafka_controller", "mongo", "postgres", "service")
@@ -37,21 +43,35 @@ METRICS_PORTS = 4  # a supervisor of 2 workers uses metrics.port + 0..3 (service
 DEVSTACK_TIMEOUT_S = 240  # one `services.sh up|down`, Kafka's log recovery included
 # What each server is called in devstack, and which ones one fault takes down together.
 SERVERS = {"mariadb": ("mariadb",), "redis": ("redis",), "kafka": ("kafka",), "ferretdb": ("ferretdb", "postgres")}
+SINGLE_SHARD = "main"  # the one MariaDB of the everyday stack, as managers/shards.py names it
+
+
+def chaos_settings(secrets: Path, metrics_port: int) -> dict:
+    """What every chaos run changes in the service's configuration, whatever the stack:
+    auth on with an admin key of the run's own (none written to a file), rate limits far
+    above the load (the limiter still makes its Redis round trip), /metrics on a port of
+    its own, JSON logs on stdout."""
+    return {
+        "auth": {"token_secret_file": str(secrets / "ws_token.secret"), "bootstrap_admin_key_file": ""},
+        "metrics": {"port": metrics_port},
+        "logging": {"file": "", "level": "INFO"},
+        "rate_limit": {f"{kind}_{n}": 100000 for kind in ("read", "write", "anonymous") for n in ("per_s", "burst")},
+    }
 
 
 def log(msg: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def port_free(port: int) -> bool:
+def port_free(port: int, host: str = HOST) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no owner
         try:
-            s.bind((HOST, port))
+            s.bind((host, port))
         except OSError:
             return False
     with socket.socket() as s:  # and nobody listens on another address of it
-        return s.connect_ex((HOST, port)) != 0
+        return s.connect_ex((host, port)) != 0
 
 
 def free_block(base: int, size: int, step: int = 100, tries: int = 50) -> int:
@@ -78,16 +98,38 @@ def alive(pid: int) -> bool:
 
 
 class Stack:
+    dir_variable, default_dir = "CHAOS_DEVSTACK_DIR", ".devstack-chaos"
+    devstack_flags: tuple[str, ...] = ()  # services.sh's stack option
+    topic, partitions, analytics_group = TOPIC, PARTITIONS, ANALYTICS_GROUP
+    host = HOST  # where the service listens
+
     def __init__(self) -> None:
-        self.dir = Path(os.environ.get("CHAOS_DEVSTACK_DIR") or REPO / ".devstack-chaos").resolve()
+        self.dir = Path(os.environ.get(self.dir_variable) or REPO / self.default_dir).resolve()
         everyday = Path(os.environ.get("DEVSTACK_DIR") or REPO / ".devstack").resolve()
-        if self.dir == everyday:
-            raise SystemExit(f"the chaos stack cannot live in the everyday stack's {everyday}: it kills what it runs")
-        self.cache = everyday / "cache"
+        if self.dir in (everyday, (REPO / ".devstack-cluster").resolve()):
+            raise SystemExit(f"the chaos stack cannot live in {self.dir}, another stack's: it kills what it runs")
+        self.cache = Path(os.environ.get("DEVSTACK_CACHE_DIR") or everyday / "cache").resolve()
+        self.work = WORK
+        self.ports = self.choose_ports()
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def choose_ports(self) -> dict[str, int]:
         base = free_block(int(os.environ.get("CHAOS_PORT_BASE") or 23300), len(PORT_NAMES) + METRICS_PORTS)
-        self.ports = {name: base + i for i, name in enumerate(PORT_NAMES)}
-        self.ports["metrics"] = base + len(PORT_NAMES)
-        WORK.mkdir(parents=True, exist_ok=True)
+        ports = {name: base + i for i, name in enumerate(PORT_NAMES)}
+        ports["metrics"] = base + len(PORT_NAMES)
+        return ports
+
+    @property
+    def service_url(self) -> str:
+        return f"http://{self.host}:{self.ports['service']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.ports['metrics']}/metrics"
+
+    def service_args(self) -> list[str]:
+        """``python -m service`` options before its command (a config file)."""
+        return []
 
     # -- environments --------------------------------------------------------------------
     def devstack_env(self) -> dict[str, str]:
@@ -115,12 +157,7 @@ class Stack:
             "redis": {"url": f"redis://{HOST}:{p['redis']}/0"},
             "kafka": {"bootstrap_servers": self.kafka, "topic": TOPIC, "analytics_group": ANALYTICS_GROUP},
             "mongodb": {"uri": f"mongodb://{HOST}:{p['mongo']}/", "database": MONGO_DATABASE},
-            "auth": {"token_secret_file": str(secrets / "ws_token.secret"), "bootstrap_admin_key_file": ""},
-            "metrics": {"port": p["metrics"]},
-            "logging": {"file": "", "level": "INFO"},
-            "rate_limit": {
-                f"{kind}_{n}": 100000 for kind in ("read", "write", "anonymous") for n in ("per_s", "burst")
-            },
+            **chaos_settings(secrets, p["metrics"]),
         }
         return service_config.as_env(settings, base=self.devstack_env()) | {"PYTHONUNBUFFERED": "1", **extra}
 
@@ -139,6 +176,7 @@ class Stack:
         proc = await asyncio.create_subprocess_exec(
             "bash",
             str(REPO / "devstack" / "services.sh"),
+            *self.devstack_flags,
             command,
             *services,
             cwd=REPO,
@@ -146,7 +184,7 @@ class Stack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        what = " ".join(("services.sh", command, *services))
+        what = " ".join(("services.sh", *self.devstack_flags, command, *services))
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), DEVSTACK_TIMEOUT_S)
         except TimeoutError:
@@ -154,10 +192,10 @@ class Stack:
             raise RuntimeError(f"{what}: no end in {DEVSTACK_TIMEOUT_S} s") from None
         finally:
             await proc.wait()
-        with (WORK / "devstack.log").open("ab") as f:  # noqa: ASYNC230 (a few lines, once per call)
+        with (self.work / "devstack.log").open("ab") as f:  # noqa: ASYNC230 (a few lines, once per call)
             f.write(out or b"")
         if proc.returncode != 0:
-            raise RuntimeError(f"{what} failed ({proc.returncode}): see {WORK}/devstack.log")
+            raise RuntimeError(f"{what} failed ({proc.returncode}): see {self.work}/devstack.log")
         return time.monotonic() - started
 
     async def fresh(self) -> None:
@@ -167,8 +205,12 @@ class Stack:
         shutil.rmtree(self.dir / "logs", ignore_errors=True)
         await self.devstack("up")
 
+    def servers(self, fault: str) -> tuple[str, ...]:
+        """The devstack servers a fault takes down together (a cluster stack's fault is one server)."""
+        return SERVERS.get(fault, (fault,))
+
     async def up(self, fault: str) -> float:
-        return await self.devstack("up", *SERVERS[fault])
+        return await self.devstack("up", *self.servers(fault))
 
     def recorded_pid(self, server: str) -> int | None:
         """The pid devstack recorded for ``server`` if that very process still runs."""
@@ -185,7 +227,7 @@ class Stack:
         """SIGKILL the servers of ``fault``, each with its process group (PostgreSQL's
         backends die with their postmaster), and wait until they are gone."""
         pids = []
-        for server in SERVERS[fault]:
+        for server in self.servers(fault):
             pid = self.recorded_pid(server)
             if pid is None:
                 raise RuntimeError(f"{server}: no running process recorded by this stack's devstack")
@@ -203,8 +245,23 @@ class Stack:
     async def down(self) -> None:
         await self.devstack("down")
 
+    # -- where a user's rows are -----------------------------------------------------------
+    @property
+    def shards(self) -> tuple[str, ...]:
+        return (SINGLE_SHARD,)
+
+    def shard_of(self, user_id: str) -> str:
+        """The physical shard that holds ``user_id``'s rows now."""
+        return SINGLE_SHARD
+
+    def query_shards(self, sql: str, args: tuple = ()) -> dict[str, list[tuple]]:
+        """``sql`` on every physical shard: its rows by shard."""
+        return {shard: self.mysql(sql, args, shard=shard) for shard in self.shards}
+
     # -- the run's stores ----------------------------------------------------------------
-    def mysql(self, sql: str, args: tuple = (), database: str | None = DATABASE) -> list[tuple]:
+    def mysql(
+        self, sql: str, args: tuple = (), database: str | None = DATABASE, shard: str = SINGLE_SHARD
+    ) -> list[tuple]:
         import pymysql
 
         connect = dict(host=HOST, port=self.ports["mysql"], user="singleton", password=self.mysql_password)
@@ -217,10 +274,15 @@ class Stack:
         """The run's database and topic; returns an admin key made by ``keys create``."""
         self.mysql(f"CREATE DATABASE IF NOT EXISTS `{DATABASE}` CHARACTER SET utf8mb4", database=None)
         await self.ensure_topic()
+        return await self.admin_key()
+
+    async def admin_key(self) -> str:
+        """A new admin key, made by ``python -m service keys create`` on this stack."""
         proc = await asyncio.create_subprocess_exec(
             PY,
             "-m",
             "service",
+            *self.service_args(),
             "keys",
             "create",
             "--role",

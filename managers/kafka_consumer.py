@@ -15,7 +15,13 @@ minus committed offsets), known before the first fetch. The domain subclasses it
 with what a batch means (domain/analytics_consumer.py).
 
 Both return from ``start()`` at once and connect in the background, retrying
-while Kafka is down; both log an outage once, not once per retry. Any failure that
+while Kafka is down; both log an outage once, not once per retry. Both are watched: a
+reader that fetched nothing for ``stall_restart_s`` while messages wait for it (the
+topic's end past what it has read, asked of the brokers, not of the reader's own
+fetcher) is stopped and connected anew, where it left off; aiokafka's consumers have been
+seen to stop fetching silently after a broker loss or a rebalance (aiokafka#1037, #1154,
+#1187). While the end cannot be asked (a partition's leader out of reach) nothing is
+judged. Any failure that
 is not an outage (of Kafka, or of a group consumer's store) is a bug: logged with
 its traceback, counted in ``singleton_background_errors_total``, and retried with
 backoff (managers/background.py); the loop never ends on one.
@@ -57,14 +63,17 @@ async def record_lag(consumer: AIOKafkaConsumer, name: str) -> int:
     return lag
 
 
-async def group_lag(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> int:
-    """What the consumer's group has yet to read on every partition of ``topic``: end offsets
-    minus the group's committed offsets (the beginning where it committed none). Needs no
-    assignment and no fetch, so it is known from the start and counts other members' partitions."""
+async def group_lag(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float, only: Iterable[TopicPartition] | None = None
+) -> int:
+    """What the consumer's group has yet to read on every partition of ``topic`` (or those in
+    ``only``): end offsets minus the group's committed offsets (the beginning where it
+    committed none). Needs no assignment and no fetch, so it is known from the start and
+    counts other members' partitions."""
     async with asyncio.timeout(timeout_s):
         while not (partitions := consumer.partitions_for_topic(topic)):  # noqa: ASYNC110 (no event for metadata)
             await asyncio.sleep(0.05)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)] if only is None else sorted(only)
         ends = await consumer.end_offsets(tps)
         committed = dict(zip(tps, await asyncio.gather(*(consumer.committed(tp) for tp in tps)), strict=True))
         missing = [tp for tp, offset in committed.items() if offset is None]
@@ -80,6 +89,9 @@ class TopicReader(Manager):
     failing_message = "kafka consumer failing; retrying"  # logged once an outage
     recovered_message = "kafka consumer works again"
     stores: ClassVar[tuple[type[BackingService], ...]] = ()  # where a subclass writes what it reads
+    # Fetched nothing this long while messages wait for it: stopped and connected anew.
+    stall_restart_s: ClassVar[float] = 5.0
+    watch_every_s: ClassVar[float] = 1.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -87,6 +99,7 @@ class TopicReader(Manager):
             cls.health_path = f"consumers.{cls.name}"
             metrics.CONSUMER_LAG.labels(cls.name)
             metrics.CONSUMER_ERRORS.labels(cls.name)
+            metrics.CONSUMER_RESTARTS.labels(cls.name)
 
     def __init__(self, config: Config):
         self.cfg = config["kafka"]
@@ -103,6 +116,10 @@ class TopicReader(Manager):
             recovered=self.recovered_message,
             fields={"consumer": self.name},
         )
+        self._progress_at = time.monotonic()  # when it last fetched something, or was found caught up
+        self._stuck_since: float | None = None  # since when it has been found behind and not fetching
+        self._watch_due = 0.0
+        self._old_consumers: set[asyncio.Task[None]] = set()  # replaced consumers still stopping
 
     @classmethod
     def start(cls, config: Config) -> TopicReader:
@@ -123,14 +140,25 @@ class TopicReader(Manager):
     async def _next_batch(self) -> None:
         raise NotImplementedError
 
-    async def _run(self) -> None:
-        """Connect, then read batch after batch; a failure backs off and tries again."""
+    async def _waiting(self) -> int:
+        """How many messages wait for this reader, from the brokers' end offsets (not from its
+        fetcher, which may be the part that is stuck); raises when they cannot be asked."""
+        raise NotImplementedError
+
+    async def _connect_with_retries(self) -> None:
         task, needs = f"kafka_{self.name}_connect", "/".join(s.dependency for s in self._dependencies())
         await reconnect(task, self._connect, self.is_outage, **self.reconnect_cfg, dependency=needs)
+
+    async def _run(self) -> None:
+        """Connect, then read batch after batch; a failure backs off and tries again. Between
+        batches, the watch (``_watch``)."""
+        await self._connect_with_retries()
+        self._progressed()
         backoff = Backoff(self.reconnect_cfg["initial_delay_s"], self.reconnect_cfg["max_delay_s"])
         while True:
             try:
                 await self._next_batch()
+                await self._watch()
             except Exception as exc:
                 if self._stopping:  # the consumer stopped under a batch that outlived release's wait
                     return
@@ -140,6 +168,64 @@ class TopicReader(Manager):
                 continue
             backoff.reset()
             self.failures.succeeded()
+
+    def _progressed(self) -> None:
+        """The reader fetched messages (whatever became of them after)."""
+        self._progress_at = time.monotonic()
+        self._stuck_since = None
+
+    async def _watch(self) -> None:
+        """Once a second while the reader fetches nothing: are messages waiting for it? Found
+        so for ``stall_restart_s``, the reader is replaced (``_restart``)."""
+        now = time.monotonic()
+        if now - self._progress_at < self.watch_every_s or now < self._watch_due:
+            return
+        self._watch_due = now + self.watch_every_s
+        try:
+            waiting = await asyncio.wait_for(self._waiting(), self.timeout_s)
+        except Exception as exc:
+            if not self.is_outage(exc):
+                raise
+            return  # not known now (a leader or the coordinator out of reach): nothing judged
+        if waiting == 0:  # caught up: idle, not stuck
+            self._progress_at, self._stuck_since = now, None
+            return
+        if self._stuck_since is None:
+            self._stuck_since = now
+        if now - self._stuck_since < self._stall_limit_s():
+            return
+        log.warning(
+            "kafka reader fetches nothing while messages wait: replacing its consumer",
+            extra={"consumer": self.name, "waiting": waiting, "idle_s": round(now - self._progress_at, 1)},
+        )
+        metrics.CONSUMER_RESTARTS.labels(self.name).inc()
+        await self._restart()
+
+    def _stall_limit_s(self) -> float:
+        return self.stall_restart_s
+
+    async def _restart(self) -> None:
+        """A new consumer in place of the stuck one (which stops in the background), connected
+        with retries like the first; a subclass says where the new one starts reading."""
+        old, self.consumer = self.consumer, None
+        if old is not None:
+            self._stop_in_background(old)
+        await self._connect_with_retries()
+        self._progressed()
+
+    def _stop_in_background(self, consumer: AIOKafkaConsumer) -> None:
+        """Stop ``consumer`` without waiting for it: a stuck consumer may take its whole
+        deadline to stop, and a cancelled ``stop()`` leaves aiokafka's tasks pending."""
+
+        async def stop() -> None:
+            try:
+                await asyncio.wait_for(consumer.stop(), self.timeout_s)
+            except Exception as exc:
+                log.warning("kafka consumer stop failed", extra={"consumer": self.name, "error": repr(exc)})
+
+        task = asyncio.create_task(stop(), name=f"kafka-{self.name}-consumer-stop")
+        self._old_consumers.add(task)
+        task.add_done_callback(self._old_consumers.discard)
 
     def status(self) -> dict[str, Any]:
         """For /health: a reader whose loop has ended is down (aiokafka#1037: watch them);
@@ -157,10 +243,18 @@ class TopicReader(Manager):
                 await asyncio.wait_for(self.consumer.stop(), self.timeout_s)
             except Exception as exc:
                 log.warning("kafka consumer stop failed", extra={"consumer": self.name, "error": repr(exc)})
+        if self._old_consumers:
+            await asyncio.wait(self._old_consumers, timeout=self.timeout_s)
 
 
 class BroadcastConsumer(TopicReader):
     name = "broadcast"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        # Per partition, the offset after the last record dispatched: where a replacement
+        # consumer resumes, so no event is skipped (the hub drops one dispatched twice).
+        self.next_offsets: dict[TopicPartition, int] = {}
 
     async def _connect(self) -> None:
         self.consumer = await self._open()
@@ -178,9 +272,11 @@ class BroadcastConsumer(TopicReader):
         try:
             await asyncio.wait_for(consumer.start(), self.timeout_s)
             await asyncio.wait_for(self._assigned(consumer), self.timeout_s)
-            # Resolve the end offsets now, so nothing produced after this is missed.
             for tp in consumer.assignment():
-                await asyncio.wait_for(consumer.position(tp), self.timeout_s)
+                if tp in self.next_offsets:  # a replacement: on from where the last one was
+                    consumer.seek(tp, self.next_offsets[tp])
+                else:  # the first: from the end, resolved now so nothing produced after this is missed
+                    self.next_offsets[tp] = await asyncio.wait_for(consumer.position(tp), self.timeout_s)
         except BaseException:
             await asyncio.wait_for(consumer.stop(), self.timeout_s)
             raise
@@ -198,12 +294,21 @@ class BroadcastConsumer(TopicReader):
         """Fetch what is there (waiting up to half a second) and dispatch it; how many records."""
         assert self.consumer is not None
         batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
-        for records in batches.values():
+        for tp, records in batches.items():
             for record in records:
                 await self._dispatch(record.value or b"")  # a null value is malformed too
+                self.next_offsets[tp] = record.offset + 1
                 await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
+        if batches:
+            self._progressed()
         self.lag = await record_lag(self.consumer, self.name)
         return sum(len(records) for records in batches.values())
+
+    async def _waiting(self) -> int:
+        assert self.consumer is not None
+        tps = sorted(self.next_offsets)
+        ends = await self.consumer.end_offsets(tps)
+        return sum(max(ends[tp] - self.next_offsets[tp], 0) for tp in tps)
 
     async def _dispatch(self, raw: bytes) -> None:
         try:
@@ -252,6 +357,7 @@ class GroupConsumer(TopicReader):
     recovered_message = "batches are stored again"
     batch_size = 1000
     per_record_s = 0.02  # a batch's deadline grows with its size
+    join_stall_s = 15.0  # the watch's limit while the member has no partitions (_stall_limit_s)
     lag_refresh_s = 1.0
 
     def __init__(self, config: Config, group: str):
@@ -298,8 +404,11 @@ class GroupConsumer(TopicReader):
         try:
             batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)
             if batches:
-                async with self.batch_lock:
-                    await self._store(batches)
+                try:
+                    async with self.batch_lock:
+                        await self._store(batches)
+                finally:  # fetched, stored or not: its store's outage is no stuck consumer
+                    self._progressed()
         finally:
             # Also when the store fails: an outage is exactly when the backlog grows.
             if time.monotonic() >= self._lag_due:
@@ -321,6 +430,25 @@ class GroupConsumer(TopicReader):
                 if tp in self.consumer.assignment():
                     self.consumer.seek(tp, rs[0].offset)
             raise
+
+    def _stall_limit_s(self) -> float:
+        """Longer while the member has no partitions: a join waits (up to the session timeout,
+        10 s) for a member that left without a word, and a replacement would only join again."""
+        assert self.consumer is not None
+        return self.stall_restart_s if self.consumer.assignment() else self.join_stall_s
+
+    async def _waiting(self) -> int:
+        """What waits in this member's partitions; while it has none (joining the group, or
+        lost its coordinator), what waits in the whole group."""
+        assert self.consumer is not None
+        assignment = self.consumer.assignment()
+        return await group_lag(self.consumer, self.cfg["topic"], self.timeout_s, assignment or None)
+
+    async def _restart(self) -> None:
+        """The replacement joins the group and reads from the committed offsets; what it
+        reads first may have been stored already."""
+        await super()._restart()
+        self.redelivered = True
 
     async def _refresh_lag(self) -> None:
         """The group's backlog; a failure keeps the last value until the next try."""

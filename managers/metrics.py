@@ -123,6 +123,11 @@ CONSUMER_ERRORS = Counter(
     "Failures while reading or dispatching Kafka events, by consumer",
     ["consumer"],
 )
+CONSUMER_RESTARTS = Counter(
+    f"{PREFIX}_kafka_consumer_restarts",
+    "Kafka readers replaced because they fetched nothing while messages waited for them, by consumer",
+    ["consumer"],
+)
 CACHE_LOOKUPS = Counter(
     f"{PREFIX}_cache_lookups",
     "Cache reads by result: hit, miss, error (Redis failed) or bypass (Redis recently failed)",

@@ -1,9 +1,11 @@
-"""What the cluster suite's fault tests share: the service's configuration for the cluster
-stack, the service run on it as a child process (``python -m service``), a SIGKILL of one
-server of the stack, and devstack bringing that server back.
+"""What the Redis Cluster and Kafka fault tests share: the service's configuration for the
+cluster stack, the service run on it as a child process (``python -m service``) on
+databases of its own, a SIGKILL of the server listening on an address, and devstack
+bringing that server back.
 
 The service uses MariaDB as one database here, on the global shard: these tests are about
-Redis Cluster and the Kafka brokers, not about sharding.
+Redis Cluster and the Kafka brokers, not sharding (conftest's ``cluster_service`` runs the
+sharded configuration as it is).
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pymysql
 from prometheus_client.parser import text_string_to_metric_families
+from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from managers import config as config_module
 from service.supervisor import free_port
-from tests.helpers import ROOT, ensure_database, in_thread, run_make, run_service, wait_until
+from tests.cluster.conftest import devstack
+from tests.helpers import ROOT, ensure_database, in_thread, run_service, wait_until
 
 # The cluster file's keys that name a file, relative to that file's directory.
 FILES = (("mysql", "password_file"), ("auth", "token_secret_file"))
@@ -44,20 +49,43 @@ def service_overrides(cluster_config, name: str) -> dict[str, dict[str, Any]]:
     for section, key in FILES:
         overrides[section][key] = str(cluster_config.file(section, key))
     host, port = cluster_config.shards()[cluster_config["shards"]["global"]]
-    database = f"singleton_test_{name}"
+    database = f"singleton_test_{name}_{uuid.uuid4().hex[:8]}"  # dropped after the run (running_service)
     overrides["mysql"].update(host=host, port=port, database=database)
     overrides["mongodb"] = {**overrides.get("mongodb", {}), "database": database}
-    overrides["kafka"] = {**overrides.get("kafka", {}), "analytics_group": f"{database}_{uuid.uuid4().hex[:8]}"}
+    overrides["kafka"] = {**overrides.get("kafka", {}), "analytics_group": database}
     overrides.setdefault("auth", {})["bootstrap_admin_key_file"] = ""  # the test makes its own key
     overrides["server"] = {"port": 0, "health_probe_interval_s": 0.25}
     overrides["metrics"] = {"port": free_port()}
-    overrides["logging"] = {"file": "", "level": "INFO"}
+    overrides["logging"] = {"file": "", "level": "WARNING"}  # no access line per request: 200/s of them cost CPU
     overrides["reconnect"] = {"initial_delay_s": 0.1, "max_delay_s": 1}
+    # Limits far above what a test sends (the limiter still asks Redis on every share).
+    overrides["rate_limit"] = {f"{kind}_{what}": 100000 for kind in ("read", "write") for what in ("per_s", "burst")}
     return overrides
 
 
 def service_config(overrides: dict[str, dict[str, Any]]) -> config_module.Config:
     return config_module.load(overrides=overrides)
+
+
+def sql(overrides: dict[str, dict[str, Any]], statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """One statement on the service's database (blocking: call it with ``in_thread``)."""
+    cfg = service_config(overrides)["mysql"]
+    conn = pymysql.connect(
+        host=cfg["host"],
+        port=cfg["port"],
+        user=cfg["user"],
+        password=cfg["password"],
+        database=cfg["database"],
+        connect_timeout=5,
+        read_timeout=30,
+        write_timeout=30,
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
 
 
 class Service:
@@ -125,26 +153,25 @@ class Service:
         self.http.close()
         return self.popen.returncode
 
-    def logged(self, message: str) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    lines.append(json.loads(line))
-        return [line for line in lines if line.get("msg") == message]
-
 
 @contextlib.asynccontextmanager
 async def running_service(overrides: dict[str, dict[str, Any]], log_path: Path) -> AsyncIterator[Service]:
-    """The service on its own database (created first), ready to serve; stopped after,
-    where it must exit 0."""
-    ensure_database(service_config(overrides)["mysql"])
+    """The service on its own databases (created first), ready to serve; stopped after,
+    where it must exit 0, and its databases dropped."""
+    cfg = service_config(overrides)
+    ensure_database(cfg["mysql"])
     service = Service(overrides, log_path)
     try:
         await service.ready()
         yield service
     finally:
         code = await service.stop()
+        await in_thread(sql, overrides, f"DROP DATABASE `{cfg['mysql']['database']}`")
+        mongo = AsyncMongoClient(cfg["mongodb"]["uri"], serverSelectionTimeoutMS=5000)
+        try:
+            await mongo.drop_database(cfg["mongodb"]["database"])
+        finally:
+            await mongo.close()
     assert code == 0, f"the service exited {code}; see {log_path}"
 
 
@@ -182,10 +209,9 @@ def sigkill(host: str, port: int) -> int:
 
 
 async def restore(name: str) -> float:
-    """``make services-cluster SERVICES=name``: devstack starts what is missing of ``name``
-    (e.g. redis-cluster: its nodes, then the cluster whole again) and waits until it is
-    ready. The seconds it took. The environment (CLUSTER_NET, DEVSTACK_DIR) is the suite's."""
+    """devstack starts what is missing of ``name`` (e.g. redis-cluster: its nodes, then the
+    cluster whole again) and waits until it is ready, on the suite's stack (CLUSTER_NET,
+    DEVSTACK_DIR); the seconds it took."""
     started = time.monotonic()
-    result = await in_thread(run_make, "services-cluster", f"SERVICES={name}", timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    await in_thread(devstack, "up", name)
     return time.monotonic() - started
