@@ -48,16 +48,22 @@ ENDPOINTS = {
 }
 CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
 KEYS = env.WORK / "keys.txt"
-# Each phase by name: the processes running side by side, and the (variant, endpoint) runs against them.
+# Each phase by name, as steps: the processes running side by side, and the (variant, endpoint)
+# runs against them.
 PHASES = {
-    "shipped": (("shipped",), [("shipped", e) for e in ENDPOINTS]),
-    "pool": (("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")]),
-    "costs": (COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED]),  # 3 rounds of half-length runs
-    "processes": (("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")]),
+    "shipped": [(("shipped",), [("shipped", e) for e in ENDPOINTS])],
+    "pool": [(("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")])],
+    "costs": [(COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED])],  # 3 rounds of half-length runs
+    "processes": [(("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")])],
 }
-if SHARDED:  # side by side, BENCH_SHARD_ROUNDS rounds alternating, as COMPARED
-    rounds = env.Settings().shard_rounds
-    PHASES["shards"] = (SHARD_LAYOUTS, [(v, "post_payments") for _ in range(rounds) for v in SHARD_LAYOUTS])
+if SHARDED:  # BENCH_SHARD_ROUNDS rounds alternating: one service at a time (BENCH_SHARDS_APART), or side by side
+    s = env.Settings()
+    if s.shards_apart:  # two services' background loops slowed each other's POSTs 2-8x here
+        PHASES["shards"] = [((v,), [(v, "post_payments")]) for _ in range(s.shard_rounds) for v in SHARD_LAYOUTS]
+    else:
+        PHASES["shards"] = [
+            (SHARD_LAYOUTS, [(v, "post_payments") for _ in range(s.shard_rounds) for v in SHARD_LAYOUTS])
+        ]
 
 
 class Run:
@@ -114,8 +120,8 @@ class Run:
     def http(self) -> list[dict]:
         """Every phase's runs, each between two baseline runs."""
         runs = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}]
-        for variants, plan in (PHASES[name] for name in PHASES if self.s.phase(name)):
-            if variants == SHARD_LAYOUTS:  # what config's map wrote, before "1 shard" writes to the home alone
+        for variants, plan in (step for name in PHASES if self.s.phase(name) for step in PHASES[name]):
+            if set(variants) <= set(SHARD_LAYOUTS) and self.tables is None:  # before "1 shard" writes to a alone
                 self.tables = env.table_sizes()
             self.use(variants)
             # side by side, half-length runs; the shard layouts' whole runs (the measure is their ratio)
