@@ -78,6 +78,7 @@ async def stage(name: str, keys: list[str]) -> bool:
         stack_s = time.monotonic() - started
         run.spawn(f"{name}-main" if name != "everyday" else "main")
         await run.ready()
+        warm_up = await run.warm_up(stack.warm_up_s) if stack.warm_up_s else None
         for key in keys:
             await play(run, scenarios, key)
     finally:
@@ -92,6 +93,7 @@ async def stage(name: str, keys: list[str]) -> bool:
         "commit": commit(),
         "runtime_s": time.monotonic() - started,
         "stack_s": stack_s,
+        "warm_up": warm_up,
         "rate_per_s": RATE_PER_S,
         "rate_note": "" if everyday else f" ({KAFKA_RATE_PER_S} in the Kafka broker scenario)",
         "cores": os.cpu_count(),

@@ -5,7 +5,9 @@ the rate), spread over a scenario's users, each POST with its own Idempotency-Ke
 write is retried with the same key and body on a connection error, a 5xx, or any
 answer carrying Retry-After (429, 503, 409 ``idempotency_key_in_use``), waiting what
 Retry-After says or else a short backoff, until ``WRITE_DEADLINE_S``. Every attempt is
-recorded: when it started, how long it took, what came back.
+recorded: when it started, how long it took, what came back. Like a client with a pool of
+connections, at most ``MAX_IN_FLIGHT`` attempts are on the wire; a write waits for a
+free one, its deadline running, and only then is the attempt started and timed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from tornado.iostream import StreamClosedError
 RATE_PER_S = 50.0
 WRITE_DEADLINE_S = 120.0  # a write not accepted by then has finally failed
 ATTEMPT_TIMEOUT_S = 30.0  # one HTTP attempt; longer is a hang, and shows as such
-MAX_CLIENTS = 512  # attempts in flight; never reached at 50/s unless every attempt hangs
+MAX_CLIENTS = 512  # requests tornado's client runs at once; more wait in its queue, timed (connect_timeout)
+MAX_IN_FLIGHT = 480  # writes and reads on the wire at once (never reached at 50/s unless every attempt
+# hangs); the rest wait for a free one without a timer, so tornado's queue stays free for /health
 BACKOFF_S = (0.1, 2.0)
 HEALTH_EVERY_S = 0.25
 
@@ -52,10 +56,7 @@ class Write:
     final: int | str | None = None  # the last outcome; 201 when accepted
     ended: float | None = None
     sending: bool = False  # an attempt is on the wire
-
-    @property
-    def started(self) -> float:
-        return self.attempts[0].started
+    started: float = field(default_factory=time.monotonic)  # when the load made it (its deadline runs from here)
 
     @property
     def accepted(self) -> bool:
@@ -68,6 +69,7 @@ class Client:
     def __init__(self, base_url: str, key: str):
         self.base_url, self.key = base_url, key
         self.http = AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS)
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)  # taken by each write's or read's attempt
 
     async def request(
         self, method: str, path: str, body=None, headers=None, timeout_s: float = ATTEMPT_TIMEOUT_S
@@ -111,22 +113,23 @@ def retry_delay(headers: dict, tries: int) -> float:
 async def send(client: Client, write: Write) -> None:
     """POST the payment until accepted, refused for good, or past the deadline."""
     body = {"user_id": write.user_id, "amount": str(write.amount), "currency": "USD"}
-    deadline = time.monotonic() + WRITE_DEADLINE_S
+    deadline = write.started + WRITE_DEADLINE_S
     for tries in range(10_000):
-        started = time.monotonic()
         headers: dict = {}
         payload = None
-        write.sending = True
-        try:
-            code, payload, headers = await client.request(
-                "POST", "/api/v1/payments", body, {"Idempotency-Key": write.key}
-            )
-            outcome: int | str = code
-        except OSError:
-            outcome = CONNECTION
-        finally:
-            write.sending = False
-        error = ((payload or {}).get("error") or {}).get("code") if outcome != 201 else None
+        async with client.slots:  # a free connection of the pool: waited for untimed
+            started = time.monotonic()
+            write.sending = True
+            try:
+                code, payload, headers = await client.request(
+                    "POST", "/api/v1/payments", body, {"Idempotency-Key": write.key}
+                )
+                outcome: int | str = code
+                error = ((payload or {}).get("error") or {}).get("code") if code != 201 else None
+            except OSError as exc:  # no answer: say why (refused, reset, which timeout)
+                outcome, error = CONNECTION, str(exc)[:80] or type(exc).__name__
+            finally:
+                write.sending = False
         write.attempts.append(Attempt(started, time.monotonic() - started, outcome, headers.get("Retry-After"), error))
         write.final = outcome
         if outcome == 201:
@@ -143,11 +146,12 @@ async def send(client: Client, write: Write) -> None:
 
 async def read(client: Client, user_id: str, reads: list[Attempt]) -> None:
     """GET the user once (the cache's read-through path), no retry: what a reader saw."""
-    started = time.monotonic()
-    try:
-        outcome: int | str = (await client.request("GET", f"/api/v1/users/{user_id}"))[0]
-    except OSError:
-        outcome = CONNECTION
+    async with client.slots:
+        started = time.monotonic()
+        try:
+            outcome: int | str = (await client.request("GET", f"/api/v1/users/{user_id}"))[0]
+        except OSError:
+            outcome = CONNECTION
     reads.append(Attempt(started, time.monotonic() - started, outcome))
 
 

@@ -108,6 +108,9 @@ def notes(results: list[dict]) -> list[str]:
     """What each scenario noted beside the tables, and any problem that failed it."""
     out = []
     for r in results:
+        if r.get("failed"):
+            last = ", ".join(r["failed_outcomes"])
+            out.append(f"- {r['title']}: **{r['failed']} writes failed after their retries** (last answer: {last})")
         for problem in r.get("problems", []):
             out.append(f"- {r['title']}: **{problem}**")
         said = [NOTES.get(k, k + ": {}").format(_said(v)) for k, v in r.get("notes", {}).items()]
@@ -142,9 +145,14 @@ def client_table(results: list[dict]) -> list[str]:
 
 
 def header(meta: dict) -> str:
+    warm = meta.get("warm_up")
+    warmed = ""
+    if warm:
+        until = "none answered" if warm["median_s"] is None else f"a median answer of {warm['median_s']:.3f} s"
+        warmed = f", then {warm['s']:.0f} s of writes warming it up, until {until}"
     return (
         f"Run of {meta['date']} on commit `{meta['commit']}`: {meta['runtime_s'] / 60:.1f} minutes "
-        f"for {meta['what']} ({meta['stack_s']:.0f} s of it starting the stack), "
+        f"for {meta['what']} ({meta['stack_s']:.0f} s of it starting the stack{warmed}), "
         f"{meta['rate_per_s']} payments/s offered{meta.get('rate_note', '')}, "
         f"{meta['cores']} cores shared with the backing services "
         f"(and whatever else ran: load average {meta['load_average'][0]} at the start, "

@@ -13,6 +13,7 @@ import contextlib
 import statistics
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ TAIL_S = 5.0  # steady writes once recovered
 USERS = 3  # per scenario
 RECOVERY_DEADLINE_S = 120.0
 READY_DEADLINE_S = 90.0
+SETTLED_MEDIAN_S = 0.1  # a warm-up ends once the last WARM_WINDOW_S of answers have this median or less
+WARM_WINDOW_S = 3.0
 
 
 @dataclass
@@ -82,6 +85,7 @@ def client_view(writes: list[Write], watch: HealthWatch, s: Scenario, health_ok,
         "http_429": sum(1 for c in codes if c == 429),
         "other_4xx": sorted({c for c in codes if 400 <= c < 500 and c != 429}),
         "connection_errors": sum(1 for a in attempts if a.outcome == CONNECTION),
+        "connection_errors_why": dict(Counter(a.error for a in attempts if a.outcome == CONNECTION).most_common(3)),
         "failed": sum(1 for w in writes if not w.accepted),
         "failed_outcomes": sorted({str(w.final) for w in writes if not w.accepted}),
         "outage_s": round(s.fault_end - s.fault_start, 1),
@@ -143,6 +147,32 @@ class Run:
             s.users.append(await self.new_user(s))
         s.since = await accounting.topic_ends(self.stack)
         return s
+
+    async def warm_up(self, deadline_s: float) -> dict:
+        """Steady writes, on users of their own and accounted for by no scenario, until the
+        service answers as on a settled stack (a median of SETTLED_MEDIAN_S over the last
+        WARM_WINDOW_S), or ``deadline_s``: what a fresh stack's JVMs and first connections
+        cost is then not the first scenario's. How long it took, and the median at its end."""
+        s = Scenario("warm-up", "warm-up")
+        for _ in range(USERS):
+            s.users.append(await self.new_user(s))
+        load = Load(self.client, s.users)
+        load.start()
+        started = time.monotonic()
+        median = None
+        try:
+            while time.monotonic() - started < deadline_s:
+                await asyncio.sleep(WARM_WINDOW_S)  # deliberate: a window of answers to judge by
+                since = time.monotonic() - WARM_WINDOW_S
+                recent = [a.seconds for w in load.writes for a in w.attempts if a.started >= since]
+                median = statistics.median(recent) if recent else None
+                if median is not None and median <= SETTLED_MEDIAN_S:
+                    break
+        finally:
+            await load.stop()
+        took = time.monotonic() - started
+        log(f"warm-up: {took:.0f} s, median answer {median} s at its end")
+        return {"s": round(took, 1), "median_s": None if median is None else round(median, 3)}
 
     async def new_user(self, s: Scenario) -> str:
         """A new user of scenario ``s``'s (its id is random: so is its shard)."""

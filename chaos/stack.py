@@ -102,6 +102,7 @@ class Stack:
     devstack_flags: tuple[str, ...] = ()  # services.sh's stack option
     topic, partitions, analytics_group = TOPIC, PARTITIONS, ANALYTICS_GROUP
     host = HOST  # where the service listens
+    warm_up_s = 0.0  # at most this long of writes before the first scenario (Run.warm_up); none here
 
     def __init__(self) -> None:
         self.dir = Path(os.environ.get(self.dir_variable) or REPO / self.default_dir).resolve()
