@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit lint clean run-cluster test-cluster
+.PHONY: install run test test-unit lint clean run-cluster test-cluster test-cluster-heavy
 
 install: $(STAMP)
 
@@ -49,7 +49,13 @@ run-cluster:
 
 test-cluster:
 	@$(MAKE) --no-print-directory -j2 install services-cluster
-	SINGLETON_CLUSTER_CONFIG=$(CLUSTER_CONFIG) $(PY) -m pytest --cluster tests/cluster $(PYTEST_ARGS)
+	SINGLETON_CLUSTER_CONFIG=$(CLUSTER_CONFIG) $(PY) -m pytest --cluster -m "not heavy" tests/cluster $(PYTEST_ARGS)
+
+# The cluster faults under sustained load (a Kafka broker killed at 200 payments/s): minutes,
+# and timing-bound on a shared machine, so not part of test-cluster (nor of CI).
+test-cluster-heavy:
+	@$(MAKE) --no-print-directory -j2 install services-cluster
+	SINGLETON_CLUSTER_CONFIG=$(CLUSTER_CONFIG) $(PY) -m pytest --cluster -m heavy tests/cluster $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

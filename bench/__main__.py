@@ -1,7 +1,9 @@
 """``python -m bench`` (``make bench``): the whole benchmark, end to end, in stages
 (bench/README.md): seed, ``http`` (wrk against each endpoint of each service variant,
 alternating with the bare baseline), ``ws`` (bench/fanout.py), ``analytics``
-(bench/analytics.py); then docs/bench/results.json and docs/BENCHMARKS.md."""
+(bench/analytics.py); then docs/bench/results.json and docs/BENCHMARKS.md. With a sharded
+configuration (``make bench-cluster``) ``http`` also compares POST payments on one physical
+shard and on all of them; the results go to docs/bench/cluster/ and docs/BENCHMARKS-cluster.md."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import random
 import resource
 import statistics
 import time
@@ -29,6 +32,12 @@ VARIANTS = {
     "MariaDB pool of 50": {"SINGLETON_MYSQL__POOL_MAX": "50"},  # a connection for each of wrk's
 }
 COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING")  # --role api, side by side
+SHARDED = len(env.shards()) > 1
+if SHARDED:  # the same servers, the home alone holding every logical shard or config's map
+    VARIANTS |= {"1 shard": env.one_shard(), f"{len(env.shards())} shards": {}}
+SHARD_LAYOUTS = tuple(v for v in VARIANTS if v.endswith((" shard", " shards")))
+# A variant that must be driven with other ids: one shard holds only the users seeded on the home.
+VARIANT_IDS = {"1 shard": {"users": "users_home"}}
 # key: label, wrk script, ids (a seed list, or "pending"), path template
 ENDPOINTS = {
     "get_user": ("GET user (cache hit)", "get.lua", "users", "/api/v1/users/%s"),
@@ -39,13 +48,22 @@ ENDPOINTS = {
 }
 CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
 KEYS = env.WORK / "keys.txt"
-# The processes running side by side in each phase, and the (variant, endpoint) runs against them.
-PHASES = [
-    (("shipped",), [("shipped", e) for e in ENDPOINTS]),
-    (("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")]),
-    (COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED]),  # 3 rounds of half-length runs
-    (("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")]),
-]
+# Each phase by name, as steps: the processes running side by side, and the (variant, endpoint)
+# runs against them.
+PHASES = {
+    "shipped": [(("shipped",), [("shipped", e) for e in ENDPOINTS])],
+    "pool": [(("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")])],
+    "costs": [(COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED])],  # 3 rounds of half-length runs
+    "processes": [(("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")])],
+}
+if SHARDED:  # BENCH_SHARD_ROUNDS rounds alternating: one service at a time (BENCH_SHARDS_APART), or side by side
+    s = env.Settings()
+    if s.shards_apart:  # two services' background loops slowed each other's POSTs 2-8x here
+        PHASES["shards"] = [((v,), [(v, "post_payments")]) for _ in range(s.shard_rounds) for v in SHARD_LAYOUTS]
+    else:
+        PHASES["shards"] = [
+            (SHARD_LAYOUTS, [(v, "post_payments") for _ in range(s.shard_rounds) for v in SHARD_LAYOUTS])
+        ]
 
 
 class Run:
@@ -56,6 +74,7 @@ class Run:
         self.baseline = env.start_baseline(self.base_port)
         self.running: dict[str, tuple[env.Proc, int]] = {}
         self.ids: dict[str, list[str]] = {}
+        self.tables: dict | None = None
 
     def use(self, variants: tuple[str, ...]) -> None:
         """Exactly these variants running, each on a port of its own, warmed up."""
@@ -81,8 +100,11 @@ class Run:
         url = f"http://{env.HOST}:{self.base_port}/"
         if variant is not None:
             _, script, ids, path = ENDPOINTS[endpoint]
+            ids = VARIANT_IDS.get(variant, {}).get(ids, ids)
             if ids == "pending":
-                self.ids[ids] = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
+                pending = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
+                random.Random(len(pending)).shuffle(pending)  # every shard's, mixed (they come shard by shard)
+                self.ids[ids] = pending
             (env.WORK / f"{ids}.txt").write_text("\n".join(self.ids[ids]) + "\n")
             extra |= {"BENCH_IDS": str(env.WORK / f"{ids}.txt"), "BENCH_PATH": path}
             url = f"http://{env.HOST}:{self.running[variant][1]}"
@@ -98,9 +120,14 @@ class Run:
     def http(self) -> list[dict]:
         """Every phase's runs, each between two baseline runs."""
         runs = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}]
-        for variants, plan in PHASES:
+        for variants, plan in (step for name in PHASES if self.s.phase(name) for step in PHASES[name]):
+            if set(variants) <= set(SHARD_LAYOUTS) and self.tables is None:  # before "1 shard" writes to a alone
+                self.tables = env.table_sizes()
             self.use(variants)
-            seconds = self.s.duration_s if len(variants) == 1 else max(3, self.s.duration_s // 2)
+            # side by side, half-length runs; the shard layouts' whole runs (the measure is their ratio)
+            seconds = (
+                self.s.duration_s if len(variants) == 1 or variants == SHARD_LAYOUTS else max(3, self.s.duration_s // 2)
+            )
             for variant, endpoint in plan:
                 r = self.wrk(f"{variant}: {endpoint}", variant, endpoint, seconds)
                 r |= {"kind": "endpoint", "variant": variant, "endpoint": endpoint, "label": ENDPOINTS[endpoint][0]}
@@ -119,11 +146,15 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
         run.use(("shipped",))
         started, port = time.time(), run.running["shipped"][1]
         run.ids = asyncio.run(client.seed(port, key, s.users, s.list_users, s.payments_per_user))
+        if SHARDED:
+            run.ids["users_home"] = env.on_home(run.ids["users"])
         KEYS.write_text("\n".join(asyncio.run(client.admin_keys(port, key, CLIENTS))) + "\n")
         results["seed"] = {"seconds": round(time.time() - started, 1), "drain": run.drain(time.time())}
         run.wrk("warmup-baseline", None, "", s.warmup_s)
         if s.stage("http"):
             results["runs"] = run.http()
+            results["tables"] = run.tables or env.table_sizes()  # how the shards split what the run wrote
+            results["redis_keys"] = env.redis_spread()  # and how the keys hash over Redis Cluster's masters
         if s.stage("ws"):
             run.stop()
             run.use(("shipped",))
@@ -147,8 +178,10 @@ def main() -> None:
     if s.stage("analytics"):
         results["analytics"] = asyncio.run(analytics.run(s.analytics_payments))
     results |= {"load_after": env.background_load(), "elapsed_s": round(time.monotonic() - t0)}
-    (env.DOCS_BENCH / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    log(f"wrote docs/bench/results.json and {report.write()} in {results['elapsed_s']} s")
+    results["config"] = str(env.CONFIG.relative_to(env.REPO))
+    env.DOCS_OUT.mkdir(parents=True, exist_ok=True)
+    (env.DOCS_OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {env.DOCS_OUT.relative_to(env.REPO)}/results.json and {report.write()} in {results['elapsed_s']} s")
 
 
 if __name__ == "__main__":

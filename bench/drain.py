@@ -5,13 +5,12 @@ offsets against the topic's end), the same way for one process or several."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bench.env import ANALYTICS_GROUP, KAFKA_TOPIC, config, mysql_connect
+from bench.env import ANALYTICS_GROUP, KAFKA_TOPIC, config, mysql_query
 
 POLL_S = 0.05
 
@@ -26,21 +25,20 @@ async def measure(ended_at: float, timeout_s: float) -> dict:
     out: dict = {}
     deadline = time.monotonic() + timeout_s
     try:
-        with contextlib.closing(mysql_connect()) as db, db.cursor() as cur:
-            await ends.topics()  # metadata, for the partitions
-            tps = [TopicPartition(KAFKA_TOPIC, p) for p in sorted(ends.partitions_for_topic(KAFKA_TOPIC) or ())]
-            while time.monotonic() < deadline:
-                cur.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
-                pending = cur.fetchone()[0]
-                committed = await admin.list_consumer_group_offsets(ANALYTICS_GROUP)
-                end = await ends.end_offsets(tps)
-                lag = sum(n - (committed[tp].offset if tp in committed else 0) for tp, n in end.items())
-                if pending == 0:
-                    out.setdefault("outbox_drained_s", round(time.time() - ended_at, 2))
-                if pending == 0 and lag == 0:
-                    out["analytics_caught_up_s"] = round(time.time() - ended_at, 2)
-                    break
-                await asyncio.sleep(POLL_S)
+        await ends.topics()  # metadata, for the partitions
+        tps = [TopicPartition(KAFKA_TOPIC, p) for p in sorted(ends.partitions_for_topic(KAFKA_TOPIC) or ())]
+        while time.monotonic() < deadline:
+            # every physical shard's outbox (one connection each time: a poll every 50 ms)
+            pending = sum(n for (n,) in mysql_query("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"))
+            committed = await admin.list_consumer_group_offsets(ANALYTICS_GROUP)
+            end = await ends.end_offsets(tps)
+            lag = sum(n - (committed[tp].offset if tp in committed else 0) for tp, n in end.items())
+            if pending == 0:
+                out.setdefault("outbox_drained_s", round(time.time() - ended_at, 2))
+            if pending == 0 and lag == 0:
+                out["analytics_caught_up_s"] = round(time.time() - ended_at, 2)
+                break
+            await asyncio.sleep(POLL_S)
     finally:
         await ends.stop()
         await admin.close()

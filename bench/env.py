@@ -1,14 +1,18 @@
 """The bench's surroundings: its settings, its own stores in the backing services, the
 processes it starts, and what /proc says about every process on the machine. Where
-the services are comes from the service's own configuration (config.yaml, its
-``SINGLETON_*`` overrides and ``*_file`` secrets)."""
+the services are comes from the service's own configuration: config.yaml, or the file
+``BENCH_CONFIG`` names (config.cluster.yaml for ``make bench-cluster``), with its
+``SINGLETON_*`` overrides and ``*_file`` secrets. With a ``shards`` section the bench's
+database is on every physical shard."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -20,10 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from managers import config as service_config
+from managers.mysql import shard_configs
+from managers.shards import LOGICAL_SHARDS, logical_shard
 
 REPO = Path(__file__).resolve().parent.parent
+CONFIG = (REPO / os.environ.get("BENCH_CONFIG", "config.yaml")).resolve()  # what the bench and its services read
 WORK = REPO / "reports" / "bench"  # git-ignored scratch: logs, raw wrk output
 DOCS_BENCH = REPO / "docs" / "bench"
+OUT = os.environ.get("BENCH_OUT", "")  # "cluster": results in docs/bench/cluster/, docs/BENCHMARKS-cluster.md
+# (a path: "cluster/post" puts them in docs/bench/cluster/post/ and docs/BENCHMARKS-cluster-post.md)
+DOCS_OUT = DOCS_BENCH / OUT
 PY = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable
 HOST = "127.0.0.1"
 MYSQL_DATABASE = "singleton_test_bench"  # the devstack user may only create singleton_test%
@@ -31,6 +41,8 @@ REDIS_DB = 14
 MONGO_DATABASE = "singleton_bench"
 KAFKA_TOPIC = "singleton-bench"
 SERVICES = {"mariadb": "MariaDB", "redis": "Redis", "kafka": "Kafka", "postgres": "PostgreSQL", "ferretdb": "FerretDB"}
+# devstack's pid files: run/kafka.pid, or a cluster stack's run/kafka-2.pid, run/mariadb-a.pid
+PID_FILE = re.compile(rf"^({'|'.join(SERVICES)})(?:-(\w+))?\.pid$")
 CODE = ("service", "handlers", "managers", "domain", "migrations", "bench")  # measured: "+dirty" if changed
 ANALYTICS_GROUP = f"singleton-bench-analytics-{int(time.time())}"  # a fresh group each run
 
@@ -40,6 +52,9 @@ class Settings:
     """Every knob; each from BENCH_<NAME> if set (BENCH_DURATION_S=5; a tuple: 25,50,100)."""
 
     stages: str = "http,ws,analytics"
+    phases: str = "shipped,pool,costs,processes,shards"  # of the http stage (bench/__main__.py PHASES)
+    shard_rounds: int = 3  # POST payments on 1 shard and on all, alternating (a sharded configuration)
+    shards_apart: int = 1  # 1: one service at a time, started anew for each run; 0: both side by side
     duration_s: int = 10  # a wrk run
     connections: int = 50
     users: int = 10000
@@ -52,6 +67,7 @@ class Settings:
     ws_rates_single: tuple = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0)  # payments/s
     ws_rates_shared: tuple = (25.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0)
     ws_step_s: float = 5.0
+    ws_most: int = 1  # 0: skip holding the most sockets the open-files limit allows (minutes)
     analytics_payments: int = 1_000_000
 
     def __post_init__(self) -> None:
@@ -63,6 +79,9 @@ class Settings:
     def stage(self, name: str) -> bool:
         return name in self.stages.split(",")
 
+    def phase(self, name: str) -> bool:
+        return name in self.phases.split(",")
+
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -72,26 +91,86 @@ def log(msg: str) -> None:
 @functools.cache
 def config() -> dict:
     """The configuration the service would read here (``make services`` makes the dev secrets)."""
-    return service_config.load()
+    return service_config.load(CONFIG)
 
 
 def redis_url() -> str:
     return urllib.parse.urlsplit(config()["redis"]["url"])._replace(path=f"/{REDIS_DB}").geturl()
 
 
-def mysql_connect(database: str | None = MYSQL_DATABASE):
+def shards() -> dict[str, dict]:
+    """Each physical shard's MariaDB settings, the home first (``main`` without a ``shards`` section)."""
+    databases, home, _ = shard_configs(config())
+    return {home: databases[home]} | {name: cfg for name, cfg in databases.items() if name != home}
+
+
+def one_shard() -> dict[str, str]:
+    """SINGLETON_* overrides for the layout of one physical shard: the home alone, on its own
+    server, holding every logical shard (what a sharded configuration is compared with)."""
+    cfg = config()["shards"]
+    home = {**cfg["physical"][cfg["global"]], "logical": f"0-{LOGICAL_SHARDS - 1}"}
+    return {"SINGLETON_SHARDS__PHYSICAL": json.dumps({cfg["global"]: home})}
+
+
+def on_home(ids: list[str]) -> list[str]:
+    """Those of the user (or payment) ``ids`` whose logical shard config's map puts on the home."""
+    _, home, shard_map = shard_configs(config())
+    return [i for i in ids if shard_map.physical(logical_shard(i)) == home]
+
+
+def mysql_connect(database: str | None = MYSQL_DATABASE, shard: str | None = None):
+    """A connection to ``shard``'s server (default: the home), in the bench's database."""
     import pymysql
 
-    c = config()["mysql"]
+    c = shards()[shard or next(iter(shards()))]
     login = {k: c[k] for k in ("host", "port", "user", "password")}
     # The service writes UTC_TIMESTAMP(): in UTC, UNIX_TIMESTAMP() reads it back as written.
     return pymysql.connect(**login, database=database, autocommit=True, init_command="SET time_zone = '+00:00'")
 
 
 def mysql_query(sql: str, args: tuple = ()) -> list[tuple]:
-    with contextlib.closing(mysql_connect()) as conn, conn.cursor() as cur:
-        cur.execute(sql, args)
-        return list(cur.fetchall())
+    """``sql`` on every physical shard, the rows of all of them."""
+    rows: list[tuple] = []
+    for shard in shards():
+        with contextlib.closing(mysql_connect(shard=shard)) as conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            rows += cur.fetchall()
+    return rows
+
+
+def table_sizes() -> dict[str, dict[str, dict[str, int]]]:
+    """Each physical shard's tables of the bench's database: rows (exact) and bytes of data and
+    indexes (InnoDB's estimate), for how a layout splits the storage."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for shard in shards():
+        with contextlib.closing(mysql_connect(shard=shard)) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_name, data_length, index_length FROM information_schema.tables WHERE table_schema = %s",
+                (MYSQL_DATABASE,),
+            )
+            out[shard] = {}
+            for name, data, index in cur.fetchall():
+                cur.execute(f"SELECT COUNT(*) FROM `{name}`")
+                out[shard][name] = {"rows": cur.fetchone()[0], "data_bytes": data, "index_bytes": index}
+    return out
+
+
+def redis_spread() -> dict[str, int]:
+    """Keys on each Redis Cluster master (``{}`` on one server): how the keys hash over them."""
+    import redis
+
+    if not (nodes := config()["redis"].get("cluster_nodes")):
+        return {}
+    from redis.cluster import ClusterNode, RedisCluster
+
+    startup = [ClusterNode(host, int(port)) for host, port in (node.rsplit(":", 1) for node in nodes)]
+    with contextlib.closing(RedisCluster(startup_nodes=startup, socket_timeout=10)) as cluster:
+        masters = [(node.host, node.port) for node in cluster.get_primaries()]
+    out = {}
+    for host, port in sorted(masters):
+        with contextlib.closing(redis.Redis(host=host, port=port, socket_timeout=10)) as node:
+            out[f"{host}:{port}"] = int(node.dbsize())
+    return out
 
 
 def reset_stores() -> None:
@@ -99,33 +178,59 @@ def reset_stores() -> None:
     import pymongo
     import redis
 
-    with contextlib.closing(mysql_connect(None)) as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
-        cur.execute(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4")
-    redis.Redis.from_url(redis_url()).flushdb()
+    for shard in shards():
+        with contextlib.closing(mysql_connect(None, shard)) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
+            cur.execute(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4")
+    if nodes := config()["redis"].get("cluster_nodes"):  # Redis Cluster has db 0 only: the stack is the bench's
+        from redis.cluster import ClusterNode, RedisCluster
+
+        startup = [ClusterNode(host, int(port)) for host, port in (node.rsplit(":", 1) for node in nodes)]
+        with contextlib.closing(RedisCluster(startup_nodes=startup, socket_timeout=10)) as cluster:
+            cluster.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        redis.Redis.from_url(redis_url()).flushdb()
     with contextlib.closing(pymongo.MongoClient(config()["mongodb"]["uri"])) as mongo:
         for name in (MONGO_DATABASE, f"{MONGO_DATABASE}_analytics"):
             mongo.drop_database(name)
     asyncio.run(_recreate_topic())
 
 
-async def _recreate_topic(partitions: int = 3) -> None:
-    """The bench topic deleted and created anew, so no event of an earlier run is left."""
+async def _recreate_topic() -> None:
+    """The bench topic deleted and created anew, so no event of an earlier run is left, in the
+    shape of the service's own topic (``kafka.topic``): its partitions, replication factor and
+    ``min.insync.replicas`` (3, 1 and the broker's default on the everyday stack; 12, 3 and 2
+    on the cluster stack)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=config()["kafka"]["bootstrap_servers"])
     await admin.start()
     try:
+        shape = await _topic_shape(admin, config()["kafka"]["topic"])
         with contextlib.suppress(UnknownTopicOrPartitionError):
             await admin.delete_topics([KAFKA_TOPIC])
         for _ in range(120):  # deletion completes in the background: retry until the name is free
             with contextlib.suppress(TopicAlreadyExistsError):
-                return await admin.create_topics([NewTopic(KAFKA_TOPIC, partitions, 1)])
+                return await admin.create_topics([NewTopic(KAFKA_TOPIC, *shape[:2], topic_configs=shape[2])])
             await asyncio.sleep(0.5)
         raise RuntimeError(f"topic {KAFKA_TOPIC} could not be created again")
     finally:
         await admin.close()
+
+
+async def _topic_shape(admin, topic: str) -> tuple[int, int, dict[str, str]]:
+    """``topic``'s partition count, replication factor and ``min.insync.replicas`` if set on it."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    [described] = await admin.describe_topics([topic])
+    if described["error_code"] or not described["partitions"]:
+        raise RuntimeError(f"topic {topic} (the service's) cannot be described: error {described['error_code']}")
+    partitions = described["partitions"]
+    [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    entries = response.resources[0][4]  # (name, value, read_only, source, sensitive, synonyms)
+    min_isr = {name: value for name, value, _, source, *_ in entries if name == "min.insync.replicas" and source == 1}
+    return len(partitions), len(partitions[0]["replicas"]), min_isr
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -183,7 +288,8 @@ class Proc:
 def start_service(name: str, port: int, overrides: dict[str, str], role: str = "all") -> Proc:
     """``python -m service --port N --role R`` in the shipped configuration plus ``overrides``;
     back once ready (with workers, once 20 readiness probes in a row found a ready one)."""
-    argv, tag = [PY, "-m", "service", "--port", str(port), "--role", role], "".join(filter(str.isalnum, name))
+    argv = [PY, "-m", "service", "--config", str(CONFIG), "--port", str(port), "--role", role]
+    tag = "".join(filter(str.isalnum, name))
     proc = Proc(f"service-{tag}", argv, service_env(overrides))
     proc.wait_http(f"http://{HOST}:{port}/health/ready", 20 if "SINGLETON_SERVER__PROCESSES" in overrides else 1)
     return proc
@@ -197,7 +303,7 @@ def start_baseline(port: int) -> Proc:
 
 def create_admin_key() -> str:
     """``python -m service keys create --role admin`` against the bench's database."""
-    argv, environ = [PY, "-m", "service", "keys", "create", "--role", "admin"], service_env({})
+    argv, environ = [PY, "-m", "service", "--config", str(CONFIG), "keys", "create", "--role", "admin"], service_env({})
     return subprocess.run(argv, cwd=REPO, env=environ, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -225,17 +331,22 @@ def processes() -> dict[int, tuple[str, int, float]]:
 
 def own_services() -> dict[int, str]:
     """The bench's own backing services by pid (devstack's pid files), capitalised so that other
-    work on the machine (other stacks' ``java``, ``mariadbd``...) stands apart."""
+    work on the machine (other stacks' ``java``, ``mariadbd``...) stands apart; a cluster stack's
+    servers each by name (``MariaDB a``, ``Kafka 2``)."""
     run, out = Path(os.environ.get("DEVSTACK_DIR") or REPO / ".devstack") / "run", {}
-    for name, label in SERVICES.items():
-        with contextlib.suppress(OSError, ValueError):
-            out[int((run / f"{name}.pid").read_text())] = label
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(run):
+            if match := PID_FILE.match(entry.name):
+                label = " ".join(filter(None, (SERVICES[match[1]], match[2])))
+                with contextlib.suppress(OSError, ValueError):
+                    out[int(Path(entry.path).read_text())] = label
     return out
 
 
 def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], top: int = 8) -> dict[str, float]:
     """CPU between two ``processes()`` snapshots in cores by name (``names`` and the bench's own
-    services label pids and their children), largest first, the rest summed as "other"."""
+    services label pids and their children), largest first: every named one, and the ``top``
+    largest of the others (other work on the machine), the rest summed as "other"."""
     use: dict[str, float] = {}
     names = own_services() | names
     for pid, (comm, ppid, cpu) in after.items():
@@ -243,8 +354,11 @@ def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], 
             label = names.get(pid) or names.get(ppid) or comm
             use[label] = use.get(label, 0.0) + used / seconds
     ranked = sorted(use.items(), key=lambda kv: -kv[1])
-    rest = sum(v for _, v in ranked[top:])
-    return {k: round(v, 2) for k, v in ranked[:top]} | ({"other": round(rest, 2)} if rest >= 0.01 else {})
+    mine = set(names.values())
+    strangers = [k for k, _ in ranked if k not in mine]
+    shown = {k: round(v, 2) for k, v in ranked if k in mine or k in strangers[:top]}
+    rest = sum(v for k, v in ranked if k not in shown)
+    return shown | ({"other": round(rest, 2)} if rest >= 0.01 else {})
 
 
 def background_load(seconds: float = 2.0) -> dict[str, float]:

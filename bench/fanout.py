@@ -67,7 +67,8 @@ def run(port: int, key: str, service: Proc, users: list[str], s) -> dict:
     clients = Clients(port, 2, "single")
     out["single"] = {"users": len(single), "per_user": 1, **clients.open([(tokens[u], "s") for u in single])}
     out["single"]["per_socket_kib"] = (rss_kib(service.pid) - rss_before) / max(1, out["single"]["open"])
-    out["most"] = hold_most(port, service, tokens, single, rss_before)
+    if s.ws_most:
+        out["most"] = hold_most(port, service, tokens, single, rss_before)
     out["single"]["steps"] = steps(port, key, service, clients, single, 1, s.ws_rates_single, s.ws_step_s)
     clients.close(service, files)
 

@@ -9,7 +9,10 @@ import json
 import statistics
 import sys
 
-from bench.env import DOCS_BENCH
+from bench.env import DOCS_BENCH, DOCS_OUT, OUT
+
+PAGE = f"BENCHMARKS-{OUT.replace('/', '-')}.md" if OUT else "BENCHMARKS.md"  # in docs/
+IMAGES = f"bench/{OUT}/" if OUT else "bench/"  # the plots, from docs/
 
 NEVER = 1e9  # a catch-up not seen before the drain timeout
 COSTS = (
@@ -59,8 +62,9 @@ def measures(r: dict) -> dict:
         for shape in ("shared", "single"):
             m[f"knee_{shape}_fps"] = _knee(ws[shape]).get("fps", 0)
             m[f"knee_{shape}_cpu"] = _knee(ws[shape]).get("frames_per_cpu_s")
-        m["per_socket_kib"] = ws["most"]["per_socket_kib"]
-        m["rss_50k_mib"] = (ws["rss_before_kib"] + 50_000 * m["per_socket_kib"]) / 1024
+        if most := ws.get("most"):  # BENCH_WS_MOST=0 skips it
+            m["per_socket_kib"] = most["per_socket_kib"]
+            m["rss_50k_mib"] = (ws["rss_before_kib"] + 50_000 * m["per_socket_kib"]) / 1024
     return m
 
 
@@ -105,8 +109,19 @@ def targets(r: dict, m: dict) -> list[tuple]:
         for shape, fps in (("shared", m["knee_shared_fps"]), ("single", m["knee_single_fps"])):
             what = f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}"
             add((what, "≥ 20,000 frames/s, p99 ≤ 100 ms", f"{fps:,} frames/s", fps, 20_000, "frames/s", True))
-        seen = f"{ws['most']['sockets']:,} held, {m['per_socket_kib']:.1f} KiB each; {m['rss_50k_mib']:,.0f} MiB"
-        add(("50,000 sockets, one process (extrapolated)", "≤ 1 GiB RSS", seen, m["rss_50k_mib"], 1024, "MiB", False))
+        if most := ws.get("most"):
+            seen = f"{most['sockets']:,} held, {m['per_socket_kib']:.1f} KiB each; {m['rss_50k_mib']:,.0f} MiB"
+            add(
+                (
+                    "50,000 sockets, one process (extrapolated)",
+                    "≤ 1 GiB RSS",
+                    seen,
+                    m["rss_50k_mib"],
+                    1024,
+                    "MiB",
+                    False,
+                )
+            )
     return [(*spec[:3], *_verdict(*spec[3:])) for spec in specs]
 
 
@@ -141,7 +156,7 @@ def _save(fig, ax, name: str) -> str:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(DOCS_BENCH / name, dpi=100)
+    fig.savefig(DOCS_OUT / name, dpi=100)
     fig.clf()
     return name
 
@@ -160,11 +175,14 @@ def _ms(*values: float | None) -> str:
 
 def header(r: dict) -> list[str]:
     mc, s = r["machine"], r["settings"]
+    made = "`make bench-cluster`, on the cluster stack" if OUT else "`make bench`"
     return [
-        "# Benchmarks",
+        "# Benchmarks" + (f" on the {OUT} stack ({r.get('config')})" if OUT else ""),
         "",
-        "Written by `make bench` (bench/README.md says how it measures) from one run, on "
-        f"{r['date']} at {mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report` writes it again.",
+        f"Written by {made} (bench/README.md says how it measures) from one run, on "
+        f"{r['date']} at {mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report"
+        + (f" BENCH_OUT={OUT}" if OUT else "")
+        + "` writes it again.",
         "",
         f"- **Machine:** {mc['nproc']} CPUs ({mc['cpu_model']}), {mc['mem_total_gib']} GiB, kernel {mc['kernel']}, "
         f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process. Shared: other "
@@ -197,7 +215,7 @@ def http_section(r: dict, images: list[str]) -> list[str]:
     header = ["endpoint", "service", "req/s", "p50 / p99 ms", "baseline req/s", "ratio", "errors / non-2xx"]
     pool = _versus(r, "MariaDB pool of 50", ("list_payments", "put_status"), "{label} {p50_ms:,.1f} / {p99_ms:,.1f}")
     two = _versus(r, "2 processes", ("get_user", "post_payments"), "{label} {ratio:.1%}")
-    return [
+    return shards_section(r) + [
         "## HTTP endpoints",
         "",
         f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. The GET user comparisons: four `--role "
@@ -212,8 +230,77 @@ def http_section(r: dict, images: list[str]) -> list[str]:
         "with wrk, the baseline and every backing service (the CPU column): no core is free for the second worker "
         "here, so this is no measure of scaling.",
         "",
-        *(f"![{name}](bench/{name})\n" for name in images if name != "ws_knee.png"),
+        *(f"![{name}]({IMAGES}{name})\n" for name in images if name != "ws_knee.png"),
     ]
+
+
+def shard_rounds(r: dict) -> list[tuple[dict, dict]]:
+    """POST payments on one physical shard and on every shard, round by round (side by side)."""
+    layouts = [v for v in dict.fromkeys(x.get("variant") for x in r.get("runs", [])) if v and v.endswith("shards")]
+    if not layouts:  # one physical shard: nothing to compare
+        return []
+    return list(zip(_runs(r, "1 shard", "post_payments"), _runs(r, layouts[0], "post_payments"), strict=True))
+
+
+def shards_section(r: dict) -> list[str]:
+    if not (pairs := shard_rounds(r)):
+        return []
+
+    def mariadb(x: dict) -> str:  # each shard's server: its cores per 1,000 POSTs a second
+        servers = {k: v for k, v in x["cpu_cores"].items() if k.startswith("MariaDB")}
+        return ", ".join(f"{k} {v / x['rps'] * 1000:.2f}" for k, v in sorted(servers.items())) or "—"
+
+    rows = [
+        [n + 1, f"{a['rps']:,.0f}", f"{b['rps']:,.0f}", f"{b['rps'] / a['rps']:.2f}", mariadb(a), mariadb(b)]
+        + [_cpu(a["cpu_cores"]), _cpu(b["cpu_cores"])]
+        for n, (a, b) in enumerate(pairs)
+    ]
+    ratio = statistics.median(b["rps"] / a["rps"] for a, b in pairs)
+    many = pairs[0][1]["variant"]
+    return [
+        "## POST payments: one shard against " + many,
+        "",
+        f"The same servers: `1 shard` is the home alone holding every logical shard (driven with the seeded users "
+        f"whose logical shard is on the home), `{many}` config's map (driven with every seeded user). "
+        + (
+            "One service at a time (with its relay and analytics consumer), started anew for each run"
+            if r["settings"].get("shards_apart")
+            else "Both services ran side by side (each with its relay and analytics consumer)"
+        )
+        + f", their runs alternating; the ratio is within a round. Median ratio {ratio:.2f}.",
+        "",
+        "MariaDB's cores per 1,000 req/s, each shard's server from its CPU column: the work a server does for a "
+        "POST, and how the layout splits it between the servers.",
+        "",
+        *_table(
+            ["round", "1 shard req/s", f"{many} req/s", "ratio", "MariaDB per 1,000/s, 1 shard", f"the same, {many}"]
+            + ["CPU, 1 shard", f"CPU, {many}"],
+            rows,
+        ),
+    ]
+
+
+def tables_section(r: dict) -> list[str]:
+    """What the run left on each physical shard: rows, and data + index bytes (InnoDB's estimate)."""
+    if len(tables := r.get("tables") or {}) < 2:
+        return []
+    names = ("users", "payments", "payment_status_history", "outbox", "api_keys", "email_claims")
+    rows = [
+        [shard] + [f"{t[n]['rows']:,} ({(t[n]['data_bytes'] + t[n]['index_bytes']) / 2**20:.1f} MiB)" for n in names]
+        for shard, t in tables.items()
+    ]
+    return [
+        "## Storage by shard",
+        "",
+        "What the run left in each physical shard's database: rows (and data + index MiB, InnoDB's estimate). The "
+        "user's tables split by logical shard; API keys and email claims live in the home only.",
+        "",
+        *_table(["shard", *names], rows),
+    ] + (
+        [f"Keys on each Redis Cluster master after the run: {', '.join(f'{n:,}' for n in keys.values())}.", ""]
+        if (keys := r.get("redis_keys"))
+        else []
+    )
 
 
 def analytics_section(a: dict) -> list[str]:
@@ -254,7 +341,15 @@ def ws_section(ws: dict, m: dict, images: list[str]) -> list[str]:
             for x in s["steps"]
         ]
         out += _table(header, rows)
-    most, before = ws["most"], ws["rss_before_kib"] / 1024
+    most, before = ws.get("most"), ws["rss_before_kib"] / 1024
+    if most is None:
+        return out + [
+            f"**Memory.** The service's RSS: {before:.0f} MiB before any socket, "
+            f"{ws['single']['per_socket_kib']:.1f} KiB more a socket with {ws['single']['open']:,} open (the most "
+            "sockets a process can hold was not measured in this run: `BENCH_WS_MOST=0`).",
+            "",
+            *(f"![{name}]({IMAGES}{name})\n" for name in images if name == "ws_knee.png"),
+        ]
     return out + [
         f"**Memory.** The service's RSS: {before:.0f} MiB before any socket, {ws['single']['per_socket_kib']:.1f} KiB "
         f"more a socket with {ws['single']['open']:,} open, {most['rss_kib'] / 1024:.0f} MiB with {most['sockets']:,} "
@@ -263,7 +358,7 @@ def ws_section(ws: dict, m: dict, images: list[str]) -> list[str]:
         f"{before:.0f} MiB + 50,000 × {m['per_socket_kib']:.1f} KiB = {m['rss_50k_mib']:,.0f} MiB. Limited by the "
         "environment.",
         "",
-        *(f"![{name}](bench/{name})\n" for name in images if name == "ws_knee.png"),
+        *(f"![{name}]({IMAGES}{name})\n" for name in images if name == "ws_knee.png"),
     ]
 
 
@@ -281,20 +376,22 @@ def markdown(r: dict, history: dict, images: list[str]) -> str:
     m, out = measures(r), header(r)
     rows = [[*t[:3], {None: "reported", True: "**met**", False: "**missed**"}[t[3]], t[4]] for t in targets(r, m)]
     out += ["## Targets", "", *_table(["target", "goal", "measured", "verdict", "margin"], rows)]
-    out += http_section(r, images) if r.get("runs") else []
+    out += http_section(r, images) + tables_section(r) if r.get("runs") else []
     out += analytics_section(r["analytics"]) if r.get("analytics") else []
     out += ws_section(r["ws"], m, images) if r.get("ws") else []
+    if OUT:  # the before/after rows are the everyday stack's
+        return "\n".join(out)
     rows = [[h["change"], h["commit"], h["measure"], h["before"], _after(h, m)] for h in history.get("rows", [])]
     out += ["## Before and after", "", history.get("note", ""), ""]
     return "\n".join(out + _table(["change", "code", "measure", "before", "after"], rows))
 
 
 def write() -> str:
-    if not (path := DOCS_BENCH / "results.json").exists():
+    if not (path := DOCS_OUT / "results.json").exists():
         raise SystemExit(f"no {path}: run `make bench` first")
     results, history = json.loads(path.read_text()), json.loads((DOCS_BENCH / "history.json").read_text())
-    (DOCS_BENCH.parent / "BENCHMARKS.md").write_text(markdown(results, history, plots(results)))
-    return "docs/BENCHMARKS.md"
+    (DOCS_BENCH.parent / PAGE).write_text(markdown(results, history, plots(results)))
+    return f"docs/{PAGE}"
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ async def create(
             await tx.script(statements, commit=True)
     except mysql.IntegrityError as exc:
         if is_missing_parent(exc):
+            await MySQLManager.instance().missing(shard, user_id)
             raise user_not_found(user_id) from None
         if idempotency_key is None or not is_duplicate_key(exc):
             raise
@@ -150,12 +151,11 @@ async def get(payment_id: str) -> Cached:
     """The payment as response bytes with its version and owner, from Redis when cached, else MariaDB."""
 
     async def load() -> Cached:
-        row = (
-            await MySQLManager.instance()
-            .for_id(payment_id)
-            .fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
-        )
+        mysql_shards = MySQLManager.instance()
+        shard = mysql_shards.for_id(payment_id)
+        row = await shard.fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s", (payment_id,))
         if row is None:
+            await mysql_shards.missing(shard, payment_id)
             raise not_found("payment", payment_id)
         return cached(to_api(row))
 
@@ -174,6 +174,7 @@ async def _lock_payment(tx: Tx, payment_id: str) -> Row:
         f"SELECT {_COLUMNS} FROM payments WHERE id = %s FOR UPDATE", (payment_id,), first=[lock_owner]
     )
     if row is None:
+        await MySQLManager.instance().missing(tx, payment_id)
         raise not_found("payment", payment_id)
     return row
 

@@ -258,6 +258,7 @@ async def _update(user_id: str, changes: UserUpdate, if_match: str | None) -> tu
         async with MySQLManager.instance().for_id(user_id).transaction() as tx:
             row = await lock(tx, user_id)
             if row is None:
+                await MySQLManager.instance().missing(tx, user_id)
                 raise not_found("user", user_id)
             if if_match is not None and not _matches(if_match, row["version"]):
                 raise APIError(
@@ -283,6 +284,9 @@ async def _update(user_id: str, changes: UserUpdate, if_match: str | None) -> tu
 
 
 async def exists(user_id: str) -> bool:
-    shard = MySQLManager.instance().for_id(user_id)
+    mysql_shards = MySQLManager.instance()
+    shard = mysql_shards.for_id(user_id)
     row = await shard.fetchone("SELECT 1 AS found FROM users WHERE id = %s", (user_id,))
+    if row is None:
+        await mysql_shards.missing(shard, user_id)
     return row is not None

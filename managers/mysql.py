@@ -49,12 +49,19 @@ def is_missing_parent(exc: pymysql.err.IntegrityError) -> bool:
     return bool(exc.args) and exc.args[0] == MISSING_PARENT
 
 
-SHARD_NOT_WRITABLE = 1644  # ER_SIGNAL_EXCEPTION: only migrations/0003_shards.sql's guard signals
+SHARD_NOT_WRITABLE = 1644  # ER_SIGNAL_EXCEPTION: only the move's write guard signals (domain/moves.py)
+
+
+class ShardMoved(ConnectionError):
+    """What was looked for is not here because its logical shard is moving or has moved away
+    from this server, and this instance has not read the move yet: not a 404, a retry."""
 
 
 def is_shard_moving(exc: BaseException) -> bool:
-    """A write refused because its logical shard is being moved, or has moved away and
-    this instance has not read the move yet: retried in a moment, it goes through."""
+    """A call refused because its logical shard is being moved, or has moved away and this
+    instance has not read the move yet: retried in a moment, it goes through."""
+    if isinstance(exc, ShardMoved):
+        return True
     return isinstance(exc, pymysql.err.OperationalError) and bool(exc.args) and exc.args[0] == SHARD_NOT_WRITABLE
 
 
@@ -377,6 +384,18 @@ class MySQLManager(BackingService):
     def for_id(self, entity_id: str) -> Database:
         """The shard of a user id, or of a payment id (which carries its user's logical shard)."""
         return self.databases[self.shard_map.physical(logical_shard(entity_id))]
+
+    async def missing(self, reader: Database | Tx, entity_id: str) -> None:
+        """Call before a 404 for ``entity_id``, looked for through ``reader`` (its shard, or a
+        transaction there). On a sharded deployment, a miss on a server its logical shard is
+        moving from, or has left (a request routed by a map older than the move, after the
+        old copies were deleted), raises ``ShardMoved``: a retry, not a 404."""
+        if not self.sharded:
+            return
+        shard = logical_shard(entity_id)
+        row = await reader.fetchone("SELECT state FROM logical_shards WHERE id = %s", (shard,))
+        if row is not None and row["state"] != "home":
+            raise ShardMoved(f"logical shard {shard} is {row['state']} on this server")
 
     def for_logical(self, shard: int) -> Database:
         return self.databases[self.shard_map.physical(shard)]

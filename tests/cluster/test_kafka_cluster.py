@@ -222,6 +222,10 @@ async def analytics_of(service: Service, key: str, user_id: str) -> tuple[int, D
     return stats["payment_count"], Decimal(usd.get("total", "0.00"))
 
 
+# Heavy: 200 payments/s with a socket per user for minutes. On this shared 2-core machine it
+# passed 3 of 6 runs (analytics starved behind FerretDB, or sockets behind, at load 10-24),
+# so it runs in make test-cluster-heavy, not in CI's make test-cluster.
+@pytest.mark.heavy
 @pytest.mark.timeout(900)
 @pytest.mark.gen_test(timeout=900)
 async def test_a_broker_killed_under_200_payments_per_second(cluster_config, tmp_path):

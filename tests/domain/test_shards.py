@@ -338,3 +338,21 @@ async def test_a_logical_shard_moves_under_writes_with_nothing_lost_or_doubled(s
     # Reads and writes go on, served by b.
     assert (await api.get(f"/api/v1/payments/{accepted[0]}"))[0] == 200
     assert (await api.put(f"/api/v1/payments/{accepted[0]}/status", {"status": "completed"}))[0] == 200
+
+    # An instance that has not read the move yet still routes to a, whose copies are gone:
+    # a retry (503 shard_moving), never a 404 or a 422 for rows that exist on b.
+    mysql = MySQLManager.instance()
+    assert mysql._task is not None
+    mysql._task.cancel()  # this instance stops reading moves (the module's managers are replaced after)
+    mysql.shard_map.apply([])
+    person = people[0]
+    for method, path, body in (
+        ("GET", f"/api/v1/users/{person['id']}/payments", None),
+        ("POST", "/api/v1/payments", {"user_id": person["id"], "amount": "1.00", "currency": "USD"}),
+        ("PUT", f"/api/v1/payments/{accepted[1]}/status", {"status": "completed"}),
+    ):
+        code, answer, headers = await api.request(method, path, body)
+        assert code == 503 and answer["error"]["code"] == "shard_moving", (path, answer)
+        assert headers["Retry-After"] == "1"
+    await mysql.refresh_map()
+    assert (await api.get(f"/api/v1/users/{person['id']}/payments"))[0] == 200
