@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import tornado.httpserver
 
@@ -37,7 +38,7 @@ from service.lifecycle import ROLES, Lifecycle
 from service.supervisor import Supervisor
 
 log = logging.getLogger("singleton.service")
-KEYS_WAIT_S = 30  # how long the keys commands wait for MariaDB
+COMMAND_WAIT_S = 30  # how long the keys and shards commands wait for MariaDB
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,49 +75,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def manage_keys(config: Config, args: argparse.Namespace) -> int:
-    """The ``keys`` commands: MariaDB only, no port opened."""
+async def mysql_command(config: Config, command: Callable[[MySQLManager], Awaitable[None]]) -> int:
+    """Run a command that needs MariaDB only (the ``keys`` and ``shards`` commands; no port
+    opened) once every shard is reached and migrated: its failure is one line on stderr and
+    the exit code."""
     mysql = MySQLManager.start(config)
     try:
-        await mysql.wait_ready(KEYS_WAIT_S)
-        if args.action == "create":
-            created = await auth.create_key(args.role, args.user_id)
-            print(created["key"])
-        elif args.action == "list":
-            for key in await auth.list_keys():
-                print(json.dumps(key))
-        else:
-            print(json.dumps(await auth.revoke_key(args.key_id)))
+        await mysql.wait_ready(COMMAND_WAIT_S)
+        await command(mysql)
     except TimeoutError:
-        print(f"cannot reach mysql within {KEYS_WAIT_S} s", file=sys.stderr)
-        return 1
-    except APIError as exc:
-        print(f"{exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    finally:
-        await mysql.close()
-    return 0
-
-
-async def manage_shards(config: Config, args: argparse.Namespace) -> int:
-    """The ``shards`` commands: MariaDB only, no port opened."""
-    mysql = MySQLManager.start(config)
-    try:
-        await mysql.wait_ready(KEYS_WAIT_S)
-        if mysql.sharded:
-            await mysql.refresh_map()
-        if args.action == "map":
-            for name in mysql.databases:
-                print(json.dumps({"physical": name, "logical": compact(mysql.shard_map.held_by(name))}))
-        else:
-            grace_s = args.grace_s if args.grace_s is not None else 3 * mysql.map_refresh_s
-            for logical in parse_ranges(args.logical):
-                if mysql.for_logical(logical).name == args.to:
-                    continue  # there already: a range half moved before is simply run again
-                moved = await moves.move(logical, args.to, grace_s, say=lambda line: print(line, file=sys.stderr))
-                print(json.dumps(moved._asdict()), flush=True)
-    except TimeoutError:
-        print(f"cannot reach every mysql shard within {KEYS_WAIT_S} s", file=sys.stderr)
+        print(f"cannot reach every mysql shard within {COMMAND_WAIT_S} s", file=sys.stderr)
         return 1
     except APIError as exc:
         print(f"{exc.code}: {exc.message}", file=sys.stderr)
@@ -127,6 +95,32 @@ async def manage_shards(config: Config, args: argparse.Namespace) -> int:
     finally:
         await mysql.close()
     return 0
+
+
+async def manage_keys(mysql: MySQLManager, args: argparse.Namespace) -> None:
+    if args.action == "create":
+        created = await auth.create_key(args.role, args.user_id)
+        print(created["key"])
+    elif args.action == "list":
+        for key in await auth.list_keys():
+            print(json.dumps(key))
+    else:
+        print(json.dumps(await auth.revoke_key(args.key_id)))
+
+
+async def manage_shards(mysql: MySQLManager, args: argparse.Namespace) -> None:
+    if mysql.sharded:
+        await mysql.refresh_map()
+    if args.action == "map":
+        for name in mysql.databases:
+            print(json.dumps({"physical": name, "logical": compact(mysql.shard_map.held_by(name))}))
+        return
+    grace_s = args.grace_s if args.grace_s is not None else 3 * mysql.map_refresh_s
+    for logical in parse_ranges(args.logical):
+        if mysql.for_logical(logical).name == args.to:
+            continue  # there already: a range half moved before is simply run again
+        moved = await moves.move(logical, args.to, grace_s, say=lambda line: print(line, file=sys.stderr))
+        print(json.dumps(moved._asdict()), flush=True)
 
 
 async def drain(traffic: Traffic, timeout_s: float) -> None:
@@ -211,15 +205,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def run(config: Config, args: argparse.Namespace) -> int:
-    if args.command == "keys":  # stdout is the command's answer: logs go to stderr
+    if args.command in ("keys", "shards"):  # stdout is the command's answer: logs go to stderr
         logger = LoggerManager.start({**config["logging"], "file": "", "level": "WARNING"}, stream=sys.stderr)
     else:
         logger = LoggerManager.start(config["logging"])
     try:
-        if args.command == "keys":
-            return await manage_keys(config, args)
-        if args.command == "shards":
-            return await manage_shards(config, args)
+        if args.command in ("keys", "shards"):
+            manage = manage_keys if args.command == "keys" else manage_shards
+            return await mysql_command(config, lambda mysql: manage(mysql, args))
         if config["server"]["processes"] > 1 and args.listen_fd is None:
             passed_on = [*(["--config", args.config] if args.config else []), "--role", args.role]
             return await Supervisor(config, passed_on).run()
