@@ -3,7 +3,7 @@ then relayed to Kafka, one relay loop per physical shard.
 
 ``insert(event)`` is the statement that records an event; its caller runs it in
 the transaction of the change, so an event exists exactly when its change
-committed, and calls ``notify_committed()`` after the commit. ``OutboxRelay``
+committed, and calls ``notify_committed(shard)`` after the commit. ``OutboxRelay``
 publishes pending rows in id order (key = user id, so one user's events stay in order on one
 partition) and marks them published. If Kafka is down the rows wait; nothing
 is dropped. A crash between publish and mark re-sends a batch: delivery is at
@@ -54,13 +54,14 @@ def insert(event: Event) -> Statement:
     )
 
 
-def notify_committed() -> None:
-    """Call after a commit that added events, so they go out now rather than at the next poll.
+def notify_committed(shard: Database) -> None:
+    """Call after a commit on ``shard`` that added events, so its relay sends them now rather
+    than at the next poll (the other shards' relays have nothing new).
 
     A process without the relay (``--role api``) has no one to tell: a relay process finds
     the rows at its next poll (``outbox.poll_interval_s``), which bounds their delay."""
     if OutboxRelay.started():
-        OutboxRelay.instance().notify()
+        OutboxRelay.instance().notify(shard)
 
 
 class OutboxRelay(Manager):
@@ -84,10 +85,11 @@ class OutboxRelay(Manager):
             inst._tasks.append(asyncio.create_task(shard.run(), name=f"outbox-relay-{db.name}"))
         return inst
 
-    def notify(self) -> None:
-        """Called after a commit that wrote events: publish now rather than at the next poll."""
-        for shard in self._shards.values():
-            shard.wakeup.set()
+    def notify(self, shard: Database | None = None) -> None:
+        """Wake ``shard``'s relay loop (every loop when None: stopping) to publish now."""
+        for name, relay in self._shards.items():
+            if shard is None or shard.name == name:
+                relay.wakeup.set()
 
     @staticmethod
     def is_outage(exc: BaseException) -> bool:

@@ -121,7 +121,7 @@ async def create(
         if idempotency_key is None or not is_duplicate_key(exc):
             raise
         return await _replay(shard, idempotency_key, fingerprint)
-    outbox.notify_committed()
+    outbox.notify_committed(shard)
     return Created(201, response, replayed=False)
 
 
@@ -194,7 +194,8 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict[
     same transaction as the change itself: two round trips, the locking read with
     its BEGIN, then the writes with the COMMIT.
     """
-    async with MySQLManager.instance().for_id(payment_id).transaction() as tx:
+    shard = MySQLManager.instance().for_id(payment_id)
+    async with shard.transaction() as tx:
         row = await _lock_payment(tx, payment_id)
         current = row["status"]
         if new_status == current:
@@ -226,7 +227,7 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict[
             commit=True,
         )
     await RedisManager.instance().cache_put(cache_key(payment_id), cached(payment))
-    outbox.notify_committed()
+    outbox.notify_committed(shard)
     return payment
 
 

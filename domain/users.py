@@ -169,7 +169,7 @@ async def create(email: str, name: str) -> dict[str, Any]:
         await release_email(email, row["id"])
         raise
     crashpoint("user_create.committed")
-    outbox.notify_committed()
+    outbox.notify_committed(shard)
     return user
 
 
@@ -185,7 +185,7 @@ async def _create_with_claim(home: Database, row: Row, insert_user: Statement, e
             return False
         raise
     crashpoint("user_create.committed")
-    outbox.notify_committed()
+    outbox.notify_committed(home)
     return True
 
 
@@ -254,8 +254,9 @@ async def _update(user_id: str, changes: UserUpdate, if_match: str | None) -> tu
 
     Two round trips: BEGIN with the locking read, then the update, its event and COMMIT.
     """
+    shard = MySQLManager.instance().for_id(user_id)
     with email_must_be_free():
-        async with MySQLManager.instance().for_id(user_id).transaction() as tx:
+        async with shard.transaction() as tx:
             row = await lock(tx, user_id)
             if row is None:
                 await MySQLManager.instance().missing(tx, user_id)
@@ -279,7 +280,7 @@ async def _update(user_id: str, changes: UserUpdate, if_match: str | None) -> tu
             event = outbox.insert(events.envelope(events.USER_UPDATED, user_id, user, now))
             await tx.script([update_user, event], commit=True)
     await RedisManager.instance().cache_put(cache_key(user_id), cached(user))
-    outbox.notify_committed()
+    outbox.notify_committed(shard)
     return user, row["email"] if row["email"] != updated["email"] else None
 
 
