@@ -41,9 +41,12 @@ only through one update that ``$inc``s its counters, ``$set``s that offset and
    first reads the documents by ``_id``, folds into each only the events above
    its applied offset, and guards the write by "that offset is unchanged"
    (compare-and-set);
-3. fails on any refused or unmatched write. The consumer then commits nothing,
-   seeks back to the committed offsets, and applies the batch again with
-   ``read=True``.
+3. meets a refused or unmatched write as a conflict: some document already holds
+   some of the batch. That happens when an earlier attempt's write lands late (the
+   consumer gave up on it at its deadline, but FerretDB still ran it), so the store
+   folds the batch again with ``read=True``, a few times. Past those, or on any other
+   failure, the batch fails: the consumer commits nothing, seeks back to the committed
+   offsets, and applies the batch again with ``read=True``.
 
 So a batch Kafka delivers again (not committed before a failure or a restart)
 adds to each document exactly the events it lacks; so does a consumer that died
@@ -98,6 +101,11 @@ DUPLICATE_KEY = 11000
 MAX_UPDATES_PER_COMMAND = 8
 WRITE_CONCURRENCY = 2
 READ_CONCURRENCY = 8  # reads by _id in flight at once (each holds a FerretDB connection)
+# A batch whose guarded write is refused is folded again, reading first, this many times in
+# all, waiting 0.05, 0.1, 0.2 ... s between (AnalyticsStore.apply); then the failure is the
+# consumer's to report.
+CONFLICT_ATTEMPTS = 5
+CONFLICT_BACKOFF_S = 0.05
 Document = dict[str, Any]  # a MongoDB document, filter or command part
 Rows = Counter[tuple[str, ...]]  # (currency, status, "n" | "t") -> a count or a total in minor units
 
@@ -290,14 +298,33 @@ class AnalyticsStore:
     async def apply(self, batch: list[Delivery], read: bool = False) -> int:
         """Fold a batch into the counters; return how many events were new.
 
-        ``read=False`` for a batch seen the first time: no reads, and a document that already
-        holds some of its events (an earlier attempt wrote them) fails the batch. ``read=True``
-        for a batch seen again: each document gets exactly the events it lacks."""
+        ``read=False`` for a batch seen the first time: no reads. ``read=True`` for a batch seen
+        again: each document gets exactly the events it lacks. Either way a guard that refuses
+        (``StaleWrite``: a document holds some of the batch, or changed since it was read) is a
+        conflict, not a failure: an earlier attempt's write has landed, typically one this
+        consumer abandoned at its deadline while FerretDB still ran it. The batch is then
+        folded again, reading first, up to ``CONFLICT_ATTEMPTS`` times in all."""
         usable = [d for d in batch if _usable(d.event)]
         if not usable:
             return 0
         await self._record_partitions({d.partition for d in usable})
-        accepted, new = await self._first_copies(usable)
+        new: int | None = None
+        for attempt in range(CONFLICT_ATTEMPTS):
+            accepted, fresh = await self._first_copies(usable)
+            new = fresh if new is None else new  # the markers the first attempt inserted
+            try:
+                await self._fold(accepted, read)
+                return new
+            except StaleWrite as exc:
+                if attempt == CONFLICT_ATTEMPTS - 1:
+                    raise
+                log.debug("analytics batch met a write of its own; reading again", extra={"error": str(exc)})
+                read = True
+                await asyncio.sleep(CONFLICT_BACKOFF_S * 2**attempt)  # let abandoned writes land
+        raise AssertionError("unreachable")
+
+    async def _fold(self, accepted: list[Delivery], read: bool) -> None:
+        """One guarded write of every document the accepted deliveries change (module docstring)."""
         pending: dict[tuple[str, str], list[Change]] = defaultdict(list)
         for delivery in accepted:
             for change in changes(delivery):
@@ -313,7 +340,6 @@ class AnalyticsStore:
             if (update := _update(doc_id, changed, stored.get((name, doc_id)))) is not None:
                 updates[name].append(update)
         await self._write(updates)
-        return new
 
     async def _first_copies(self, deliveries: list[Delivery]) -> tuple[list[Delivery], int]:
         """The deliveries to count (first copies, or this same delivery again) and how many

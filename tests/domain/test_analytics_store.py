@@ -16,7 +16,6 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
-from pymongo.errors import PyMongoError
 
 from domain import analytics, events, payments
 from domain.analytics import (
@@ -115,9 +114,9 @@ async def test_a_batch_delivered_again_counts_once(store):
     feed, user = Feed(), str(uuid.uuid4())
     batch = mixed_batch(feed, [user], 30, dt.timedelta(hours=5))
     assert await store.apply(batch) == len(batch)
-    # Seen again as if for the first time (no reads), it fails rather than counts twice...
-    with pytest.raises(PyMongoError):
-        await store.apply(batch)
+    # Seen again as if for the first time (no reads), its guards refuse, and it reads and
+    # adds nothing rather than count twice...
+    assert await store.apply(batch) == 0
     assert await user_totals(store, user) == feed.expected()
     # ... and as the consumer applies a batch seen again (read first), it adds nothing,
     # with the same boundaries or others (a consumer restarted mid-way).
@@ -144,16 +143,49 @@ async def test_a_second_copy_of_an_event_at_a_later_offset_is_skipped(store):
     assert (marker["p"], marker["o"]) == (first.partition, first.offset)
 
 
-async def redeliver(store: AnalyticsStore, batch: list[Delivery]) -> None:
-    """Apply a batch seen again as the consumer does: read first, and again on failure (an
-    update the dead process had already sent may land while this one reads)."""
-    for attempt in range(3):
-        try:
-            await store.apply(batch, read=True)
-            return
-        except PyMongoError:
-            if attempt == 2:
-                raise
+class AbandonedWrites(AnalyticsStore):
+    """A consumer that gave up on its update commands at their deadline, while the server
+    still ran them: while ``holding``, each command is kept unsent and the attempt fails;
+    after that, the kept commands land just after the next attempt has read its counter
+    documents (FerretDB finishing the abandoned writes while the consumer retries)."""
+
+    def __init__(self, db):
+        super().__init__(db)
+        self.holding, self.held = True, []
+
+    async def _bulk(self, coll, statements) -> None:
+        if self.holding:
+            self.held.append((coll, statements))
+            raise TimeoutError("update command abandoned at the batch's deadline")
+        await super()._bulk(coll, statements)
+
+    async def _read(self, coll, ids, projection=None):
+        docs = await AnalyticsStore._read(coll, ids, projection)
+        if coll.name in ("user_totals", "buckets") and self.held:
+            for held_coll, statements in self.held:
+                await AnalyticsStore._bulk(held_coll, statements)
+            self.held.clear()
+        return docs
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_writes_abandoned_at_the_deadline_landing_during_the_retry_count_once(store):
+    feed, users = Feed(), [str(uuid.uuid4()) for _ in range(6)]
+    batch = mixed_batch(feed, users, 40, dt.timedelta(hours=30))
+    late = AbandonedWrites(store.db)
+    with pytest.raises(TimeoutError):
+        await late.apply(batch)
+    assert late.held, "the first attempt sent nothing"
+    late.holding = False
+    # The consumer reads the batch again; the abandoned writes land under it, its guards
+    # refuse, and the store folds the batch once more instead of failing it.
+    await late.apply(batch, read=True)
+    assert not late.held
+    for user in users:
+        expected = feed.expected(lambda p, u=user: p["user_id"] == u)
+        if expected["payment_count"]:
+            assert await user_totals(store, user) == expected, user
+    assert await store.summary(T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=2)) == feed.expected()
 
 
 class CrashingStore(AnalyticsStore):
@@ -184,7 +216,7 @@ async def test_a_crash_between_two_writes_then_the_batch_again_counts_exactly(st
         with pytest.raises(ConnectionError):
             await CrashingStore(store.db, crash_at).apply(batch)
         # Kafka delivers the uncommitted batch again, to a new process.
-        await redeliver(AnalyticsStore(store.db), batch)
+        await AnalyticsStore(store.db).apply(batch, read=True)
         for user in users:
             expected = feed.expected(lambda p, u=user: p["user_id"] == u)
             assert (await store.user_stats(user) or {}).get("payment_count", 0) == expected["payment_count"]
