@@ -29,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
@@ -48,6 +49,7 @@ from managers.metrics import CacheLookup, RedisOp
 
 log = logging.getLogger("singleton.redis")
 BYPASS_AFTER_ERROR_S = 1.0
+_CONNECTION_MODULE = "redis/asyncio/connection.py"  # where redis-py's closed-writer race surfaces
 
 # RedisClusterException is no RedisError: a cluster client raises it when no startup node
 # answers, or a slot has no master it knows of.
@@ -111,14 +113,35 @@ def client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
 T = TypeVar("T")
 
 
+def _writer_gone(exc: AttributeError) -> bool:
+    """Whether ``exc`` is redis-py's asyncio connection meeting its writer gone mid-command
+    (``'NoneType' object has no attribute 'writelines'``): another task closed the connection
+    between its "connected?" check and its write, as a failover does (redis/redis-py#3546,
+    #4287). The connection was lost, no bug of ours; anywhere else an AttributeError is one."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).match(_CONNECTION_MODULE)
+
+
+async def _lost_if_writer_gone(call: Awaitable[T]) -> T:
+    """``call``, with redis-py's closed-writer race raised as the lost connection it is."""
+    try:
+        return await call
+    except AttributeError as exc:
+        if not _writer_gone(exc):
+            raise
+        raise ConnectionLost(f"connection closed under the command: {exc}") from exc
+
+
 async def _again_if_dropped(call: Callable[[], Awaitable[T]]) -> T:
     """``call()``, made once more if its connection was found closed (the client has replaced
     it by then). Only for what may run twice: never a bucket debit, whose script may have
     run before the reply was lost."""
     try:
-        return await call()
+        return await _lost_if_writer_gone(call())
     except ConnectionLost:
-        return await call()
+        return await _lost_if_writer_gone(call())
 
 
 async def _run(script: AsyncScript, key: str, *args: EncodableT) -> Any:
@@ -127,9 +150,9 @@ async def _run(script: AsyncScript, key: str, *args: EncodableT) -> Any:
     yet another master in between answers NOSCRIPT once more, and the script has not run
     there, so a second try of our own is safe."""
     try:
-        return await script(keys=[key], args=args)
+        return await _lost_if_writer_gone(script(keys=[key], args=args))
     except NoScriptError:
-        return await script(keys=[key], args=args)
+        return await _lost_if_writer_gone(script(keys=[key], args=args))
 
 
 class Cached(NamedTuple):

@@ -1,5 +1,6 @@
 """RedisManager on the everyday stack's one server: a reply lost after the server ran a
-command, and what not retrying means for a bucket's debit."""
+command, what not retrying means for a bucket's debit, and a connection closed under a
+command."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import uuid
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
 from domain import ratelimit
 from managers import redis as redis_manager
-from managers.redis import RedisManager
+from managers.redis import Cached, RedisManager
 from tests.helpers import REDIS_PORT, TcpProxy
 
 
@@ -85,3 +87,48 @@ async def test_connections_the_server_closed_while_idle_fail_no_call(config):
     finally:
         await redis.release()
         await direct.aclose()
+
+
+class WriterVanishes(Connection):
+    """A connection closed by another task between redis-py's "connected?" check and its
+    write, as a failover closes them (redis/redis-py#3546): once armed, the next command
+    finds its writer gone, inside redis-py."""
+
+    armed = False
+
+    async def check_health(self) -> None:
+        await super().check_health()
+        if WriterVanishes.armed:
+            WriterVanishes.armed = False
+            assert self._writer is not None
+            self._writer.close()
+            self._writer = None
+
+
+def vanishing(config) -> RedisManager:
+    redis = RedisManager(redis_manager.client(config["redis"]), config["redis"])
+    redis.client.connection_pool.connection_class = WriterVanishes
+    return redis
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_connection_closed_under_a_command_is_unavailable_not_a_bug(config):
+    """Raised as redis-py raises it, an AttributeError, this was a 500 (a limiter that did
+    not fail open); it is Redis unavailable, and a cache read is made again."""
+    limiter, cache = vanishing(config), vanishing(config)
+    bucket, key = ratelimit.key_bucket(uuid.uuid4().hex, "POST"), f"test:{uuid.uuid4().hex}"
+    try:
+        await limiter.take_tokens(bucket, per_s=100, burst=100)
+        WriterVanishes.armed = True
+        with pytest.raises(redis_manager.UNAVAILABLE):
+            await limiter.take_tokens(bucket, per_s=100, burst=100)
+        assert limiter.bypassing()
+
+        await cache.cache_put(key, Cached(b"{}", 3, "owner"))
+        WriterVanishes.armed = True
+        assert await cache.cache_get(key) == Cached(b"{}", 3, "owner")
+        assert not WriterVanishes.armed and not cache.bypassing()
+    finally:
+        WriterVanishes.armed = False
+        await limiter.release()
+        await cache.release()
