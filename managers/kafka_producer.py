@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
@@ -53,6 +54,14 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, (asyncio.TimeoutError, OSError)):
         return True
     return isinstance(exc, KafkaError) and not isinstance(exc, _OUR_FAULT)
+
+
+def _read_outcome(future: asyncio.Future[Any]) -> None:
+    """Mark a send's outcome as read. Once one send of a batch failed (or the batch's
+    deadline passed) nobody awaits the others: their failures, seconds later, logged
+    "Future exception was never retrieved" by the dozen during a broker's failover."""
+    if not future.cancelled():
+        future.exception()
 
 
 class KafkaProducerManager(BackingService):
@@ -128,7 +137,13 @@ class KafkaProducerManager(BackingService):
         producer, topic = await self._ready(), topic or self.topic
 
         async def publish() -> None:
-            futures = [await producer.send(topic, value, key=key) for key, value in messages]
+            futures: list[asyncio.Future[Any]] = []
+            try:
+                for key, value in messages:
+                    futures.append(await producer.send(topic, value, key=key))
+            finally:
+                for future in futures:  # failing after the batch gave up, each is still read
+                    future.add_done_callback(_read_outcome)
             await asyncio.gather(*futures)
 
         try:

@@ -1,10 +1,11 @@
-"""Discarding a producer while the broker is down: pure logic, with a stand-in producer
-whose stop() outlives the deadline until the test lets it end (the real case is in
-``make chaos``: Kafka killed)."""
+"""Discarding a producer while the broker is down, and the sends a batch gave up on: pure
+logic, with stand-in producers (whose stop() outlives the deadline until the test lets it
+end; whose sends the test settles). The real case is in ``make chaos``: Kafka killed."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -60,3 +61,45 @@ async def test_release_waits_for_stops_still_under_way():
     producer.may_stop.set()
     await asyncio.wait_for(asyncio.gather(discarding, releasing), 2)
     assert producer.stopped.is_set() and not producer.cancelled
+
+
+class BlockedSends:
+    """Sends whose acknowledgements the test settles, as aiokafka's: each send() returns a
+    future that a broker's answer (or its absence) resolves later, and a send waits while
+    the producer's buffer is full: here, the third waits for good."""
+
+    def __init__(self) -> None:
+        self.acks: list[asyncio.Future[None]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+        if len(self.acks) == 2:
+            await asyncio.Event().wait()
+        self.acks.append(asyncio.get_running_loop().create_future())
+        return self.acks[-1]
+
+    async def stop(self) -> None:
+        pass
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_the_sends_a_batch_gave_up_on_are_read_when_they_fail():
+    """A batch past its deadline while still queueing sends leaves the queued ones unawaited;
+    their failures, later, must not log "Future exception was never retrieved" (dozens of
+    lines in a broker's failover)."""
+    kafka, sends = manager(timeout_s=0.1), BlockedSends()
+    kafka.producer = sends  # type: ignore[assignment]
+    unread: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unread.append(context))
+    try:
+        with pytest.raises(TimeoutError):
+            await kafka.send_batch([(b"k", b"1"), (b"k", b"2"), (b"k", b"3")])
+        for ack in sends.acks:
+            ack.set_exception(ConnectionError("request timed out"))
+        await asyncio.sleep(0)  # their done callbacks run on the loop's next turn
+        del ack
+        sends.acks.clear()
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert unread == []
