@@ -17,7 +17,7 @@ import jwt
 import pytest
 import tornado.websocket
 
-from domain import analytics, revocations
+from domain import analytics, moves, revocations
 from domain.revocations import RevocationWatch
 from managers import websocket_hub
 from managers.kafka_consumer import BroadcastConsumer
@@ -154,6 +154,26 @@ async def test_the_revocation_event_stays_out_of_replay_and_analytics(api):
         assert again.frames[1]["data"]["id"] == payment["id"]
     finally:
         again.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_revocation_goes_through_the_shard_moves_write_guard(api):
+    """The guard refuses outbox rows of a logical shard not at home on the server; a
+    revocation's row belongs to none, so it is written even with every shard moved away."""
+    holder = await api.as_user((await api.new_user())["id"])
+    home = MySQLManager.instance().home
+    async with home.cursor() as cur:
+        await cur.execute(moves.GUARD)
+        await cur.execute("UPDATE logical_shards SET state = 'moved'")
+    try:
+        code, body, _ = await api.delete(f"/api/v1/api-keys/{await key_id(api, holder.key)}")
+        assert code == 200 and body["revoked_at"] is not None
+    finally:
+        async with home.cursor() as cur:
+            await cur.execute("UPDATE logical_shards SET state = 'home'")
+            await cur.execute("DROP TRIGGER IF EXISTS outbox_shard_guard")
+    row = await home.fetchone("SELECT COUNT(*) AS n FROM outbox WHERE payload LIKE %s", (f"%{body['id']}%",))
+    assert row == {"n": 1}
 
 
 def test_analytics_skips_the_revocation_event_without_calling_it_malformed():
