@@ -10,9 +10,10 @@ principal, or "no such key") is kept in process for ``auth.key_cache_ttl_s``.
 That is the revocation delay: a revoked key keeps working on another instance
 for at most that long (on the instance that revoked it, not at all).
 
-WebSocket tokens are HS256 JWTs (``sub`` = user id, ``exp``, ``jti``) signed
-with ``auth.token_secret``: browsers cannot set headers on a WebSocket, so the
-socket carries a short-lived token instead of the key.
+WebSocket tokens are HS256 JWTs (``sub`` = user id, ``exp``, ``jti``, and ``kid``:
+the id of the key that minted it) signed with ``auth.token_secret``: browsers cannot
+set headers on a WebSocket, so the socket carries a short-lived token instead of the
+key. Revoking that key closes the sockets its tokens opened (domain/revocations.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any, NamedTuple
 
 import jwt
 
-from domain import codec, users
+from domain import codec, outbox, revocations, users
 from domain.errors import APIError, not_found, user_not_found
 from managers.background import Backoff, Failures
 from managers.base import Manager
@@ -77,6 +78,14 @@ class InvalidToken(ValueError):
     """A WebSocket token that is missing, malformed, forged or expired."""
 
 
+class TokenClaims(NamedTuple):
+    """What a WebSocket token we signed says."""
+
+    user_id: str
+    key_id: str | None  # the key that minted it; None in a token minted before ``kid`` existed
+    expires_at: int  # epoch seconds
+
+
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -88,6 +97,11 @@ def new_key(role: str) -> str:
 def key_prefix(key: str) -> str:
     role_part = key[: key.index("_", 3) + 1]
     return key[: len(role_part) + _PREFIX_CHARS]
+
+
+def expires_at(epoch_s: float) -> str:
+    """A token's expiry as the API shows it (RFC 3339, UTC)."""
+    return codec.rfc3339(dt.datetime.fromtimestamp(epoch_s, dt.UTC))
 
 
 def key_to_api(row: Row) -> dict[str, Any]:
@@ -132,12 +146,17 @@ async def list_keys() -> list[dict[str, Any]]:
 
 
 async def revoke_key(key_id: str) -> dict[str, Any]:
-    """Revoke a key (again is a no-op); this instance forgets it at once."""
-    async with MySQLManager.instance().home.cursor() as cur:
-        await cur.execute(
+    """Revoke a key (again is a no-op); this instance forgets it at once, and every
+    instance closes the sockets its tokens opened (the outbox event, domain/revocations.py)."""
+    home = MySQLManager.instance().home
+    async with home.transaction() as cur:
+        revoked = await cur.execute(
             "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (codec.utc_now(), key_id)
         )
-        row = await cur.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))
+        event = [outbox.insert(revocations.key_revoked(key_id))] if revoked else []
+        row = await cur.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,), first=event)
+    if revoked:
+        outbox.notify_committed(home)
     if row is None:
         raise not_found("api key", key_id)
     if Authenticator.started():
@@ -188,6 +207,7 @@ class Authenticator(Manager):
         self._verdicts: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
         self._last_used_written: dict[str, float] = {}
         self._in_flight: dict[str, asyncio.Future[Principal | None]] = {}  # one lookup per key at a time
+        self._key_revoked: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # key id -> (revoked, until)
 
     @classmethod
     def start(cls, config: Config) -> Authenticator:
@@ -274,22 +294,47 @@ class Authenticator(Manager):
                 del self._verdicts[digest]
 
     # -- WebSocket tokens -----------------------------------------------------------------------
-    def mint_token(self, user_id: str) -> dict[str, str]:
+    def mint_token(self, user_id: str, key_id: str) -> dict[str, str]:
+        """A token for ``user_id``, minted by the key ``key_id`` (its ``kid``)."""
         issued = int(time.time())
         expires = issued + self.token_ttl_s
-        claims = {"sub": user_id, "iat": issued, "exp": expires, "jti": uuid.uuid4().hex}
+        claims = {"sub": user_id, "iat": issued, "exp": expires, "jti": uuid.uuid4().hex, "kid": key_id}
         token = jwt.encode(claims, self._secret, algorithm="HS256")
-        return {"token": token, "expires_at": codec.rfc3339(dt.datetime.fromtimestamp(expires, dt.UTC))}
+        return {"token": token, "expires_at": expires_at(expires)}
 
-    def verify_token(self, token: str) -> str:
-        """The token's user id; InvalidToken if it is not one we signed, or has expired."""
+    def verify_token(self, token: str) -> TokenClaims:
+        """What the token says; InvalidToken if it is not one we signed, or has expired.
+        Whether its key was revoked since is ``key_revoked``'s question (a round trip)."""
         try:
             claims = jwt.decode(token, self._secret, algorithms=["HS256"], options={"require": ["exp", "sub", "jti"]})
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(str(exc)) from None
         if not isinstance(claims["sub"], str):
             raise InvalidToken("sub must be a string")
-        return claims["sub"]
+        key_id = claims.get("kid")
+        if key_id is not None and not isinstance(key_id, str):
+            raise InvalidToken("kid must be a string")
+        return TokenClaims(claims["sub"], key_id, int(claims["exp"]))
+
+    async def key_revoked(self, key_id: str | None) -> bool:
+        """Whether the key that minted a token was revoked (or is unknown). A token from
+        before ``kid`` names none: not revoked, it lives until it expires. Each answer is
+        kept for ``key_cache_ttl_s``, like a key's verdict; the hub also remembers the
+        revocations it was told of (managers/websocket_hub.py), so a stale answer here
+        cannot keep a socket open."""
+        if key_id is None:
+            return False
+        now = time.monotonic()
+        cached = self._key_revoked.get(key_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        row = await MySQLManager.instance().home.fetchone("SELECT revoked_at FROM api_keys WHERE id = %s", (key_id,))
+        revoked = row is None or row["revoked_at"] is not None
+        self._key_revoked[key_id] = (revoked, now + self.ttl_s)
+        self._key_revoked.move_to_end(key_id)
+        while len(self._key_revoked) > _CACHE_MAX:
+            self._key_revoked.popitem(last=False)
+        return revoked
 
     async def release(self) -> None:
         await self._stop_background(5)

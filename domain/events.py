@@ -12,6 +12,7 @@ from domain import codec
 from managers import metrics
 from managers.kafka_producer import UNAVAILABLE as KAFKA_UNAVAILABLE
 from managers.kafka_producer import KafkaProducerManager
+from managers.websocket_hub import KEY_REVOKED_EVENT
 
 log = logging.getLogger("singleton.events")
 
@@ -26,11 +27,15 @@ class EventType(enum.StrEnum):
     PAYMENT_CREATED = "payment_created"
     PAYMENT_UPDATED = "payment_updated"
     HEALTH_CHECK = "health_check"
+    # Internal: a revoked API key (data {"key_id"}, user_id null), for every instance to
+    # close that key's sockets (domain/revocations.py); never forwarded to a socket.
+    API_KEY_REVOKED = KEY_REVOKED_EVENT
 
 
 USER_CREATED, USER_UPDATED = EventType.USER_CREATED, EventType.USER_UPDATED
 PAYMENT_CREATED, PAYMENT_UPDATED = EventType.PAYMENT_CREATED, EventType.PAYMENT_UPDATED
 HEALTH_CHECK = EventType.HEALTH_CHECK
+API_KEY_REVOKED = EventType.API_KEY_REVOKED
 DOMAIN_TYPES = (USER_CREATED, USER_UPDATED, PAYMENT_CREATED, PAYMENT_UPDATED)  # a user's changes
 metrics.count_by_name(EventType, metrics.EVENTS_PUBLISHED, metrics.WS_FRAMES_SENT)
 
@@ -43,7 +48,7 @@ class Event(TypedDict):
     type: str  # an EventType's value
     version: int
     occurred_at: str  # RFC 3339, UTC
-    user_id: str | None  # None for health_check
+    user_id: str | None  # None for health_check and api_key_revoked
     data: dict[str, Any]  # the resource as the API shows it (payment_updated adds previous_status)
 
 

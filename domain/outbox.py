@@ -46,11 +46,12 @@ HOUSEKEEPING_EVERY_S = 60.0
 
 
 def insert(event: Event) -> Statement:
-    """The statement that records ``event``; run it in the transaction of its change."""
+    """The statement that records ``event``; run it in the transaction of its change. An
+    event of no user's (``api_key_revoked``) is keyed ``''`` (domain/revocations.py)."""
     return (
         "INSERT INTO outbox (event_id, event_type, partition_key, payload, created_at)"
         " VALUES (%s, %s, %s, %s, UTC_TIMESTAMP(6))",
-        (event["event_id"], event["type"], event["user_id"], codec.dumps(event).decode()),
+        (event["event_id"], event["type"], event["user_id"] or "", codec.dumps(event).decode()),
     )
 
 

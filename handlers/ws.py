@@ -7,6 +7,11 @@ from the token. Everything is checked before the upgrade (no or bad token 401,
 a ``user_id`` other than the token's 403, bad parameters 400, too many sockets
 429, foreign Origin 403), with the same JSON errors as the REST API. After it
 the socket is the hub's: open, on_message and on_close stay a few lines.
+
+The socket lives on its token: it closes when the token expires (4002, after
+``websocket.token_expiry_grace_s``) unless the client sends a fresh one first
+(``{"type": "refresh", "token"}``, answered ``{"type": "refreshed", "expires_at"}``),
+and when the key that minted it is revoked (4003, domain/revocations.py).
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ import tornado.websocket
 from tornado import httputil
 
 from domain import codec, replay, schemas, users
-from domain.auth import Authenticator, InvalidToken
+from domain.auth import Authenticator, InvalidToken, TokenClaims, expires_at
 from domain.errors import APIError, user_not_found
 from handlers import tornado_internals
 from handlers.base import BaseHandler, forbidden, origin_allowed, unauthorized
 from managers import mysql
 from managers.metrics import SocketClosed
-from managers.websocket_hub import Connection, Frame, WebSocketHub
+from managers.websocket_hub import CLOSE_KEY_REVOKED, CLOSE_TRY_AGAIN, Connection, Frame, WebSocketHub
 
 log = logging.getLogger("singleton.websocket")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -42,7 +47,7 @@ class WsTokensHandler(BaseHandler):
             raise APIError(422, "validation_failed", "an admin key must name the user_id", [{"field": "user_id"}])
         if not self.caller.can_see(user_id) or not await users.exists(user_id):
             raise user_not_found(user_id)
-        self.write_json(Authenticator.instance().mint_token(user_id), 201)
+        self.write_json(Authenticator.instance().mint_token(user_id, self.caller.key_id), 201)
 
 
 class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
@@ -52,6 +57,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     rate_limited = False
     conn: Connection | None = None
     user_id: str = ""
+    claims: TokenClaims | None = None  # the token that opened the socket
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         self._check_handshake()
@@ -92,7 +98,8 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         if token is None:
             raise unauthorized("a token is required: POST /api/v1/ws-tokens, then /ws?token=...")
         try:
-            return Authenticator.instance().verify_token(token)
+            self.claims = Authenticator.instance().verify_token(token)
+            return self.claims.user_id
         except InvalidToken:
             message = "the token is not valid (expired, or not signed by this service)"
             raise unauthorized(message, "invalid_token") from None
@@ -102,11 +109,30 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         hub = WebSocketHub.instance()
-        self.conn = hub.add(self, self.user_id, self.client_id, self.remote_ip)
         self._forget_the_handshake()
+        assert self.claims is not None
+        try:
+            revoked = await Authenticator.instance().key_revoked(self.claims.key_id)
+        except mysql.UNAVAILABLE as exc:  # the key cannot be checked now: no socket on it
+            log.warning("token's key not checked: MariaDB unavailable", extra={"error": repr(exc)})
+            self.close(CLOSE_TRY_AGAIN, "cannot check the token now: try again")
+            return
+        if revoked:
+            self.close(CLOSE_KEY_REVOKED, "token revoked")
+            return
+        key_id, expires = self.claims.key_id, self.claims.expires_at
+        self.conn = hub.add(self, self.user_id, self.client_id, self.remote_ip, key_id, expires)
         if self.conn is None:
             return
-        hub.send(self.conn, {"type": Frame.CONNECTED, "user_id": self.user_id, "client_id": self.client_id})
+        hub.send(
+            self.conn,
+            {
+                "type": Frame.CONNECTED,
+                "user_id": self.user_id,
+                "client_id": self.client_id,
+                "expires_at": expires_at(expires),
+            },
+        )
         missed = None
         if self.last_event_id is not None:
             try:
@@ -123,23 +149,46 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
         self.request.uri = self.request.query = ""
         tornado_internals.drop_response_headers(self, EMPTY_HEADERS)
 
-    def on_message(self, message: str | bytes) -> None:
+    async def on_message(self, message: str | bytes) -> None:
         if self.conn is None:
             return
         try:
-            kind = codec.loads(message).get("type")
+            body = codec.loads(message)
+            kind = body.get("type")
         except (codec.InvalidJSON, AttributeError):
             kind = None
         if kind == "ping":
             WebSocketHub.instance().send(self.conn, {"type": Frame.PONG})
+        elif kind == "refresh":
+            await self._refresh(self.conn, body.get("token"))
         else:
-            WebSocketHub.instance().send(
-                self.conn,
-                {
-                    "type": Frame.ERROR,
-                    "error": {"code": "unknown_message", "message": 'the only client message is {"type": "ping"}'},
-                },
-            )
+            message = 'the client messages are {"type": "ping"} and {"type": "refresh", "token": "..."}'
+            self._error("unknown_message", message)
+
+    async def _refresh(self, conn: Connection, token: object) -> None:
+        """A fresh token for this socket: ours, unexpired, the same user's, its key not
+        revoked. Refused with an error frame, the socket keeping its old token's expiry."""
+        if not isinstance(token, str):
+            return self._error("invalid_token", "refresh needs a token: POST /api/v1/ws-tokens")
+        try:
+            claims = Authenticator.instance().verify_token(token)
+        except InvalidToken:
+            return self._error("invalid_token", "the token is not valid (expired, or not signed by this service)")
+        if claims.user_id != self.user_id:
+            return self._error("forbidden", "the token is another user's")
+        try:
+            revoked = await Authenticator.instance().key_revoked(claims.key_id)
+        except mysql.UNAVAILABLE:
+            return self._error("dependency_unavailable", "cannot check the token now: try again")
+        hub = WebSocketHub.instance()
+        if revoked or not hub.refresh(conn, claims.key_id, claims.expires_at):
+            return self._error("invalid_token", "the token's key is revoked")
+        hub.send(conn, {"type": Frame.REFRESHED, "expires_at": expires_at(claims.expires_at)})
+        return None
+
+    def _error(self, code: str, message: str) -> None:
+        if self.conn is not None:
+            WebSocketHub.instance().send(self.conn, {"type": Frame.ERROR, "error": {"code": code, "message": message}})
 
     def write_frame(self, frame: bytes) -> Future[None] | None:
         """Write a message the hub already framed (``websocket_hub.text_frame``); a

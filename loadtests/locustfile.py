@@ -243,6 +243,11 @@ class ApiUser(FastHttpUser):
                 _check(r, 200)
 
 
+def _refresh_at(expires_at: str) -> float:
+    """When to send a fresh token: a minute before ``expires_at`` (epoch seconds)."""
+    return dt.datetime.fromisoformat(expires_at).timestamp() - 60
+
+
 class EventsUser(FastHttpUser):
     """Holds one WebSocket for its own user and counts the events pushed to it."""
 
@@ -261,10 +266,7 @@ class EventsUser(FastHttpUser):
         if not user:
             return
         self.user_id = user["id"]
-        with self.client.post(
-            "/api/v1/ws-tokens", json={"user_id": self.user_id}, name="POST /api/v1/ws-tokens", catch_response=True
-        ) as r:
-            token = _check(r, 201)
+        token = self._token()
         if not token:
             return
         url = self.host.replace("http://", "ws://").replace("https://", "wss://").rstrip("/")
@@ -276,6 +278,7 @@ class EventsUser(FastHttpUser):
             if first.get("type") != "connected":
                 raise RuntimeError(f"first frame was {first!r}")
             self.ws.settimeout(None)
+            self.refresh_at = _refresh_at(first["expires_at"])
         except Exception as exc:
             self._fire("WS", "connect", started, 0, exc)
             self.ws = None
@@ -326,10 +329,21 @@ class EventsUser(FastHttpUser):
                 context={},
             )
 
+    def _token(self) -> dict | None:
+        with self.client.post(
+            "/api/v1/ws-tokens", json={"user_id": self.user_id}, name="POST /api/v1/ws-tokens", catch_response=True
+        ) as r:
+            return _check(r, 201)
+
     @task
     def ping(self) -> None:
         if self.ws is None:
             return
+        if time.time() >= self.refresh_at:  # the socket closes (4002) once its token expires
+            token = self._token()
+            if token:
+                self.ws.send(json.dumps({"type": "refresh", "token": token["token"]}))
+                self.refresh_at = _refresh_at(token["expires_at"])
         started = time.perf_counter()
         try:
             self.ws.send(json.dumps({"type": "ping"}))

@@ -121,6 +121,8 @@ SCHEMA: dict[str, Any] = _obj(
                 "ping_timeout_s": _pos,
                 "max_pending_bytes": {"type": "integer", "minimum": 1},
                 "replay_max_events": {"type": "integer", "minimum": 1},
+                "token_expiry_grace_s": {"type": "number", "minimum": 0, "maximum": 300},
+                "revocation_poll_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 4},
             }
         ),
         "logging": _obj(
@@ -255,6 +257,8 @@ class WebSocketConfig(TypedDict):
     ping_timeout_s: float
     max_pending_bytes: int
     replay_max_events: int
+    token_expiry_grace_s: float
+    revocation_poll_s: float
 
 
 class LoggingConfig(TypedDict):

@@ -53,6 +53,8 @@ class SocketClosed(enum.StrEnum):
     SLOW = "slow"  # too much unsent data
     SHUTDOWN = "shutdown"
     FULL = "full"  # the hub was full
+    EXPIRED = "expired"  # its token expired and no fresh one came
+    REVOKED = "revoked"  # the key that minted its token was revoked
 
 
 class Outcome(enum.StrEnum):

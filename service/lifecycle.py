@@ -29,6 +29,7 @@ from domain.analytics_consumer import AnalyticsConsumer
 from domain.auth import Authenticator
 from domain.outbox import OutboxRelay
 from domain.ratelimit import RateLimiter
+from domain.revocations import RevocationWatch
 from managers.base import Manager
 from managers.config import Config, ConfigManager
 from managers.health import HealthMonitor
@@ -62,6 +63,7 @@ _API = (
     KafkaProducerManager,
     WebSocketHub,
     BroadcastConsumer,  # this instance's sockets get every event
+    RevocationWatch,  # and close when their key is revoked, even while Kafka lags
 )
 ROLES: dict[str, tuple[ManagerClass, ...]] = {
     # One process does everything: the default, and what `make run` starts.

@@ -116,14 +116,15 @@ async def terminate(proc: subprocess.Popen, timeout: float = 30) -> tuple[str, s
 
 
 @contextlib.contextmanager
-def service_process(io_loop, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+def service_process(io_loop, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
     """``python -m service --port N ARGS`` on a free port, and its base URL; at the end a
-    SIGTERM, after which it must exit 0 within 30 s (the session's loop runs meanwhile)."""
+    SIGTERM, after which it must exit 0 within 30 s (the session's loop runs meanwhile).
+    ``env``: more variables (``SINGLETON_...`` overrides) on top of ``service_env()``'s."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "--port", str(port), *args],
         cwd=ROOT,
-        env=service_env(),
+        env=service_env(**(env or {})),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -35,8 +35,10 @@ def test_an_admin_sees_everyone_and_a_user_key_only_its_own_user():
 
 def test_a_token_names_its_user_and_only_our_own_unexpired_tokens_are_taken():
     verifier = authenticator()
-    minted = verifier.mint_token("u1")
-    assert verifier.verify_token(minted["token"]) == "u1"
+    minted = verifier.mint_token("u1", "k1")
+    claims = verifier.verify_token(minted["token"])
+    assert (claims.user_id, claims.key_id) == ("u1", "k1")
+    assert minted["expires_at"] == auth.expires_at(claims.expires_at)
     assert minted["expires_at"].endswith("Z")
     now = int(time.time())
     claims = {"sub": "u1", "exp": now + 60, "jti": "j"}

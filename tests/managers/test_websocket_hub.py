@@ -54,7 +54,7 @@ class FakeSocket:
 
 def hub(**limits) -> WebSocketHub:
     cfg = {"max_connections": 100, "max_per_user": 10, "max_per_ip": 100, "max_pending_bytes": 10_000}
-    return WebSocketHub({**cfg, "replay_max_events": 1000, **limits})
+    return WebSocketHub({**cfg, "replay_max_events": 1000, "token_expiry_grace_s": 5, **limits})
 
 
 def event(user_id: str, n: int) -> tuple[dict, bytes]:
@@ -127,3 +127,48 @@ async def test_a_socket_whose_unsent_data_passes_the_bound_is_closed_and_the_oth
         await sockets.broadcast(*event("u1", n))
     assert slow.closed[0] == websocket_hub.CLOSE_SLOW and 1 <= len(slow.frames) < 20
     assert len(fast.frames) == 20 and list(sockets.by_user["u1"]) == ["fast"]
+
+
+def test_a_socket_closes_when_its_token_expires_plus_the_grace_unless_refreshed():
+    sockets = hub(token_expiry_grace_s=5)
+    stale, fresh, legacy = FakeSocket(), FakeSocket(), FakeSocket()
+    sockets.add(stale, "u1", "a", "ip", "k1", 1000.0)
+    kept = sockets.add(fresh, "u1", "b", "ip", "k1", 1000.0)
+    sockets.add(legacy, "u2", "a", "ip")  # no expiry known: the hub never closes it for one
+    assert sockets.refresh(kept, "k2", 1100.0)
+    assert sockets.close_expired(now=1004.9) == 0 and stale.closed is None
+    assert sockets.close_expired(now=1005.0) == 1
+    assert stale.closed == (websocket_hub.CLOSE_TOKEN_EXPIRED, "token expired")
+    assert fresh.closed is None and kept.key_id == "k2", "the refresh moved its expiry and its key"
+    assert sockets.close_expired(now=1104.9) == 0
+    assert sockets.close_expired(now=1105.0) == 1 and fresh.closed[0] == websocket_hub.CLOSE_TOKEN_EXPIRED
+    assert legacy.closed is None and sockets.count == 1 and sockets._expiries == []
+
+
+def test_revoking_a_key_closes_its_sockets_only_and_refuses_its_tokens_after():
+    sockets = hub()
+    mine, mine_by_other_key, theirs = FakeSocket(), FakeSocket(), FakeSocket()
+    sockets.add(mine, "u1", "a", "ip", "k1", 2e9)
+    other = sockets.add(mine_by_other_key, "u1", "b", "ip", "k2", 2e9)
+    sockets.add(theirs, "u2", "a", "ip", "k3", 2e9)
+    assert sockets.close_key("k1") == 1 and sockets.close_key("k1") == 0  # the event, then the poll
+    assert mine.closed == (websocket_hub.CLOSE_KEY_REVOKED, "token revoked")
+    assert mine_by_other_key.closed is None and theirs.closed is None and sockets.count == 2
+    late = FakeSocket()  # its token was checked before the revocation reached this instance
+    assert sockets.add(late, "u1", "c", "ip", "k1", 2e9) is None and late.closed[0] == websocket_hub.CLOSE_KEY_REVOKED
+    assert not sockets.refresh(other, "k1", 3e9) and other.key_id == "k2", "no refresh with a revoked key's token"
+    assert sockets.knows_revoked("k1") and not sockets.knows_revoked("k2")
+
+
+@pytest.mark.gen_test
+async def test_the_revocation_event_closes_sockets_and_reaches_no_one():
+    sockets = hub()
+    revoked, bystander = FakeSocket(), FakeSocket()
+    sockets.go_live(sockets.add(revoked, "u1", "a", "ip", "k1", 2e9), None, None)
+    sockets.go_live(sockets.add(bystander, "u1", "b", "ip", "k2", 2e9), None, None)
+    body = {"event_id": "r1", "type": websocket_hub.KEY_REVOKED_EVENT, "user_id": None, "data": {"key_id": "k1"}}
+    await sockets.broadcast(body, json.dumps(body).encode())
+    # Even one that names a user (it never does) is acted on, not forwarded.
+    await sockets.broadcast({**body, "event_id": "r2", "user_id": "u1"}, b"{}")
+    assert revoked.closed[0] == websocket_hub.CLOSE_KEY_REVOKED
+    assert revoked.frames == [] and bystander.frames == [] and bystander.closed is None
