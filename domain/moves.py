@@ -68,8 +68,7 @@ TABLES = (
     Table(
         "payments",
         "id",
-        "id, user_id, amount_minor, currency, description, status, created_by_key_id, version, created_at,"
-        " updated_at",
+        "id, user_id, amount_minor, currency, description, status, created_by_key_id, version, created_at, updated_at",
         "updated_at",
         "status = VALUES(status), version = VALUES(version), updated_at = VALUES(updated_at)",
     ),

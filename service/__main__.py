@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 import pymysql
 import tornado.httpserver
 
-from domain import auth, moves
+from domain import audit, auth, moves
 from domain.errors import APIError
 from handlers.base import Traffic
 from managers import config as config_module
@@ -121,13 +121,13 @@ async def migrate(config: Config) -> int:
 
 async def manage_keys(mysql: MySQLManager, args: argparse.Namespace) -> None:
     if args.action == "create":
-        created = await auth.create_key(args.role, args.user_id)
+        created = await auth.create_key(args.role, args.user_id, audit.operator("keys-create"))
         print(created["key"])
     elif args.action == "list":
         for key in await auth.list_keys():
             print(json.dumps(key))
     else:
-        print(json.dumps(await auth.revoke_key(args.key_id)))
+        print(json.dumps(await auth.revoke_key(args.key_id, audit.operator("keys-revoke"))))
 
 
 async def manage_shards(mysql: MySQLManager, args: argparse.Namespace) -> None:

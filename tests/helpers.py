@@ -212,7 +212,11 @@ def bug_lines(caplog: Any, task: str) -> list[logging.LogRecord]:
 def _server_sql(cfg: dict, *statements: str) -> None:
     """As the migration user: the service's own may not create or drop databases."""
     conn = pymysql.connect(
-        host=cfg["host"], port=cfg["port"], user=cfg["migrate_user"], password=cfg["migrate_password"], connect_timeout=5
+        host=cfg["host"],
+        port=cfg["port"],
+        user=cfg["migrate_user"],
+        password=cfg["migrate_password"],
+        connect_timeout=5,
     )
     try:
         with conn.cursor() as cur:
