@@ -88,8 +88,8 @@ async def write_backlog(overrides: dict[str, str], seed: int) -> dict[str, int]:
     try:
         await mysql.wait_ready(60)
         for db in env.shards():
-            with contextlib.closing(env.mysql_connect(shard=db)) as conn, conn.cursor() as cur:
-                cur.execute("TRUNCATE TABLE outbox")
+            with contextlib.closing(env.mysql_connect(shard=db, owner=True)) as conn, conn.cursor() as cur:
+                cur.execute("TRUNCATE TABLE outbox")  # DDL: the migration user's
         rng, users = random.Random(seed), [str(uuid.uuid4()) for _ in range(USERS)]
         written: dict[str, int] = {}
         for _ in range(EVENTS // WRITE_CHUNK):

@@ -118,12 +118,15 @@ def on_home(ids: list[str]) -> list[str]:
     return [i for i in ids if shard_map.physical(logical_shard(i)) == home]
 
 
-def mysql_connect(database: str | None = MYSQL_DATABASE, shard: str | None = None):
-    """A connection to ``shard``'s server (default: the home), in the bench's database."""
+def mysql_connect(database: str | None = MYSQL_DATABASE, shard: str | None = None, owner: bool = False):
+    """A connection to ``shard``'s server (default: the home), in the bench's database, as the
+    service's user (``owner``: as the migration user, for what the service may not do)."""
     import pymysql
 
     c = shards()[shard or next(iter(shards()))]
     login = {k: c[k] for k in ("host", "port", "user", "password")}
+    if owner:
+        login |= {"user": c["migrate_user"], "password": c["migrate_password"]}
     # The service writes UTC_TIMESTAMP(): in UTC, UNIX_TIMESTAMP() reads it back as written.
     return pymysql.connect(**login, database=database, autocommit=True, init_command="SET time_zone = '+00:00'")
 
@@ -179,7 +182,7 @@ def reset_stores() -> None:
     import redis
 
     for shard in shards():
-        with contextlib.closing(mysql_connect(None, shard)) as conn, conn.cursor() as cur:
+        with contextlib.closing(mysql_connect(None, shard, owner=True)) as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
             cur.execute(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4")
     if nodes := config()["redis"].get("cluster_nodes"):  # Redis Cluster has db 0 only: the stack is the bench's

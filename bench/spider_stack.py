@@ -227,7 +227,8 @@ class Stack:
             server.root(
                 f"CREATE DATABASE IF NOT EXISTS {DATABASE};"
                 f"CREATE USER '{USER}'@'{HOST}' IDENTIFIED BY '{self.password}';"
-                f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'{HOST}';"
+                f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'{HOST}' WITH GRANT OPTION;"
+                "CREATE ROLE IF NOT EXISTS singleton_app;"  # migrations/0004 grants it the service's privileges
             )
         for name in SHARDS:
             self._migrate(name)

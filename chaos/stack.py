@@ -154,7 +154,12 @@ class Stack:
         limiter still runs), its own stores, JSON logs on stdout."""
         p, secrets = self.ports, self.dir / "secrets"
         settings = {
-            "mysql": {"port": p["mysql"], "database": DATABASE, "password_file": str(secrets / "mysql.password")},
+            "mysql": {
+                "port": p["mysql"],
+                "database": DATABASE,
+                "password_file": str(secrets / "mysql.password"),
+                "migrate_password_file": str(secrets / "mysql-migrate.password"),
+            },
             "redis": {"url": f"redis://{HOST}:{p['redis']}/0"},
             "kafka": {"bootstrap_servers": self.kafka, "topic": TOPIC, "analytics_group": ANALYTICS_GROUP},
             "mongodb": {"uri": f"mongodb://{HOST}:{p['mongo']}/", "database": MONGO_DATABASE},
@@ -261,11 +266,19 @@ class Stack:
 
     # -- the run's stores ----------------------------------------------------------------
     def mysql(
-        self, sql: str, args: tuple = (), database: str | None = DATABASE, shard: str = SINGLE_SHARD
+        self,
+        sql: str,
+        args: tuple = (),
+        database: str | None = DATABASE,
+        shard: str = SINGLE_SHARD,
+        owner: bool = False,
     ) -> list[tuple]:
+        """``sql`` as the service's user (``owner``: as the migration user, which creates databases)."""
         import pymysql
 
-        connect = dict(host=HOST, port=self.ports["mysql"], user="singleton", password=self.mysql_password)
+        login = ("singleton_migrate", "mysql-migrate.password") if owner else ("singleton", "mysql.password")
+        password = (self.dir / "secrets" / login[1]).read_text().strip()
+        connect = dict(host=HOST, port=self.ports["mysql"], user=login[0], password=password)
         connect.update(database=database, connect_timeout=5, read_timeout=30, autocommit=True)
         with contextlib.closing(pymysql.connect(**connect)) as conn, conn.cursor() as cur:
             cur.execute(sql, args)
@@ -273,7 +286,7 @@ class Stack:
 
     async def prepare(self) -> str:
         """The run's database and topic; returns an admin key made by ``keys create``."""
-        self.mysql(f"CREATE DATABASE IF NOT EXISTS `{DATABASE}` CHARACTER SET utf8mb4", database=None)
+        self.mysql(f"CREATE DATABASE IF NOT EXISTS `{DATABASE}` CHARACTER SET utf8mb4", database=None, owner=True)
         await self.ensure_topic()
         return await self.admin_key()
 

@@ -35,7 +35,8 @@ from typing import Any, NamedTuple
 
 import jwt
 
-from domain import codec, outbox, revocations, users
+from domain import audit, codec, outbox, revocations, users
+from domain.audit import OPERATOR, Actor
 from domain.errors import APIError, not_found, user_not_found
 from managers.background import Backoff, Failures
 from managers.base import Manager
@@ -110,19 +111,21 @@ def key_to_api(row: Row) -> dict[str, Any]:
 
 
 # -- keys in MariaDB --------------------------------------------------------------------------
-async def create_key(role: str, user_id: str | None = None) -> dict[str, Any]:
-    """A new key; the returned ``key`` is the only time the secret is shown."""
+async def create_key(role: str, user_id: str | None = None, actor: Actor = OPERATOR) -> dict[str, Any]:
+    """A new key; the returned ``key`` is the only time the secret is shown. ``actor`` made
+    it (its audit row, in the key's transaction)."""
     if role not in ROLES:
         raise APIError(422, "validation_failed", f"role must be one of: {', '.join(ROLES)}")
     if (role == USER) != (user_id is not None):
         raise APIError(422, "validation_failed", "a user key needs user_id; an admin key takes none")
     key = new_key(role)
+    key_id, now = str(uuid.uuid4()), codec.utc_now()
     row = {
-        "id": str(uuid.uuid4()),
+        "id": key_id,
         "prefix": key_prefix(key),
         "role": role,
         "user_id": user_id,
-        "created_at": codec.utc_now(),
+        "created_at": now,
         "last_used_at": None,
         "revoked_at": None,
     }
@@ -130,10 +133,23 @@ async def create_key(role: str, user_id: str | None = None) -> dict[str, Any]:
     # them, so the user is looked up first (users are never deleted).
     if user_id is not None and not await users.exists(user_id):
         raise user_not_found(user_id)
-    async with MySQLManager.instance().home.cursor() as cur:
-        await cur.execute(
-            "INSERT INTO api_keys (id, prefix, hash, role, user_id, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
-            (row["id"], row["prefix"], _hash(key), role, user_id, row["created_at"]),
+    async with MySQLManager.instance().home.transaction() as tx:
+        await tx.script(
+            [
+                (
+                    "INSERT INTO api_keys (id, prefix, hash, role, user_id, created_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    (key_id, row["prefix"], _hash(key), role, user_id, now),
+                ),
+                audit.insert(
+                    actor,
+                    audit.Action.API_KEY_CREATED,
+                    key_id,
+                    audit.diff(None, {"role": role, "user_id": user_id}),
+                    at=now,
+                ),
+            ],
+            commit=True,
         )
     created = key_to_api(row)
     del created["last_used_at"], created["revoked_at"]
@@ -145,16 +161,20 @@ async def list_keys() -> list[dict[str, Any]]:
     return [key_to_api(row) for row in rows]
 
 
-async def revoke_key(key_id: str) -> dict[str, Any]:
+async def revoke_key(key_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
     """Revoke a key (again is a no-op); this instance forgets it at once, and every
-    instance closes the sockets its tokens opened (the outbox event, domain/revocations.py)."""
-    home = MySQLManager.instance().home
-    async with home.transaction() as cur:
-        revoked = await cur.execute(
-            "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (codec.utc_now(), key_id)
+    instance closes the sockets its tokens opened (the outbox event, domain/revocations.py).
+    A revocation writes ``actor``'s audit row in its transaction (a no-op writes none)."""
+    home, now = MySQLManager.instance().home, codec.utc_now()
+    async with home.transaction() as tx:
+        revoked = await tx.execute(
+            "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL", (now, key_id)
         )
-        event = [outbox.insert(revocations.key_revoked(key_id))] if revoked else []
-        row = await cur.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,), first=event)
+        if revoked:
+            changes = audit.diff({"revoked_at": None}, {"revoked_at": codec.rfc3339(now)})
+            await tx.execute(*audit.insert(actor, audit.Action.API_KEY_REVOKED, key_id, changes, at=now))
+            await tx.execute(*outbox.insert(revocations.key_revoked(key_id)))
+        row = await tx.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE id = %s", (key_id,))
     if revoked:
         outbox.notify_committed(home)
     if row is None:
@@ -177,7 +197,7 @@ async def bootstrap_admin_key(path: str) -> bool:
             )
             if found is not None:
                 return False
-            created = await create_key(ADMIN)
+            created = await create_key(ADMIN, actor=audit.operator("bootstrap"))
             _write_private(Path(path), created["key"] + "\n")
         finally:
             await cur.execute("SELECT RELEASE_LOCK(%s)", (_BOOTSTRAP_LOCK,))

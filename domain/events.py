@@ -49,7 +49,9 @@ class Event(TypedDict):
     version: int
     occurred_at: str  # RFC 3339, UTC
     user_id: str | None  # None for health_check and api_key_revoked
-    data: dict[str, Any]  # the resource as the API shows it (payment_updated adds previous_status)
+    # The resource as the API shows it (payment_updated adds previous_status), a user without
+    # its email (domain/users.py event_data): events carry no email.
+    data: dict[str, Any]
 
 
 def envelope(

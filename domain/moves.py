@@ -3,7 +3,7 @@
 ``python -m service shards move <logical> --to <physical>`` calls ``move``:
 
 1. **Copy, live.** The logical shard's rows (users, their payments, status history,
-   idempotency keys and published outbox rows) are copied to the target by primary-key
+   audit rows, idempotency keys and published outbox rows) are copied to the target by primary-key
    range (managers/shards.py: a logical shard is an id range), while writes go on.
 2. **Freeze.** The source marks the logical shard ``frozen``. Every write of a user's
    inserts an outbox row, and the source's trigger on ``outbox`` (``GUARD``, installed by
@@ -16,7 +16,8 @@
    within ``shards.map_refresh_s``; the source marks the logical shard ``moved``, so an
    instance that has not read the move yet is refused, never served stale.
 6. **Clean up.** After a grace period (instances still reading from the source), the
-   source's copies are deleted.
+   source's copies are deleted: history and audit rows too, which the service's own
+   MariaDB user may not delete, so a move runs as the migration user (service/__main__.py).
 
 Writes are refused only from 2 to 5: ``Moved.switch_s`` says how long that took.
 Copies are upserts by primary key (outbox rows by ``event_id``), so a move that failed
@@ -67,7 +68,7 @@ TABLES = (
     Table(
         "payments",
         "id",
-        "id, user_id, amount_minor, currency, description, status, version, created_at, updated_at",
+        "id, user_id, amount_minor, currency, description, status, created_by_key_id, version, created_at, updated_at",
         "updated_at",
         "status = VALUES(status), version = VALUES(version), updated_at = VALUES(updated_at)",
     ),
@@ -77,6 +78,13 @@ TABLES = (
         "payment_id, from_status, to_status, version, actor_key_id, request_id, remote_ip, created_at",
         "created_at",
         "payment_id = payment_id",  # (payment_id, version) is unique: already there, nothing to do
+    ),
+    Table(
+        "audit_events",
+        "owner_id",  # a payment's user; NULL (never moved) for what lives in the home
+        "id, created_at, actor_key_id, request_id, remote_ip, action, resource_type, resource_id, owner_id, changes",
+        "created_at",
+        "id = id",  # append-only: already there, nothing to do
     ),
     Table(
         "idempotency_keys",
@@ -133,7 +141,7 @@ async def copy(source: Database, target: Database, logical: int, since: dt.datet
     copied = 0
     for table in TABLES:
         where, args = _rows_of(table, logical, since)
-        order = "id" if table.name in ("outbox", "payment_status_history") else table.key
+        order = "id" if table.name in ("outbox", "payment_status_history", "audit_events") else table.key
         last: object = None
         while True:
             page_where = where if last is None else f"{where} AND {order} > %s"
@@ -211,7 +219,7 @@ async def _drained(source: Database, logical: int, timeout_s: float) -> None:
 async def _delete(database: Database, logical: int) -> None:
     """The logical shard's rows in ``database``, children first (foreign keys)."""
     low, high = id_range(logical)
-    for table in ("payment_status_history", "idempotency_keys", "outbox", "payments", "users"):
+    for table in ("payment_status_history", "audit_events", "idempotency_keys", "outbox", "payments", "users"):
         key = next(t.key for t in TABLES if t.name == table)
         while True:
             async with database.cursor() as cur:

@@ -10,7 +10,8 @@ import json
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from domain import codec, events, outbox, users
+from domain import audit, codec, events, outbox, users
+from domain.audit import Actor
 from domain.errors import APIError, not_found, user_not_found
 from domain.money import MoneyError, format_amount, parse_amount
 from domain.schemas import PaymentCreate
@@ -60,9 +61,15 @@ def request_fingerprint(user_id: str, amount_minor: int, currency: str, descript
 
 
 async def create(
-    body: PaymentCreate, max_amount: Decimal, idempotency_key: str | None = None, idempotency_scope: str = "admin"
+    body: PaymentCreate,
+    max_amount: Decimal,
+    idempotency_key: str | None = None,
+    idempotency_scope: str = "admin",
+    *,
+    actor: Actor,
 ) -> Created:
-    """Create a pending payment, on its user's shard, with an id that names that shard.
+    """Create a pending payment, on its user's shard, with an id that names that shard,
+    recording the key that created it (``created_by_key_id``, and an audit row).
 
     An ``idempotency_key`` is remembered within its caller's ``idempotency_scope`` and the
     payment's user: two callers choosing the same key never collide, and the key lives
@@ -92,7 +99,7 @@ async def create(
     payment = to_api(row)
     response = codec.dumps(payment)
     # One round trip: BEGIN, the user's lock (its events commit in order), the
-    # idempotency key already holding its response, the payment, its event, COMMIT.
+    # idempotency key already holding its response, the payment, its event, its audit row, COMMIT.
     # A missing user fails the payment's foreign key; a key in use fails its own.
     statements: list[Statement] = [users.lock_statement(user_id)]
     if idempotency_key is not None:
@@ -105,11 +112,14 @@ async def create(
         )
     statements.append(
         (
-            f"INSERT INTO payments ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            tuple(row[c.strip()] for c in _COLUMNS.split(",")),
+            f"INSERT INTO payments ({_COLUMNS}, created_by_key_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (*(row[c.strip()] for c in _COLUMNS.split(",")), actor.key_id),
         )
     )
     statements.append(outbox.insert(events.envelope(events.PAYMENT_CREATED, user_id, payment, now)))
+    statements.append(
+        audit.insert(actor, audit.Action.PAYMENT_CREATED, payment["id"], _audited(None, payment), user_id, now)
+    )
     shard = MySQLManager.instance().for_id(user_id)
     try:
         async with shard.transaction() as tx:
@@ -179,20 +189,19 @@ async def _lock_payment(tx: Tx, payment_id: str) -> Row:
     return row
 
 
-class Actor(NamedTuple):
-    """Who asked for a change, for the audit trail."""
-
-    key_id: str | None
-    request_id: str | None
-    remote_ip: str | None
+def _audited(before: dict[str, Any] | None, after: dict[str, Any]) -> audit.Changes:
+    """What the audit row of a change says changed: the payment's amount, currency, owner,
+    status and version (its free-text description stays out of the audit trail)."""
+    fields = ("user_id", "amount", "currency", "status", "version")
+    return audit.diff(before and {f: before[f] for f in fields}, {f: after[f] for f in fields})
 
 
 async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict[str, Any]:
     """Move along the state machine; the same status again is a no-op with no event.
 
-    Each change writes its event and its ``payment_status_history`` row in the
-    same transaction as the change itself: two round trips, the locking read with
-    its BEGIN, then the writes with the COMMIT.
+    Each change writes its event, its ``payment_status_history`` row and its audit row
+    in the same transaction as the change itself: two round trips, the locking read
+    with its BEGIN, then the writes with the COMMIT.
     """
     shard = MySQLManager.instance().for_id(payment_id)
     async with shard.transaction() as tx:
@@ -223,6 +232,14 @@ async def update_status(payment_id: str, new_status: str, actor: Actor) -> dict[
                     (payment_id, current, new_status, updated["version"], *actor, now),
                 ),
                 outbox.insert(events.envelope(events.PAYMENT_UPDATED, row["user_id"], data, now)),
+                audit.insert(
+                    actor,
+                    audit.Action.PAYMENT_STATUS_CHANGED,
+                    payment_id,
+                    _audited(to_api(row), payment),
+                    row["user_id"],
+                    now,
+                ),
             ],
             commit=True,
         )

@@ -56,6 +56,13 @@ def to_api(row: Row) -> dict[str, Any]:
     return codec.api_view(row, ("id", "email", "name", "version"), ("created_at", "updated_at"))
 
 
+def event_data(user: dict[str, Any]) -> dict[str, Any]:
+    """The user as its events carry it (Kafka, the outbox, WebSocket frames, analytics):
+    everything the API shows but the email, which stays in MariaDB. A consumer that needs
+    it reads the user over REST."""
+    return {name: value for name, value in user.items() if name != "email"}
+
+
 EMAIL_TAKEN = (409, "email_taken", "another user already has this email")
 
 
@@ -152,7 +159,7 @@ async def create(email: str, name: str) -> dict[str, Any]:
         f"INSERT INTO users ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
         (row["id"], row["email"], row["name"], 1, now, now),
     )
-    event = outbox.insert(events.envelope(events.USER_CREATED, row["id"], user, now))
+    event = outbox.insert(events.envelope(events.USER_CREATED, row["id"], event_data(user), now))
     shard = MySQLManager.instance().for_id(row["id"])
     if shard is MySQLManager.instance().home and await _create_with_claim(shard, row, insert_user, event):
         return user
@@ -277,7 +284,7 @@ async def _update(user_id: str, changes: UserUpdate, if_match: str | None) -> tu
                 "UPDATE users SET email = %s, name = %s, version = %s, updated_at = %s WHERE id = %s",
                 (updated["email"], updated["name"], updated["version"], now, user_id),
             )
-            event = outbox.insert(events.envelope(events.USER_UPDATED, user_id, user, now))
+            event = outbox.insert(events.envelope(events.USER_UPDATED, user_id, event_data(user), now))
             await tx.script([update_user, event], commit=True)
     await RedisManager.instance().cache_put(cache_key(user_id), cached(user))
     outbox.notify_committed(shard)

@@ -15,7 +15,7 @@ class ApiKeysHandler(BaseHandler):
 
     async def post(self) -> None:
         body = schemas.validate("ApiKeyCreate", self.get_json_body())
-        created = await auth.create_key(body["role"], body.get("user_id"))
+        created = await auth.create_key(body["role"], body.get("user_id"), self.actor)
         self.set_header("Location", f"/api/v1/api-keys/{created['id']}")
         self.write_json(created, 201)
 
@@ -27,7 +27,7 @@ class ApiKeyHandler(BaseHandler):
     admin_only = True
 
     async def delete(self, key_id: str) -> None:
-        self.write_json(await auth.revoke_key(self.resource_id(key_id, "api key")))
+        self.write_json(await auth.revoke_key(self.resource_id(key_id, "api key"), self.actor))
 
 
 default_handlers = [

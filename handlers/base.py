@@ -21,6 +21,7 @@ from typing import Any, overload
 import tornado.web
 
 from domain import codec, ratelimit
+from domain.audit import Actor
 from domain.auth import ADMIN, Authenticator, Principal
 from domain.errors import APIError, not_found
 from domain.ratelimit import RateLimiter
@@ -202,6 +203,11 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.principal is None:
             raise unauthorized("an API key is required: Authorization: Bearer <key>")
         return self.principal
+
+    @property
+    def actor(self) -> Actor:
+        """The caller as the audit trail records it: its key, this request's id, its address."""
+        return Actor(self.caller.key_id or None, self.request_id, self.remote_ip)
 
     def require_admin(self) -> None:
         if not self.caller.is_admin:

@@ -27,7 +27,7 @@ class PaymentsHandler(BaseHandler):
             raise user_not_found(body["user_id"])
         max_amount = Decimal(self.config["payments"]["max_amount"])
         scope = "admin" if self.caller.is_admin else f"user:{self.caller.user_id}"
-        created = await payments.create(body, max_amount, key, scope)
+        created = await payments.create(body, max_amount, key, scope, actor=self.actor)
         if created.replayed:
             self.set_header("Idempotent-Replayed", "true")
         self.set_status(created.status)
@@ -51,8 +51,7 @@ class PaymentStatusHandler(BaseHandler):
         self.require_admin()
         payment_id = self.resource_id(payment_id, "payment")
         body = schemas.validate("PaymentStatusUpdate", self.get_json_body())
-        actor = payments.Actor(self.caller.key_id or None, self.request_id, self.remote_ip)
-        self.write_json(await payments.update_status(payment_id, body["status"], actor))
+        self.write_json(await payments.update_status(payment_id, body["status"], self.actor))
 
 
 class PaymentHistoryHandler(PaymentHandler):

@@ -43,9 +43,14 @@ _path = {"type": "string"}  # relative to the config file's directory; "" for no
 
 # (section, key): values that must never appear in an error or a log line. The
 # URLs may carry credentials, so they are redacted from errors too.
-SECRETS = {("mysql", "password"), ("auth", "token_secret")}
+SECRETS = {("mysql", "password"), ("mysql", "migrate_password"), ("auth", "token_secret")}
 SENSITIVE = SECRETS | {("redis", "url"), ("mongodb", "uri")}
-PATHS = {("mysql", "password_file"), ("auth", "token_secret_file"), ("auth", "bootstrap_admin_key_file")}
+PATHS = {
+    ("mysql", "password_file"),
+    ("mysql", "migrate_password_file"),
+    ("auth", "token_secret_file"),
+    ("auth", "bootstrap_admin_key_file"),
+}
 
 SCHEMA: dict[str, Any] = _obj(
     {
@@ -70,6 +75,9 @@ SCHEMA: dict[str, Any] = _obj(
                 "user": _str,
                 "password": {"type": "string"},
                 "password_file": _path,
+                "migrate_user": {"type": "string"},  # "": this process never migrates (python -m service migrate)
+                "migrate_password": {"type": "string"},
+                "migrate_password_file": _path,
                 "database": {"type": "string", "pattern": "^[A-Za-z0-9_]+$"},
                 "pool_min": _int,
                 "pool_max": {"type": "integer", "minimum": 1},
@@ -206,6 +214,9 @@ class MySQLConfig(TypedDict):
     user: str
     password: str
     password_file: str
+    migrate_user: str
+    migrate_password: str
+    migrate_password_file: str
     database: str
     pool_min: int
     pool_max: int
@@ -476,6 +487,8 @@ def _resolve(data: dict[str, Any], base: Path) -> None:
         file = data[section][f"{key}_file"]
         if data[section][key] or not file:
             continue
+        if (section, key) == ("mysql", "migrate_password") and not data["mysql"]["migrate_user"]:
+            continue  # no migration user: this process never migrates
         try:
             data[section][key] = Path(file).read_text().strip()
         except OSError as exc:

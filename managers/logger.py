@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 import time
@@ -122,6 +124,24 @@ class BatchWriter(logging.handlers.QueueListener):
             handler.handleError(records[0])  # logging's own report to stderr, as for a line
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """The log file, readable and writable by the service's OS user only (mode 0600), and so
+    each backup a rotation makes (a rename keeps the mode). Logs name keys by id, addresses
+    and request paths: not for every local account. A file or backup left by an older run
+    with a wider mode is narrowed when the handler opens."""
+
+    def __init__(self, filename: Path, max_bytes: int, backups: int):
+        for existing in [filename, *(Path(f"{filename}.{n}") for n in range(1, backups + 1))]:
+            if existing.exists():
+                os.chmod(existing, 0o600)
+        super().__init__(filename, maxBytes=max_bytes, backupCount=backups)
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # the umask cannot widen it; an existing file is narrowed
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)  # noqa: SIM115 (the handler closes it)
+
+
 class OutageFilter(logging.Filter):
     """One warning of a client library per state change of its dependency; the rest counted."""
 
@@ -169,10 +189,8 @@ class LoggerManager(Manager):
         writers: list[logging.Handler] = [logging.StreamHandler(stream)]
         if cfg["file"]:
             path = Path(cfg["file"])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writers.append(
-                logging.handlers.RotatingFileHandler(path, maxBytes=cfg["max_bytes"], backupCount=cfg["backups"])
-            )
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            writers.append(PrivateRotatingFileHandler(path, cfg["max_bytes"], cfg["backups"]))
         for writer in writers:
             writer.setFormatter(formatter)
         records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()

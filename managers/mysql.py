@@ -20,7 +20,7 @@ import logging
 import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiomysql
 import pymysql
@@ -174,36 +174,33 @@ class Database:
         self.ready.set()
 
     async def _connect_and_migrate(self) -> None:
+        """Migrate as the migration user (``mysql.migrate_user``) on a connection of its own,
+        then open the pool as the service's user, which can reach the database only once the
+        migrations granted it its privileges. Without a migration user, the schema must be
+        up to date already (``python -m service migrate``)."""
+        if self.cfg["migrate_user"]:
+            await self.migrate()
         if self.pool is None:
             cfg = self.cfg
             self.pool = await asyncio.wait_for(
                 aiomysql.create_pool(
-                    host=cfg["host"],
-                    port=cfg["port"],
-                    user=cfg["user"],
-                    password=cfg["password"],
-                    db=cfg["database"],
+                    **_connect_args(cfg, cfg["user"], cfg["password"]),
                     minsize=cfg["pool_min"],
                     maxsize=cfg["pool_max"],
-                    connect_timeout=cfg["connect_timeout_s"],
                     pool_recycle=cfg["pool_recycle_s"],
-                    autocommit=True,
-                    charset="utf8mb4",
-                    # Tx.script sends a transaction's statements together (our own SQL only;
-                    # every argument is escaped by the driver).
-                    client_flag=CLIENT.MULTI_STATEMENTS,
                 ),
                 cfg["connect_timeout_s"] * 2,
             )
-        await self.migrate()
+        if not self.cfg["migrate_user"]:
+            await self.check_migrated()
 
     async def wait_ready(self, timeout_s: float) -> None:
         """For commands that need the database before they can do anything (``keys``)."""
         await asyncio.wait_for(self.ready.wait(), timeout_s)
 
     @contextlib.asynccontextmanager
-    async def _connection(self, migrating: bool = False) -> AsyncIterator[aiomysql.Connection]:
-        if self.pool is None or not (migrating or self.ready.is_set()):
+    async def _connection(self) -> AsyncIterator[aiomysql.Connection]:
+        if self.pool is None or not self.ready.is_set():
             raise NotReady(f"mysql shard {self.name} is not reachable yet")
         async with asyncio.timeout(self.query_timeout_s):
             await self._turns.acquire()
@@ -269,41 +266,67 @@ class Database:
             return await cur.fetchall(sql, args)
 
     async def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[str]:
-        """Apply ``NNNN_name.sql`` files not yet in ``schema_migrations``, in name order.
+        """Apply ``NNNN_name.sql`` files not yet in ``schema_migrations``, in name order,
+        as the migration user (``mysql.migrate_user``), on a connection of its own.
 
         Idempotent, and safe with several instances starting at once: a named
         lock lets one of them migrate while the others wait. Every shard has the
         same schema; the global tables are used in the home only.
         """
         applied_now: list[str] = []
-        files = [(path.stem, path.read_text()) for path in sorted(directory.glob("*.sql"))]  # noqa: ASYNC240 (startup)
-        async with self._connection(migrating=True) as conn, conn.cursor(aiomysql.DictCursor) as cur:
-            tx = Tx(cur, MIGRATION_LOCK_TIMEOUT_S + self.query_timeout_s)
-            locked = await tx.fetchone("SELECT GET_LOCK('singleton_migrations', %s) AS ok", (MIGRATION_LOCK_TIMEOUT_S,))
-            if not locked or locked["ok"] != 1:
-                raise RuntimeError("could not take the migration lock")
-            try:
-                with warnings.catch_warnings():  # "already exists" is the normal case
-                    warnings.simplefilter("ignore", pymysql.Warning)
-                    await tx.execute(
-                        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                        " version VARCHAR(255) NOT NULL PRIMARY KEY, applied_at DATETIME(6) NOT NULL)"
-                    )
-                done = {row["version"] for row in await tx.fetchall("SELECT version FROM schema_migrations")}
-                for version, text in files:
-                    if version in done:
-                        continue
-                    for statement in split_sql(text):
-                        await tx.execute(statement)
-                    await tx.execute(
-                        "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, UTC_TIMESTAMP(6))",
-                        (version,),
-                    )
-                    applied_now.append(version)
-                    log.info("migration applied", extra={"version": version, "shard": self.name})
-            finally:
-                await tx.execute("SELECT RELEASE_LOCK('singleton_migrations')")
+        files = migration_files(directory)
+        cfg = self.cfg
+        if not cfg["migrate_user"]:
+            raise RuntimeError("mysql.migrate_user is not set: this process cannot migrate")
+        timeout_s = MIGRATION_LOCK_TIMEOUT_S + self.query_timeout_s
+        async with asyncio.timeout(cfg["connect_timeout_s"] * 2):
+            conn = await aiomysql.connect(**_connect_args(cfg, cfg["migrate_user"], cfg["migrate_password"]))
+        try:
+            async with conn.cursor(aiomysql.DictCursor) as cur:
+                tx = Tx(cur, timeout_s)
+                locked = await tx.fetchone(
+                    "SELECT GET_LOCK('singleton_migrations', %s) AS ok", (MIGRATION_LOCK_TIMEOUT_S,)
+                )
+                if not locked or locked["ok"] != 1:
+                    raise RuntimeError("could not take the migration lock")
+                try:
+                    with warnings.catch_warnings():  # "already exists" is the normal case
+                        warnings.simplefilter("ignore", pymysql.Warning)
+                        await tx.execute(
+                            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                            " version VARCHAR(255) NOT NULL PRIMARY KEY, applied_at DATETIME(6) NOT NULL)"
+                        )
+                    done = {row["version"] for row in await tx.fetchall("SELECT version FROM schema_migrations")}
+                    for version, text in files:
+                        if version in done:
+                            continue
+                        for statement in split_sql(text):
+                            await tx.execute(statement)
+                        await tx.execute(
+                            "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, UTC_TIMESTAMP(6))",
+                            (version,),
+                        )
+                        applied_now.append(version)
+                        log.info("migration applied", extra={"version": version, "shard": self.name})
+                finally:
+                    await tx.execute("SELECT RELEASE_LOCK('singleton_migrations')")
+        except BaseException:
+            conn.close()  # mid-statement its state is unknown; the lock goes with the session
+            raise
+        else:
+            async with asyncio.timeout(self.query_timeout_s):
+                await conn.ensure_closed()
         return applied_now
+
+    async def check_migrated(self, directory: Path = MIGRATIONS_DIR) -> None:
+        """For a process that does not migrate: the schema must hold every migration it knows."""
+        assert self.pool is not None
+        async with self.pool.acquire() as conn, conn.cursor(aiomysql.DictCursor) as cur:
+            tx = Tx(cur, self.query_timeout_s)
+            done = {row["version"] for row in await tx.fetchall("SELECT version FROM schema_migrations")}
+        missing = [version for version, _ in migration_files(directory) if version not in done]
+        if missing:
+            raise RuntimeError(f"the schema lacks migrations {missing}: run `python -m service migrate`")
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
@@ -315,6 +338,38 @@ class Database:
         if self.pool is not None:
             self.pool.close()
             await asyncio.wait_for(self.pool.wait_closed(), 5)
+
+
+def _connect_args(cfg: MySQLConfig, user: str, password: str) -> dict[str, Any]:
+    """What every connection to a shard is opened with, as ``user``."""
+    return {
+        "host": cfg["host"],
+        "port": cfg["port"],
+        "user": user,
+        "password": password,
+        "db": cfg["database"],
+        "connect_timeout": cfg["connect_timeout_s"],
+        "autocommit": True,
+        "charset": "utf8mb4",
+        # Tx.script sends a transaction's statements together (our own SQL only; every
+        # argument is escaped by the driver).
+        "client_flag": CLIENT.MULTI_STATEMENTS,
+    }
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[str, str]]:
+    """Each migration's version (its file name's stem) and text, in order."""
+    return [(path.stem, path.read_text()) for path in sorted(directory.glob("*.sql"))]
+
+
+def as_owner(config: Config) -> Config:
+    """``config`` with the migration user in place of the service's: for what only the
+    schema's owner may do (``shards move`` deletes a moved shard's history and audit rows)."""
+    mysql_cfg = config["mysql"]
+    if not mysql_cfg["migrate_user"]:
+        raise RuntimeError("mysql.migrate_user is not set: this needs the migration user")
+    owner = {**mysql_cfg, "user": mysql_cfg["migrate_user"], "password": mysql_cfg["migrate_password"]}
+    return cast(Config, {**config, "mysql": owner})
 
 
 def shard_configs(config: Config) -> tuple[dict[str, MySQLConfig], str, ShardMap]:

@@ -6,7 +6,13 @@ else, ever); ``list`` and ``revoke`` print one JSON object per key.
 
 ``python -m service shards map | move LOGICAL --to PHYSICAL [--grace-s S]``: the shard
 map (which physical shard holds each range of logical shards), and moving one logical
-shard while the service runs (domain/moves.py).
+shard while the service runs (domain/moves.py). A move runs as the migration user
+(``mysql.migrate_user``): it deletes the moved rows, history and audit rows included,
+which the service's own user may not.
+
+``python -m service migrate``: apply the migrations to every shard, as the migration user,
+and print what each shard applied. The service does the same at start when
+``mysql.migrate_user`` is set; with it empty, the service waits for this command.
 """
 
 from __future__ import annotations
@@ -22,16 +28,17 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+import pymysql
 import tornado.httpserver
 
-from domain import auth, moves
+from domain import audit, auth, moves
 from domain.errors import APIError
 from handlers.base import Traffic
 from managers import config as config_module
 from managers.config import Config
 from managers.health import HealthMonitor
 from managers.logger import LoggerManager
-from managers.mysql import MySQLManager
+from managers.mysql import Database, MySQLManager, as_owner, shard_configs
 from managers.shards import ShardMapError, compact, parse_ranges
 from service.app import make_app, make_ops_app, server_options
 from service.lifecycle import ROLES, Lifecycle
@@ -72,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="wait this long after the switch before deleting the old copies (default: 3 map refreshes)",
     )
+    commands.add_parser("migrate", help="apply the migrations to every shard, as mysql.migrate_user")
     return parser.parse_args(argv)
 
 
@@ -97,15 +105,29 @@ async def mysql_command(config: Config, command: Callable[[MySQLManager], Awaita
     return 0
 
 
+async def migrate(config: Config) -> int:
+    """Every shard migrated, one after the other; one JSON line per shard: what it applied."""
+    configs, _, _ = shard_configs(config)
+    for name, cfg in configs.items():
+        database = Database(name, cfg, config["reconnect"])
+        try:
+            applied = await asyncio.wait_for(database.migrate(), COMMAND_WAIT_S)
+        except (RuntimeError, OSError, pymysql.err.MySQLError) as exc:  # TimeoutError is an OSError
+            print(f"shard {name}: migration failed: {exc!r}", file=sys.stderr)
+            return 1
+        print(json.dumps({"shard": name, "applied": applied}), flush=True)
+    return 0
+
+
 async def manage_keys(mysql: MySQLManager, args: argparse.Namespace) -> None:
     if args.action == "create":
-        created = await auth.create_key(args.role, args.user_id)
+        created = await auth.create_key(args.role, args.user_id, audit.operator("keys-create"))
         print(created["key"])
     elif args.action == "list":
         for key in await auth.list_keys():
             print(json.dumps(key))
     else:
-        print(json.dumps(await auth.revoke_key(args.key_id)))
+        print(json.dumps(await auth.revoke_key(args.key_id, audit.operator("keys-revoke"))))
 
 
 async def manage_shards(mysql: MySQLManager, args: argparse.Namespace) -> None:
@@ -205,11 +227,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def run(config: Config, args: argparse.Namespace) -> int:
-    if args.command in ("keys", "shards"):  # stdout is the command's answer: logs go to stderr
+    if args.command in ("keys", "shards", "migrate"):  # stdout is the command's answer: logs go to stderr
         logger = LoggerManager.start({**config["logging"], "file": "", "level": "WARNING"}, stream=sys.stderr)
     else:
         logger = LoggerManager.start(config["logging"])
     try:
+        if args.command == "migrate":
+            return await migrate(config)
+        if args.command == "shards" and args.action == "move":  # it deletes history and audit rows
+            try:
+                config = as_owner(config)
+            except RuntimeError as exc:
+                print(str(exc), file=sys.stderr)
+                return 2
         if args.command in ("keys", "shards"):
             manage = manage_keys if args.command == "keys" else manage_shards
             return await mysql_command(config, lambda mysql: manage(mysql, args))

@@ -17,6 +17,7 @@ HANDLER_MODULES = (
     "handlers.users",
     "handlers.payments",
     "handlers.api_keys",
+    "handlers.audit",
     "handlers.analytics",
     "handlers.health",
     "handlers.openapi",

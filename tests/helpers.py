@@ -62,7 +62,7 @@ TEST_OVERRIDES: dict[str, dict[str, Any]] = {
 # For tests that load the config but connect to nothing (the ``unit_config`` fixture):
 # no `make services` has written the dev secrets there.
 UNIT_SECRETS: dict[str, dict[str, str]] = {
-    "mysql": {"password": "unit-tier-stand-in"},
+    "mysql": {"password": "unit-tier-stand-in", "migrate_password": "unit-tier-stand-in-too"},
     "auth": {"token_secret": "unit-tier-stand-in-token-secret-0123456789"},
 }
 
@@ -211,8 +211,13 @@ def bug_lines(caplog: Any, task: str) -> list[logging.LogRecord]:
 
 
 def _server_sql(cfg: dict, *statements: str) -> None:
+    """As the migration user: the service's own may not create or drop databases."""
     conn = pymysql.connect(
-        host=cfg["host"], port=cfg["port"], user=cfg["user"], password=cfg["password"], connect_timeout=5
+        host=cfg["host"],
+        port=cfg["port"],
+        user=cfg["migrate_user"],
+        password=cfg["migrate_password"],
+        connect_timeout=5,
     )
     try:
         with conn.cursor() as cur:

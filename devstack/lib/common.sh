@@ -116,5 +116,6 @@ ensure_secret() {
 
 ensure_secrets() {
   ensure_secret "$SECRETS_DIR/mysql.password"
+  ensure_secret "$SECRETS_DIR/mysql-migrate.password"
   ensure_secret "$SECRETS_DIR/ws_token.secret"
 }

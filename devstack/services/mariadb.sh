@@ -1,13 +1,18 @@
 # shellcheck shell=bash
 # MariaDB, the service's transactional store: Debian's mariadb-server, a datadir of its
-# own, database singleton_db and user singleton (the generated password). Each server
-# (INSTANCE: mariadb, or the cluster stack's shards mariadb-a and mariadb-b) is its own
-# mariadbd on its own address (HOST), with its own datadir, socket and log.
+# own, database singleton_db and two users, each with a generated password: singleton, the
+# service's (no DDL; its table privileges come from the role singleton_app, which the
+# migrations grant), and singleton_migrate, which owns the schema (the migrations, the
+# shard moves). Each server (INSTANCE: mariadb, or the cluster stack's shards mariadb-a and
+# mariadb-b) is its own mariadbd on its own address (HOST), with its own datadir, socket and log.
 
 MYSQL_PORT="${MYSQL_PORT:-3306}"
 MYSQL_DATABASE=singleton_db
 MYSQL_USER=singleton
 MYSQL_PASSWORD_FILE="$SECRETS_DIR/mysql.password"
+MYSQL_MIGRATE_USER=singleton_migrate
+MYSQL_MIGRATE_PASSWORD_FILE="$SECRETS_DIR/mysql-migrate.password"
+MYSQL_ROLE=singleton_app # the migrations grant it its table privileges (migrations/0004_audit.sql)
 
 mariadb_packages() { echo mariadb:mariadb-client mariadbd:mariadb-server; }
 
@@ -17,29 +22,45 @@ mariadb_stop() { stop_service "$INSTANCE" 60; }
 # everyday stack's mariadb, run/mysqld-a.sock ... for the shards.
 mariadb_socket() { echo "$RUN_DIR/${INSTANCE/#mariadb/mysqld}.sock"; }
 
+# Both users log in: the migration user on the database, the service's user on the
+# server (it can reach the database only once the migrations have granted its role).
 mariadb_ready() {
-  [[ "$(MYSQL_PWD="$(cat "$MYSQL_PASSWORD_FILE")" mariadb --no-defaults --protocol=TCP -h "$HOST" -P "$MYSQL_PORT" \
-    --connect-timeout=3 -u "$MYSQL_USER" -N -B -e 'SELECT 1' "$MYSQL_DATABASE" 2>/dev/null)" == 1 ]]
+  [[ "$(MYSQL_PWD="$(cat "$MYSQL_MIGRATE_PASSWORD_FILE")" mariadb --no-defaults --protocol=TCP -h "$HOST" \
+    -P "$MYSQL_PORT" --connect-timeout=3 -u "$MYSQL_MIGRATE_USER" -N -B -e 'SELECT 1' "$MYSQL_DATABASE" 2>/dev/null)" == 1 ]] &&
+    [[ "$(MYSQL_PWD="$(cat "$MYSQL_PASSWORD_FILE")" mariadb --no-defaults --protocol=TCP -h "$HOST" \
+      -P "$MYSQL_PORT" --connect-timeout=3 -u "$MYSQL_USER" -N -B -e 'SELECT 1' 2>/dev/null)" == 1 ]]
 }
 
 mariadb_root() {
   mariadb --no-defaults --protocol=SOCKET -S "$(mariadb_socket)" -u root "$@"
 }
 
-# The database and the service's user, with the password from the secrets file.
-# Idempotent: run on every start, and on a reused server of ours, so a changed
-# secret takes effect. singleton\_test% lets the test suite create its own databases.
+# The database, the role, and the two users with the passwords from the secrets files.
+# Idempotent: run on every start, and on a reused server of ours, so a changed secret
+# takes effect (and a server set up before the two users existed loses the service
+# user's old ALL PRIVILEGES). singleton\_test% lets the test suite create its own
+# databases, as the migration user; the service's user gets the role's grants there too.
 mariadb_setup() {
-  local password
+  local password migrate_password
   password="$(cat "$MYSQL_PASSWORD_FILE")"
+  migrate_password="$(cat "$MYSQL_MIGRATE_PASSWORD_FILE")"
   mariadb_root <<SQL
 CREATE DATABASE IF NOT EXISTS \`$MYSQL_DATABASE\`;
+CREATE ROLE IF NOT EXISTS $MYSQL_ROLE;
 CREATE USER IF NOT EXISTS '$MYSQL_USER'@'%' IDENTIFIED BY '$password';
 CREATE USER IF NOT EXISTS '$MYSQL_USER'@'localhost' IDENTIFIED BY '$password';
 ALTER USER '$MYSQL_USER'@'%' IDENTIFIED BY '$password';
 ALTER USER '$MYSQL_USER'@'localhost' IDENTIFIED BY '$password';
-GRANT ALL PRIVILEGES ON \`$MYSQL_DATABASE\`.* TO '$MYSQL_USER'@'%', '$MYSQL_USER'@'localhost';
-GRANT ALL PRIVILEGES ON \`singleton\\_test%\`.* TO '$MYSQL_USER'@'%', '$MYSQL_USER'@'localhost';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM '$MYSQL_USER'@'%', '$MYSQL_USER'@'localhost';
+GRANT $MYSQL_ROLE TO '$MYSQL_USER'@'%', '$MYSQL_USER'@'localhost';
+SET DEFAULT ROLE $MYSQL_ROLE FOR '$MYSQL_USER'@'%';
+SET DEFAULT ROLE $MYSQL_ROLE FOR '$MYSQL_USER'@'localhost';
+CREATE USER IF NOT EXISTS '$MYSQL_MIGRATE_USER'@'%' IDENTIFIED BY '$migrate_password';
+CREATE USER IF NOT EXISTS '$MYSQL_MIGRATE_USER'@'localhost' IDENTIFIED BY '$migrate_password';
+ALTER USER '$MYSQL_MIGRATE_USER'@'%' IDENTIFIED BY '$migrate_password';
+ALTER USER '$MYSQL_MIGRATE_USER'@'localhost' IDENTIFIED BY '$migrate_password';
+GRANT ALL PRIVILEGES ON \`$MYSQL_DATABASE\`.* TO '$MYSQL_MIGRATE_USER'@'%', '$MYSQL_MIGRATE_USER'@'localhost' WITH GRANT OPTION;
+GRANT ALL PRIVILEGES ON \`singleton\\_test%\`.* TO '$MYSQL_MIGRATE_USER'@'%', '$MYSQL_MIGRATE_USER'@'localhost' WITH GRANT OPTION;
 FLUSH PRIVILEGES;
 SQL
 }
@@ -86,6 +107,6 @@ mariadb_up() {
   wait_for "$INSTANCE" 60 "$pid" mariadb_root -e 'SELECT 1' || fail "$INSTANCE" "$logfile" "server did not come up"
 
   mariadb_setup >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "creating database/user failed"
-  wait_for "$INSTANCE" 60 "$pid" mariadb_ready || fail "$INSTANCE" "$logfile" "SELECT 1 as $MYSQL_USER failed"
+  wait_for "$INSTANCE" 60 "$pid" mariadb_ready || fail "$INSTANCE" "$logfile" "SELECT 1 as $MYSQL_USER and $MYSQL_MIGRATE_USER failed"
   log "$INSTANCE: ready (pid $pid)"
 }

@@ -23,6 +23,7 @@ def test_the_generated_configuration_is_config_cluster_yaml_on_the_copys_address
     assert copy["kafka"]["bootstrap_servers"] == "127.0.5.21:9092,127.0.5.22:9092,127.0.5.23:9092"
     assert copy["redis"]["cluster_nodes"][0] == "127.0.5.11:6379"
     assert copy["mysql"]["password_file"] == str(state / "secrets" / "mysql.password")
+    assert copy["mysql"]["migrate_password_file"] == str(state / "secrets" / "mysql-migrate.password")
     # everything else as it was: the same keys, the same ports
     assert copy["shards"]["physical"]["a"]["logical"] == original["shards"]["physical"]["a"]["logical"]
     assert copy["server"] == original["server"]

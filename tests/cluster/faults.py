@@ -34,7 +34,7 @@ from tests.cluster.conftest import devstack
 from tests.helpers import ROOT, ensure_database, in_thread, run_service, wait_until
 
 # The cluster file's keys that name a file, relative to that file's directory.
-FILES = (("mysql", "password_file"), ("auth", "token_secret_file"))
+FILES = (("mysql", "password_file"), ("mysql", "migrate_password_file"), ("auth", "token_secret_file"))
 NOT_SECTIONS = ("extends", "shards")  # the file's own keys that managers/config.py does not read (yet)
 REQUEST_TIMEOUT_S = 10
 
@@ -67,14 +67,17 @@ def service_config(overrides: dict[str, dict[str, Any]]) -> config_module.Config
     return config_module.load(overrides=overrides)
 
 
-def sql(overrides: dict[str, dict[str, Any]], statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """One statement on the service's database (blocking: call it with ``in_thread``)."""
+def sql(
+    overrides: dict[str, dict[str, Any]], statement: str, args: tuple[Any, ...] = (), owner: bool = False
+) -> list[tuple[Any, ...]]:
+    """One statement on the service's database (blocking: call it with ``in_thread``), as the
+    service's user (``owner``: as the migration user, for what the service's may not do)."""
     cfg = service_config(overrides)["mysql"]
     conn = pymysql.connect(
         host=cfg["host"],
         port=cfg["port"],
-        user=cfg["user"],
-        password=cfg["password"],
+        user=cfg["migrate_user"] if owner else cfg["user"],
+        password=cfg["migrate_password"] if owner else cfg["password"],
         database=cfg["database"],
         connect_timeout=5,
         read_timeout=30,
@@ -166,7 +169,7 @@ async def running_service(overrides: dict[str, dict[str, Any]], log_path: Path) 
         yield service
     finally:
         code = await service.stop()
-        await in_thread(sql, overrides, f"DROP DATABASE `{cfg['mysql']['database']}`")
+        await in_thread(sql, overrides, f"DROP DATABASE `{cfg['mysql']['database']}`", owner=True)
         mongo = AsyncMongoClient(cfg["mongodb"]["uri"], serverSelectionTimeoutMS=5000)
         try:
             await mongo.drop_database(cfg["mongodb"]["database"])

@@ -26,14 +26,31 @@ DEADLINE_S = 10
 
 
 async def shard_identity(cluster_config, address: tuple[str, int]) -> tuple[int, str]:
-    """(@@server_id, @@datadir) of one shard, as the service's user on its database; that
-    user may also create a test database there (the grants devstack gives)."""
-    conn = await asyncio.wait_for(
+    """(@@server_id, @@datadir) of one shard, as the migration user on its database; that user
+    may also create a test database there (the grants devstack gives). The service's user logs
+    in too, and holds the role it takes its privileges from."""
+    service_user = await asyncio.wait_for(
         aiomysql.connect(
             host=address[0],
             port=address[1],
             user=cluster_config.setting("mysql", "user"),
             password=cluster_config.file("mysql", "password_file").read_text().strip(),
+            connect_timeout=DEADLINE_S,
+        ),
+        DEADLINE_S,
+    )
+    try:
+        async with service_user.cursor() as cur:
+            await asyncio.wait_for(cur.execute("SELECT CURRENT_ROLE()"), DEADLINE_S)
+            assert await cur.fetchone() == ("singleton_app",)
+    finally:
+        service_user.close()
+    conn = await asyncio.wait_for(
+        aiomysql.connect(
+            host=address[0],
+            port=address[1],
+            user=cluster_config.setting("mysql", "migrate_user"),
+            password=cluster_config.file("mysql", "migrate_password_file").read_text().strip(),
             db=cluster_config.setting("mysql", "database"),
             connect_timeout=DEADLINE_S,
         ),

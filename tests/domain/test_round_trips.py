@@ -11,7 +11,7 @@ import aiomysql
 import pytest
 
 from domain import payments, users
-from domain.payments import Actor
+from domain.audit import Actor
 
 ACTOR = Actor(None, "round-trips", "127.0.0.1")
 
@@ -47,14 +47,14 @@ async def test_a_payment_is_created_in_one_round_trip_with_or_without_a_key(api,
     user = await api.new_user()
     body = {"user_id": user["id"], "amount": Decimal("5.00"), "currency": "EUR"}
     sent = round_trips()
-    await payments.create(body, Decimal(1000))
+    await payments.create(body, Decimal(1000), actor=ACTOR)
     assert len(sent) == 1 and sent[0].startswith("BEGIN") and sent[0].endswith("COMMIT"), sent
     key = f"round-trip-{uuid.uuid4()}"
     sent = round_trips()
-    created = await payments.create(body, Decimal(1000), key)
+    created = await payments.create(body, Decimal(1000), key, actor=ACTOR)
     assert len(sent) == 1, sent
     sent = round_trips()
-    replayed = await payments.create(body, Decimal(1000), key)
+    replayed = await payments.create(body, Decimal(1000), key, actor=ACTOR)
     assert replayed.replayed and replayed.body == created.body
     assert len(sent) <= 3, sent  # the attempt, its rollback, the stored response
 

@@ -112,6 +112,7 @@ async def test_a_user_and_everything_theirs_live_on_its_shard(sharded_api, on_sh
             ("users", "id", user["id"]),
             ("payments", "id", payment["id"]),
             ("payment_status_history", "payment_id", payment["id"]),
+            ("audit_events", "resource_id", payment["id"]),
             ("outbox", "partition_key", user["id"]),
         ):
             assert await rows(home, f"SELECT 1 FROM {table} WHERE {key} = %s", (value,)), (table, home)
@@ -125,6 +126,34 @@ async def test_a_user_and_everything_theirs_live_on_its_shard(sharded_api, on_sh
         assert await rows("a", "SELECT 1 FROM email_claims WHERE user_id = %s", (user["id"],))
         user_api = await api.as_user(user["id"])
         assert (await user_api.get(f"/api/v1/users/{user['id']}"))[0] == 200
+        # The payment's audit rows, read by its id from its shard alone.
+        code, trail, _ = await api.get(f"/api/v1/audit-events?resource_type=payment&resource_id={payment['id']}")
+        assert code == 200
+        assert [e["action"] for e in trail["items"]] == ["payment.status_changed", "payment.created"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_audit_trail_keeps_keys_in_the_home_and_merges_every_shard_by_time(sharded_api, on_shard):
+    api, made = sharded_api, []
+    for logical in (ON_A, ON_B, ON_A, ON_B):
+        on_shard(logical)
+        user = await api.new_user()
+        made.append((await api.new_payment(user["id"]))["id"])
+    code, key, _ = await api.post("/api/v1/api-keys", {"role": "admin"})
+    assert code == 201
+    assert await rows("a", "SELECT 1 FROM audit_events WHERE resource_id = %s", (key["id"],))
+    assert not await rows("b", "SELECT 1 FROM audit_events WHERE resource_id = %s", (key["id"],))
+    assert {logical_shard(p) for p in made} == {ON_A, ON_B}
+    # Newest first across both shards, in pages of two: the key, then the payments in reverse.
+    seen, cursor = [], None
+    while len(seen) < 5:
+        code, page, _ = await api.get("/api/v1/audit-events?limit=2" + (f"&cursor={cursor}" if cursor else ""))
+        assert code == 200, page
+        seen += page["items"]
+        cursor = page["next_cursor"]
+    assert [e["resource_id"] for e in seen[:5]] == [key["id"], *reversed(made)]
+    code, payments_only, _ = await api.get("/api/v1/audit-events?resource_type=payment&limit=4")
+    assert [e["resource_id"] for e in payments_only["items"]] == list(reversed(made))
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -312,10 +341,15 @@ async def test_a_logical_shard_moves_under_writes_with_nothing_lost_or_doubled(s
 
     # Everything on b now, nothing left on a; every accepted payment there exactly once.
     await wait_until(lambda: MySQLManager.instance().for_logical(logical).name == "b", timeout=5, what="the new map")
-    for table, key in (("users", "id"), ("payments", "id"), ("outbox", "partition_key")):
+    for table, key in (("users", "id"), ("payments", "id"), ("outbox", "partition_key"), ("audit_events", "owner_id")):
         assert not await rows("a", f"SELECT 1 FROM {table} WHERE {key} >= %s AND {key} < %s", (low, high)), table
     on_b = [r["id"] for r in await rows("b", "SELECT id FROM payments WHERE id >= %s AND id < %s", (low, high))]
     assert sorted(on_b) == sorted(accepted)
+    # Each payment's audit row moved with it (the move deleted a's copies as the migration user).
+    audited = await rows(
+        "b", "SELECT resource_id FROM audit_events WHERE owner_id >= %s AND owner_id < %s", (low, high)
+    )
+    assert sorted(r["resource_id"] for r in audited) == sorted(accepted)
     events = await rows(
         "b",
         "SELECT event_id, published_at FROM outbox WHERE partition_key >= %s AND partition_key < %s ORDER BY id",

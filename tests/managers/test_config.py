@@ -69,8 +69,14 @@ def test_config_manager_holds_sections():
 
 
 def test_a_secret_from_the_environment_is_taken_as_it_is():
-    cfg = config_module.load(env={"SINGLETON_MYSQL__PASSWORD": "123", "SINGLETON_AUTH__TOKEN_SECRET": "a: [b"})
+    env = {
+        "SINGLETON_MYSQL__PASSWORD": "123",
+        "SINGLETON_MYSQL__MIGRATE_PASSWORD": "0x1",
+        "SINGLETON_AUTH__TOKEN_SECRET": "a: [b",
+    }
+    cfg = config_module.load(env=env)
     assert cfg["mysql"]["password"] == "123"
+    assert cfg["mysql"]["migrate_password"] == "0x1"
     assert cfg["auth"]["token_secret"] == "a: [b"
 
 
@@ -97,12 +103,41 @@ def test_an_invalid_secret_is_named_but_never_shown(tmp_path):
 def test_an_empty_secret_is_read_from_its_file_relative_to_the_config(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "db").write_text("from-the-file\n")
-    path = repository_config(tmp_path, mysql__password="", mysql__password_file="s/db", auth__token_secret="t" * 32)
+    path = repository_config(
+        tmp_path,
+        mysql__password="",
+        mysql__password_file="s/db",
+        mysql__migrate_password="m",
+        auth__token_secret="t" * 32,
+    )
     assert config_module.load(path, env={})["mysql"]["password"] == "from-the-file"
 
 
+def test_without_a_migration_user_its_password_is_not_needed(tmp_path):
+    """A process that never migrates (``mysql.migrate_user`` empty) holds no migration secret."""
+    path = repository_config(
+        tmp_path,
+        mysql__password="p",
+        mysql__migrate_user="",
+        mysql__migrate_password_file="nowhere",
+        auth__token_secret="t",
+    )
+    assert config_module.load(path, env={})["mysql"]["migrate_password"] == ""
+    path = repository_config(
+        tmp_path, mysql__password="p", mysql__migrate_password_file="nowhere", auth__token_secret="t"
+    )
+    with pytest.raises(ConfigError, match=r"mysql\.migrate_password is empty"):
+        config_module.load(path, env={})
+
+
 def test_a_missing_secret_file_names_the_key_and_how_to_make_it(tmp_path):
-    path = repository_config(tmp_path, mysql__password="", mysql__password_file="nowhere/db", auth__token_secret="t")
+    path = repository_config(
+        tmp_path,
+        mysql__password="",
+        mysql__password_file="nowhere/db",
+        mysql__migrate_password="m",
+        auth__token_secret="t",
+    )
     with pytest.raises(
         ConfigError, match=r"mysql\.password is empty and mysql\.password_file cannot be read"
     ) as caught:
@@ -123,7 +158,7 @@ def test_as_env_is_read_back_exactly_as_written():
     overrides = {
         "kafka": {"client_id": "123", "topic": "true"},
         "auth": {"token_secret": "0123", "bootstrap_admin_key_file": ""},
-        "mysql": {"password": "null", "port": 3307},
+        "mysql": {"password": "null", "migrate_password": "true", "port": 3307},
         "rate_limit": {"fail_open": False, "read_per_s": 2.5},
         "cors": {"allowed_origins": ["http://a.example", "*"]},
     }

@@ -8,11 +8,13 @@ import io
 import json
 import logging
 import logging.handlers
+import os
 import queue
+import stat
 
 import pytest
 
-from managers.logger import BatchWriter, JsonFormatter, OutageFilter
+from managers.logger import BatchWriter, JsonFormatter, LoggerManager, OutageFilter
 from tests.helpers import metric, wait_until
 
 
@@ -81,3 +83,31 @@ async def test_the_writer_writes_bursts_in_a_few_writes_in_order_and_rotates_bet
     assert all(f.stat().st_size <= 15_000 for f in files)
     in_files = [json.loads(line)["msg"] for f in files for line in f.read_text().splitlines()]
     assert in_files == [f"line {i}" for i in range(500)]
+
+
+@pytest.mark.gen_test
+async def test_the_log_file_and_its_backups_are_private_whatever_the_umask(tmp_path):
+    """logs/app.log and every backup a rotation makes: mode 0600. One left by an older run
+    with a wider mode is narrowed at start."""
+    path = tmp_path / "logs" / "app.log"
+    path.parent.mkdir()
+    stale = path.with_name("app.log.2")
+    stale.write_text("an older run's backup\n")
+    stale.chmod(0o644)
+    old_umask = os.umask(0o022)
+    try:
+        logger = LoggerManager.start({"level": "INFO", "file": str(path), "max_bytes": 2_000, "backups": 3})
+    finally:
+        os.umask(old_umask)
+    try:
+        assert stat.S_IMODE(stale.stat().st_mode) == 0o600
+        for n in (1, 2, 3):  # a burst past max_bytes rotates once (the writer writes it at once)
+            for i in range(30):
+                logging.getLogger("singleton.test").info("burst %d, line %d of a log that rotates", n, i)
+            backup = path.with_name(f"app.log.{n}")
+            await wait_until(backup.exists, timeout=5, what=f"{backup.name} made by a rotation")
+    finally:
+        await logger.close()
+    files = sorted(path.parent.glob("app.log*"))
+    assert [f.name for f in files] == ["app.log", "app.log.1", "app.log.2", "app.log.3"]
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}

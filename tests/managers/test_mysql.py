@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from domain import moves
 from managers.mysql import MIGRATIONS_DIR, Database, split_sql
 from tests.helpers import wait_until
 
@@ -34,7 +35,8 @@ def test_every_migration_splits_into_statements_without_a_comment_line_or_a_trai
         statements = split_sql(path.read_text())
         assert statements, path.name
         for statement in statements:
-            assert statement.split(None, 1)[0].upper() in {"CREATE", "ALTER", "INSERT", "DROP", "UPDATE"}, statement
+            first = statement.split(None, 1)[0].upper()
+            assert first in {"CREATE", "ALTER", "INSERT", "DROP", "UPDATE", "GRANT", "BEGIN"}, statement
             assert not statement.endswith(";") and not statement.lstrip().startswith("--"), statement
 
 
@@ -77,3 +79,11 @@ async def test_connections_go_to_waiters_in_the_order_they_came(services, config
         assert served == ["first", "second", "late"]
     finally:
         await mysql.close()
+
+
+def test_the_migration_that_remakes_the_move_guard_makes_it_exactly_as_moves_does():
+    """0004 re-creates an old ``outbox_shard_guard`` with the migration user as its definer:
+    the trigger it makes must be domain/moves.py's ``GUARD``, word for word."""
+    [remake] = [s for s in split_sql((MIGRATIONS_DIR / "0004_audit.sql").read_text()) if s.startswith("BEGIN")]
+    guard = moves.GUARD.replace("CREATE TRIGGER IF NOT EXISTS", "CREATE TRIGGER").replace("'", "''")
+    assert f"EXECUTE IMMEDIATE '{guard}'" in remake

@@ -70,7 +70,7 @@ def test_config_extends_its_base_key_by_key_and_checks_the_shard_map(tmp_path, u
     cluster.write_text(
         f"extends: {base}\n"
         "server: {port: 8180}\n"
-        "mysql: {password: stand-in}\n"
+        "mysql: {password: stand-in, migrate_password: stand-in-too}\n"
         "auth: {token_secret: stand-in-token-secret-0123456789}\n"
         "shards:\n"
         "  global: a\n"
@@ -93,7 +93,10 @@ def test_config_extends_its_base_key_by_key_and_checks_the_shard_map(tmp_path, u
 
 def test_the_shipped_cluster_config_loads() -> None:
     path = config_module.DEFAULT_PATH.with_name("config.cluster.yaml")
-    overrides = {"mysql": {"password": "stand-in"}, "auth": {"token_secret": "stand-in-token-secret-0123456789"}}
+    overrides = {
+        "mysql": {"password": "stand-in", "migrate_password": "m"},
+        "auth": {"token_secret": "stand-in-token-secret-0123456789"},
+    }
     loaded = config_module.load(path, env={}, overrides=overrides)
     assert set(loaded["shards"]["physical"]) == {"a", "b"} and loaded["shards"]["global"] == "a"
     assert len(loaded["kafka"]["bootstrap_servers"].split(",")) == 3

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from domain import auth
+from managers.mysql import MIGRATIONS_DIR, MySQLManager
 from service.__main__ import drain
 from tests.conftest import Api, GateHandler
 from tests.helpers import (
@@ -134,3 +136,42 @@ async def test_drain_waits_for_in_flight_requests(http_client, base_url, app):
     await asyncio.wait_for(draining, 5)
     assert response.code == 200
     assert traffic.in_flight == 0
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_migrate_command_then_a_service_that_holds_no_migration_credentials(config):
+    """``python -m service migrate`` brings an empty database up to date, as the migration
+    user; a service with ``mysql.migrate_user`` empty then serves from it, holding only its
+    own user's credentials."""
+    database = "singleton_test_migrate_command"
+    fresh_database(config["mysql"], database)
+    env = service_env(SINGLETON_MYSQL__DATABASE=database)
+    migrated = await run_service("migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    versions = sorted(path.stem for path in MIGRATIONS_DIR.glob("*.sql"))
+    assert [json.loads(line) for line in migrated.stdout.splitlines()] == [{"shard": "main", "applied": versions}]
+    again = await run_service("migrate", env=env)
+    assert [json.loads(line) for line in again.stdout.splitlines()] == [{"shard": "main", "applied": []}]
+
+    without = {**env, "SINGLETON_MYSQL__MIGRATE_USER": '""', "SINGLETON_MYSQL__MIGRATE_PASSWORD_FILE": '""'}
+    await run_until_healthy_then_stop(without)
+    refused = await run_service("shards", "move", "1", "--to", "main", env=without)
+    assert refused.returncode == 2 and "migrate_user" in refused.stderr
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_key_made_or_revoked_from_the_shell_is_audited_as_an_operators_command(services):
+    env = service_env()
+    created = await run_service("keys", "create", "--role", "admin", env=env)
+    assert created.returncode == 0, created.stderr
+    [key] = [k for k in await auth.list_keys() if created.stdout.startswith(k["prefix"])]
+    revoked = await run_service("keys", "revoke", key["id"], env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    rows = await MySQLManager.instance().home.fetchall(
+        "SELECT action, actor_key_id, request_id, remote_ip FROM audit_events"
+        " WHERE resource_id = %s ORDER BY created_at",
+        (key["id"],),
+    )
+    assert [r["action"] for r in rows] == ["api_key.created", "api_key.revoked"]
+    assert all(r["actor_key_id"] is None and r["remote_ip"] is None for r in rows)
+    assert rows[0]["request_id"].startswith("keys-create-") and rows[1]["request_id"].startswith("keys-revoke-")
