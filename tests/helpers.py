@@ -210,13 +210,15 @@ def bug_lines(caplog: Any, task: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage() == BUG_LINE and getattr(r, "task", None) == task]
 
 
-def _server_sql(cfg: dict, *statements: str) -> None:
-    """As the migration user: the service's own may not create or drop databases."""
+def owner_sql(cfg: dict, *statements: str, database: str | None = None) -> None:
+    """As the migration user: the service's own may not create or drop databases, nor
+    create triggers."""
     conn = pymysql.connect(
         host=cfg["host"],
         port=cfg["port"],
         user=cfg["migrate_user"],
         password=cfg["migrate_password"],
+        database=database,
         connect_timeout=5,
     )
     try:
@@ -228,12 +230,12 @@ def _server_sql(cfg: dict, *statements: str) -> None:
 
 
 def ensure_database(cfg: dict) -> None:
-    _server_sql(cfg, f"CREATE DATABASE IF NOT EXISTS `{cfg['database']}` CHARACTER SET utf8mb4")
+    owner_sql(cfg, f"CREATE DATABASE IF NOT EXISTS `{cfg['database']}` CHARACTER SET utf8mb4")
 
 
 def fresh_database(cfg: dict, name: str) -> None:
     """An empty database ``name`` beside the suite's, for a service process to start on."""
-    _server_sql(cfg, f"DROP DATABASE IF EXISTS `{name}`", f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    owner_sql(cfg, f"DROP DATABASE IF EXISTS `{name}`", f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
 
 
 def stop_redis() -> None:

@@ -13,6 +13,7 @@ import json
 import time
 import urllib.parse
 import uuid
+from functools import partial
 
 import jwt
 import pytest
@@ -24,7 +25,7 @@ from managers import websocket_hub
 from managers.kafka_consumer import BroadcastConsumer
 from managers.mysql import MySQLManager
 from tests.handlers.test_ws import Client, ws_url
-from tests.helpers import metric, service_process, wait_healthy, wait_until
+from tests.helpers import in_thread, metric, owner_sql, service_process, wait_healthy, wait_until
 
 TTL_S, GRACE_S = 4, 1  # the second instance's token lifetime and expiry grace
 PROMISE_S = 5  # a revoked key's sockets are closed within this, on every instance
@@ -166,21 +167,20 @@ async def test_the_revocation_event_stays_out_of_replay_and_analytics(api):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_revocation_goes_through_the_shard_moves_write_guard(api):
+async def test_a_revocation_goes_through_the_shard_moves_write_guard(api, config):
     """The guard refuses outbox rows of a logical shard not at home on the server; a
     revocation's row belongs to none, so it is written even with every shard moved away."""
     holder = await api.as_user((await api.new_user())["id"])
     home = MySQLManager.instance().home
-    async with home.cursor() as cur:
-        await cur.execute(moves.GUARD)
-        await cur.execute("UPDATE logical_shards SET state = 'moved'")
+    as_owner = partial(owner_sql, config["mysql"], database=config["mysql"]["database"])
+    await in_thread(as_owner, moves.GUARD, "UPDATE logical_shards SET state = 'moved'")
     try:
         code, body, _ = await api.delete(f"/api/v1/api-keys/{await key_id(api, holder.key)}")
         assert code == 200 and body["revoked_at"] is not None
     finally:
-        async with home.cursor() as cur:
-            await cur.execute("UPDATE logical_shards SET state = 'home'")
-            await cur.execute("DROP TRIGGER IF EXISTS outbox_shard_guard")
+        await in_thread(
+            as_owner, "UPDATE logical_shards SET state = 'home'", "DROP TRIGGER IF EXISTS outbox_shard_guard"
+        )
     row = await home.fetchone("SELECT COUNT(*) AS n FROM outbox WHERE payload LIKE %s", (f"%{body['id']}%",))
     assert row == {"n": 1}
 
