@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import warnings
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import aiomysql
 import pymysql
 from pymysql.constants import CLIENT
 
+from managers import tls
 from managers.background import Failures, reconnect
 from managers.base import BackingService
 from managers.config import Config, MySQLConfig, ReconnectConfig
@@ -70,6 +72,12 @@ ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE
 
 class NotReady(ConnectionError):
     """MariaDB has not been reached and migrated yet since this instance started."""
+
+
+class NotEncrypted(ConnectionError):
+    """``mysql.tls`` is on and the server did not offer TLS: aiomysql would go on in
+    plaintext, so the connection is closed instead (the server's, or a man in the middle's,
+    greeting said it has no TLS)."""
 
 
 # Errors the API answers with 503: the database is not there right now, or cut a query off.
@@ -136,6 +144,18 @@ class Tx:
         return list(await self._cur.fetchall())
 
 
+@contextlib.contextmanager
+def tls_reason() -> Iterator[None]:
+    """aiomysql's "Can't connect to MySQL server" hides its cause: a certificate that does
+    not verify is a reason to show, in /health and the outage's log line."""
+    try:
+        yield
+    except pymysql.err.OperationalError as exc:
+        if isinstance(exc.__cause__, ssl.SSLError) and len(exc.args) == 2:
+            raise pymysql.err.OperationalError(exc.args[0], f"{exc.args[1]}: TLS: {exc.__cause__}") from exc
+        raise
+
+
 class Database:
     """One MariaDB server (a physical shard): its pool, the gate to it, its migrations."""
 
@@ -153,6 +173,7 @@ class Database:
         # connection is always free or can be opened.
         self._turns = asyncio.Semaphore(cfg["pool_max"])
         self._task: asyncio.Task[None] | None = None
+        self.ssl = tls.client_context(cfg["tls"])  # None: plaintext
 
     def __repr__(self) -> str:
         return f"<Database {self.name} {self.cfg['host']}:{self.cfg['port']}>"
@@ -176,25 +197,27 @@ class Database:
     async def _connect_and_migrate(self) -> None:
         if self.pool is None:
             cfg = self.cfg
-            self.pool = await asyncio.wait_for(
-                aiomysql.create_pool(
-                    host=cfg["host"],
-                    port=cfg["port"],
-                    user=cfg["user"],
-                    password=cfg["password"],
-                    db=cfg["database"],
-                    minsize=cfg["pool_min"],
-                    maxsize=cfg["pool_max"],
-                    connect_timeout=cfg["connect_timeout_s"],
-                    pool_recycle=cfg["pool_recycle_s"],
-                    autocommit=True,
-                    charset="utf8mb4",
-                    # Tx.script sends a transaction's statements together (our own SQL only;
-                    # every argument is escaped by the driver).
-                    client_flag=CLIENT.MULTI_STATEMENTS,
-                ),
-                cfg["connect_timeout_s"] * 2,
-            )
+            with tls_reason():
+                self.pool = await asyncio.wait_for(
+                    aiomysql.create_pool(
+                        host=cfg["host"],
+                        port=cfg["port"],
+                        user=cfg["user"],
+                        password=cfg["password"],
+                        db=cfg["database"],
+                        minsize=cfg["pool_min"],
+                        maxsize=cfg["pool_max"],
+                        connect_timeout=cfg["connect_timeout_s"],
+                        pool_recycle=cfg["pool_recycle_s"],
+                        autocommit=True,
+                        charset="utf8mb4",
+                        # Tx.script sends a transaction's statements together (our own SQL only;
+                        # every argument is escaped by the driver).
+                        client_flag=CLIENT.MULTI_STATEMENTS,
+                        ssl=self.ssl,
+                    ),
+                    cfg["connect_timeout_s"] * 2,
+                )
         await self.migrate()
 
     async def wait_ready(self, timeout_s: float) -> None:
@@ -208,10 +231,16 @@ class Database:
         async with asyncio.timeout(self.query_timeout_s):
             await self._turns.acquire()
             try:
-                conn = await self.pool.acquire()
+                with tls_reason():
+                    conn = await self.pool.acquire()
             except BaseException:
                 self._turns.release()
                 raise
+        if self.ssl is not None and not conn.server_capabilities & CLIENT.SSL:
+            conn.close()  # aiomysql went on in plaintext: never use it (the pool drops it)
+            self.pool.release(conn)
+            self._turns.release()
+            raise NotEncrypted(f"mysql shard {self.name}: mysql.tls is on and the server offered no TLS")
         try:
             yield conn
         except BaseException as exc:
