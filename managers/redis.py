@@ -186,9 +186,10 @@ class RedisManager(BackingService):
     def _failed(self, op: RedisOp, exc: BaseException) -> None:
         metrics.CACHE_ERRORS.labels(op).inc()
         if not self._failing:  # one line per outage; HealthMonitor logs when it ends
-            log.warning(
-                "redis unavailable: reading through, rate limits fail open", extra={"op": op, "error": repr(exc)}
-            )
+            # redis-py 8's repr is only "network:ConnectionError": the text says why (a refused
+            # connection, a certificate that does not verify).
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("redis unavailable: reading through, rate limits fail open", extra={"op": op, "error": error})
         self._failing = True
         self._bypass_until = time.monotonic() + BYPASS_AFTER_ERROR_S
 
