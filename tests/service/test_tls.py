@@ -25,6 +25,7 @@ from tests.helpers import (
     ROOT,
     free_port,
     make_ca,
+    run_service,
     service_env,
     tls_section,
     wait_until,
@@ -133,6 +134,11 @@ async def test_rest_and_websocket_with_every_connection_over_tls(api, tmp_path):
             me = await plain.client_id()
             clients = [c for c in await plain.client_list() if c["db"] == str(REDIS_DB) and c["id"] != str(me)]
         assert clients and {c["laddr"] for c in clients} == {f"127.0.0.1:{REDIS_TLS_PORT}"}
+
+        # The commands that need MariaDB only connect the same way.
+        listed = await run_service("--config", "config.tls.yaml", "keys", "list", env=tls_env())
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.strip()  # the suite's admin key at least
     finally:
         await service.stop()
 
