@@ -19,7 +19,7 @@ import contextlib
 import logging
 import ssl
 import warnings
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +144,8 @@ class Tx:
         return list(await self._cur.fetchall())
 
 
-@contextlib.contextmanager
-def tls_reason() -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def tls_reason() -> AsyncIterator[None]:
     """aiomysql's "Can't connect to MySQL server" hides its cause: a certificate that does
     not verify is a reason to show, in /health and the outage's log line."""
     try:
@@ -194,30 +194,30 @@ class Database:
         )
         self.ready.set()
 
+    @tls_reason()
     async def _connect_and_migrate(self) -> None:
         if self.pool is None:
             cfg = self.cfg
-            with tls_reason():
-                self.pool = await asyncio.wait_for(
-                    aiomysql.create_pool(
-                        host=cfg["host"],
-                        port=cfg["port"],
-                        user=cfg["user"],
-                        password=cfg["password"],
-                        db=cfg["database"],
-                        minsize=cfg["pool_min"],
-                        maxsize=cfg["pool_max"],
-                        connect_timeout=cfg["connect_timeout_s"],
-                        pool_recycle=cfg["pool_recycle_s"],
-                        autocommit=True,
-                        charset="utf8mb4",
-                        # Tx.script sends a transaction's statements together (our own SQL only;
-                        # every argument is escaped by the driver).
-                        client_flag=CLIENT.MULTI_STATEMENTS,
-                        ssl=self.ssl,
-                    ),
-                    cfg["connect_timeout_s"] * 2,
-                )
+            self.pool = await asyncio.wait_for(
+                aiomysql.create_pool(
+                    host=cfg["host"],
+                    port=cfg["port"],
+                    user=cfg["user"],
+                    password=cfg["password"],
+                    db=cfg["database"],
+                    minsize=cfg["pool_min"],
+                    maxsize=cfg["pool_max"],
+                    connect_timeout=cfg["connect_timeout_s"],
+                    pool_recycle=cfg["pool_recycle_s"],
+                    autocommit=True,
+                    charset="utf8mb4",
+                    # Tx.script sends a transaction's statements together (our own SQL only;
+                    # every argument is escaped by the driver).
+                    client_flag=CLIENT.MULTI_STATEMENTS,
+                    ssl=self.ssl,
+                ),
+                cfg["connect_timeout_s"] * 2,
+            )
         await self.migrate()
 
     async def wait_ready(self, timeout_s: float) -> None:
@@ -231,7 +231,7 @@ class Database:
         async with asyncio.timeout(self.query_timeout_s):
             await self._turns.acquire()
             try:
-                with tls_reason():
+                async with tls_reason():
                     conn = await self.pool.acquire()
             except BaseException:
                 self._turns.release()
