@@ -20,7 +20,8 @@
 #
 # The pieces: lib/ holds what every service uses (lib/common.sh paths, logging, failing;
 # lib/process.sh the supervisor; lib/jobs.sh steps side by side; lib/apt.sh, lib/maven.sh,
-# lib/go.sh installing), services/SERVICE.sh each service (see "Adding a service" in
+# lib/go.sh installing; lib/tls.sh the everyday stack's CA and certificates),
+# services/SERVICE.sh each service (see "Adding a service" in
 # devstack/README.md).
 # shellcheck source-path=SCRIPTDIR # the sources below are named from this directory
 set -euo pipefail
@@ -44,6 +45,8 @@ source "$DEVSTACK_LIB/apt.sh"
 source "$DEVSTACK_LIB/maven.sh"
 # shellcheck source=lib/go.sh
 source "$DEVSTACK_LIB/go.sh"
+# shellcheck source=lib/tls.sh
+source "$DEVSTACK_LIB/tls.sh"
 
 # ---------------------------------------------------------------- the registries
 # One line per server, in start order: its name (its pid file, data directory and log),
@@ -181,6 +184,7 @@ cmd_up() {
   local s n start packages=() services=()
   start=$(now)
   ensure_secrets
+  ensure_tls
   mapfile -t services < <(for s in "$@"; do echo "${SERVICE_OF[$s]}"; done | sort -u)
   for s in "${services[@]}"; do
     declare -F "${s//-/_}_packages" >/dev/null || continue

@@ -17,8 +17,10 @@ from typing import Any, Literal, NotRequired, TypedDict, cast, overload
 import jsonschema
 import yaml
 
+from managers import tls
 from managers.base import Manager
 from managers.shards import ShardMap, ShardMapError
+from managers.tls import TLSConfig
 
 ENV_PREFIX = "SINGLETON_"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -40,6 +42,9 @@ _str = {"type": "string", "minLength": 1}
 _strs = {"type": "array", "items": {"type": "string"}}
 _host_port = {"type": "string", "pattern": r"^[^\s:/@]+:[0-9]{1,5}$"}
 _path = {"type": "string"}  # relative to the config file's directory; "" for none
+# TLS to a backing service (managers/tls.py): no ca_file, plaintext.
+_tls = _obj({"ca_file": _path, "cert_file": _path, "key_file": _path, "verify_hostname": {"type": "boolean"}})
+TLS_SECTIONS = ("mysql", "redis", "kafka")
 
 # (section, key): values that must never appear in an error or a log line. The
 # URLs may carry credentials, so they are redacted from errors too.
@@ -84,6 +89,7 @@ SCHEMA: dict[str, Any] = _obj(
                 "connect_timeout_s": _pos,
                 "query_timeout_s": _pos,
                 "pool_recycle_s": {"type": "integer", "minimum": -1},
+                "tls": _tls,
             }
         ),
         "mongodb": _obj({"uri": _str, "database": _str, "timeout_ms": {"type": "integer", "minimum": 1}}),
@@ -94,6 +100,7 @@ SCHEMA: dict[str, Any] = _obj(
                 "socket_timeout_s": _pos,
                 "connect_timeout_s": _pos,
                 "cache_ttl_s": {"type": "integer", "minimum": 1},
+                "tls": _tls,
             }
         ),
         "payments": _obj(
@@ -117,6 +124,7 @@ SCHEMA: dict[str, Any] = _obj(
                 "analytics_group": _str,
                 "request_timeout_s": _pos,
                 "health_event_interval_s": _pos,
+                "tls": _tls,
             }
         ),
         "websocket": _obj(
@@ -223,6 +231,7 @@ class MySQLConfig(TypedDict):
     connect_timeout_s: float
     query_timeout_s: float
     pool_recycle_s: int
+    tls: TLSConfig
 
 
 class MongoConfig(TypedDict):
@@ -237,6 +246,7 @@ class RedisConfig(TypedDict):
     socket_timeout_s: float
     connect_timeout_s: float
     cache_ttl_s: int
+    tls: TLSConfig
 
 
 class PaymentsConfig(TypedDict):
@@ -257,6 +267,7 @@ class KafkaConfig(TypedDict):
     analytics_group: str
     request_timeout_s: float
     health_event_interval_s: float
+    tls: TLSConfig
 
 
 class WebSocketConfig(TypedDict):
@@ -397,7 +408,10 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"{section}.{key} (from {name}): not a YAML value: {exc}") from None
-        data.setdefault(section, {})[key] = value
+        key, _, sub = key.partition("__")  # SINGLETON_MYSQL__TLS__CA_FILE: one key of mysql.tls
+        if sub:
+            value = {sub: value}
+        _merge_section(data.setdefault(section, {}), {key: value})
 
 
 def as_env(overrides: Mapping[str, Mapping[str, Any]], base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -414,7 +428,16 @@ def as_env(overrides: Mapping[str, Mapping[str, Any]], base: Mapping[str, str] |
 
 def _merge(data: dict[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> None:
     for section, values in overrides.items():
-        data.setdefault(section, {}).update(values)
+        _merge_section(data.setdefault(section, {}), values)
+
+
+def _merge_section(section: dict[str, Any], values: Mapping[str, Any]) -> None:
+    """``values`` on top of ``section``, key by key; a mapping (``tls``) key by key too."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            section[key] = {**section[key], **value}
+        else:
+            section[key] = value
 
 
 def load(
@@ -432,12 +455,13 @@ def load(
         raise ConfigError("; ".join(_describe(e) for e in errors))
     _check_shards(data)
     _resolve(data, path.resolve().parent)
+    _check_tls(data)
     return cast(Config, data)  # what SCHEMA has just validated
 
 
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The file's mapping; with ``extends: <file>``, that file's (read the same way) with
-    this one's sections on top, key by key (``shards`` as a whole)."""
+    this one's sections on top, key by key (a section's ``tls`` too; ``shards`` as a whole)."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
@@ -458,7 +482,7 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = _read(base_path, (*seen, path.resolve()))
     for section, values in data.items():
         if isinstance(values, dict) and isinstance(base.get(section), dict) and section != "shards":
-            base[section].update(values)
+            _merge_section(base[section], values)
         else:
             base[section] = values
     return base
@@ -483,6 +507,11 @@ def _resolve(data: dict[str, Any], base: Path) -> None:
     for section, key in PATHS:
         if data[section][key]:
             data[section][key] = str(base / data[section][key])
+    for section in TLS_SECTIONS:
+        files = data[section]["tls"]
+        for key in ("ca_file", "cert_file", "key_file"):
+            if files[key]:
+                files[key] = str(base / files[key])
     for section, key in SECRETS:
         file = data[section][f"{key}_file"]
         if data[section][key] or not file:
@@ -498,6 +527,24 @@ def _resolve(data: dict[str, Any], base: Path) -> None:
             ) from None
         if not data[section][key]:
             raise ConfigError(f"{section}.{key} is empty and so is {file}")
+
+
+def _check_tls(data: dict[str, Any]) -> None:
+    """Each service's TLS context built once (its files read, the key matched to its
+    certificate), and a Redis URL that says what ``redis.tls`` says."""
+    for section in TLS_SECTIONS:
+        try:
+            tls.client_context(data[section]["tls"])
+        except tls.TLSError as exc:
+            raise ConfigError(f"{section}.tls: {exc}") from None
+    url = data["redis"]["url"]
+    secure_url = url.startswith("rediss://")
+    if "ssl_" in url.partition("?")[2]:
+        raise ConfigError("redis.url: TLS settings go in redis.tls, not in the URL's query")
+    if tls.enabled(data["redis"]["tls"]) and not secure_url:
+        raise ConfigError("redis.tls.ca_file is set: redis.url must start with rediss://")
+    if secure_url and not tls.enabled(data["redis"]["tls"]):
+        raise ConfigError("redis.url starts with rediss://: set redis.tls.ca_file (the CA of the server's certificate)")
 
 
 def _describe(error: jsonschema.ValidationError) -> str:

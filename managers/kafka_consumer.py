@@ -42,7 +42,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
-from managers import metrics
+from managers import metrics, tls
 from managers.background import Backoff, Failures, reconnect
 from managers.base import BackingService, Manager
 from managers.config import Config
@@ -105,6 +105,7 @@ class TopicReader(Manager):
         self.cfg = config["kafka"]
         self.reconnect_cfg = config["reconnect"]
         self.timeout_s: float = self.cfg["request_timeout_s"]
+        self.tls_options = tls.kafka_options(self.cfg["tls"])  # SSL and its context, or nothing
         self.consumer: AIOKafkaConsumer | None = None
         self.lag: int | None = None  # None until first known
         self._stopping = False
@@ -268,6 +269,7 @@ class BroadcastConsumer(TopicReader):
             enable_auto_commit=False,
             auto_offset_reset="latest",
             request_timeout_ms=int(self.timeout_s * 1000) + 1000,
+            **self.tls_options,
         )
         try:
             await asyncio.wait_for(consumer.start(), self.timeout_s)
@@ -387,6 +389,7 @@ class GroupConsumer(TopicReader):
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
             request_timeout_ms=int(self.timeout_s * 1000) + 1000,
+            **self.tls_options,
         )
         try:
             await asyncio.wait_for(consumer.start(), self.timeout_s)

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
+from managers import tls
 from managers.base import BackingService
 from managers.config import Config, KafkaConfig
 
@@ -74,6 +75,7 @@ class KafkaProducerManager(BackingService):
         self.topic: str = cfg["topic"]
         self.timeout_s: float = cfg["request_timeout_s"]
         self.producer: AIOKafkaProducer | None = None
+        self.tls_options = tls.kafka_options(cfg["tls"])  # SSL and its context, or nothing (plaintext)
         self._opening = asyncio.Lock()  # concurrent first uses open one producer, not one each
         self._stopping: set[asyncio.Task[None]] = set()  # discarded producers still shutting down
 
@@ -97,6 +99,7 @@ class KafkaProducerManager(BackingService):
             linger_ms=2,
             request_timeout_ms=int(self.timeout_s * 1000),
             retry_backoff_ms=100,
+            **self.tls_options,
         )
         try:
             await asyncio.wait_for(producer.start(), self.timeout_s)

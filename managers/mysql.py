@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ import aiomysql
 import pymysql
 from pymysql.constants import CLIENT
 
+from managers import tls
 from managers.background import Failures, reconnect
 from managers.base import BackingService
 from managers.config import Config, MySQLConfig, ReconnectConfig
@@ -70,6 +72,12 @@ ISOLATION_LEVELS = frozenset({"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE
 
 class NotReady(ConnectionError):
     """MariaDB has not been reached and migrated yet since this instance started."""
+
+
+class NotEncrypted(ConnectionError):
+    """``mysql.tls`` is on and the server did not offer TLS: aiomysql would go on in
+    plaintext, so the connection is closed instead (the server's, or a man in the middle's,
+    greeting said it has no TLS)."""
 
 
 # Errors the API answers with 503: the database is not there right now, or cut a query off.
@@ -136,6 +144,18 @@ class Tx:
         return list(await self._cur.fetchall())
 
 
+@contextlib.asynccontextmanager
+async def tls_reason() -> AsyncIterator[None]:
+    """aiomysql's "Can't connect to MySQL server" hides its cause: a certificate that does
+    not verify is a reason to show, in /health and the outage's log line."""
+    try:
+        yield
+    except pymysql.err.OperationalError as exc:
+        if isinstance(exc.__cause__, ssl.SSLError) and len(exc.args) == 2:
+            raise pymysql.err.OperationalError(exc.args[0], f"{exc.args[1]}: TLS: {exc.__cause__}") from exc
+        raise
+
+
 class Database:
     """One MariaDB server (a physical shard): its pool, the gate to it, its migrations."""
 
@@ -153,6 +173,7 @@ class Database:
         # connection is always free or can be opened.
         self._turns = asyncio.Semaphore(cfg["pool_max"])
         self._task: asyncio.Task[None] | None = None
+        self.ssl = tls.client_context(cfg["tls"])  # None: plaintext
 
     def __repr__(self) -> str:
         return f"<Database {self.name} {self.cfg['host']}:{self.cfg['port']}>"
@@ -173,6 +194,7 @@ class Database:
         )
         self.ready.set()
 
+    @tls_reason()
     async def _connect_and_migrate(self) -> None:
         """Migrate as the migration user (``mysql.migrate_user``) on a connection of its own,
         then open the pool as the service's user, which can reach the database only once the
@@ -184,7 +206,7 @@ class Database:
             cfg = self.cfg
             self.pool = await asyncio.wait_for(
                 aiomysql.create_pool(
-                    **_connect_args(cfg, cfg["user"], cfg["password"]),
+                    **_connect_args(cfg, cfg["user"], cfg["password"], self.ssl),
                     minsize=cfg["pool_min"],
                     maxsize=cfg["pool_max"],
                     pool_recycle=cfg["pool_recycle_s"],
@@ -205,10 +227,16 @@ class Database:
         async with asyncio.timeout(self.query_timeout_s):
             await self._turns.acquire()
             try:
-                conn = await self.pool.acquire()
+                async with tls_reason():
+                    conn = await self.pool.acquire()
             except BaseException:
                 self._turns.release()
                 raise
+        if self.ssl is not None and not conn.server_capabilities & CLIENT.SSL:
+            conn.close()  # aiomysql went on in plaintext: never use it (the pool drops it)
+            self.pool.release(conn)
+            self._turns.release()
+            raise NotEncrypted(f"mysql shard {self.name}: mysql.tls is on and the server offered no TLS")
         try:
             yield conn
         except BaseException as exc:
@@ -280,7 +308,10 @@ class Database:
             raise RuntimeError("mysql.migrate_user is not set: this process cannot migrate")
         timeout_s = MIGRATION_LOCK_TIMEOUT_S + self.query_timeout_s
         async with asyncio.timeout(cfg["connect_timeout_s"] * 2):
-            conn = await aiomysql.connect(**_connect_args(cfg, cfg["migrate_user"], cfg["migrate_password"]))
+            conn = await aiomysql.connect(**_connect_args(cfg, cfg["migrate_user"], cfg["migrate_password"], self.ssl))
+        if self.ssl is not None and not conn.server_capabilities & CLIENT.SSL:
+            conn.close()  # aiomysql went on in plaintext: the migration user's session is not sent
+            raise NotEncrypted(f"mysql shard {self.name}: mysql.tls is on and the server offered no TLS")
         try:
             async with conn.cursor(aiomysql.DictCursor) as cur:
                 tx = Tx(cur, timeout_s)
@@ -340,9 +371,10 @@ class Database:
             await asyncio.wait_for(self.pool.wait_closed(), 5)
 
 
-def _connect_args(cfg: MySQLConfig, user: str, password: str) -> dict[str, Any]:
-    """What every connection to a shard is opened with, as ``user``."""
+def _connect_args(cfg: MySQLConfig, user: str, password: str, context: ssl.SSLContext | None) -> dict[str, Any]:
+    """What every connection to a shard is opened with, as ``user`` (over TLS with ``context``)."""
     return {
+        "ssl": context,
         "host": cfg["host"],
         "port": cfg["port"],
         "user": user,

@@ -42,7 +42,7 @@ from redis.exceptions import ConnectionError as ConnectionLost
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.typing import EncodableT
 
-from managers import metrics
+from managers import metrics, tls
 from managers.base import BackingService
 from managers.config import Config, RedisConfig
 from managers.metrics import CacheLookup, RedisOp
@@ -86,8 +86,10 @@ return {taken, tostring(tokens), tostring(wait), tostring((burst - tokens) / rat
 
 
 def client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
-    """The client ``cfg`` names: one server at ``url``, or a cluster of ``cluster_nodes``."""
+    """The client ``cfg`` names: one server at ``url``, or a cluster of ``cluster_nodes``;
+    over TLS with ``tls`` (config.load has checked that ``url`` says rediss:// then)."""
     options: dict[str, Any] = {
+        **tls.redis_options(cfg["tls"]),
         "socket_timeout": cfg["socket_timeout_s"],
         "socket_connect_timeout": cfg["connect_timeout_s"],
         # Never a silent retry (see the module's docstring): one attempt per call.
@@ -96,7 +98,9 @@ def client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
         "max_connections": 64,  # per node on a cluster
     }
     if not cfg["cluster_nodes"]:
-        return aioredis.Redis.from_url(cfg["url"], **options)
+        return aioredis.Redis.from_url(cfg["url"], **options)  # rediss:// makes its connections TLS
+    if tls.enabled(cfg["tls"]):
+        options["ssl"] = True
     credentials = parse_url(cfg["url"])  # a cluster has one database (0): only the user and password count
     nodes = [node.rpartition(":") for node in cfg["cluster_nodes"]]
     return RedisCluster(
@@ -205,9 +209,10 @@ class RedisManager(BackingService):
     def _failed(self, op: RedisOp, exc: BaseException) -> None:
         metrics.CACHE_ERRORS.labels(op).inc()
         if not self._failing:  # one line per outage; HealthMonitor logs when it ends
-            log.warning(
-                "redis unavailable: reading through, rate limits fail open", extra={"op": op, "error": repr(exc)}
-            )
+            # redis-py 8's repr is only "network:ConnectionError": the text says why (a refused
+            # connection, a certificate that does not verify).
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("redis unavailable: reading through, rate limits fail open", extra={"op": op, "error": error})
         self._failing = True
         self._bypass_until = time.monotonic() + BYPASS_AFTER_ERROR_S
 

@@ -36,6 +36,32 @@ DEVSTACK_DIR = Path(os.environ.get("DEVSTACK_DIR") or ROOT / ".devstack")
 # SINGLETON_* variables), e.g. for a second stack beside the first.
 REDIS_PORT = int(os.environ.get("REDIS_PORT", "6379"))
 
+# The everyday stack's TLS endpoints and files (devstack/lib/tls.sh; config.tls.yaml): Redis's
+# TLS port and Kafka's SSL listener, each its plaintext port + 1000 unless set.
+TLS_DIR = DEVSTACK_DIR / "tls"
+REDIS_TLS_PORT = int(os.environ.get("REDIS_TLS_PORT") or REDIS_PORT + 1000)
+KAFKA_SSL_PORT = int(os.environ.get("KAFKA_SSL_PORT") or int(os.environ.get("KAFKA_PORT", "9092")) + 1000)
+
+
+def tls_section(**values: Any) -> dict[str, Any]:
+    """A ``tls`` config section with devstack's CA and client certificate; ``values`` on top."""
+    files = {"ca_file": "ca.pem", "cert_file": "client.pem", "key_file": "client.key"}
+    return {**{key: str(TLS_DIR / name) for key, name in files.items()}, "verify_hostname": True, **values}
+
+
+def make_ca(directory: Path) -> Path:
+    """A CA of its own (openssl), which signed none of devstack's certificates: its ca.pem."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=another CA"]
+        + ["-keyout", str(directory / "ca.key"), "-out", str(directory / "ca.pem")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return directory / "ca.pem"
+
+
 # Everything the tests touch lives apart from what `make run` uses.
 TEST_OVERRIDES: dict[str, dict[str, Any]] = {
     "mysql": {"database": "singleton_test"},
@@ -314,14 +340,15 @@ class TcpProxy:
     and close: the dependency is unreachable until ``open()``, like a server that is
     not up yet. Runs on the test's own event loop."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, host: str = "127.0.0.1"):
         self.target_port = target_port
+        self.host = host  # where it listens (another loopback address: a host the certificate does not name)
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task] = set()
 
     async def open(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -28,7 +28,8 @@ mariadb_ready() {
   [[ "$(MYSQL_PWD="$(cat "$MYSQL_MIGRATE_PASSWORD_FILE")" mariadb --no-defaults --protocol=TCP -h "$HOST" \
     -P "$MYSQL_PORT" --connect-timeout=3 -u "$MYSQL_MIGRATE_USER" -N -B -e 'SELECT 1' "$MYSQL_DATABASE" 2>/dev/null)" == 1 ]] &&
     [[ "$(MYSQL_PWD="$(cat "$MYSQL_PASSWORD_FILE")" mariadb --no-defaults --protocol=TCP -h "$HOST" \
-      -P "$MYSQL_PORT" --connect-timeout=3 -u "$MYSQL_USER" -N -B -e 'SELECT 1' 2>/dev/null)" == 1 ]]
+      -P "$MYSQL_PORT" --connect-timeout=3 -u "$MYSQL_USER" -N -B -e 'SELECT 1' 2>/dev/null)" == 1 ]] &&
+    mariadb_tls_ready
 }
 
 mariadb_root() {
@@ -69,6 +70,7 @@ mariadb_up() {
   local logfile="$LOG_DIR/$INSTANCE.log" datadir="$DATA_DIR/$INSTANCE" tmpdir="$RUN_DIR/$INSTANCE.tmp"
   if ! mariadb_ready && our_pid "$INSTANCE" >/dev/null && mariadb_root -e 'SELECT 1' >/dev/null 2>&1; then
     mariadb_setup >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "setting the user's password failed"
+    mariadb_tls_setup >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "setting the TLS user's password failed"
   fi
   if mariadb_ready; then
     log "$INSTANCE: reusing server on $HOST:$MYSQL_PORT"
@@ -97,16 +99,55 @@ mariadb_up() {
   fi
 
   log "$INSTANCE: starting on $HOST:$MYSQL_PORT"
-  local pid
+  local pid tls
+  mapfile -t tls < <(mariadb_tls_options)
   # server-id: its address's last number, so that the shards tell themselves apart
   # (@@server_id; 1, the default, on 127.0.0.1).
   pid="$(spawn "$INSTANCE" "$logfile" mariadbd --no-defaults --datadir="$datadir" --tmpdir="$tmpdir" \
     --socket="$(mariadb_socket)" --pid-file="$RUN_DIR/${INSTANCE/#mariadb/mariadbd}.pid" --port="$MYSQL_PORT" \
     --bind-address="$HOST" --server-id="${HOST##*.}" --user="$(id -un)" --skip-name-resolve \
-    --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci)"
+    --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci "${tls[@]}")"
   wait_for "$INSTANCE" 60 "$pid" mariadb_root -e 'SELECT 1' || fail "$INSTANCE" "$logfile" "server did not come up"
 
   mariadb_setup >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "creating database/user failed"
+  mariadb_tls_setup >>"$logfile" 2>&1 || fail "$INSTANCE" "$logfile" "creating the TLS user failed"
   wait_for "$INSTANCE" 60 "$pid" mariadb_ready || fail "$INSTANCE" "$logfile" "SELECT 1 as $MYSQL_USER and $MYSQL_MIGRATE_USER failed"
   log "$INSTANCE: ready (pid $pid)"
+}
+
+# ---------------------------------------------------------------- TLS (the everyday stack)
+# The everyday stack's server also takes TLS on its port (lib/tls.sh's certificate, TLS 1.2
+# or newer), and has a second user for it: singleton_tls, with the same password and
+# rights as singleton (the role the migrations grant), and REQUIRE X509, so the server
+# refuses it any connection that is not TLS with a client certificate of the stack's CA.
+# config.tls.yaml logs in as it.
+MYSQL_TLS_USER=singleton_tls
+
+# mariadb_tls_options: the server's TLS options, one a line (none on the cluster stack).
+mariadb_tls_options() {
+  tls_enabled || return 0
+  printf '%s\n' --ssl-ca="$TLS_CA" --ssl-cert="$TLS_SERVER_CERT" --ssl-key="$TLS_SERVER_KEY" \
+    --tls-version=TLSv1.2,TLSv1.3
+}
+
+mariadb_tls_setup() {
+  tls_enabled || return 0
+  local password
+  password="$(cat "$MYSQL_PASSWORD_FILE")"
+  mariadb_root <<SQL
+CREATE USER IF NOT EXISTS '$MYSQL_TLS_USER'@'%' IDENTIFIED BY '$password' REQUIRE X509;
+ALTER USER '$MYSQL_TLS_USER'@'%' IDENTIFIED BY '$password' REQUIRE X509;
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM '$MYSQL_TLS_USER'@'%';
+GRANT $MYSQL_ROLE TO '$MYSQL_TLS_USER'@'%';
+SET DEFAULT ROLE $MYSQL_ROLE FOR '$MYSQL_TLS_USER'@'%';
+FLUSH PRIVILEGES;
+SQL
+}
+
+# mariadb_tls_ready: the TLS user gets in, over TLS, the server's certificate verified.
+mariadb_tls_ready() {
+  tls_enabled || return 0
+  [[ "$(MYSQL_PWD="$(cat "$MYSQL_PASSWORD_FILE")" mariadb --no-defaults --protocol=TCP -h "$HOST" -P "$MYSQL_PORT" \
+    --connect-timeout=3 --ssl-ca="$TLS_CA" --ssl-cert="$TLS_CLIENT_CERT" --ssl-key="$TLS_CLIENT_KEY" \
+    --ssl-verify-server-cert -u "$MYSQL_TLS_USER" -N -B -e 'SELECT 1' 2>/dev/null)" == 1 ]]
 }

@@ -4,6 +4,8 @@
 # redis-6) is a node of Redis Cluster, which services/redis-cluster.sh joins.
 
 REDIS_PORT="${REDIS_PORT:-6379}"
+# The everyday stack's Redis also serves TLS, on a port of its own (lib/tls.sh).
+REDIS_TLS_PORT="${REDIS_TLS_PORT:-$((REDIS_PORT + 1000))}"
 # How long a cluster node may not answer before the others fail it over: short, as
 # PITFALLS.md advises locally (a failover takes at least this long).
 REDIS_CLUSTER_NODE_TIMEOUT_MS=3000
@@ -11,7 +13,10 @@ REDIS_CLUSTER_NODE_TIMEOUT_MS=3000
 redis_packages() { echo redis-cli:redis-tools redis-server:redis-server; }
 
 redis_ready() {
-  [[ "$(timeout 3 redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]]
+  [[ "$(timeout 3 redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" == PONG ]] || return 1
+  tls_enabled || return 0
+  [[ "$(timeout 3 redis-cli -h "$HOST" -p "$REDIS_TLS_PORT" --tls --cacert "$TLS_CA" --cert "$TLS_CLIENT_CERT" \
+    --key "$TLS_CLIENT_KEY" ping 2>/dev/null)" == PONG ]]
 }
 
 redis_up() {
@@ -20,7 +25,15 @@ redis_up() {
     log "$INSTANCE: reusing server on $HOST:$REDIS_PORT"
     return 0
   fi
-  free_ports "$INSTANCE" "$HOST" "$REDIS_PORT"
+  # The everyday stack's: TLS too, on its own port, for clients with a certificate of its CA.
+  local tls=() ports=("$REDIS_PORT") where="$HOST:$REDIS_PORT"
+  if tls_enabled; then
+    tls=(--tls-port "$REDIS_TLS_PORT" --tls-cert-file "$TLS_SERVER_CERT" --tls-key-file "$TLS_SERVER_KEY"
+      --tls-ca-cert-file "$TLS_CA" --tls-auth-clients yes)
+    ports+=("$REDIS_TLS_PORT")
+    where+=", TLS on $REDIS_TLS_PORT"
+  fi
+  free_ports "$INSTANCE" "$HOST" "${ports[@]}"
   mkdir -p "$datadir"
 
   # A cluster node keeps the cluster's shape in nodes.conf (in its datadir), so that a
@@ -37,12 +50,12 @@ redis_up() {
       --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT_MS"
       --cluster-announce-ip "$HOST" --bind-source-addr "$HOST" --protected-mode no)
   fi
-  log "$INSTANCE: starting on $HOST:$REDIS_PORT"
+  log "$INSTANCE: starting on $where"
   local pid
   # Runs in the foreground under spawn (same effect as --daemonize yes, but we
   # own the pid). No persistence: this is a throwaway cache for tests.
   pid="$(spawn "$INSTANCE" "$logfile" redis-server --port "$REDIS_PORT" --bind "$HOST" \
-    --dir "$datadir" --daemonize no --save '' --appendonly no --logfile '' "${cluster[@]}")"
+    --dir "$datadir" --daemonize no --save '' --appendonly no --logfile '' "${cluster[@]}" "${tls[@]}")"
   wait_for "$INSTANCE" 60 "$pid" redis_ready || fail "$INSTANCE" "$logfile" "PING did not answer PONG"
   log "$INSTANCE: ready (pid $pid)"
 }

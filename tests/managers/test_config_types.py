@@ -39,7 +39,9 @@ def assert_matches(schema: dict[str, Any], typed: Any) -> None:
     assert typed.__required_keys__ == set(schema.get("required", []))
     for key, sub in keys.items():
         hint = hints[key]
-        if sub.get("type") == "object":  # a map of names to objects: dict[str, <TypedDict>]
+        if sub.get("type") == "object" and "properties" in sub:  # a mapping of its own (tls): a TypedDict
+            assert_matches(sub, hint)
+        elif sub.get("type") == "object":  # a map of names to objects: dict[str, <TypedDict>]
             assert typing.get_origin(hint) is dict and typing.get_args(hint)[0] is str, key
             assert_matches(sub["additionalProperties"], typing.get_args(hint)[1])
         else:

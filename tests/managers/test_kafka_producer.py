@@ -12,6 +12,8 @@ import pytest
 from managers.kafka_producer import KafkaProducerManager
 from tests.helpers import wait_until
 
+PLAINTEXT = {"ca_file": "", "cert_file": "", "key_file": "", "verify_hostname": True}
+
 
 class SlowToStop:
     """Stops when the test says so, as aiokafka's stop() waits for unsent batches to expire."""
@@ -32,7 +34,7 @@ class SlowToStop:
 
 def manager(timeout_s: float) -> KafkaProducerManager:
     return KafkaProducerManager(
-        {"topic": "t", "request_timeout_s": timeout_s, "bootstrap_servers": "", "client_id": ""}
+        {"topic": "t", "request_timeout_s": timeout_s, "bootstrap_servers": "", "client_id": "", "tls": PLAINTEXT}
     )
 
 
