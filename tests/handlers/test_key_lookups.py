@@ -26,6 +26,19 @@ from tests.helpers import Selects, wait_until
 CALLS = 300
 
 
+def forget_the_address_share() -> None:
+    """Drop the tokens of 127.0.0.1's bucket this instance holds, or the refusal it remembers
+    (for up to a second): a test's tight bucket must not reach the next test's first lookup."""
+    RateLimiter.instance()._shares.pop(address_bucket("127.0.0.1"), None)
+
+
+@pytest.fixture(autouse=True)
+def fresh_address_share(services):
+    forget_the_address_share()
+    yield
+    forget_the_address_share()
+
+
 @pytest.fixture
 def lookups(monkeypatch) -> list[str]:
     """Every key this instance looks up in MariaDB, in order."""
@@ -44,7 +57,7 @@ def tight_address_bucket(monkeypatch, per_s: float = 1, burst: int = 10) -> Rate
     """127.0.0.1's bucket at ``burst``, with no tokens of it held here from earlier tests."""
     rate = Rate(per_s=per_s, burst=burst)
     monkeypatch.setattr(RateLimiter.instance(), "anonymous", rate)
-    RateLimiter.instance()._shares.pop(address_bucket("127.0.0.1"), None)
+    forget_the_address_share()
     return rate
 
 
@@ -161,6 +174,7 @@ async def test_a_revocation_that_lands_during_a_lookup_is_not_undone(api, config
         request = asyncio.ensure_future(me.get(f"/api/v1/users/{user_id}"))
 
         def lookup_waits_for_the_lock() -> bool:
+            assert not request.done(), request.result()
             with watcher.cursor() as cur:
                 # The suite's user sees its own threads without the PROCESS privilege.
                 cur.execute(
