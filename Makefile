@@ -23,9 +23,10 @@ include chaos/chaos.mk
 # The virtualenv and the backing services need nothing of each other, so a cold start
 # makes them side by side (pip's downloads overlap FerretDB's Go build); `make test`
 # installs the test tools' Debian packages in the same apt-get as the servers'.
+# The dev stack alone gets an admin key made on first start (config.yaml mints none).
 run:
 	@$(MAKE) --no-print-directory -j2 install services
-	$(PY) -m service
+	SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE=$(CURDIR)/.devstack/admin.key $(PY) -m service
 
 test:
 	@$(MAKE) --no-print-directory -j2 install services DEVSTACK_WITH_TOOLS=1
@@ -45,7 +46,7 @@ CLUSTER_CONFIG := $(or $(SINGLETON_CLUSTER_CONFIG),config.cluster.yaml)
 
 run-cluster:
 	@$(MAKE) --no-print-directory -j2 install services-cluster
-	$(PY) -m service --config $(CLUSTER_CONFIG)
+	SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE=$(CURDIR)/.devstack-cluster/admin.key $(PY) -m service --config $(CLUSTER_CONFIG)
 
 test-cluster:
 	@$(MAKE) --no-print-directory -j2 install services-cluster

@@ -24,13 +24,14 @@ from service.supervisor import free_port
 NO_LIMITER = {"SINGLETON_RATE_LIMIT__ENABLED": "false"}
 VARIANTS = {
     "shipped": {},
-    "no auth, no limiter": NO_LIMITER | {"SINGLETON_AUTH__ENABLED": "false"},
+    "no auth, no limiter": NO_LIMITER,  # and keys not checked: UNAUTHENTICATED
     "key check": NO_LIMITER,
     "key check + limiter": {},
     "logging at WARNING": {"SINGLETON_LOGGING__LEVEL": "WARNING"},
     "2 processes": {"SINGLETON_SERVER__PROCESSES": "2"},
     "MariaDB pool of 50": {"SINGLETON_MYSQL__POOL_MAX": "50"},  # a connection for each of wrk's
 }
+UNAUTHENTICATED = {"no auth, no limiter"}  # run as bench/unauthenticated.py: no config turns keys off
 COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING")  # --role api, side by side
 SHARDED = len(env.shards()) > 1
 if SHARDED:  # the same servers, the home alone holding every logical shard or config's map
@@ -83,7 +84,8 @@ class Run:
             for v in variants:
                 log(f"service: {v}")
                 port, role = free_port(), "api" if v in COMPARED else "all"
-                self.running[v] = env.start_service(v, port, VARIANTS[v], role), port
+                checked = v not in UNAUTHENTICATED
+                self.running[v] = env.start_service(v, port, VARIANTS[v], role, check_keys=checked), port
                 if self.ids:
                     self.wrk("warmup", v, "get_user", self.s.warmup_s)
 

@@ -249,7 +249,10 @@ def service_env(overrides: dict[str, str]) -> dict[str, str]:
         "logging": {"file": str(WORK / "service-app.log")},
         "auth": {"bootstrap_admin_key_file": ""},
         "metrics": {"port": 0},  # a free port for each process
-        "rate_limit": {f"{kind}_{n}": 1_000_000_000 for kind in ("read", "write") for n in ("per_s", "burst")},
+        # The address's bucket too: a key this process has no verdict for takes one of its tokens.
+        "rate_limit": {
+            f"{kind}_{n}": 1_000_000_000 for kind in ("read", "write", "anonymous") for n in ("per_s", "burst")
+        },
         "websocket": {n: 1_000_000 for n in ("max_connections", "max_per_user", "max_per_ip")},
     }
     return service_config.as_env(settings) | overrides
@@ -288,10 +291,12 @@ class Proc:
         raise RuntimeError(f"{self.name} not ready at {url}; see {self.log_path}")
 
 
-def start_service(name: str, port: int, overrides: dict[str, str], role: str = "all") -> Proc:
-    """``python -m service --port N --role R`` in the shipped configuration plus ``overrides``;
-    back once ready (with workers, once 20 readiness probes in a row found a ready one)."""
-    argv = [PY, "-m", "service", "--config", str(CONFIG), "--port", str(port), "--role", role]
+def start_service(name: str, port: int, overrides: dict[str, str], role: str = "all", check_keys: bool = True) -> Proc:
+    """``python -m service --port N --role R`` in the shipped configuration plus ``overrides``
+    (without ``check_keys``, ``python -m bench.unauthenticated``: the same with no API keys
+    checked); back once ready (with workers, once 20 readiness probes in a row found a ready one)."""
+    module = "service" if check_keys else "bench.unauthenticated"
+    argv = [PY, "-m", module, "--config", str(CONFIG), "--port", str(port), "--role", role]
     tag = "".join(filter(str.isalnum, name))
     proc = Proc(f"service-{tag}", argv, service_env(overrides))
     proc.wait_http(f"http://{HOST}:{port}/health/ready", 20 if "SINGLETON_SERVER__PROCESSES" in overrides else 1)

@@ -37,7 +37,7 @@ def redis_master(r: dict, f: dict) -> list[tuple[str, str, bool]]:
         (
             f"cache and limiter back on the cluster within {REDIS_BACK_WITHIN_S:.0f} s of the failover, no restart",
             ("never missed Redis" if f["redis_missed_last_s"] is None else f"last miss {_s(back)} after the failover")
-            + f" ({f['limiter_fail_open']} calls let through unchecked meanwhile); "
+            + f" ({f['limiter_fail_open']} calls limited per process meanwhile); "
             + f"cache hits after it: {'yes' if f['cache_hits_after'] else 'none'}",
             (back is None or back <= REDIS_BACK_WITHIN_S) and f["cache_hits_after"],
         ),

@@ -25,14 +25,14 @@ METRICS_TIMEOUT_S = 2.0
 _SAMPLE = re.compile(r"^([a-z_:]+)(\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$")
 
 # The counters that say Redis was not reached: a cache read or write that failed or was
-# skipped (bypass: Redis failed a moment ago), and a call the rate limiter let through unchecked.
+# skipped (bypass: Redis failed a moment ago), and a call the rate limiter checked on its own buckets.
 REDIS_MISSED = (
     'singleton_cache_lookups_total{result="error"}',
     'singleton_cache_lookups_total{result="bypass"}',
-    "singleton_rate_limit_fail_open_total",
+    "singleton_rate_limit_local_total",
 )
 CACHE_HITS = 'singleton_cache_lookups_total{result="hit"}'
-LIMITER_MISSED = "singleton_rate_limit_fail_open_total"
+LIMITER_MISSED = "singleton_rate_limit_local_total"
 
 
 class MetricsWatch(Poller):

@@ -1,14 +1,24 @@
 """Who is calling: API keys, their roles, and the signed tokens that open a WebSocket.
 
-A key is ``sk_<role>_`` and 32 random base-62 characters (190 bits). It is shown
-once, at creation; MariaDB keeps its SHA-256 and its prefix (the role and the
-first 8 random characters), which finds the row. The hash is then compared in
-constant time.
+A key is ``sgl_<role>_``, 32 random base-62 characters (190 bits) and a checksum:
+the CRC32 of those 32 characters in 6 base-62 digits, as GitHub's tokens carry one.
+The prefix is this service's own (secret scanners attribute ``sk_`` to Stripe), and
+the checksum lets a mistyped or invented key be refused with no lookup at all.
+Keys of the first format (``sk_<role>_`` and 32 characters, no checksum) still
+work until they are revoked. A key is shown once, at creation; MariaDB keeps its
+SHA-256 and its prefix (the role and the first 8 random characters), which finds
+the row. The hash is then compared in constant time.
 
 Checking a key is not a MariaDB round trip per request: each verdict (a key's
 principal, or "no such key") is kept in process for ``auth.key_cache_ttl_s``.
 That is the revocation delay: a revoked key keeps working on another instance
-for at most that long (on the instance that revoked it, not at all).
+for at most that long (on the instance that revoked it, not at all). A lookup
+that a revocation overtook (``forget`` ran while it was in flight) is not
+trusted: every ``forget`` starts a new epoch, and a lookup started in an older
+epoch whose key was forgotten since answers "no such key" and is not kept.
+Before looking up a key it has no verdict for, the verifier lets the caller's
+``before_lookup`` run: the rate limiter's per-address bucket (handlers/base.py),
+so guessing costs MariaDB at most that bucket's rate.
 
 WebSocket tokens are HS256 JWTs (``sub`` = user id, ``exp``, ``jti``, and ``kid``:
 the id of the key that minted it) signed with ``auth.token_secret``: browsers cannot
@@ -29,7 +39,9 @@ import secrets
 import string
 import time
 import uuid
+import zlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,6 +50,7 @@ import jwt
 from domain import audit, codec, outbox, revocations, users
 from domain.audit import OPERATOR, Actor
 from domain.errors import APIError, not_found, user_not_found
+from managers import metrics
 from managers.background import Backoff, Failures
 from managers.base import Manager
 from managers.config import AuthConfig, Config
@@ -50,9 +63,16 @@ USER = "user"
 ROLES = (ADMIN, USER)
 
 _ALPHABET = string.ascii_letters + string.digits
+_BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase  # the checksum's digits
 _RANDOM_CHARS = 32
+_CHECKSUM_CHARS = 6  # 62**6 > 2**32: any CRC32
 _PREFIX_CHARS = 8
-KEY_PATTERN = re.compile(rf"^sk_({ADMIN}|{USER})_[0-9A-Za-z]{{{_RANDOM_CHARS}}}$")
+KEY_PREFIX = "sgl"  # this service's own: `sk_` is Stripe's to secret scanners
+KEY_PATTERN = re.compile(
+    rf"^{KEY_PREFIX}_(?:{ADMIN}|{USER})_([0-9A-Za-z]{{{_RANDOM_CHARS}}})([0-9A-Za-z]{{{_CHECKSUM_CHARS}}})$"
+)
+LEGACY_KEY_PATTERN = re.compile(rf"^sk_({ADMIN}|{USER})_[0-9A-Za-z]{{{_RANDOM_CHARS}}}$")  # until revoked
+WARN_DISABLED_EVERY_S = 60.0
 _CACHE_MAX = 10_000  # verdicts kept at most (unknown keys included, so guessing cannot grow memory)
 _LAST_USED_EVERY_S = 60  # last_used_at is written at most this often per key and instance
 _BOOTSTRAP_LOCK = "singleton_bootstrap_admin_key"
@@ -91,13 +111,33 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def checksum(random_part: str) -> str:
+    """The CRC32 of a key's random characters, as 6 base-62 digits."""
+    value, digits = zlib.crc32(random_part.encode()), []
+    for _ in range(_CHECKSUM_CHARS):
+        value, digit = divmod(value, 62)
+        digits.append(_BASE62[digit])
+    return "".join(reversed(digits))
+
+
 def new_key(role: str) -> str:
-    return f"sk_{role}_" + "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_CHARS))
+    random_part = "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_CHARS))
+    return f"{KEY_PREFIX}_{role}_{random_part}{checksum(random_part)}"
+
+
+def well_formed(key: str) -> bool:
+    """A key of the current format whose checksum verifies, or one of the first format:
+    only those are worth a lookup."""
+    match = KEY_PATTERN.match(key)
+    if match is not None:
+        return hmac.compare_digest(checksum(match.group(1)), match.group(2))
+    return LEGACY_KEY_PATTERN.match(key) is not None
 
 
 def key_prefix(key: str) -> str:
-    role_part = key[: key.index("_", 3) + 1]
-    return key[: len(role_part) + _PREFIX_CHARS]
+    """What is stored to find the key's row: ``<prefix>_<role>_`` and 8 random characters."""
+    role_end = key.index("_", key.index("_") + 1) + 1
+    return key[: role_end + _PREFIX_CHARS]
 
 
 def expires_at(epoch_s: float) -> str:
@@ -218,8 +258,12 @@ def _write_private(path: Path, text: str) -> None:
 class Authenticator(Manager):
     """Checks API keys (with a short in-process cache) and WebSocket tokens."""
 
+    health_path = "auth"
+
     def __init__(self, cfg: AuthConfig):
-        self.enabled: bool = cfg["enabled"]
+        # Off only through the bench's own entry point (bench/unauthenticated.py): never
+        # from configuration or the environment.
+        self.enabled = True
         self.ttl_s: float = cfg["key_cache_ttl_s"]
         self.token_ttl_s: int = cfg["token_ttl_s"]
         self._secret: str = cfg["token_secret"]
@@ -228,6 +272,9 @@ class Authenticator(Manager):
         self._last_used_written: dict[str, float] = {}
         self._in_flight: dict[str, asyncio.Future[Principal | None]] = {}  # one lookup per key at a time
         self._key_revoked: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # key id -> (revoked, until)
+        self._epoch = 0  # one more at every forget()
+        self._forgotten: dict[str, int] = {}  # key id -> the epoch its forget() began, while lookups are in flight
+        self._warning: asyncio.Task[None] | None = None
 
     @classmethod
     def start(cls, config: Config) -> Authenticator:
@@ -235,9 +282,27 @@ class Authenticator(Manager):
         admin key once MariaDB is ready (in the background: it may be down now)."""
         cfg = config["auth"]
         inst = cls._install(cls(cfg))
-        if cfg["enabled"] and cfg["bootstrap_admin_key_file"]:
+        metrics.AUTH_DISABLED.set(0)
+        if cfg["bootstrap_admin_key_file"]:
             inst._run_in_background(inst._bootstrap_when_ready(cfg["bootstrap_admin_key_file"]), "admin-key-bootstrap")
         return inst
+
+    def disable_for_bench(self) -> None:
+        """Every caller acts as admin, for the bench's measure of what checking keys costs.
+        Only bench/unauthenticated.py calls this; the process says so in its log every
+        minute, in /health (``auth: disabled``) and in ``singleton_auth_disabled``."""
+        self.enabled = False
+        metrics.AUTH_DISABLED.set(1)
+        self._warning = asyncio.create_task(self._warn_while_disabled(), name="auth-disabled-warning")
+
+    async def _warn_while_disabled(self) -> None:
+        while True:
+            log.warning("API keys are not checked: every caller acts as admin (the bench's switch)")
+            await asyncio.sleep(WARN_DISABLED_EVERY_S)
+
+    def status(self) -> dict[str, str]:
+        """For /health: whether API keys are checked."""
+        return {"status": "ok" if self.enabled else "disabled"}
 
     async def _bootstrap_when_ready(self, path: str) -> None:
         """Make the dev admin key once MariaDB is ready. Losing MariaDB meanwhile is an
@@ -262,19 +327,37 @@ class Authenticator(Manager):
             failures.succeeded()
             return
 
-    async def authenticate(self, key: str) -> Principal | None:
-        """The principal of ``key``, or None for a malformed, unknown or revoked key."""
-        if not KEY_PATTERN.match(key):
+    async def authenticate(
+        self, key: str, before_lookup: Callable[[], Awaitable[object]] | None = None
+    ) -> Principal | None:
+        """The principal of ``key``, or None for a malformed, unknown or revoked key.
+
+        ``before_lookup`` runs before a lookup of a key that has no verdict here, or
+        whose last one was "no such key" (the rate limiter's per-address bucket: it may
+        raise 429); a key found valid before is looked up again without it."""
+        if not well_formed(key):
             return None
         digest = _hash(key)
-        now = time.monotonic()
-        cached = self._verdicts.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        pending = self._in_flight.get(digest)
-        if pending is not None:  # concurrent requests with one key share its lookup
-            return await asyncio.shield(pending)
+        charged = False
+        while True:
+            cached = self._verdicts.get(digest)
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
+            pending = self._in_flight.get(digest)
+            if pending is not None:  # concurrent requests with one key share its lookup
+                return await asyncio.shield(pending)
+            known_valid = cached is not None and cached[0] is not None
+            if charged or known_valid or before_lookup is None:
+                break
+            await before_lookup()
+            charged = True  # and look again: another request may have looked it up meanwhile
+        return await self._look_up_once(key, digest)
+
+    async def _look_up_once(self, key: str, digest: str) -> Principal | None:
+        """The lookup the concurrent checks of one key share, its verdict kept for the TTL."""
         pending = self._in_flight[digest] = asyncio.get_running_loop().create_future()
+        started = time.monotonic()
+        epoch = self._epoch
         try:
             principal = await self._lookup(key, digest)
         except asyncio.CancelledError:
@@ -286,11 +369,18 @@ class Authenticator(Manager):
             raise
         finally:
             del self._in_flight[digest]
+            forgotten = self._forgotten
+            if not self._in_flight:  # no lookup left that began before these forgets
+                self._forgotten = {}
+        overtaken = principal is not None and forgotten.get(principal.key_id, 0) > epoch
+        if overtaken:  # revoked while the lookup was in flight: neither trusted nor kept
+            principal = None
         pending.set_result(principal)
-        self._verdicts[digest] = (principal, now + self.ttl_s)
-        self._verdicts.move_to_end(digest)
-        while len(self._verdicts) > _CACHE_MAX:
-            self._verdicts.popitem(last=False)
+        if not overtaken:
+            self._verdicts[digest] = (principal, started + self.ttl_s)
+            self._verdicts.move_to_end(digest)
+            while len(self._verdicts) > _CACHE_MAX:
+                self._verdicts.popitem(last=False)
         return principal
 
     async def _lookup(self, key: str, digest: str) -> Principal | None:
@@ -309,6 +399,11 @@ class Authenticator(Manager):
         return Principal(row["id"], row["role"], row["user_id"])
 
     def forget(self, key_id: str) -> None:
+        """Drop ``key_id``'s verdicts (it was revoked); a lookup of it in flight now will
+        not be trusted either."""
+        self._epoch += 1
+        if self._in_flight:
+            self._forgotten[key_id] = self._epoch
         for digest, (principal, _) in list(self._verdicts.items()):
             if principal is not None and principal.key_id == key_id:
                 del self._verdicts[digest]
@@ -357,4 +452,6 @@ class Authenticator(Manager):
         return revoked
 
     async def release(self) -> None:
+        if self._warning is not None:
+            self._warning.cancel()
         await self._stop_background(5)

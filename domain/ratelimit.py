@@ -2,9 +2,13 @@
 a valid key), with separate read and write rates, kept in Redis.
 
 The bucket is one Lua script on Redis's own clock, so every instance shares it
-and no read-modify-write race exists. When Redis cannot be reached the limiter
-fails open by default (``rate_limit.fail_open``): the call goes through, the
-metric ``singleton_rate_limit_fail_open_total`` counts it and ``/health`` shows it.
+and no read-modify-write race exists. When Redis cannot be reached
+(``rate_limit.redis_down: local``, the default) every call, reads by valid keys
+included, is checked against a token bucket of this process's own with the same
+rate and burst, and Redis is asked again a second later; the metric
+``singleton_rate_limit_local_total`` counts those calls and ``/health`` shows
+``rate_limiter: local``. Such a limit is per process: N instances let a client
+through at up to N times its rate. ``closed`` refuses the calls with 503 instead.
 
 Not a Redis round trip per call: an instance takes a small share of a bucket at
 once (a tenth of a second's rate, at most 10 tokens) and spends it locally for
@@ -41,6 +45,7 @@ SHARE_OF_A_SECOND = 0.1  # an instance takes this much of a second's rate at onc
 SHARE_MAX = 10
 SHARE_TTL_S = 1.0  # an unspent share is forfeited after this
 SHARES_MAX = 10_000  # buckets with a local share at most (per address ones included)
+REDIS_RETRY_S = 1.0  # with Redis unreachable, the local buckets answer alone this long before it is asked again
 
 
 def key_bucket(key_id: str, method: str) -> str:
@@ -77,16 +82,27 @@ class Verdict(NamedTuple):
     reset_s: float
 
 
+class LocalBucket:
+    """A token bucket of this process's own, used while Redis is out of reach."""
+
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, tokens: float, at: float):
+        self.tokens, self.at = tokens, at
+
+
 class RateLimiter(Manager):
     health_path = "rate_limiter"
 
     def __init__(self, cfg: RateLimitConfig):
         self.enabled: bool = cfg["enabled"]
-        self.fail_open: bool = cfg["fail_open"]
+        self.redis_down: str = cfg["redis_down"]  # local | closed
         self.read = Rate(cfg["read_per_s"], cfg["read_burst"])
         self.write = Rate(cfg["write_per_s"], cfg["write_burst"])
         self.anonymous = Rate(cfg["anonymous_per_s"], cfg["anonymous_burst"])
-        self._failing_open = False  # the last check could not reach Redis and let the call through
+        self._local_until = 0.0  # Redis was out of reach: the local buckets answer alone until then
+        self._using_local = False  # the last call that needed Redis could not reach it
+        self._local: OrderedDict[str, LocalBucket] = OrderedDict()
         self._shares: OrderedDict[str, Share] = OrderedDict()
         self._refills: dict[str, asyncio.Future[None]] = {}  # buckets whose share is being asked for
 
@@ -103,6 +119,8 @@ class RateLimiter(Manager):
         else:
             rate = self.read if method in READ_METHODS else self.write
             role, bucket = principal.role, key_bucket(principal.key_id, method)
+        if self.redis_down == "local" and time.monotonic() < self._local_until:
+            return self._take_local(bucket, rate, role)
         while (verdict := self._spend_share(bucket, rate, role)) is None:
             refilling = self._refills.get(bucket)
             if refilling is None:
@@ -138,18 +156,36 @@ class RateLimiter(Manager):
         try:
             taken = await RedisManager.instance().take_tokens(bucket, rate.per_s, rate.burst, wanted)
         except redis.UNAVAILABLE:
-            if not self.fail_open:
+            if self.redis_down != "local":
                 raise
-            metrics.RATE_LIMIT_FAIL_OPEN.inc()
-            self._failing_open = True
-            return None
-        self._failing_open = False
+            self._using_local = True
+            self._local_until = time.monotonic() + REDIS_RETRY_S
+            return self._take_local(bucket, rate, role)
+        self._using_local = False
         if taken.taken < 1:
             remember = min(taken.retry_after_s, SHARE_TTL_S)
             self._keep(bucket, Share(0, now + remember, 0, taken.reset_s, refused=True))
             raise refused(rate, role, taken.retry_after_s, Verdict(rate.burst, 0, taken.reset_s))
         self._keep(bucket, Share(taken.taken - 1, now + SHARE_TTL_S, taken.remaining, taken.reset_s))
         return Verdict(rate.burst, taken.remaining + taken.taken - 1, taken.reset_s)
+
+    def _take_local(self, bucket: str, rate: Rate, role: str) -> Verdict:
+        """A token of this process's own bucket (Redis out of reach), or 429."""
+        metrics.RATE_LIMIT_LOCAL.inc()
+        now = time.monotonic()
+        local = self._local.get(bucket)
+        if local is None:
+            local = self._local[bucket] = LocalBucket(rate.burst, now)
+            while len(self._local) > SHARES_MAX:
+                self._local.popitem(last=False)
+        self._local.move_to_end(bucket)
+        local.tokens = min(rate.burst, local.tokens + (now - local.at) * rate.per_s)
+        local.at = now
+        if local.tokens < 1:
+            retry_after_s = (1 - local.tokens) / rate.per_s
+            raise refused(rate, role, retry_after_s, Verdict(rate.burst, 0, (rate.burst - local.tokens) / rate.per_s))
+        local.tokens -= 1
+        return Verdict(rate.burst, math.floor(local.tokens), (rate.burst - local.tokens) / rate.per_s)
 
     def _keep(self, bucket: str, share: Share) -> None:
         self._shares[bucket] = share
@@ -158,10 +194,10 @@ class RateLimiter(Manager):
             self._shares.popitem(last=False)
 
     def status(self) -> dict[str, str]:
-        """For /health: whether calls are being let through unchecked (Redis out of reach)."""
+        """For /health: whether calls are checked per process only (Redis out of reach)."""
         if not self.enabled:
             return {"status": "disabled"}
-        return {"status": "fail_open" if self._failing_open else "ok"}
+        return {"status": "local" if self._using_local else "ok"}
 
 
 def refused(rate: Rate, role: str, retry_after_s: float, verdict: Verdict) -> APIError:

@@ -4,7 +4,10 @@ CORS, security headers, the access log.
 Every handler derives from it, so route handlers read as the HTTP contract:
 parse, call, respond. Before a handler runs, ``prepare`` checks the body's size,
 the caller's API key (``Authorization: Bearer``), its rate limit and the body's
-media type. Errors are rendered as
+media type. A key this instance has no verdict for is looked up in MariaDB only
+after a token of the client address's bucket was taken, so an unknown key costs
+what any call without a key costs, and key guessing cannot reach MariaDB faster
+than that bucket allows. Errors are rendered as
 ``{"error": {"code": ..., "message": ..., "details": ...}}`` and logged once,
 here. Request metrics are recorded once, in ``log_request`` (the application's
 ``log_function``), labelled by handler class, never by URL.
@@ -41,7 +44,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Request metrics label the method from this list; any other token is "other", so
 # invented methods cannot create new series.
 METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-# With auth.enabled false (a benchmark of its cost), every caller acts as admin.
+# With API keys not checked (the bench's own switch, bench/unauthenticated.py), every caller acts as admin.
 AUTH_DISABLED = Principal("", ADMIN, None)
 
 
@@ -79,6 +82,9 @@ class BaseHandler(tornado.web.RequestHandler):
     admin_only = False
     # Calls take a token from the caller's bucket (rate_limit in config.yaml).
     rate_limited = True
+    # The caller's key matters to the answer. False: an Authorization header is not even
+    # looked at (probes, /metrics, the document): such calls never reach MariaDB.
+    checks_key = True
     request_id: str = ""
     principal: Principal | None = None
     error: str | None = None  # why a request failed with 503, for the access line
@@ -126,11 +132,11 @@ class BaseHandler(tornado.web.RequestHandler):
         self._body = bytearray()
         self._limit_body()
         preflight = self.request.method == "OPTIONS"
-        self.principal = await self._authenticate()
-        if self.rate_limited:
+        self._address_charged = False
+        self.principal = await self._authenticate() if self.checks_key else None
+        if self.rate_limited and not (self.principal is None and self._address_charged):
             verdict = await RateLimiter.instance().check(self.request.method or "", self.principal, self.remote_ip)
-            for name, value in ratelimit.headers(verdict).items() if verdict else ():
-                self.set_header(name, value)
+            self._rate_limit_headers(verdict)
         if self.principal is None and not (self.public or preflight):
             if self.request.headers.get("Authorization"):
                 raise unauthorized("the API key is not valid (unknown, revoked or malformed)", "invalid_token")
@@ -158,11 +164,22 @@ class BaseHandler(tornado.web.RequestHandler):
         if key is None:
             return None
         try:
-            return await authenticator.authenticate(key)
+            return await authenticator.authenticate(key, self._limit_address)
         except UNAVAILABLE:
             if self.public:  # a public answer does not need to know who asked
                 return None
             raise
+
+    async def _limit_address(self) -> None:
+        """Before a key is looked up: a token of the client address's bucket (429 without
+        one), which is then this call's token if the key turns out not to be valid."""
+        verdict = await RateLimiter.instance().check(self.request.method or "", None, self.remote_ip)
+        self._address_charged = True
+        self._rate_limit_headers(verdict)
+
+    def _rate_limit_headers(self, verdict: ratelimit.Verdict | None) -> None:
+        for name, value in ratelimit.headers(verdict).items() if verdict else ():
+            self.set_header(name, value)
 
     def bearer(self) -> str | None:
         """The credential of an ``Authorization: Bearer`` header, if there is one."""

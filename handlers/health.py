@@ -5,7 +5,14 @@ HealthMonitor's last report (within a second, even while a dependency hangs):
 - ``GET /health/ready``: 200 when this instance can serve its API (MariaDB reached
   and migrated), else 503 (take it out of the load balancer, do not restart it);
 - ``GET /health``: the report, ``status`` ``ok`` | ``degraded`` (200) or ``down``
-  (503). Only an admin key sees error texts, latencies, lag and the rate limiter.
+  (503). Only an admin key sees more than that status: each part by name, error
+  texts, latencies, lag, the rate limiter. The metrics listener, which is not
+  public, serves the whole report at its own ``/health`` (``FullHealthHandler``).
+
+Live and ready never look at an API key (``checks_key``): an orchestrator's probe
+costs no MariaDB query whatever headers it sends. ``/health`` looks a key up at
+most once per ``auth.key_cache_ttl_s`` and, for a key it has no verdict for, only
+after the address's rate limit (handlers/base.py).
 """
 
 from __future__ import annotations
@@ -26,9 +33,23 @@ class HealthHandler(BaseHandler):
         self.write_json(report, 503 if report["status"] == "down" else 200)
 
 
+class FullHealthHandler(BaseHandler):
+    """The whole report, for the metrics listener (loopback, or an address only the
+    scraper and operators reach): dependency names and details without an admin key."""
+
+    public = True
+    rate_limited = False
+    checks_key = False
+
+    async def get(self) -> None:
+        report = await HealthMonitor.instance().latest()
+        self.write_json(report, 503 if report["status"] == "down" else 200)
+
+
 class LiveHandler(BaseHandler):
     public = True
     rate_limited = False  # an orchestrator's probe, and no Redis round trip to answer it
+    checks_key = False
 
     def get(self) -> None:
         self.write_json({"status": "ok"})
@@ -37,6 +58,7 @@ class LiveHandler(BaseHandler):
 class ReadyHandler(BaseHandler):
     public = True
     rate_limited = False
+    checks_key = False
 
     def get(self) -> None:
         ready = HealthMonitor.instance().ready()
@@ -44,13 +66,9 @@ class ReadyHandler(BaseHandler):
 
 
 def public_view(report: dict[str, Any]) -> dict[str, Any]:
-    """Each part's status, without error texts, latencies or anything else."""
-    parts: dict[str, Any] = {
-        section: {name: {"status": r["status"]} for name, r in report[section].items()}
-        for section in ("dependencies", "consumers")
-        if section in report
-    }
-    return {"status": report["status"], **parts}
+    """The overall status alone: which dependencies this service has, and which of them
+    is down, is for admin keys and the metrics listener."""
+    return {"status": report["status"]}
 
 
 default_handlers = [

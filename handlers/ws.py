@@ -55,6 +55,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     # per-user and per-address socket counts, not the request rate.
     public = True
     rate_limited = False
+    checks_key = False  # a Bearer here is a token, not an API key
     conn: Connection | None = None
     user_id: str = ""
     claims: TokenClaims | None = None  # the token that opened the socket

@@ -152,7 +152,6 @@ SCHEMA: dict[str, Any] = _obj(
         "cors": _obj({"allowed_origins": _strs, "allowed_methods": _strs, "allowed_headers": _strs}),
         "auth": _obj(
             {
-                "enabled": {"type": "boolean"},
                 "key_cache_ttl_s": {"type": "number", "minimum": 0, "maximum": 5},
                 "bootstrap_admin_key_file": _path,
                 "token_secret": {"type": "string"},
@@ -169,7 +168,7 @@ SCHEMA: dict[str, Any] = _obj(
                 "write_burst": {"type": "integer", "minimum": 1},
                 "anonymous_per_s": _pos,
                 "anonymous_burst": {"type": "integer", "minimum": 1},
-                "fail_open": {"type": "boolean"},
+                "redis_down": {"enum": ["local", "closed"]},
             }
         ),
         "metrics": _obj({"host": _str, "port": {"type": "integer", "minimum": 0, "maximum": 65535}}),
@@ -297,7 +296,6 @@ class CorsConfig(TypedDict):
 
 
 class AuthConfig(TypedDict):
-    enabled: bool
     key_cache_ttl_s: float
     bootstrap_admin_key_file: str
     token_secret: str
@@ -313,7 +311,7 @@ class RateLimitConfig(TypedDict):
     write_burst: int
     anonymous_per_s: float
     anonymous_burst: int
-    fail_open: bool
+    redis_down: Literal["local", "closed"]
 
 
 class MetricsConfig(TypedDict):
@@ -450,6 +448,7 @@ def load(
     data = _read(path)
     _apply_env(data, os.environ if env is None else env)
     _merge(data, overrides or {})
+    _refuse_removed(data)
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         raise ConfigError("; ".join(_describe(e) for e in errors))
@@ -457,6 +456,23 @@ def load(
     _resolve(data, path.resolve().parent)
     _check_tls(data)
     return cast(Config, data)  # what SCHEMA has just validated
+
+
+# Settings that no longer exist, and why: a start that names one fails, saying so.
+REMOVED = {
+    ("auth", "enabled"): "API keys are always checked: no configuration or environment turns them off "
+    "(only the bench measures the service without them, through its own entry point)",
+    ("rate_limit", "fail_open"): "with Redis out of reach the limiter now uses per-process buckets; "
+    "set rate_limit.redis_down (local or closed) instead",
+}
+
+
+def _refuse_removed(data: dict[str, Any]) -> None:
+    for (section, key), why in REMOVED.items():
+        values = data.get(section)
+        if isinstance(values, dict) and key in values:
+            variable = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+            raise ConfigError(f"{section}.{key} (or {variable}) is not a setting any more: {why}")
 
 
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

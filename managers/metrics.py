@@ -176,9 +176,13 @@ RATE_LIMITED = Counter(
     "Calls refused with 429 by the rate limiter, by the caller's role (admin, user, anonymous)",
     ["role"],
 )
-RATE_LIMIT_FAIL_OPEN = Counter(
-    f"{PREFIX}_rate_limit_fail_open",
-    "Calls let through unchecked because Redis could not be reached (rate_limit.fail_open)",
+RATE_LIMIT_LOCAL = Counter(
+    f"{PREFIX}_rate_limit_local",
+    "Calls checked against this process's own token buckets because Redis could not be reached "
+    "(rate_limit.redis_down: local)",
+)
+AUTH_DISABLED = Gauge(
+    f"{PREFIX}_auth_disabled", "1 while API keys are not checked (the bench's switch: every caller is admin), else 0"
 )
 REQUESTS_IN_FLIGHT = Gauge(f"{PREFIX}_http_requests_in_flight", "HTTP requests started and not yet finished")
 READY = Gauge(f"{PREFIX}_ready", "1 when this instance can serve its API (MariaDB reached and migrated), else 0")

@@ -4,7 +4,7 @@ the cache-aside operations the domain uses, and the rate limiter's token bucket.
 Redis is a cache here: a failed cache read or write is counted and treated as a
 miss, never raised, so a slow or absent Redis costs one short timeout, never a
 failed request. ``take_tokens`` is the exception: it raises, and the rate limiter
-(domain/ratelimit.py) decides what an unreachable Redis means (``fail_open``).
+(domain/ratelimit.py) decides what an unreachable Redis means (``redis_down``).
 After a failure Redis is bypassed for a moment, so an outage does not charge every
 request a timeout. Cached entries carry their version and are only ever replaced
 by a newer one (one Lua script), so a slow reader can never put back a version
@@ -212,7 +212,7 @@ class RedisManager(BackingService):
             # redis-py 8's repr is only "network:ConnectionError": the text says why (a refused
             # connection, a certificate that does not verify).
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("redis unavailable: reading through, rate limits fail open", extra={"op": op, "error": error})
+            log.warning("redis unavailable: reading through, rate limits per process", extra={"op": op, "error": error})
         self._failing = True
         self._bypass_until = time.monotonic() + BYPASS_AFTER_ERROR_S
 

@@ -32,6 +32,7 @@ import pymysql
 import tornado.httpserver
 
 from domain import audit, auth, moves
+from domain.auth import Authenticator
 from domain.errors import APIError
 from handlers.base import Traffic
 from managers import config as config_module
@@ -169,14 +170,23 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve(config: Config, role: str, listen_fd: int | None = None, join_when_ready: bool = False) -> int:
+async def serve(
+    config: Config,
+    role: str,
+    listen_fd: int | None = None,
+    join_when_ready: bool = False,
+    check_keys: bool = True,
+) -> int:
     """One worker: the managers, the API on the port (or on the supervisor's socket), the ops listener.
 
     A worker that replaces another (``join_when_ready``) takes connections from the
     shared socket only once it is ready: until then the others serve them.
+    ``check_keys=False`` is the bench's switch alone (bench/unauthenticated.py).
     """
     lifecycle = Lifecycle(config, role)
     await lifecycle.start()
+    if not check_keys:
+        Authenticator.instance().disable_for_bench()
     tune_gc()
     server_cfg, metrics_cfg = config["server"], config["metrics"]
     app = make_app(config, role=role)
@@ -215,7 +225,10 @@ async def serve(config: Config, role: str, listen_fd: int | None = None, join_wh
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, check_keys: bool = True) -> int:
+    """``python -m service``. ``check_keys=False`` serves the API without checking keys,
+    every caller an admin: only the bench's own entry point passes it (bench/unauthenticated.py),
+    so no configuration or environment of a normal start can."""
     args = parse_args(argv)
     overrides = {"server": {"port": args.port}} if args.port is not None else None
     try:
@@ -223,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     except config_module.ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(run(config, args))
+    return asyncio.run(run(config, args, check_keys))
 
 
-async def run(config: Config, args: argparse.Namespace) -> int:
+async def run(config: Config, args: argparse.Namespace, check_keys: bool = True) -> int:
     if args.command in ("keys", "shards", "migrate"):  # stdout is the command's answer: logs go to stderr
         logger = LoggerManager.start({**config["logging"], "file": "", "level": "WARNING"}, stream=sys.stderr)
     else:
@@ -244,9 +257,12 @@ async def run(config: Config, args: argparse.Namespace) -> int:
             manage = manage_keys if args.command == "keys" else manage_shards
             return await mysql_command(config, lambda mysql: manage(mysql, args))
         if config["server"]["processes"] > 1 and args.listen_fd is None:
+            if not check_keys:  # its workers would be `python -m service`, checking keys
+                print("the bench's switch runs one process: server.processes must be 1", file=sys.stderr)
+                return 2
             passed_on = [*(["--config", args.config] if args.config else []), "--role", args.role]
             return await Supervisor(config, passed_on).run()
-        return await serve(config, args.role, args.listen_fd, args.join_when_ready)
+        return await serve(config, args.role, args.listen_fd, args.join_when_ready, check_keys)
     finally:
         await logger.close()
 

@@ -255,6 +255,53 @@ def owner_sql(cfg: dict, *statements: str, database: str | None = None) -> None:
         conn.close()
 
 
+def com_select(cfg: dict) -> int:
+    """The real MariaDB server's ``Com_select``: SELECTs run since it started, on every
+    connection (this one's ``SHOW`` is not one)."""
+    conn = pymysql.connect(
+        host=cfg["host"], port=cfg["port"], user=cfg["user"], password=cfg["password"], connect_timeout=5
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")
+            return int(cur.fetchone()[1])
+    finally:
+        conn.close()
+
+
+class Selects:
+    """SELECTs the real MariaDB server runs while a test's calls are made, less those of the
+    suite's own background loops (health checks every 0.25 s, the outbox relay's polls):
+    their rate is measured over ``idle_s`` first, when the test sends nothing, and twice
+    what it predicts for the calls' duration is allowed for them (plus 3 for jitter)."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.background_per_s = 0.0
+        self._start = self._started_at = 0.0
+
+    async def __aenter__(self) -> Selects:
+        before, started = com_select(self.cfg), time.monotonic()
+        await asyncio.sleep(1.0)  # the idle window: nothing of the test's runs here
+        idle = com_select(self.cfg) - before
+        self.background_per_s = idle / (time.monotonic() - started)
+        self._start, self._started_at = com_select(self.cfg), time.monotonic()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def since(self) -> tuple[int, float]:
+        """SELECTs since the calls began, and how many of them the background may have run."""
+        selects = com_select(self.cfg) - self._start
+        return selects, 2 * self.background_per_s * (time.monotonic() - self._started_at) + 3
+
+    def by_the_calls(self) -> int:
+        """SELECTs the calls may have caused: all of them, less the background's allowance."""
+        selects, background = self.since()
+        return max(0, round(selects - background))
+
+
 def ensure_database(cfg: dict) -> None:
     owner_sql(cfg, f"CREATE DATABASE IF NOT EXISTS `{cfg['database']}` CHARACTER SET utf8mb4")
 

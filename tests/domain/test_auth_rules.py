@@ -6,25 +6,59 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 
 import jwt
 import pytest
 
 from domain import auth, users
-from domain.auth import ADMIN, KEY_PATTERN, USER, Authenticator, InvalidToken, Principal
+from domain.auth import ADMIN, KEY_PATTERN, LEGACY_KEY_PATTERN, USER, Authenticator, InvalidToken, Principal
 
 SECRET = "a-token-secret-of-the-unit-tier-0123456789"
 
 
 def authenticator(ttl_s: float = 2) -> Authenticator:
-    return Authenticator({"enabled": True, "key_cache_ttl_s": ttl_s, "token_ttl_s": 300, "token_secret": SECRET})
+    return Authenticator({"key_cache_ttl_s": ttl_s, "token_ttl_s": 300, "token_secret": SECRET})
 
 
-def test_a_new_key_has_its_role_a_prefix_to_find_it_by_and_32_random_characters():
+def test_a_new_key_has_its_role_a_prefix_to_find_it_by_32_random_characters_and_their_checksum():
     keys = {auth.new_key(role) for role in (ADMIN, USER) for _ in range(50)}
-    assert len(keys) == 100 and all(KEY_PATTERN.match(key) for key in keys)
+    assert len(keys) == 100 and all(KEY_PATTERN.match(key) and auth.well_formed(key) for key in keys)
     key = auth.new_key(USER)
-    assert key.startswith("sk_user_") and auth.key_prefix(key) == key[: len("sk_user_") + 8]
+    assert key.startswith("sgl_user_") and len(key) == len("sgl_user_") + 32 + 6
+    assert auth.key_prefix(key) == key[: len("sgl_user_") + 8]
+    assert auth.key_prefix(auth.new_key(ADMIN)).startswith("sgl_admin_")
+    assert len(auth.key_prefix(auth.new_key(ADMIN))) <= 32, "api_keys.prefix is a VARCHAR(32)"
+    # The checksum is CRC32 of the random part in 6 base-62 digits (0-9, A-Z, a-z): GitHub's scheme.
+    random_part = key[len("sgl_user_") : -6]
+    assert key[-6:] == auth.checksum(random_part)
+    assert auth.checksum("0" * 32) == "0" * (6 - len(b62 := _base62(zlib.crc32(b"0" * 32)))) + b62
+
+
+def _base62(value: int) -> str:
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while value:
+        value, digit = divmod(value, 62)
+        out = digits[digit] + out
+    return out
+
+
+def test_a_key_whose_checksum_does_not_verify_is_not_well_formed_and_the_first_format_still_is():
+    key = auth.new_key(ADMIN)
+    body, check = key[:-6], key[-6:]
+    wrong = [
+        body + check[:-1] + ("A" if check[-1] != "A" else "B"),  # one checksum digit off
+        body[:-1] + ("x" if body[-1] != "x" else "y") + check,  # one random character off
+        key.replace("sgl_admin_", "sgl_root_"),  # no such role
+        key.replace("sgl_", "sk_"),  # the first format has no checksum: 38 characters are too many
+        key[:-1],
+        "sgl_admin_" + "x" * 38,
+    ]
+    assert not any(auth.well_formed(k) for k in wrong)
+    legacy = "sk_user_" + "A" * 32
+    assert LEGACY_KEY_PATTERN.match(legacy) and auth.well_formed(legacy)
+    assert auth.key_prefix(legacy) == "sk_user_AAAAAAAA"
 
 
 def test_an_admin_sees_everyone_and_a_user_key_only_its_own_user():
@@ -77,9 +111,65 @@ async def test_concurrent_checks_of_one_key_share_one_lookup_and_its_verdict_is_
     assert lookups == [key], "one lookup for 21 checks within the cache period"
     # A malformed key is refused without a lookup; a revoked key's verdict is forgotten at once.
     assert await verifier.authenticate("sk_root_" + "x" * 32) is None and lookups == [key]
+    assert await verifier.authenticate(key[:-1] + ("0" if key[-1] != "0" else "1")) is None and lookups == [key]
     verifier.forget("k")
     await verifier.authenticate(key)
     assert lookups == [key, key]
+
+
+@pytest.mark.gen_test
+async def test_a_revocation_during_a_lookup_is_not_undone_by_its_verdict(monkeypatch):
+    """forget() lands while the key's lookup is in flight (its row was read before the
+    revocation committed): that lookup's "valid" is neither returned nor kept."""
+    verifier = authenticator(ttl_s=60)
+    key, other = auth.new_key(USER), auth.new_key(USER)
+    principals = {key: Principal("k", USER, "u1"), other: Principal("k2", USER, "u2")}
+    lookups: list[str] = []
+    gate = asyncio.Event()
+
+    async def lookup(self, key: str, digest: str) -> Principal | None:
+        lookups.append(key)
+        await gate.wait()
+        return principals[key]
+
+    monkeypatch.setattr(Authenticator, "_lookup", lookup)
+    checks = [asyncio.ensure_future(verifier.authenticate(k)) for k in (key, key, other)]
+    await asyncio.sleep(0)
+    verifier.forget("k")  # revoked meanwhile; "k2" was not
+    gate.set()
+    assert await asyncio.gather(*checks) == [None, None, principals[other]]
+    # Not kept as valid: the next check looks the key up again (and here finds it valid:
+    # the stand-in lookup does not know of the revocation), and the other key's verdict was kept.
+    assert await verifier.authenticate(key) == principals[key]
+    assert await verifier.authenticate(other) == principals[other]
+    assert lookups == [key, other, key]
+    assert verifier._forgotten == {}, "nothing remembered once no lookup is in flight"
+
+
+@pytest.mark.gen_test
+async def test_before_a_lookup_the_callers_limit_runs_once_and_a_key_found_valid_before_skips_it(monkeypatch):
+    verifier = authenticator(ttl_s=0)  # every check looks up again
+    key, unknown = auth.new_key(USER), auth.new_key(USER)
+    limited: list[str] = []
+
+    async def lookup(self, key: str, digest: str) -> Principal | None:
+        return Principal("k", USER, "u1") if key != unknown else None
+
+    monkeypatch.setattr(Authenticator, "_lookup", lookup)
+    for k in (key, key, key, unknown, unknown, "sgl_user_" + "x" * 38):
+
+        async def before_lookup(k: str = k) -> None:
+            limited.append(k)
+
+        await verifier.authenticate(k, before_lookup)
+    assert limited == [key, unknown, unknown], "a known-valid key is looked up again without a token"
+
+    async def refuse() -> None:
+        raise RuntimeError("429")
+
+    with pytest.raises(RuntimeError):
+        await verifier.authenticate(auth.new_key(ADMIN), refuse)
+    assert verifier._in_flight == {}
 
 
 @pytest.mark.parametrize(

@@ -68,11 +68,11 @@ def redis(monkeypatch, clock) -> Buckets:
     return buckets
 
 
-def limiter(read=(100, 50), write=(0.5, 2), anonymous=(0.5, 3), fail_open=True) -> RateLimiter:
+def limiter(read=(100, 50), write=(0.5, 2), anonymous=(0.5, 3), redis_down="local") -> RateLimiter:
     return RateLimiter(
         {
             "enabled": True,
-            "fail_open": fail_open,
+            "redis_down": redis_down,
             **{f"{kind}_per_s": rate[0] for kind, rate in (("read", read), ("write", write), ("anonymous", anonymous))},
             **{f"{kind}_burst": rate[1] for kind, rate in (("read", read), ("write", write), ("anonymous", anonymous))},
         }
@@ -153,18 +153,37 @@ async def test_concurrent_calls_that_find_the_share_spent_ask_redis_once_per_sha
 
 
 @pytest.mark.gen_test
-async def test_without_redis_calls_go_through_and_health_says_so_unless_configured_closed(redis):
+async def test_without_redis_each_bucket_is_kept_in_process_with_the_same_limits(redis, clock):
     limits = limiter()
-    failed_open = metric("singleton_rate_limit_fail_open_total")
+    local = metric("singleton_rate_limit_local_total")
     redis.down = True
-    assert [await limits.check("GET", ME, "ip") for _ in range(3)] == [None] * 3
-    assert metric("singleton_rate_limit_fail_open_total") == failed_open + 3
-    assert limits.status() == {"status": "fail_open"}
+    # Writes: a burst of 2, one token every 2 s. Calls without a key: 3, one every 2 s.
+    assert [(await limits.check("POST", ME, "ip")).remaining for _ in range(2)] == [1, 0]
+    with pytest.raises(APIError) as caught:
+        await limits.check("POST", ME, "ip")
+    assert caught.value.status == 429 and caught.value.headers["Retry-After"] == "2"
+    for _ in range(3):
+        await limits.check("GET", None, "ip")
+    with pytest.raises(APIError):
+        await limits.check("GET", None, "ip")
+    assert (await limits.check("GET", None, "another ip")).remaining == 2, "a bucket per address"
+    # Reads by a valid key are limited the same way (a burst of 50 here), not let through.
+    assert [(await limits.check("GET", ME, "ip")).remaining for _ in range(50)][-1] == 0
+    with pytest.raises(APIError):
+        await limits.check("GET", ME, "ip")
+    assert metric("singleton_rate_limit_local_total") == local + 2 + 1 + 3 + 1 + 1 + 50 + 1
+    assert limits.status() == {"status": "local"}
+    # Redis is asked once when it was found out of reach, then again a second later only.
+    assert len(redis.calls) == 1
+    clock.now += 2.0  # a write token is back, and Redis is asked again
+    assert (await limits.check("POST", ME, "ip")).remaining == 0
+    assert len(redis.calls) == 2
     redis.down = False
+    clock.now += 1.0
     assert await limits.check("GET", ME, "ip") is not None
-    assert limits.status() == {"status": "ok"}
+    assert limits.status() == {"status": "ok"} and len(redis.calls) == 3
 
-    closed = limiter(fail_open=False)
+    closed = limiter(redis_down="closed")
     redis.down = True
     with pytest.raises(ConnectionError):
         await closed.check("GET", ME, "ip")

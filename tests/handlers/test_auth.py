@@ -11,7 +11,7 @@ from domain import auth
 from domain.auth import Authenticator
 from managers.mysql import MySQLManager
 
-KEY = re.compile(r"^sk_(admin|user)_[0-9A-Za-z]{32}$")
+KEY = re.compile(r"^sgl_(admin|user)_[0-9A-Za-z]{38}$")
 
 
 @pytest.fixture
@@ -94,8 +94,10 @@ async def test_no_unknown_malformed_or_revoked_key_is_401_with_a_challenge(api, 
     assert (await api.delete(f"/api/v1/api-keys/{row['id']}"))[0] == 200
 
     forged = auth.new_key(auth.ADMIN)  # the right shape, never issued
-    tampered = api.key[:-1] + ("A" if api.key[-1] != "A" else "B")  # a real prefix, a wrong secret
-    for key in (None, "nope", forged, tampered, revoked.key):
+    tampered = api.key[:-1] + ("A" if api.key[-1] != "A" else "B")  # a wrong checksum
+    body = api.key[:-7] + ("A" if api.key[-7] != "A" else "B")  # a real prefix, a wrong secret, its checksum
+    resummed = body + auth.checksum(body[len("sgl_admin_") :])
+    for key in (None, "nope", forged, tampered, resummed, revoked.key):
         for method, path, body in [call[:3] for call in calls(world, "mine")] + ADMIN_ONLY:
             code, response, headers = await api.with_key(key).request(method, path.format(my_payment="x"), body)
             assert code == 401, (key, method, path, response)
@@ -113,9 +115,10 @@ async def test_public_endpoints_need_no_key(http_client, base_url):
 @pytest.mark.gen_test
 async def test_a_key_is_shown_once_and_stored_only_as_a_hash(api, world):
     code, created, headers = await api.post("/api/v1/api-keys", {"role": "user", "user_id": world["mine"]["id"]})
-    assert code == 201 and KEY.match(created["key"]) and created["key"].startswith("sk_user_")
+    assert code == 201 and KEY.match(created["key"]) and created["key"].startswith("sgl_user_")
+    assert auth.well_formed(created["key"])
     assert headers["Location"] == f"/api/v1/api-keys/{created['id']}"
-    assert created["prefix"] == created["key"][: len("sk_user_") + 8]
+    assert created["prefix"] == created["key"][: len("sgl_user_") + 8]
     row = await MySQLManager.instance().home.fetchone("SELECT * FROM api_keys WHERE id = %s", (created["id"],))
     assert created["key"] not in repr(row)
     assert row["hash"] != created["key"] and len(row["hash"]) == 64

@@ -9,8 +9,12 @@ import time
 from unittest.mock import ANY
 
 import pytest
+import tornado.httpserver
+import tornado.testing
 
+from domain import auth
 from managers.health import HealthMonitor
+from service.app import make_ops_app
 from tests.helpers import (
     DEVSTACK_DIR,
     consumer_drain,
@@ -107,15 +111,33 @@ async def test_the_monitor_publishes_one_health_check_event_per_interval(api, co
 
 
 @pytest.mark.gen_test
-async def test_without_an_admin_key_health_says_only_each_parts_status(api):
-    for key in (None, (await api.as_user((await api.new_user())["id"])).key):
+async def test_without_an_admin_key_health_says_only_its_status(api):
+    """Which dependencies the service has, and which is down, is for admins and operators."""
+    for key in (None, (await api.as_user((await api.new_user())["id"])).key, "nope", auth.new_key(auth.ADMIN)):
         code, body, _ = await api.with_key(key).get("/health")
-        assert code == 200
-        assert body["status"] == "ok"
-        assert set(body["dependencies"]) == DEPENDENCIES
-        assert all(set(dep) == {"status"} for dep in body["dependencies"].values())
-        assert all(set(c) == {"status"} for c in body["consumers"].values())
-        assert "rate_limiter" not in body and "down" not in body
+        assert (code, body) == (200, {"status": "ok"}), key
+    code, body = await get_health(api)
+    assert code == 200 and set(body["dependencies"]) == DEPENDENCIES and body["auth"] == {"status": "ok"}
+    assert set(body["consumers"]) == {"broadcast", "analytics"} and body["rate_limiter"] == {"status": "ok"}
+
+
+@pytest.fixture
+def ops_url(services):
+    """The metrics listener (make_ops_app) on a port of its own."""
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(make_ops_app())
+    server.add_sockets([sock])
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.mark.gen_test
+async def test_the_metrics_listener_serves_the_whole_report_without_a_key(api, ops_url):
+    code, body, _ = await api.with_key(None).at(ops_url).get("/health")
+    assert code == 200 and body["status"] == "ok" and body["ready"] is True
+    assert set(body["dependencies"]) == DEPENDENCIES
+    assert all(dep["latency_ms"] > 0 for dep in body["dependencies"].values())
+    assert set(body["consumers"]) == {"broadcast", "analytics"} and body["auth"] == {"status": "ok"}
 
 
 @pytest.mark.gen_test

@@ -1,5 +1,5 @@
 """Rate limits on real Redis: 429 with its headers, per key and per address, and
-failing open (or closed, if configured) when Redis is gone."""
+per-process buckets (or 503, if configured closed) when Redis is gone."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ import time
 
 import pytest
 
-from domain.ratelimit import Rate, RateLimiter
+from domain.ratelimit import Rate, RateLimiter, address_bucket
 from managers.redis import RedisManager
 from tests.helpers import metric, start_redis, stop_redis, wait_until
+
+
+def forget_the_address_share() -> None:
+    """Drop the tokens this instance holds of 127.0.0.1's bucket (taken at the suite's high
+    rate by an earlier test's first use of a key), so the next call asks Redis at the test's rate."""
+    RateLimiter.instance()._shares.pop(address_bucket("127.0.0.1"), None)
 
 
 def rejected(role: str) -> float:
@@ -52,6 +58,7 @@ async def test_a_key_over_its_write_rate_gets_429_with_headers(api, monkeypatch)
 @pytest.mark.gen_test
 async def test_calls_without_a_valid_key_are_limited_per_address(api, monkeypatch):
     monkeypatch.setattr(RateLimiter.instance(), "anonymous", Rate(per_s=0.5, burst=3))
+    forget_the_address_share()
     before = rejected("anonymous")
     anonymous, guesser = api.with_key(None), api.with_key("sk_admin_" + "x" * 32)
     codes = [(await anonymous.get("/health"))[0] for _ in range(2)]
@@ -62,38 +69,44 @@ async def test_calls_without_a_valid_key_are_limited_per_address(api, monkeypatc
 
 
 @pytest.mark.gen_test(timeout=180)
-async def test_with_redis_gone_the_limiter_fails_open_and_says_so(api, monkeypatch):
+async def test_with_redis_gone_each_process_limits_on_its_own_buckets_and_says_so(api, monkeypatch):
+    """Redis stopped for real: writes, calls without a key and reads by a valid key are
+    limited by this process's own buckets, with the same rates (not let through)."""
     user = await api.new_user()
-    me = await api.as_user(user["id"])  # a fresh key: a bucket of its own
-    monkeypatch.setattr(RateLimiter.instance(), "write", Rate(per_s=0.001, burst=1))
+    me = await api.as_user(user["id"])  # a fresh key: buckets of its own
+    limits = RateLimiter.instance()
+    forget_the_address_share()  # its first lookup takes a token of 127.0.0.1's bucket
+    monkeypatch.setattr(limits, "write", Rate(per_s=0.01, burst=3))
+    monkeypatch.setattr(limits, "read", Rate(per_s=0.01, burst=2))
     body = {"user_id": user["id"], "amount": "1.00", "currency": "USD"}
-    assert (await me.post("/api/v1/payments", body))[0] == 201
-    assert (await me.post("/api/v1/payments", body))[0] == 429
-    failed_open = metric("singleton_rate_limit_fail_open_total")
+    assert (await me.get(f"/api/v1/users/{user['id']}"))[0] == 200  # the key's verdict is cached: no lookup below
+    monkeypatch.setattr(limits, "anonymous", Rate(per_s=0.01, burst=2))
+    local = metric("singleton_rate_limit_local_total")
     stop_redis()
     try:
-        # The refusal is remembered locally for at most a second; then the limiter asks
-        # Redis, cannot reach it, and lets the calls through.
-        async def let_through():
-            return (await me.post("/api/v1/payments", body))[0] == 201
-
-        await wait_until(let_through, timeout=5, interval=0.2, what="the limiter to fail open")
-        codes = [(await me.post("/api/v1/payments", body))[0] for _ in range(3)]
-        assert codes == [201, 201, 201], "fail open: writes go on without the limiter"
-        # Each call let through is counted: the first one above, then these three.
-        assert metric("singleton_rate_limit_fail_open_total") == failed_open + 4
+        writes = [(await me.post("/api/v1/payments", body))[0] for _ in range(5)]
+        assert writes == [201, 201, 201, 429, 429], "a write burst past the limit is refused with Redis down"
+        anonymous = [(await api.with_key(None).get("/health"))[0] for _ in range(3)]
+        assert anonymous == [200, 200, 429], "so are calls without a key"
+        # The read bucket already gave one token through Redis (its share is kept a second):
+        # reads by a valid key are limited too, once Redis is found out of reach.
+        reads = [(await me.get(f"/api/v1/users/{user['id']}"))[0] for _ in range(4)]
+        assert reads.count(429) >= 1 and reads[-1] == 429, reads
+        assert metric("singleton_rate_limit_local_total") >= local + 5 + 3 + 1
+        code, error, headers = await me.post("/api/v1/payments", body)
+        assert code == 429 and error["error"]["code"] == "rate_limited" and int(headers["Retry-After"]) >= 1
 
         async def shown():
             code, health, _ = await api.get("/health")
-            return health["rate_limiter"] == {"status": "fail_open"} and (code, health)
+            return health["rate_limiter"] == {"status": "local"} and (code, health)
 
-        code, health = await wait_until(shown, timeout=10, what="/health to show the limiter failing open")
+        code, health = await wait_until(shown, timeout=10, what="/health to show the limiter local")
         assert code == 200 and health["status"] == "degraded" and "rate_limiter" in health["down"]
 
-        monkeypatch.setattr(RateLimiter.instance(), "fail_open", False)
+        monkeypatch.setattr(limits, "redis_down", "closed")
         code, error, headers = await me.post("/api/v1/payments", body)
         assert code == 503 and error["error"]["code"] == "dependency_unavailable" and headers["Retry-After"]
-        monkeypatch.setattr(RateLimiter.instance(), "fail_open", True)
+        monkeypatch.setattr(limits, "redis_down", "local")
     finally:
         await start_redis()
 
@@ -105,13 +118,15 @@ async def test_with_redis_gone_the_limiter_fails_open_and_says_so(api, monkeypat
 
 
 def redis_calls_at_100_reads_per_s(monkeypatch) -> list:
-    """Reads limited to 100/s (a burst of 50); the list fills with the limiter's Redis calls."""
+    """Reads limited to 100/s (a burst of 50); the list fills with the limiter's Redis calls
+    for keys' buckets (a key's first lookup also takes a token of its address's)."""
     monkeypatch.setattr(RateLimiter.instance(), "read", Rate(per_s=100, burst=50))
     calls = []
     take_tokens = RedisManager.take_tokens
 
     async def counted(self, *args, **kwargs):
-        calls.append(args)
+        if args[0].startswith("rl:key:"):
+            calls.append(args)
         return await take_tokens(self, *args, **kwargs)
 
     monkeypatch.setattr(RedisManager, "take_tokens", counted)

@@ -149,7 +149,36 @@ def test_the_shipped_config_holds_no_secret():
     data = yaml.safe_load(config_module.DEFAULT_PATH.read_text())
     for section, key in config_module.SECRETS:
         assert data[section][key] == "", f"{section}.{key} must come from the environment or its file"
-    assert data["auth"]["enabled"] is True and data["rate_limit"]["enabled"] is True
+    assert data["rate_limit"]["enabled"] is True and "enabled" not in data["auth"]
+
+
+def test_the_shipped_config_mints_no_admin_key():
+    """Only `make run` (the dev stack) asks for one, through the environment."""
+    data = yaml.safe_load(config_module.DEFAULT_PATH.read_text())
+    assert data["auth"]["bootstrap_admin_key_file"] == ""
+    assert config_module.load(env={}, overrides=UNIT_SECRETS)["auth"]["bootstrap_admin_key_file"] == ""
+    makefile = (config_module.DEFAULT_PATH.parent / "Makefile").read_text()
+    assert "SINGLETON_AUTH__BOOTSTRAP_ADMIN_KEY_FILE=$(CURDIR)/.devstack/admin.key $(PY) -m service\n" in makefile
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SINGLETON_AUTH__ENABLED": "false"}, "auth.enabled"),
+        ({"SINGLETON_AUTH__ENABLED": "true"}, "auth.enabled"),
+        ({"SINGLETON_RATE_LIMIT__FAIL_OPEN": "true"}, "rate_limit.fail_open"),
+    ],
+)
+def test_a_removed_setting_fails_the_start_saying_why(env, named):
+    with pytest.raises(ConfigError, match="is not a setting any more") as caught:
+        config_module.load(env=env, overrides=UNIT_SECRETS)
+    assert str(caught.value).startswith(named)
+
+
+def test_auth_cannot_be_turned_off_from_a_config_file(tmp_path):
+    path = repository_config(tmp_path, auth__enabled=False)
+    with pytest.raises(ConfigError, match=r"^auth\.enabled \(or SINGLETON_AUTH__ENABLED\) is not a setting any more"):
+        config_module.load(path, env={}, overrides=UNIT_SECRETS)
 
 
 def test_as_env_is_read_back_exactly_as_written():
@@ -159,7 +188,7 @@ def test_as_env_is_read_back_exactly_as_written():
         "kafka": {"client_id": "123", "topic": "true"},
         "auth": {"token_secret": "0123", "bootstrap_admin_key_file": ""},
         "mysql": {"password": "null", "migrate_password": "true", "port": 3307},
-        "rate_limit": {"fail_open": False, "read_per_s": 2.5},
+        "rate_limit": {"redis_down": "closed", "read_per_s": 2.5},
         "cors": {"allowed_origins": ["http://a.example", "*"]},
     }
     env = config_module.as_env(overrides, base={"PATH": "/bin"})

@@ -45,7 +45,7 @@ def test_the_essential_dependency_down_is_down_and_not_ready_whatever_else():
 
 def test_a_watched_part_that_is_not_ok_degrades_by_its_name_and_disabled_is_not_down():
     failing = {"consumers": {"broadcast": {"status": "ok", "lag": 0}, "analytics": {"status": "down", "lag": 9}}}
-    report = assess(deps(), {**failing, "rate_limiter": {"status": "fail_open"}}, essential="mysql")
+    report = assess(deps(), {**failing, "rate_limiter": {"status": "local"}}, essential="mysql")
     assert (report["status"], report["ready"]) == ("degraded", True)
     assert report["down"] == ["analytics", "rate_limiter"]
     assert report["consumers"] == failing["consumers"], "each part's own report is kept as it is"

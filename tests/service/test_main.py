@@ -48,7 +48,7 @@ async def test_sigterm_stops_cleanly_with_exit_0():
     assert messages[-1] == "stopped"
 
 
-KEY = re.compile(r"^sk_(admin|user)_[0-9A-Za-z]{32}$")
+KEY = re.compile(r"^sgl_(admin|user)_[0-9A-Za-z]{38}$")
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -57,7 +57,8 @@ async def test_keys_cli_creates_lists_and_revokes(services):
     created = await run_service("keys", "create", "--role", "admin", env=env)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
-    assert KEY.match(key) and created.stdout == key + "\n", "stdout holds the key and nothing else"
+    assert KEY.match(key) and auth.well_formed(key)
+    assert created.stdout == key + "\n", "stdout holds the key and nothing else"
 
     listed = await run_service("keys", "list", env=env)
     assert listed.returncode == 0, listed.stderr
@@ -83,7 +84,7 @@ async def test_first_start_with_no_admin_key_writes_one_to_a_private_file(tmp_pa
 
     out, _ = await run_until_healthy_then_stop(env, until=key_file.exists)
     key = key_file.read_text().strip()
-    assert KEY.match(key) and key.startswith("sk_admin_")
+    assert KEY.match(key) and key.startswith("sgl_admin_")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert str(key_file) in out and key not in out, "the log says where the key is, never what it is"
 
