@@ -38,6 +38,7 @@ async def test_the_shipped_auth_section_mints_no_admin_key(tmp_path, config):
     env = service_env(
         SINGLETON_MYSQL__DATABASE=database,
         SINGLETON_MYSQL__PASSWORD=config["mysql"]["password"],
+        SINGLETON_MYSQL__MIGRATE_PASSWORD=config["mysql"]["migrate_password"],
         SINGLETON_AUTH__TOKEN_SECRET=config["auth"]["token_secret"],
         SINGLETON_LOGGING__LEVEL="INFO",
     )
