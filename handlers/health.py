@@ -33,6 +33,15 @@ class HealthHandler(BaseHandler):
         self.write_json(report, 503 if report["status"] == "down" else 200)
 
 
+class StatusHealthHandler(HealthHandler):
+    """``/health`` of a process without the API (``--role relay`` or ``analytics``): it has
+    neither keys to check nor a rate limiter, so everyone gets the status alone; the whole
+    report is on its metrics listener."""
+
+    rate_limited = False
+    checks_key = False
+
+
 class FullHealthHandler(BaseHandler):
     """The whole report, for the metrics listener (loopback, or an address only the
     scraper and operators reach): dependency names and details without an admin key."""
@@ -73,6 +82,13 @@ def public_view(report: dict[str, Any]) -> dict[str, Any]:
 
 default_handlers = [
     (r"/health", HealthHandler),
+    (r"/health/live", LiveHandler),
+    (r"/health/ready", ReadyHandler),
+]
+
+# The API port of a process that serves no API (service/app.py).
+probe_handlers = [
+    (r"/health", StatusHealthHandler),
     (r"/health/live", LiveHandler),
     (r"/health/ready", ReadyHandler),
 ]

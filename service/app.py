@@ -8,6 +8,7 @@ from typing import Any
 
 import tornado.web
 
+from handlers import health
 from handlers.base import NotFoundHandler, Traffic, log_request
 from managers.config import Config
 
@@ -30,8 +31,11 @@ def make_app(config: Config, role: str = "all") -> tornado.web.Application:
     """The API for the roles that serve it (all, api); the health endpoints alone for the others."""
     ws = config["websocket"]
     routes: Routes = []
-    for name in HANDLER_MODULES if role in API_ROLES else ("handlers.health",):
-        routes.extend(importlib.import_module(name).default_handlers)
+    if role in API_ROLES:
+        for name in HANDLER_MODULES:
+            routes.extend(importlib.import_module(name).default_handlers)
+    else:
+        routes.extend(health.probe_handlers)
     return tornado.web.Application(
         routes,
         log_function=log_request,

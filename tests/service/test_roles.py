@@ -43,3 +43,31 @@ async def test_an_api_process_takes_writes_and_a_relay_elsewhere_publishes_their
         await consumer.stop()
     mine = [e["type"] for e in seen if e.get("user_id") == user["id"]]
     assert mine == ["user_created", "payment_created", "payment_updated"]
+
+
+@pytest.fixture(params=["relay", "analytics"])
+def headless_process(io_loop, request):
+    with service_process(io_loop, "--role", request.param) as (proc, url):
+        yield request.param, proc, url
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_process_without_the_api_answers_its_health_with_the_status_alone(api, headless_process):
+    """Such a process starts no key checker and no rate limiter: its /health was a 500 for
+    every caller. It gives the status alone, whatever key it is sent (the whole report is
+    on its metrics listener)."""
+    role, proc, url = headless_process
+
+    async def health():
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            answer = await api.at(url).get("/health")
+        except OSError:
+            return None
+        return answer if answer[0] != 503 else None  # 503: down until its first checks
+
+    code, body, _ = await wait_until(health, timeout=60, interval=0.2, what=f"the {role} process to answer")
+    assert code == 200 and body == {"status": "ok"}
+    code, body, _ = await api.at(url).with_key(None).get("/health")
+    assert code == 200 and body == {"status": "ok"}
+    assert (await api.at(url).get("/health/live"))[0] == 200
