@@ -98,7 +98,7 @@ def parse_amount(value: Decimal | int | str | codec.OutOfBounds, currency: str, 
     if amount > maximum:
         raise MoneyError("amount_too_large", f"amount must be at most {maximum}")
     places = f"{currency} allows at most {exponent} decimal place{'s' if exponent != 1 else ''}"
-    if amount.adjusted() < -exponent:  # less than one minor unit (1e-999999 ends here)
+    if amount.adjusted() < -exponent:  # less than one minor unit (0.001 USD, 1e-9999 end here)
         raise MoneyError("invalid_amount", places)
     try:
         minor = amount.scaleb(exponent, context=EXACT)
