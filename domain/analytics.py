@@ -75,7 +75,6 @@ import datetime as dt
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
 from typing import Any, NamedTuple
 
 from bson import Int64
@@ -85,7 +84,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from domain import buckets, codec, events
 from domain.events import Event
-from domain.money import EXPONENTS, format_amount
+from domain.money import EXACT, EXPONENTS, format_amount
 from domain.payments import TRANSITIONS
 from managers import metrics
 from managers.mongodb import MongoManager
@@ -125,8 +124,8 @@ class StaleWrite(PyMongoError):
 
 def minor_units(amount: str, currency: str) -> int:
     """The exact decimal string of a payment back to integer minor units."""
-    minor = Decimal(amount).scaleb(EXPONENTS[currency])
-    if minor <= 0 or minor != minor.to_integral_value():
+    minor = EXACT.create_decimal(amount).scaleb(EXPONENTS[currency], context=EXACT)
+    if minor <= 0 or minor != minor.to_integral_value(context=EXACT):
         raise ValueError(f"{amount} is not a positive {currency} amount")
     return int(minor)
 

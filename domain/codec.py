@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 import uuid
+from collections import Counter
 from decimal import Decimal
 from typing import Any
 
@@ -18,14 +19,67 @@ def _reject_constant(name: str) -> Any:
     raise InvalidJSON(f"{name} is not valid JSON")
 
 
-def loads(raw: bytes | str) -> Any:
-    """Parse JSON with every non-integer number as a Decimal (``100.50`` stays exact).
+# A JSON number is read (an int, or an exact Decimal) only within these bounds, checked on
+# its text before any conversion: past them, reading it costs time that grows with its
+# length (int() is quadratic) or its exponent, and no value of this service needs them.
+MAX_NUMBER_CHARS = 100
+MAX_EXPONENT = 9999
+_EXPONENT = re.compile(r"[eE]([+-]?[0-9]+)\Z")
 
-    Anything that is not JSON raises InvalidJSON, including input nested too deep
-    for the parser (which raises RecursionError, not ValueError).
+
+class OutOfBounds:
+    """A JSON number longer than MAX_NUMBER_CHARS characters, or with an exponent beyond
+    ±MAX_EXPONENT, left unread. It is neither a number nor a string to the schemas, so a
+    request holding one fails validation (422) naming its field, like any value of the
+    wrong type; only its first characters are kept."""
+
+    __slots__ = ("length", "prefix")
+    RULE = (
+        f"a number past what the service reads (at most {MAX_NUMBER_CHARS} characters, exponent within ±{MAX_EXPONENT})"
+    )
+
+    def __init__(self, literal: str):
+        self.prefix, self.length = literal[:24], len(literal)
+
+    def __repr__(self) -> str:
+        return f"<a number of {self.length} characters: {self.prefix}...>"
+
+
+def _number(literal: str) -> Decimal | OutOfBounds:
+    if len(literal) > MAX_NUMBER_CHARS:
+        return OutOfBounds(literal)
+    exponent = _EXPONENT.search(literal)
+    if exponent is not None and abs(int(exponent.group(1))) > MAX_EXPONENT:
+        return OutOfBounds(literal)
+    return Decimal(literal)  # exact: the constructor never rounds
+
+
+def _integer(literal: str) -> int | OutOfBounds:
+    return OutOfBounds(literal) if len(literal) > MAX_NUMBER_CHARS else int(literal)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, refusing a repeated key: parsers disagree on which one wins (the first,
+    the last), so a proxy and this service could each read a different body."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        repeated = next(key for key, n in Counter(key for key, _ in pairs).items() if n > 1)
+        raise InvalidJSON(f"duplicate key {repeated[:64]!r}")
+    return value
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON with every non-integer number as a Decimal (``100.50`` stays exact), and
+    every number past the bounds above as an ``OutOfBounds`` (never converted).
+
+    Anything that is not JSON raises InvalidJSON, including an object with a repeated
+    key and input nested too deep for the parser (which raises RecursionError, not
+    ValueError).
     """
     try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        return json.loads(
+            raw, parse_float=_number, parse_int=_integer, parse_constant=_reject_constant, object_pairs_hook=_object
+        )
     except InvalidJSON:
         raise
     except (ValueError, UnicodeDecodeError) as exc:

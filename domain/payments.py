@@ -7,7 +7,6 @@ import binascii
 import datetime as dt
 import hashlib
 import json
-from decimal import Decimal
 from typing import Any, NamedTuple
 
 from domain import audit, codec, events, outbox, users
@@ -62,7 +61,7 @@ def request_fingerprint(user_id: str, amount_minor: int, currency: str, descript
 
 async def create(
     body: PaymentCreate,
-    max_amount: Decimal,
+    max_amount: int,
     idempotency_key: str | None = None,
     idempotency_scope: str = "admin",
     *,

@@ -16,6 +16,7 @@ from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from domain import codec
 from domain.errors import APIError
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.yaml"
@@ -108,6 +109,8 @@ MAX_MESSAGE = 200
 
 
 def _message(error: jsonschema.ValidationError) -> str:
+    if isinstance(error.instance, codec.OutOfBounds):
+        return f"is {codec.OutOfBounds.RULE}"
     if error.validator == "pattern":
         return "has an invalid format or characters that are not allowed"
     if error.validator == "maxLength":

@@ -7,7 +7,6 @@ as if it did not exist); changing a status needs an admin key.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 
 from domain import payments, schemas
 from domain.errors import APIError, user_not_found
@@ -25,7 +24,7 @@ class PaymentsHandler(BaseHandler):
         body = schemas.validate("PaymentCreate", self.get_json_body())
         if not self.caller.can_see(body["user_id"]):
             raise user_not_found(body["user_id"])
-        max_amount = Decimal(self.config["payments"]["max_amount"])
+        max_amount: int = self.config["payments"]["max_amount"]
         scope = "admin" if self.caller.is_admin else f"user:{self.caller.user_id}"
         created = await payments.create(body, max_amount, key, scope, actor=self.actor)
         if created.replayed:

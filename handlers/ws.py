@@ -35,6 +35,8 @@ from managers.websocket_hub import CLOSE_KEY_REVOKED, CLOSE_TRY_AGAIN, Connectio
 
 log = logging.getLogger("singleton.websocket")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")  # the document's Jwt
+MAX_TOKEN_CHARS = 1024
 SUPPORTED_VERSIONS = ("7", "8", "13")  # what Tornado's WebSocket protocol accepts
 EMPTY_HEADERS = httputil.HTTPHeaders()  # shared by every open socket, never written to
 
@@ -61,20 +63,35 @@ class EventsSocket(tornado.websocket.WebSocketHandler, BaseHandler):
     claims: TokenClaims | None = None  # the token that opened the socket
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
+        self._check_query()
         self._check_handshake()
         self.user_id = self._token_user()
         requested = self.query("user_id")
         if requested is not None and requested != self.user_id:
             raise forbidden("user_id is not the token's user")
         self.client_id = self.query("client_id", "")
-        if not _CLIENT_ID.fullmatch(self.client_id):
-            raise APIError(400, "invalid_client_id", "client_id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
-        last = self.query("last_event_id")
-        self.last_event_id = None if last is None else self.resource_id(last, "event", status=400)
+        self.last_event_id = self.query("last_event_id")
         refusal = WebSocketHub.instance().refusal(self.user_id, self.client_id, self.remote_ip)
         if refusal is not None:
             raise APIError(429, "too_many_sockets", refusal, headers={"Retry-After": "5"})
         await super().get(*args, **kwargs)
+
+    def _check_query(self) -> None:
+        """The query against the parameters the document declares, before anything else:
+        one it calls invalid is a 400 (a malformed token, a 401), handshake or not, so
+        that only a well-formed request meets the 426 of a missing handshake. Every
+        answer /ws gives before the upgrade is one the document declares."""
+        token = self.query("token")
+        if token is not None and not (len(token) <= MAX_TOKEN_CHARS and _JWT.fullmatch(token)):
+            raise unauthorized("the token is not valid (not a JSON Web Token)", "invalid_token")
+        requested = self.query("user_id")
+        if requested is not None:
+            self.resource_id(requested, "user", status=400)
+        if not _CLIENT_ID.fullmatch(self.query("client_id", "")):
+            raise APIError(400, "invalid_client_id", "client_id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+        last = self.query("last_event_id")
+        if last is not None:
+            self.resource_id(last, "event", status=400)
 
     def _check_handshake(self) -> None:
         """What Tornado checks before an upgrade, answered in JSON instead of its plain text."""

@@ -1,19 +1,29 @@
-"""The OpenAPI document against the running service, checked by schemathesis.
+"""The OpenAPI document against the running service, checked by schemathesis, tuned and untuned.
 
 A real ``python -m service`` on the real backing services, on a database of its own
 made empty for each run, with the suite's other overrides (rate limits far above what
 the run sends). It holds an admin key made the way an operator makes one
-(``python -m service keys create``). schemathesis runs with every check on and is
-configured by ``schemathesis.toml`` beside this file, twice at the same time (each
-client keeps a core busy; the service, a fraction of one):
+(``python -m service keys create``). schemathesis runs three times at once (each
+client keeps a core busy; the service, a fraction of one), all with the same fixed seed:
 
-1. every phase, 200 examples per operation, however long that takes (one to two minutes);
-2. the stateful phase again for a fixed time. Each of its suites ends as soon as the
-   service's state changes what Hypothesis draws (it counts that as flaky, not as a
+1. tuned (``schemathesis.toml`` beside this file): every check, every phase, 200
+   examples per operation (one to two minutes). The config gives it test data (a user
+   that exists, real currencies, a key to revoke) and, per operation, the 4xx statuses
+   no JSON Schema can rule out, each with its reason; so it is the run that judges
+   ``positive_data_acceptance``: valid requests reach the service's own rules and pass.
+2. tuned, the stateful phase again for a fixed time. Each of its suites ends as soon as
+   the service's state changes what Hypothesis draws (it counts that as flaky, not as a
    failure), so one pass covers only a few links; repeating it covers most of them.
+3. untuned (``untuned.toml``): the document alone, as a stranger's fuzzer reads it:
+   every check but ``positive_data_acceptance`` (which needs what no schema holds: a
+   cursor the service issued, the ISO 4217 list, users that exist), no test data, no
+   expected statuses, every phase, 50 examples per operation; all but revoking a key
+   (it would revoke its own). It holds the service to every status, header and body
+   the document declares for any input, and to rejecting whatever the document calls
+   invalid.
 
-Both use the config's fixed seed. The whole report of a failing run is the failure
-message, followed by any error the service logged during the run.
+The whole report of a failing run is the failure message, followed by any error the
+service logged during the run.
 """
 
 from __future__ import annotations
@@ -42,7 +52,9 @@ from tests.helpers import (
     wait_healthy,
 )
 
-CONFIG = Path(__file__).with_name("schemathesis.toml")
+TUNED = Path(__file__).with_name("schemathesis.toml")
+UNTUNED = Path(__file__).with_name("untuned.toml")
+UNTUNED_LEFT_OUT = "DELETE /api/v1/api-keys/{id}"
 DATABASE = "singleton_test_contract"
 MIN_EXAMPLES = 200
 STATEFUL_SECONDS = 60
@@ -89,10 +101,12 @@ def admin_call(base_url: str, key: str, path: str, body: dict) -> dict:
         return json.load(response)
 
 
-async def schemathesis(base_url: str, env: dict[str, str], workdir: Path, *options: str) -> subprocess.CompletedProcess:
+async def schemathesis(
+    config: Path, base_url: str, env: dict[str, str], workdir: Path, *options: str
+) -> subprocess.CompletedProcess:
     return await in_thread(
         subprocess.run,
-        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run", "--no-color", *options]
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", "--no-color", *options]
         + [f"{base_url}/openapi.json"],
         cwd=workdir,  # anything schemathesis writes stays out of the tree
         env=env,
@@ -141,13 +155,21 @@ async def test_the_service_keeps_every_promise_of_its_openapi_document(contract_
         "CONTRACT_USER_ID": user["id"],
         "CONTRACT_REVOCABLE_KEY_ID": revocable["id"],
     }
-    report = tmp_path / "run.ndjson"
-    fuzzing, stateful = tmp_path / "fuzzing", tmp_path / "stateful"
-    fuzzing.mkdir(), stateful.mkdir()
+    report, untuned_report = tmp_path / "run.ndjson", tmp_path / "untuned.ndjson"
+    fuzzing, stateful, untuned = tmp_path / "fuzzing", tmp_path / "stateful", tmp_path / "untuned"
+    fuzzing.mkdir(), stateful.mkdir(), untuned.mkdir()
 
     runs = await asyncio.gather(
-        schemathesis(base_url, env, fuzzing, "--report", "ndjson", "--report-ndjson-path", str(report)),
-        schemathesis(base_url, env, stateful, "--phases", "stateful", "--max-time", str(STATEFUL_SECONDS)),
+        schemathesis(TUNED, base_url, env, fuzzing, "--report", "ndjson", "--report-ndjson-path", str(report)),
+        schemathesis(TUNED, base_url, env, stateful, "--phases", "stateful", "--max-time", str(STATEFUL_SECONDS)),
+        schemathesis(
+            UNTUNED,
+            base_url,
+            env,
+            untuned,
+            *("--checks", "all", "--exclude-checks", "positive_data_acceptance"),
+            *("--report", "ndjson", "--report-ndjson-path", str(untuned_report)),
+        ),
     )
 
     logged = service_log.read_bytes()[healthy_at:].decode(errors="replace")
@@ -160,3 +182,5 @@ async def test_the_service_keeps_every_promise_of_its_openapi_document(contract_
     assert set(documented) - set(counts) == {SCHEMA_ITSELF}, f"not fuzzed: {set(documented) - set(counts)}"
     thin = {op: n for op, n in counts.items() if n < MIN_EXAMPLES and documented[op]}
     assert not thin, f"fewer than {MIN_EXAMPLES} examples: {thin} (all: {dict(counts)})"
+    untuned_counts = fuzzed_per_operation(untuned_report)
+    assert set(documented) - set(untuned_counts) == {SCHEMA_ITSELF, UNTUNED_LEFT_OUT}, dict(untuned_counts)

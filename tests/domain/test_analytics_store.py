@@ -13,7 +13,6 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from decimal import Decimal
 
 import pytest
 
@@ -34,7 +33,7 @@ BATCH = AnalyticsConsumer.batch_size
 
 DATABASE = "singleton_test_store"
 T0 = dt.datetime(2031, 3, 14, 9, 26, 53, tzinfo=dt.UTC)
-MAX = Decimal(10**9)
+MAX = 10**9
 
 
 @pytest.fixture

@@ -29,6 +29,22 @@ def test_anything_that_is_not_json_is_invalid_json_never_another_error(raw):
         codec.loads(raw)
 
 
+@pytest.mark.parametrize(
+    "raw", [b'{"a": 1, "a": 2}', b'{"x": {"b": "1", "b": "1"}}', b'[{"amount": "1", "amount": "9"}]']
+)
+def test_a_repeated_key_is_invalid_json_at_any_depth(raw):
+    """Parsers disagree on which of two equal keys wins: refusing both leaves nothing
+    for a proxy and this service to read differently."""
+    with pytest.raises(codec.InvalidJSON, match="duplicate key"):
+        codec.loads(raw)
+
+
+def test_numbers_past_the_bounds_are_left_unread_wherever_they_are():
+    value = codec.loads(b'{"n": [1e10000, -1E-10000, ' + b"7" * 101 + b"]}")
+    assert all(isinstance(v, codec.OutOfBounds) for v in value["n"])
+    assert repr(value["n"][2]) == f"<a number of 101 characters: {'7' * 24}...>"
+
+
 def test_dumps_writes_times_ids_and_decimals_as_the_api_shows_them():
     at = dt.datetime(2026, 11, 25, 1, 2, 3, 456789)  # naive: UTC, as MariaDB returns it
     ident = uuid.UUID("3f2b8f0e-8a4c-4d2e-9f57-1c2d3e4f5a6b")

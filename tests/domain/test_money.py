@@ -9,7 +9,7 @@ import pytest
 from domain import schemas
 from domain.money import AMOUNT_PATTERN, EXPONENTS, MoneyError, format_amount, parse_amount
 
-MAX = Decimal("1000000")
+MAX = 1_000_000
 
 
 @pytest.mark.parametrize(

@@ -279,3 +279,93 @@ async def test_clients_that_trickle_half_a_request_line_hold_nothing(api, config
 async def test_an_unknown_method_on_an_unknown_route_is_404(api):
     code, body, _ = await api.request("FOO", "/nowhere")
     assert (code, body["error"]["code"]) == (404, "not_found")
+
+
+# -- raw requests, as from outside: bytes on a socket, no client library in between --------
+async def raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """Send ``head`` (request line and headers, without the blank line) and ``body``;
+    return the status, headers (lower-cased names) and body of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    top, _, payload = answer.partition(b"\r\n\r\n")
+    status_line, *lines = top.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, payload
+
+
+def _json_post(path: str, key: str, body: bytes) -> tuple[str, bytes]:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}"
+    )
+    return head, body
+
+
+USER_BODY = b'{"email": "raw@example.com", "name": "Raw"}'
+HOSTILE_BODIES = {
+    "truncated": (b'{"email": "a@b.co", "name": ', 400, "invalid_json"),
+    "single quotes": (b"{'email': 'a@b.co'}", 400, "invalid_json"),
+    "trailing garbage": (USER_BODY + b" x", 400, "invalid_json"),
+    "two documents": (USER_BODY + USER_BODY, 400, "invalid_json"),
+    "invalid utf-8": (b'{"email": "\xff\xfe@b.co", "name": "x"}', 400, "invalid_json"),
+    "duplicate keys": (b'{"email": "a@b.co", "name": "A", "name": "B"}', 400, "invalid_json"),
+    "NaN": (b'{"amount": NaN}', 400, "invalid_json"),
+    "Infinity": (b'{"amount": Infinity}', 400, "invalid_json"),
+    "-Infinity": (b'{"amount": -Infinity}', 400, "invalid_json"),
+    "nested 30000 deep": (b'{"name": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400, "invalid_json"),
+    "a huge exponent": (b'{"email": "a@b.co", "name": 1e999999999}', 422, "validation_failed"),
+    "past Decimal's range": (b'{"email": "a@b.co", "name": 1e99999999999999999999}', 422, "validation_failed"),
+    "60,000 digits": (b'{"email": "a@b.co", "name": ' + b"9" * 60_000 + b"}", 422, "validation_failed"),
+    "an array": (b"[]", 422, "validation_failed"),
+    "a bare number": (b"1e999999999", 422, "validation_failed"),
+    "null": (b"null", 422, "validation_failed"),
+    "a lone surrogate": (b'{"email": "a@b.co", "name": "\\ud800"}', 422, "validation_failed"),
+}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("case", list(HOSTILE_BODIES))
+async def test_hostile_bodies_on_a_raw_socket_get_json_4xx(api, http_port, case):
+    body, status, code = HOSTILE_BODIES[case]
+    got, headers, payload = await raw_request(http_port, *_json_post("/api/v1/users", api.key, body))
+    assert headers["content-type"].startswith("application/json"), (got, payload[:200])
+    assert (got, json.loads(payload)["error"]["code"]) == (status, code), payload[:300]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "amount", [b"NaN", b"1e999999999", b"-1e-999999", b"9" * 60_000, b"[" * 30_000 + b"]" * 30_000]
+)
+async def test_hostile_amounts_on_a_raw_socket_get_json_4xx(api, http_port, amount):
+    user = await api.new_user()
+    body = b'{"user_id": "' + user["id"].encode() + b'", "currency": "USD", "amount": ' + amount + b"}"
+    got, headers, payload = await raw_request(http_port, *_json_post("/api/v1/payments", api.key, body))
+    assert 400 <= got < 500 and headers["content-type"].startswith("application/json"), (got, payload[:200])
+    assert json.loads(payload)["error"]["code"] in ("invalid_json", "validation_failed")
+
+
+@pytest.mark.gen_test
+async def test_a_chunked_body_is_judged_like_any_other(api, http_port):
+    """Without Content-Length: the chunks are read within the body limit, then the JSON."""
+    head = (
+        f"POST /api/v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api.key}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked"
+    )
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (b'{"name": 1e9', b"99999999}")) + b"0\r\n\r\n"
+    got, _, payload = await raw_request(http_port, head, chunks)
+    assert (got, json.loads(payload)["error"]["code"]) == (422, "validation_failed"), payload[:300]
+
+
+@pytest.mark.gen_test
+async def test_a_cursor_holding_a_number_past_decimals_range_is_400(api):
+    """A forged cursor is parsed by the same JSON reader: a number it cannot convert is
+    not a cursor (it was a decimal.InvalidOperation, a 500)."""
+    user = await api.new_user()
+    cursor = base64.urlsafe_b64encode(b'[1e99999999999999999999, "x"]').decode().rstrip("=")
+    code, body, _ = await api.get(f"/api/v1/users/{user['id']}/payments?cursor={cursor}")
+    assert (code, body["error"]["code"]) == (400, "invalid_cursor")

@@ -68,6 +68,74 @@ async def test_bad_amounts_and_currencies_are_422_naming_the_field(api, amount, 
     assert [d["field"] for d in body["error"]["details"]] == [field]
 
 
+# Amounts at the edges, over HTTP (the properties behind them: tests/domain/test_amount_edges.py).
+# Each is the JSON text of the amount, as a client writes it.
+NEAR_THE_BODY_LIMIT = 60_000  # digits: the body stays under server.max_body_bytes (64 KiB)
+EDGE_REFUSALS = [
+    ("1e-1000100", "USD", "validation_failed"),  # was stored as 0: the CHECK refused it, a 503
+    ("1e-999999", "JPY", "validation_failed"),
+    ("1E+999999999", "USD", "validation_failed"),
+    ("1.00000000000000000000000000001", "USD", "invalid_amount"),  # 30 digits: was rounded to 1.00
+    ("1." + "0" * 38 + "1", "USD", "invalid_amount"),  # 40 digits
+    ("0.000000000000000000000000000001", "KWD", "invalid_amount"),
+    ("1" + "0" * 39, "USD", "amount_too_large"),
+    ("-0", "USD", "validation_failed"),
+    ("0.000", "USD", "validation_failed"),
+    ("0e7", "JPY", "validation_failed"),
+    ("-1e-2", "USD", "validation_failed"),
+    ("1" * NEAR_THE_BODY_LIMIT, "USD", "validation_failed"),
+    ("0." + "0" * NEAR_THE_BODY_LIMIT + "1", "USD", "validation_failed"),
+    (json.dumps("1" * NEAR_THE_BODY_LIMIT), "USD", "validation_failed"),
+    ('"1.5E+2"', "USD", "validation_failed"),
+    ('"0.000"', "USD", "invalid_amount"),
+    ('"-0"', "USD", "validation_failed"),
+    ('"100.505"', "USD", "invalid_amount"),
+]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("amount", "currency", "code"), EDGE_REFUSALS, ids=lambda v: v if len(v) < 40 else f"{v[:12]}..({len(v)} chars)"
+)
+async def test_amounts_at_the_edges_are_422_never_stored_rounded_or_a_503(api, amount, currency, code):
+    user = await api.new_user()
+    raw = f'{{"user_id": "{user["id"]}", "currency": "{currency}", "amount": {amount}}}'.encode()
+    status, body, _ = await api.post("/api/v1/payments", raw=raw)
+    assert (status, body["error"]["code"]) == (422, code), body
+    assert [d["field"] for d in body["error"]["details"]] == ["amount"]
+    assert len(body["error"]["message"]) + len(json.dumps(body["error"]["details"])) < 1000  # no echo of the input
+    count = await MySQLManager.instance().home.fetchone(
+        "SELECT COUNT(*) AS n FROM payments WHERE user_id = %s", (user["id"],)
+    )
+    assert count == {"n": 0}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("amount", "currency", "minor", "shown"),
+    [
+        ("150e-2", "USD", 150, "1.50"),
+        ("1.5E+2", "JPY", 150, "150"),
+        ("15000000000000000000000E-23", "KWD", 150, "0.150"),
+        ("100.5000000000000000000000000000000000", "USD", 10050, "100.50"),
+        ("0.0001", "CLF", 1, "0.0001"),
+        ("1e6", "USD", 100_000_000, "1000000.00"),
+        ('"0000100.50"', "USD", 10050, "100.50"),
+        ('"999999.9990"', "KWD", 999_999_999, "999999.999"),
+    ],
+)
+async def test_exact_amounts_in_any_form_are_stored_exactly(api, amount, currency, minor, shown):
+    user = await api.new_user()
+    raw = f'{{"user_id": "{user["id"]}", "currency": "{currency}", "amount": {amount}}}'.encode()
+    status, payment, _ = await api.post("/api/v1/payments", raw=raw)
+    assert status == 201, payment
+    assert payment["amount"] == shown
+    row = await MySQLManager.instance().home.fetchone(
+        "SELECT amount_minor FROM payments WHERE id = %s", (payment["id"],)
+    )
+    assert row == {"amount_minor": minor}
+
+
 @pytest.mark.gen_test
 async def test_unknown_user_is_422_user_not_found(api):
     code, body, _ = await api.post("/api/v1/payments", {"user_id": MISSING, "amount": "1.00", "currency": "USD"})

@@ -17,6 +17,7 @@ import tornado.testing
 import tornado.websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
+from domain.schemas import openapi
 from managers import websocket_hub
 from managers.kafka_producer import KafkaProducerManager
 from managers.mysql import MySQLManager
@@ -148,6 +149,38 @@ async def test_a_plain_get_of_ws_is_a_json_426(http_client, base_url):
     response = await http_client.fetch(f"{base_url}/ws?client_id=c", raise_error=False)
     assert response.code == 426
     assert json.loads(response.body)["error"]["code"] == "upgrade_required"
+    assert response.headers["Upgrade"] == "websocket"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        ("", 400, "invalid_client_id"),
+        ("client_id=", 400, "invalid_client_id"),
+        ("client_id=" + "c" * 65, 400, "invalid_client_id"),
+        ("client_id=c%0A", 400, "invalid_client_id"),
+        ("client_id=c&client_id=bad%20id", 400, "invalid_client_id"),  # the last one counts
+        ("client_id=c&user_id=nope", 400, "invalid_user_id"),
+        ("client_id=c&user_id=3F2B8F0E-8A4C-4D2E-9F57-1C2D3E4F5A6B", 400, "invalid_user_id"),
+        ("client_id=c&last_event_id=x", 400, "invalid_event_id"),
+        ("client_id=c&token=", 401, "unauthorized"),
+        ("client_id=c&token=not-a-jwt", 401, "unauthorized"),
+        ("client_id=c&token=" + "a.b." + "c" * 1021, 401, "unauthorized"),
+        ("client_id=c&token=a.b.c&user_id=" + MISSING + "&last_event_id=" + MISSING, 426, "upgrade_required"),
+        ("client_id=c&unknown=1", 426, "upgrade_required"),
+    ],
+)
+async def test_without_a_handshake_ws_answers_only_declared_statuses(http_client, base_url, query, status, code):
+    """What a plain HTTP client (schemathesis, a curl) gets: the query is judged first,
+    so a malformed one is a 400 or 401 and only a well-formed one meets the 426; each
+    status is one the document declares for /ws."""
+    response = await http_client.fetch(f"{base_url}/ws?{query}", raise_error=False)
+    assert (response.code, json.loads(response.body)["error"]["code"]) == (status, code), response.body
+    declared = openapi()["paths"]["/ws"]["get"]["responses"]
+    assert str(response.code) in declared
+    if status == 426:
+        assert response.headers["Upgrade"] == "websocket"
 
 
 @pytest.mark.gen_test
