@@ -15,6 +15,7 @@ import random
 import resource
 import statistics
 import time
+from pathlib import Path
 
 from bench import analytics, client, drain, env, fanout, report, wrk
 from bench.env import log
@@ -36,6 +37,24 @@ COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging 
 SHARDED = len(env.shards()) > 1
 if SHARDED:  # the same servers, the home alone holding every logical shard or config's map
     VARIANTS |= {"1 shard": env.one_shard(), f"{len(env.shards())} shards": {}}
+# TLS to MariaDB, Redis and Kafka (config.tls.yaml's settings): the everyday stack serves it
+# beside plaintext, with its own CA (devstack/README.md); the cluster stack serves none.
+TLS = "TLS to MariaDB, Redis, Kafka"
+if not SHARDED:
+
+    def _tls_port(name: str, default: int) -> int:  # devstack's TLS port: the plaintext one + 1000
+        return int(os.environ.get(name, default)) + 1000
+
+    _tls_dir = Path(os.environ.get("DEVSTACK_DIR") or env.REPO / ".devstack") / "tls"
+    _tls_files = {"CA_FILE": "ca.pem", "CERT_FILE": "client.pem", "KEY_FILE": "client.key"}
+    VARIANTS[TLS] = {
+        f"SINGLETON_{store}__TLS__{key}": str(_tls_dir / name)
+        for store in ("MYSQL", "REDIS", "KAFKA")
+        for key, name in _tls_files.items()
+    } | {
+        "SINGLETON_REDIS__URL": f"rediss://{env.HOST}:{_tls_port('REDIS_PORT', 6379)}/{env.REDIS_DB}",
+        "SINGLETON_KAFKA__BOOTSTRAP_SERVERS": f"{env.HOST}:{_tls_port('KAFKA_PORT', 9092)}",
+    }
 SHARD_LAYOUTS = tuple(v for v in VARIANTS if v.endswith((" shard", " shards")))
 # A variant that must be driven with other ids: one shard holds only the users seeded on the home.
 VARIANT_IDS = {"1 shard": {"users": "users_home"}}
@@ -57,6 +76,8 @@ PHASES = {
     "costs": [(COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED])],  # 3 rounds of half-length runs
     "processes": [(("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")])],
 }
+if TLS in VARIANTS:  # what TLS to the stores costs: the shipped runs are the same endpoints in plaintext
+    PHASES["tls"] = [((TLS,), [(TLS, "get_user"), (TLS, "post_payments")])]
 if SHARDED:  # BENCH_SHARD_ROUNDS rounds alternating: one service at a time (BENCH_SHARDS_APART), or side by side
     s = env.Settings()
     if s.shards_apart:  # two services' background loops slowed each other's POSTs 2-8x here

@@ -52,7 +52,7 @@ class Settings:
     """Every knob; each from BENCH_<NAME> if set (BENCH_DURATION_S=5; a tuple: 25,50,100)."""
 
     stages: str = "http,ws,analytics"
-    phases: str = "shipped,pool,costs,processes,shards"  # of the http stage (bench/__main__.py PHASES)
+    phases: str = "shipped,pool,costs,processes,shards,tls"  # of the http stage (bench/__main__.py PHASES)
     shard_rounds: int = 3  # POST payments on 1 shard and on all, alternating (a sharded configuration)
     shards_apart: int = 1  # 1: one service at a time, started anew for each run; 0: both side by side
     duration_s: int = 10  # a wrk run
