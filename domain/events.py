@@ -25,13 +25,15 @@ class EventType(enum.StrEnum):
     USER_UPDATED = "user_updated"
     PAYMENT_CREATED = "payment_created"
     PAYMENT_UPDATED = "payment_updated"
+    REFUND_CREATED = "refund_created"
     HEALTH_CHECK = "health_check"
 
 
 USER_CREATED, USER_UPDATED = EventType.USER_CREATED, EventType.USER_UPDATED
 PAYMENT_CREATED, PAYMENT_UPDATED = EventType.PAYMENT_CREATED, EventType.PAYMENT_UPDATED
+REFUND_CREATED = EventType.REFUND_CREATED
 HEALTH_CHECK = EventType.HEALTH_CHECK
-DOMAIN_TYPES = (USER_CREATED, USER_UPDATED, PAYMENT_CREATED, PAYMENT_UPDATED)  # a user's changes
+DOMAIN_TYPES = (USER_CREATED, USER_UPDATED, PAYMENT_CREATED, PAYMENT_UPDATED, REFUND_CREATED)  # a user's changes
 metrics.count_by_name(EventType, metrics.EVENTS_PUBLISHED, metrics.WS_FRAMES_SENT)
 
 
@@ -44,7 +46,9 @@ class Event(TypedDict):
     version: int
     occurred_at: str  # RFC 3339, UTC
     user_id: str | None  # None for health_check
-    data: dict[str, Any]  # the resource as the API shows it (payment_updated adds previous_status)
+    data: dict[
+        str, Any
+    ]  # the resource as the API shows it (payment_updated adds previous_status; refund_created: the refund)
 
 
 def envelope(

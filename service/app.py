@@ -16,6 +16,7 @@ API_ROLES = ("all", "api")
 HANDLER_MODULES = (
     "handlers.users",
     "handlers.payments",
+    "handlers.refunds",
     "handlers.api_keys",
     "handlers.analytics",
     "handlers.health",
