@@ -36,7 +36,8 @@ _COLUMNS = (
 
 
 def cache_key(payment_id: str) -> str:
-    return f"payment:{payment_id}"
+    # v2: the shape with metadata and amount_refunded; an entry of the older shape is never read.
+    return f"payment:v2:{payment_id}"
 
 
 def to_api(row: Row) -> dict[str, Any]:

@@ -31,7 +31,8 @@ _COLUMNS = "id, email, name, version, created_at, updated_at, metadata"
 
 
 def cache_key(user_id: str) -> str:
-    return f"user:{user_id}"
+    # v2: the shape with metadata; an entry of the older shape is never read.
+    return f"user:v2:{user_id}"
 
 
 def etag(version: int) -> str:
