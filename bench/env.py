@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -137,20 +138,19 @@ def big_user(user_id: str, n: int = BIG_USER_PAYMENTS) -> str:
     they came), a quarter of each status of four; ids carrying the user's logical shard."""
     _, _, shard_map = shard_configs(config())
     shard = logical_shard(user_id)
+    start, statuses = datetime.datetime(2030, 1, 1), ("pending", "processing", "completed", "failed")
     rows = [
-        (new_id(shard), user_id, 1000 + i % 9000, "USD", "bench")
-        + (("pending", "processing", "completed", "failed")[i % 4], 2 if i % 4 else 1, i, i)
+        (new_id(shard), user_id, 1000 + i % 9000, "USD", "bench", statuses[i % 4], 2 if i % 4 else 1)
+        + (start + datetime.timedelta(minutes=i),) * 2
         for i in range(n)
     ]
-    minute = "'2030-01-01' + INTERVAL %s MINUTE"
-    with contextlib.closing(mysql_connect(shard=shard_map.physical(logical_shard(user_id)))) as conn:
-        with conn.cursor() as cur:
-            for k in range(0, n, 5000):
-                cur.executemany(
-                    "INSERT INTO payments (id, user_id, amount_minor, currency, description, status, version,"
-                    f" created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, {minute}, {minute})",
-                    rows[k : k + 5000],
-                )
+    with contextlib.closing(mysql_connect(shard=shard_map.physical(shard))) as conn, conn.cursor() as cur:
+        for k in range(0, n, 5000):  # plain values: pymysql sends each batch as one multi-row INSERT
+            cur.executemany(
+                "INSERT INTO payments (id, user_id, amount_minor, currency, description, status, version,"
+                " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                rows[k : k + 5000],
+            )
     log(f"seeded {n:,} payments for one user")
     return user_id
 
