@@ -64,8 +64,16 @@ ENDPOINTS = {
     "get_payment": ("GET payment (cache hit)", "get.lua", "payments", "/api/v1/payments/%s"),
     "list_payments": ("GET user payments (page of 20)", "get.lua", "list_users", "/api/v1/users/%s/payments?limit=20"),
     "post_payments": ("POST payments", "post_payments.lua", "users", ""),
+    "post_refunds": ("POST refunds (0.01 of a completed payment)", "post_refunds.lua", "completed", ""),
     "put_status": ("PUT payment status", "put_status.lua", "pending", ""),
+    "list_filtered": (
+        f"GET user payments, filtered ({env.BIG_USER_PAYMENTS:,} payments)",
+        "get.lua",
+        "big_user",
+        "/api/v1/users/%s/payments?limit=20&status=completed" + env.BIG_USER_WINDOW,
+    ),
 }
+WRITES = ("post_payments", "post_refunds", "put_status")  # each run is followed by the drain's measure
 CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
 KEYS = env.WORK / "keys.txt"
 # Each phase by name, as steps: the processes running side by side, and the (variant, endpoint)
@@ -128,6 +136,9 @@ class Run:
                 pending = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
                 random.Random(len(pending)).shuffle(pending)  # every shard's, mixed (they come shard by shard)
                 self.ids[ids] = pending
+            if ids == "completed":  # over REST, as a client would: the first 1,000 pending ones completed
+                port, key = self.running[variant][1], KEYS.read_text().split()[0]
+                self.ids[ids] = asyncio.run(client.completed(port, key, self.ids["payments"][:1000]))
             (env.WORK / f"{ids}.txt").write_text("\n".join(self.ids[ids]) + "\n")
             extra |= {"BENCH_IDS": str(env.WORK / f"{ids}.txt"), "BENCH_PATH": path}
             url = f"http://{env.HOST}:{self.running[variant][1]}"
@@ -154,7 +165,7 @@ class Run:
             for variant, endpoint in plan:
                 r = self.wrk(f"{variant}: {endpoint}", variant, endpoint, seconds)
                 r |= {"kind": "endpoint", "variant": variant, "endpoint": endpoint, "label": ENDPOINTS[endpoint][0]}
-                if endpoint in ("post_payments", "put_status"):
+                if endpoint in WRITES:
                     r["drain"] = self.drain(r["ended_at"])
                 after = self.wrk(f"baseline-{len(runs) // 2 + 1}", None, "", seconds) | {"kind": "baseline"}
                 r["baseline_rps"] = round(statistics.fmean([runs[-1]["rps"], after["rps"]]))
@@ -169,6 +180,7 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
         run.use(("shipped",))
         started, port = time.time(), run.running["shipped"][1]
         run.ids = asyncio.run(client.seed(port, key, s.users, s.list_users, s.payments_per_user))
+        run.ids["big_user"] = [env.big_user(run.ids["users"][-1])]
         if SHARDED:
             run.ids["users_home"] = env.on_home(run.ids["users"])
         KEYS.write_text("\n".join(asyncio.run(client.admin_keys(port, key, CLIENTS))) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from managers import config as service_config
 from managers.mysql import shard_configs
-from managers.shards import LOGICAL_SHARDS, logical_shard
+from managers.shards import LOGICAL_SHARDS, logical_shard, new_id
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / os.environ.get("BENCH_CONFIG", "config.yaml")).resolve()  # what the bench and its services read
@@ -129,6 +130,32 @@ def mysql_connect(database: str | None = MYSQL_DATABASE, shard: str | None = Non
         login |= {"user": c["migrate_user"], "password": c["migrate_password"]}
     # The service writes UTC_TIMESTAMP(): in UTC, UNIX_TIMESTAMP() reads it back as written.
     return pymysql.connect(**login, database=database, autocommit=True, init_command="SET time_zone = '+00:00'")
+
+
+BIG_USER_PAYMENTS = 100_000  # one minute apart from 2030-01-01: the filter's window holds 28 days of them
+BIG_USER_WINDOW = "&created_gte=2030-02-01T00:00:00Z&created_lt=2030-03-01T00:00:00Z"
+
+
+def big_user(user_id: str, n: int = BIG_USER_PAYMENTS) -> str:
+    """``n`` payments for ``user_id``, written straight to its shard (a page reads rows, however
+    they came), a quarter of each status of four; ids carrying the user's logical shard."""
+    _, _, shard_map = shard_configs(config())
+    shard = logical_shard(user_id)
+    start, statuses = datetime.datetime(2030, 1, 1), ("pending", "processing", "completed", "failed")
+    rows = [
+        (new_id(shard), user_id, 1000 + i % 9000, "USD", "bench", statuses[i % 4], 2 if i % 4 else 1)
+        + (start + datetime.timedelta(minutes=i),) * 2
+        for i in range(n)
+    ]
+    with contextlib.closing(mysql_connect(shard=shard_map.physical(shard))) as conn, conn.cursor() as cur:
+        for k in range(0, n, 5000):  # plain values: pymysql sends each batch as one multi-row INSERT
+            cur.executemany(
+                "INSERT INTO payments (id, user_id, amount_minor, currency, description, status, version,"
+                " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                rows[k : k + 5000],
+            )
+    log(f"seeded {n:,} payments for one user")
+    return user_id
 
 
 def mysql_query(sql: str, args: tuple = ()) -> list[tuple]:

@@ -5,7 +5,9 @@
 Each event is a pure delta on counters: ``payment_created`` adds one payment and
 its amount to (currency, status); ``payment_updated`` carries ``previous_status``
 and moves one payment and its amount from (currency, previous_status) to
-(currency, status). Amounts are integer minor units (domain/money.py). Every
+(currency, status); ``refund_created`` adds one refund and its amount to (currency,
+``refunds``), a row of its own beside the statuses, placed in the buckets by the refund's
+own time (a summary counts the refunds made in its window). Amounts are integer minor units (domain/money.py). Every
 counter is changed with ``$inc``, so an event costs the same at a user's first
 payment as at its 100,000th, and no document grows with history:
 
@@ -130,10 +132,16 @@ def minor_units(amount: str, currency: str) -> int:
     return int(minor)
 
 
+REFUNDS = "refunds"  # the counters' row of refunds, beside the statuses' (not a status)
+
+
 def counter_moves(event: Event) -> list[tuple[str, int]]:
-    """The counters (``<currency>_<status>``) an event changes, and by how many payments.
-    Flat keys: FerretDB reads and writes a document in time that grows with its nesting."""
+    """The counters (``<currency>_<status>``, or ``<currency>_refunds``) an event changes, and
+    by how many payments or refunds. Flat keys: FerretDB reads and writes a document in time
+    that grows with its nesting."""
     data = event["data"]
+    if event["type"] == events.REFUND_CREATED:
+        return [(f"{data['currency']}_{REFUNDS}", 1)]
     if event["type"] == events.PAYMENT_CREATED:
         return [(f"{data['currency']}_{data['status']}", 1)]
     if event["type"] == events.PAYMENT_UPDATED:
@@ -150,6 +158,9 @@ def _usable(event: Any) -> bool:
         codec.from_rfc3339(event["occurred_at"])
         if not (isinstance(event["event_id"], str) and isinstance(event["user_id"], str)):
             raise TypeError("event_id and user_id must be strings")
+        if event["type"] == events.REFUND_CREATED:
+            minor_units(event["data"]["amount"], event["data"]["currency"])
+            codec.from_rfc3339(event["data"]["created_at"])
         if event["type"] in (events.PAYMENT_CREATED, events.PAYMENT_UPDATED):
             data = event["data"]
             minor_units(data["amount"], data["currency"])
@@ -250,15 +261,21 @@ def add_counters(rows: Rows, counters: dict[str, int]) -> None:
 
 
 def totals(rows: Rows) -> dict[str, Any]:
-    """(currency, status) counts and totals into totals per currency and per status, exact."""
+    """(currency, status) counts and totals into totals per currency and per status, and the
+    refunds' per currency, exact."""
     by_currency: dict[str, dict[str, Any]] = {}
     by_status: dict[str, dict[str, Any]] = {}
     minor_by_currency: Counter[str] = Counter()
+    refunds: dict[str, Any] = {"count": 0, "by_currency": {}}
     count = 0
     for currency, status in sorted({(c, s) for c, s, _ in rows}):
         n, total = int(rows[(currency, status, "n")]), int(rows[(currency, status, "t")])
         if n == 0:
             continue  # every payment counted here has moved on to another status
+        if status == REFUNDS:
+            refunds["count"] += n
+            refunds["by_currency"][currency] = {"count": n, "total": format_amount(total, currency)}
+            continue
         count += n
         by_currency.setdefault(currency, {"count": 0})["count"] += n
         minor_by_currency[currency] += total
@@ -267,7 +284,12 @@ def totals(rows: Rows) -> dict[str, Any]:
         entry["totals"][currency] = format_amount(total, currency)
     for currency, total in minor_by_currency.items():
         by_currency[currency]["total"] = format_amount(total, currency)
-    return {"payment_count": count, "by_currency": by_currency, "by_status": dict(sorted(by_status.items()))}
+    return {
+        "payment_count": count,
+        "by_currency": by_currency,
+        "by_status": dict(sorted(by_status.items())),
+        "refunds": refunds,
+    }
 
 
 async def _insert_new(coll: AsyncCollection[Document], docs: list[Document]) -> list[Any]:
@@ -423,7 +445,7 @@ class AnalyticsStore:
         return {**totals(rows), "last_activity": doc.get("last_activity")}
 
     async def summary(self, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
-        """Totals of the payments created in [start, end), both whole minutes."""
+        """Totals of the payments created, and the refunds made, in [start, end), both whole minutes."""
         wanted: dict[str, list[str]] = defaultdict(list)
         for level, t in buckets.cover(start, end):
             wanted[buckets.doc_key(level, t)].append(buckets.slot_key(level, t))

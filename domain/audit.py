@@ -73,6 +73,7 @@ class Action(enum.StrEnum):
     API_KEY_REVOKED = "api_key.revoked"
     PAYMENT_CREATED = "payment.created"
     PAYMENT_STATUS_CHANGED = "payment.status_changed"
+    PAYMENT_REFUNDED = "payment.refunded"
 
     @property
     def resource(self) -> Resource:

@@ -26,6 +26,7 @@ class EventType(enum.StrEnum):
     USER_UPDATED = "user_updated"
     PAYMENT_CREATED = "payment_created"
     PAYMENT_UPDATED = "payment_updated"
+    REFUND_CREATED = "refund_created"
     HEALTH_CHECK = "health_check"
     # Internal: a revoked API key (data {"key_id"}, user_id null), for every instance to
     # close that key's sockets (domain/revocations.py); never forwarded to a socket.
@@ -34,9 +35,10 @@ class EventType(enum.StrEnum):
 
 USER_CREATED, USER_UPDATED = EventType.USER_CREATED, EventType.USER_UPDATED
 PAYMENT_CREATED, PAYMENT_UPDATED = EventType.PAYMENT_CREATED, EventType.PAYMENT_UPDATED
+REFUND_CREATED = EventType.REFUND_CREATED
 HEALTH_CHECK = EventType.HEALTH_CHECK
 API_KEY_REVOKED = EventType.API_KEY_REVOKED
-DOMAIN_TYPES = (USER_CREATED, USER_UPDATED, PAYMENT_CREATED, PAYMENT_UPDATED)  # a user's changes
+DOMAIN_TYPES = (USER_CREATED, USER_UPDATED, PAYMENT_CREATED, PAYMENT_UPDATED, REFUND_CREATED)  # a user's changes
 metrics.count_by_name(EventType, metrics.EVENTS_PUBLISHED, metrics.WS_FRAMES_SENT)
 
 
@@ -49,8 +51,8 @@ class Event(TypedDict):
     version: int
     occurred_at: str  # RFC 3339, UTC
     user_id: str | None  # None for health_check and api_key_revoked
-    # The resource as the API shows it (payment_updated adds previous_status), a user without
-    # its email (domain/users.py event_data): events carry no email.
+    # The resource as the API shows it (payment_updated adds previous_status; refund_created:
+    # the refund), a user without its email (domain/users.py event_data): events carry no email.
     data: dict[str, Any]
 
 

@@ -2,7 +2,7 @@
 
 ``python -m service shards move <logical> --to <physical>`` calls ``move``:
 
-1. **Copy, live.** The logical shard's rows (users, their payments, status history,
+1. **Copy, live.** The logical shard's rows (users, their payments, refunds, status history,
    audit rows, idempotency keys and published outbox rows) are copied to the target by primary-key
    range (managers/shards.py: a logical shard is an id range), while writes go on.
 2. **Freeze.** The source marks the logical shard ``frozen``. Every write of a user's
@@ -61,21 +61,32 @@ TABLES = (
     Table(
         "users",
         "id",
-        "id, email, name, version, created_at, updated_at",
+        "id, email, name, version, created_at, updated_at, metadata",
         "updated_at",
-        "email = VALUES(email), name = VALUES(name), version = VALUES(version), updated_at = VALUES(updated_at)",
+        "email = VALUES(email), name = VALUES(name), version = VALUES(version), updated_at = VALUES(updated_at),"
+        " metadata = VALUES(metadata)",
     ),
     Table(
         "payments",
         "id",
-        "id, user_id, amount_minor, currency, description, status, created_by_key_id, version, created_at, updated_at",
+        "id, user_id, amount_minor, currency, description, status, created_by_key_id, version, created_at,"
+        " updated_at, amount_refunded_minor, metadata",
         "updated_at",
-        "status = VALUES(status), version = VALUES(version), updated_at = VALUES(updated_at)",
+        "status = VALUES(status), version = VALUES(version), updated_at = VALUES(updated_at),"
+        " amount_refunded_minor = VALUES(amount_refunded_minor), metadata = VALUES(metadata)",
+    ),
+    Table(
+        "refunds",
+        "id",  # a refund's id carries its payment's logical shard
+        "id, payment_id, user_id, amount_minor, currency, reason, status, created_at",
+        "created_at",
+        "id = id",  # a refund never changes: already there, nothing to do
     ),
     Table(
         "payment_status_history",
         "payment_id",
-        "payment_id, from_status, to_status, version, actor_key_id, request_id, remote_ip, created_at",
+        "payment_id, from_status, to_status, version, actor_key_id, request_id, remote_ip, created_at,"
+        " refund_id, refund_amount_minor",
         "created_at",
         "payment_id = payment_id",  # (payment_id, version) is unique: already there, nothing to do
     ),
@@ -219,7 +230,15 @@ async def _drained(source: Database, logical: int, timeout_s: float) -> None:
 async def _delete(database: Database, logical: int) -> None:
     """The logical shard's rows in ``database``, children first (foreign keys)."""
     low, high = id_range(logical)
-    for table in ("payment_status_history", "audit_events", "idempotency_keys", "outbox", "payments", "users"):
+    for table in (
+        "payment_status_history",
+        "audit_events",
+        "idempotency_keys",
+        "outbox",
+        "refunds",
+        "payments",
+        "users",
+    ):
         key = next(t.key for t in TABLES if t.name == table)
         while True:
             async with database.cursor() as cur:

@@ -28,6 +28,7 @@ _BASE_URI = "urn:singleton:openapi"
 class UserCreate(TypedDict):
     email: str
     name: str
+    metadata: NotRequired[dict[str, str]]
 
 
 class UserUpdate(TypedDict, total=False):  # at least one of the two
@@ -40,10 +41,20 @@ class PaymentCreate(TypedDict):
     amount: Decimal | int | str  # a JSON number (codec.loads reads it exactly) or a decimal string
     currency: str
     description: NotRequired[str | None]
+    metadata: NotRequired[dict[str, str]]
 
 
 class PaymentStatusUpdate(TypedDict):
     status: str
+
+
+class MetadataPatch(TypedDict):  # PATCH of a payment or a user
+    metadata: dict[str, str]
+
+
+class RefundCreate(TypedDict, total=False):
+    amount: Decimal | int | str  # as PaymentCreate's; absent: what is left of the payment
+    reason: str
 
 
 class ApiKeyCreate(TypedDict):
@@ -98,7 +109,9 @@ def validator(name: str) -> Validator:
 
 
 def _field(error: jsonschema.ValidationError) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
+    path = _encodable(".".join(str(p) for p in error.absolute_path))
+    if "propertyNames" in error.schema_path and isinstance(error.instance, str):
+        return f"{path}.{_encodable(error.instance[:64])}"  # the key itself is at fault: name it
     if error.validator == "required":
         missing = error.message.split("'")[1]
         return f"{path}.{missing}" if path else missing
@@ -119,11 +132,18 @@ def _message(error: jsonschema.ValidationError) -> str:
         return "must be a positive number or a decimal string"
     if error.validator == "type":
         return f"must be of type {error.validator_value}"
+    if error.validator == "maxProperties":
+        return f"has more than {error.validator_value} keys"
     # Never echo a huge or hostile value back whole.
     return error.message if len(error.message) <= MAX_MESSAGE else error.message[:MAX_MESSAGE] + "..."
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    """``text`` with each lone surrogate written as ``\\udXXX``: a field name the answer can encode."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _lone_surrogates(value: Any, path: str = "") -> list[str]:
@@ -133,7 +153,12 @@ def _lone_surrogates(value: Any, path: str = "") -> list[str]:
     if isinstance(value, str):
         return [path or "<body>"] if _SURROGATE.search(value) else []
     if isinstance(value, dict):
-        return [f for key, item in value.items() for f in _lone_surrogates(item, f"{path}.{key}" if path else key)]
+        found = []
+        for key, item in value.items():
+            name = _encodable(key)
+            field = f"{path}.{name}" if path else name
+            found += ([field] if name != key else []) + _lone_surrogates(item, field)
+        return found
     if isinstance(value, list):
         return [f for i, item in enumerate(value) for f in _lone_surrogates(item, f"{path}.{i}" if path else str(i))]
     return []
@@ -147,6 +172,10 @@ def validate(name: Literal["UserUpdate"], body: Any) -> UserUpdate: ...
 def validate(name: Literal["PaymentCreate"], body: Any) -> PaymentCreate: ...
 @overload
 def validate(name: Literal["PaymentStatusUpdate"], body: Any) -> PaymentStatusUpdate: ...
+@overload
+def validate(name: Literal["MetadataPatch"], body: Any) -> MetadataPatch: ...
+@overload
+def validate(name: Literal["RefundCreate"], body: Any) -> RefundCreate: ...
 @overload
 def validate(name: Literal["ApiKeyCreate"], body: Any) -> ApiKeyCreate: ...
 @overload

@@ -18,20 +18,21 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from domain import codec, events, outbox
+from domain import codec, events, metadata, outbox
 from domain.errors import APIError, not_found
-from domain.schemas import UserUpdate
+from domain.schemas import MetadataPatch, UserUpdate
 from managers import mysql
 from managers.config import ConfigManager
 from managers.crashpoints import crashpoint
 from managers.mysql import Database, MySQLManager, Row, Statement, Tx, is_duplicate_key
 from managers.redis import Cached, RedisManager
 
-_COLUMNS = "id, email, name, version, created_at, updated_at"
+_COLUMNS = "id, email, name, version, created_at, updated_at, metadata"
 
 
 def cache_key(user_id: str) -> str:
-    return f"user:{user_id}"
+    # v2: the shape with metadata; an entry of the older shape is never read.
+    return f"user:v2:{user_id}"
 
 
 def etag(version: int) -> str:
@@ -53,7 +54,8 @@ def normalized(body: Any) -> Any:
 
 def to_api(row: Row) -> dict[str, Any]:
     """The user as the API shows it (and as its events carry it)."""
-    return codec.api_view(row, ("id", "email", "name", "version"), ("created_at", "updated_at"))
+    view = codec.api_view(row, ("id", "email", "name", "version"), ("created_at", "updated_at"))
+    return {**view, "metadata": metadata.loads(row.get("metadata"))}
 
 
 def event_data(user: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +140,7 @@ async def _has_email(user_id: str, email: str) -> bool:
     return row is not None
 
 
-async def create(email: str, name: str) -> dict[str, Any]:
+async def create(email: str, name: str, meta: dict[str, str] | None = None) -> dict[str, Any]:
     """Claim the email, then write the user and its event on the user's shard.
 
     A write refused for certain (the shard's own unique key) gives the claim back; one
@@ -153,11 +155,12 @@ async def create(email: str, name: str) -> dict[str, Any]:
         "version": 1,
         "created_at": now,
         "updated_at": now,
+        "metadata": metadata.dumps(metadata.created(meta)),
     }
     user = to_api(row)
     insert_user = (
-        f"INSERT INTO users ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
-        (row["id"], row["email"], row["name"], 1, now, now),
+        f"INSERT INTO users ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (row["id"], row["email"], row["name"], 1, now, now, row["metadata"]),
     )
     event = outbox.insert(events.envelope(events.USER_CREATED, row["id"], event_data(user), now))
     shard = MySQLManager.instance().for_id(row["id"])
@@ -289,6 +292,33 @@ async def _update(user_id: str, changes: UserUpdate, if_match: str | None) -> tu
     await RedisManager.instance().cache_put(cache_key(user_id), cached(user))
     outbox.notify_committed(shard)
     return user, row["email"] if row["email"] != updated["email"] else None
+
+
+async def update_metadata(user_id: str, changes: MetadataPatch) -> dict[str, Any]:
+    """Merge ``changes`` into the user's metadata (an empty value removes its key): a new
+    version and a ``user_updated`` event, or nothing when nothing changes."""
+    shard = MySQLManager.instance().for_id(user_id)
+    async with shard.transaction() as tx:
+        row = await lock(tx, user_id)
+        if row is None:
+            await MySQLManager.instance().missing(tx, user_id)
+            raise not_found("user", user_id)
+        current = metadata.loads(row["metadata"])
+        merged = metadata.merged(current, changes["metadata"])
+        if merged == current:
+            return to_api(row)
+        now = codec.utc_now()
+        updated = {**row, "metadata": metadata.dumps(merged), "version": row["version"] + 1, "updated_at": now}
+        user = to_api(updated)
+        update_user = (
+            "UPDATE users SET metadata = %s, version = %s, updated_at = %s WHERE id = %s",
+            (updated["metadata"], updated["version"], now, user_id),
+        )
+        event = outbox.insert(events.envelope(events.USER_UPDATED, user_id, user, now))
+        await tx.script([update_user, event], commit=True)
+    await RedisManager.instance().cache_put(cache_key(user_id), cached(user))
+    outbox.notify_committed(shard)
+    return user
 
 
 async def exists(user_id: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 from domain import analytics, codec, users
 from domain.errors import APIError
@@ -26,7 +27,7 @@ class UserAnalyticsHandler(BaseHandler):
         if stats is None:
             if not await users.exists(user_id):
                 raise APIError(404, "not_found", f"user {user_id} not found")
-            stats = {"payment_count": 0, "by_currency": {}, "by_status": {}, "last_activity": None}
+            stats = {**analytics.totals(Counter()), "last_activity": None}
         last = stats.get("last_activity")
         self.write_json({"user_id": user_id, **stats, "last_activity": codec.rfc3339(last) if last else None})
 

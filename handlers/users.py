@@ -6,9 +6,10 @@ An admin key reaches every user; a user key only its own (anyone else's answers
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
-from domain import payments, schemas, users
+from domain import codec, payments, schemas, users
 from domain.errors import APIError
 from handlers.base import BaseHandler
 
@@ -16,11 +17,28 @@ _LIMIT = re.compile(r"^[0-9]{1,3}$")
 MAX_IF_MATCH = 1024  # the document's maxLength: a list of a few ETags, not a payload
 
 
+def page_limit(limit: str) -> int:
+    """A page's ``limit`` query parameter: 1 to 100 (400 otherwise)."""
+    if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 100:
+        raise APIError(400, "invalid_limit", "limit must be an integer from 1 to 100")
+    return int(limit)
+
+
+def _created(value: str | None, name: str) -> dt.datetime | None:
+    """A ``created_*`` filter: RFC 3339, as a naive UTC time like the column's (400 otherwise)."""
+    if value is None:
+        return None
+    try:
+        return codec.parse_rfc3339(value).replace(tzinfo=None)
+    except ValueError:
+        raise APIError(400, "invalid_time", f"{name} must be an RFC 3339 time such as 2026-01-31T00:00:00Z") from None
+
+
 class UsersHandler(BaseHandler):
     async def post(self) -> None:
         self.require_admin()
         body = schemas.validate("UserCreate", users.normalized(self.get_json_body()))
-        user = await users.create(body["email"], body["name"])
+        user = await users.create(body["email"], body["name"], body.get("metadata"))
         self.set_header("ETag", users.etag(user["version"]))
         self.set_header("Location", f"/api/v1/users/{user['id']}")
         self.write_json(user, 201)
@@ -42,18 +60,26 @@ class UserHandler(BaseHandler):
         self.set_header("ETag", users.etag(user["version"]))
         self.write_json(user)
 
+    async def patch(self, user_id: str) -> None:
+        user_id = self.visible_user_id(user_id)
+        body = schemas.validate("MetadataPatch", self.get_json_body())
+        user = await users.update_metadata(user_id, body)
+        self.set_header("ETag", users.etag(user["version"]))
+        self.write_json(user)
+
 
 class UserPaymentsHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
         user_id = self.visible_user_id(user_id)
-        limit = self.query("limit", "20")
-        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= 100:
-            raise APIError(400, "invalid_limit", "limit must be an integer from 1 to 100")
+        limit = page_limit(self.query("limit", "20"))
         status = self.query("status")
         if status is not None and status not in payments.TRANSITIONS:
             raise APIError(400, "invalid_status", f"status must be one of: {', '.join(payments.TRANSITIONS)}")
+        filters = payments.Filters(
+            status, _created(self.query("created_gte"), "created_gte"), _created(self.query("created_lt"), "created_lt")
+        )
         cursor = self.query("cursor")
-        self.write_json(await payments.list_for_user(user_id, int(limit), cursor, status))
+        self.write_json(await payments.list_for_user(user_id, limit, cursor, filters))
 
 
 default_handlers = [

@@ -4,7 +4,9 @@ Two kinds of simulated user:
 
 - ``ApiUser`` (REST): creates users with unique emails, reads them, creates payments
   for existing users, reads them, moves them along valid status transitions and
-  lists a user's payments, with weights roughly like real traffic (reads dominate).
+  lists a user's payments (sometimes filtered by status and creation time), refunds
+  completed payments in part and reads their refunds, with weights roughly like real
+  traffic (reads dominate).
 - ``EventsUser`` (WebSocket): creates its own user, holds ``/ws`` open and counts
   the events pushed to it; ``ApiUser`` creates payments for these users too, so
   the events flow. Each frame is reported as a request named ``event <type>``
@@ -16,7 +18,8 @@ service wrote to ``.devstack/admin.key``); a socket gets its token from
 (``SINGLETON_RATE_LIMIT__*``) for a heavy run.
 
 Responses are checked: an expected 4xx (409 when two simulated users race to move
-the same payment) counts as a success; anything else unexpected is a failure, and
+the same payment, 422 ``refund_exceeds_payment`` when refunds race for what is left)
+counts as a success; anything else unexpected is a failure, and
 ``make load`` exits non-zero on any failure.
 """
 
@@ -102,9 +105,10 @@ class Pools:
             if len(self.movable) > MAX_POOL:
                 del self.movable[: MAX_POOL // 2]
 
-    def any_payment(self) -> str | None:
+    def any_payment(self, status: str | None = None) -> str | None:
         with self.lock:
-            return random.choice(list(self.payments)) if self.payments else None
+            pool = [p for p, s in self.payments.items() if s == status] if status else list(self.payments)
+            return random.choice(pool) if pool else None
 
     def take_movable(self) -> tuple[str, str] | None:
         """A payment with a next status; removed from the pool while it is being moved."""
@@ -230,6 +234,9 @@ class ApiUser(FastHttpUser):
         query = "limit=20"
         if random.random() < 0.2:
             query += "&status=" + random.choice(("pending", "processing", "completed"))
+        if random.random() < 0.2:  # the last minute's payments
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+            query += "&created_gte=" + since.strftime("%Y-%m-%dT%H:%M:%SZ")
         with self.client.get(
             f"/api/v1/users/{user_id}/payments?{query}", name="GET /api/v1/users/:id/payments", catch_response=True
         ) as r:
@@ -241,6 +248,33 @@ class ApiUser(FastHttpUser):
                 catch_response=True,
             ) as r:
                 _check(r, 200)
+
+    @task(2)
+    def refund(self) -> None:
+        """A part of a completed payment, or (one time in four) what is left of it."""
+        payment_id = POOLS.any_payment("completed")
+        if payment_id is None:
+            return
+        body = {"amount": "1", "reason": "requested_by_customer"} if random.random() < 0.75 else {}
+        with self.client.post(
+            f"/api/v1/payments/{payment_id}/refunds",
+            json=body,
+            headers={"Idempotency-Key": f"refund-{RUN}-{POOLS.next_n()}"},
+            name="POST /api/v1/payments/:id/refunds",
+            catch_response=True,
+        ) as r:
+            # 422: nothing (or less) is left, another refund came first; 409: not completed.
+            _check(r, 201, also_ok=(409, 422))
+        with self.client.get(
+            f"/api/v1/payments/{payment_id}/refunds", name="GET /api/v1/payments/:id/refunds", catch_response=True
+        ) as r:
+            _check(r, 200)
+        with self.client.get(
+            f"/api/v1/payments/{payment_id}", name="GET /api/v1/payments/:id", catch_response=True
+        ) as r:
+            payment = _check(r, 200)
+            if payment:
+                POOLS.set_payment(payment_id, payment["status"])
 
 
 def _refresh_at(expires_at: str) -> float:

@@ -17,6 +17,7 @@ API_ROLES = ("all", "api")
 HANDLER_MODULES = (
     "handlers.users",
     "handlers.payments",
+    "handlers.refunds",
     "handlers.api_keys",
     "handlers.audit",
     "handlers.analytics",

@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from domain import analytics, events, payments
+from domain import analytics, events, payments, refunds
 from domain.analytics import (
     MAX_UPDATES_PER_COMMAND,
     READ_CONCURRENCY,
@@ -68,6 +68,14 @@ class Feed:
         data = {**before, "status": status, "version": before["version"] + 1, "previous_status": before["status"]}
         self.payments[payment_id] = data
         return self.deliver(events.envelope(events.PAYMENT_UPDATED, data["user_id"], data, at))
+
+    def refunded(self, payment_id: str, amount: str, at: dt.datetime) -> Delivery:
+        """A refund of ``amount`` made at ``at``, as domain/refunds.py announces it."""
+        payment = self.payments[payment_id]
+        row = {"id": str(uuid.uuid4()), "payment_id": payment_id, "currency": payment["currency"]}
+        row |= {"amount_minor": parse_amount(amount, payment["currency"], MAX), "reason": None}
+        data = refunds.to_api(row | {"status": "succeeded", "created_at": at})
+        return self.deliver(events.envelope(events.REFUND_CREATED, payment["user_id"], data, at))
 
     def expected(self, keep=lambda payment: True) -> dict:
         return counted(self.payments.values(), keep)
@@ -137,6 +145,7 @@ async def test_a_second_copy_of_an_event_at_a_later_offset_is_skipped(store):
         "payment_count": 2,
         "by_currency": {"EUR": {"count": 2, "total": "10.00"}},
         "by_status": {"pending": {"count": 2, "totals": {"EUR": "10.00"}}},
+        "refunds": {"count": 0, "by_currency": {}},
     }
     marker = await store.db.events.find_one({"_id": first.event["event_id"]})
     assert (marker["p"], marker["o"]) == (first.partition, first.offset)
@@ -358,3 +367,39 @@ def test_deliveries_carry_what_the_store_reads():
     del blind.event["data"]["previous_status"]
     assert analytics._usable(good.event) and analytics._usable(moved.event)
     assert not analytics._usable(odd.event) and not analytics._usable(blind.event)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_refunds_count_once_per_currency_by_their_own_time(store):
+    """A refund is a pure delta on its own row: a batch delivered again, and a second copy
+    of a refund's event, count it once; a summary counts the refunds made in its window,
+    whenever their payment was made."""
+    feed, user = Feed(), str(uuid.uuid4())
+    usd, kwd = feed.created(user, T0, "100.00"), feed.created(user, T0, "2.500", "KWD")
+    usd_id, kwd_id = usd.event["data"]["id"], kwd.event["data"]["id"]
+    later = T0 + dt.timedelta(days=40)
+    batch = [
+        usd,
+        kwd,
+        feed.refunded(usd_id, "10.00", T0 + dt.timedelta(minutes=5)),
+        feed.refunded(usd_id, "0.01", later),
+        feed.refunded(kwd_id, "1.125", later),
+    ]
+    batch.append(feed.deliver(batch[2].event))  # the relay published it twice
+    assert await store.apply(batch) == 5
+    assert await store.apply(batch, read=True) == 0  # the batch again, after a failure
+    refunds_of = (await user_totals(store, user))["refunds"]
+    assert refunds_of == {
+        "count": 3,
+        "by_currency": {"KWD": {"count": 1, "total": "1.125"}, "USD": {"count": 2, "total": "10.01"}},
+    }
+    assert (await user_totals(store, user))["payment_count"] == 2  # a refund is no payment
+    first_day = await store.summary(T0 - dt.timedelta(days=1), T0 + dt.timedelta(days=1))
+    assert first_day["refunds"] == {"count": 1, "by_currency": {"USD": {"count": 1, "total": "10.00"}}}
+    assert first_day["payment_count"] == 2
+    forty_days_on = await store.summary(later - dt.timedelta(days=1), later + dt.timedelta(days=1))
+    assert forty_days_on["payment_count"] == 0  # the payments were made 40 days before
+    assert forty_days_on["refunds"]["by_currency"] == {
+        "KWD": {"count": 1, "total": "1.125"},
+        "USD": {"count": 1, "total": "0.01"},
+    }

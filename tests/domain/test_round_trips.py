@@ -10,7 +10,7 @@ from decimal import Decimal
 import aiomysql
 import pytest
 
-from domain import payments, users
+from domain import payments, refunds, users
 from domain.audit import Actor
 
 ACTOR = Actor(None, "round-trips", "127.0.0.1")
@@ -79,5 +79,23 @@ async def test_a_page_of_payments_is_one_round_trip(api, round_trips):
     user = await api.new_user()
     await api.new_payment(user["id"])
     sent = round_trips()
-    page = await payments.list_for_user(user["id"], 20, None, None)
+    page = await payments.list_for_user(user["id"], 20, None, payments.Filters())
     assert len(page["items"]) == 1 and len(sent) == 1, sent
+
+
+@pytest.mark.gen_test
+async def test_a_refund_takes_two_round_trips_and_its_replay_one(api, round_trips):
+    """The locking read (with the key's stored response, if any) with its BEGIN, then every
+    write with the COMMIT; a replay answers from the first."""
+    user = await api.new_user()
+    payment = await api.new_payment(user["id"], amount="10.00")
+    await api.put(f"/api/v1/payments/{payment['id']}/status", {"status": "completed"})
+    key = f"round-trip-{uuid.uuid4()}"
+    sent = round_trips()
+    made = await refunds.create(payment["id"], "1.00", None, ACTOR, Decimal(1000), key)
+    assert made.status == 201 and len(sent) == 2, sent
+    assert sent[0].startswith("SET TRANSACTION ISOLATION LEVEL READ COMMITTED") and sent[1].endswith("COMMIT"), sent
+    sent = round_trips()
+    again = await refunds.create(payment["id"], "1.00", None, ACTOR, Decimal(1000), key)
+    assert again.replayed and again.body == made.body
+    assert len(sent) == 2 and sent[1] == "COMMIT", sent  # the read, and the empty transaction's end

@@ -9,7 +9,16 @@ import pytest
 
 from domain import schemas
 
-BODIES = ("UserCreate", "UserUpdate", "PaymentCreate", "PaymentStatusUpdate", "ApiKeyCreate", "WsTokenCreate")
+BODIES = (
+    "UserCreate",
+    "UserUpdate",
+    "PaymentCreate",
+    "PaymentStatusUpdate",
+    "MetadataPatch",
+    "RefundCreate",
+    "ApiKeyCreate",
+    "WsTokenCreate",
+)
 
 
 def required_keys(typed_dict: type) -> set[str]:

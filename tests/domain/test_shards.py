@@ -170,6 +170,41 @@ async def test_an_idempotency_key_lives_with_the_payment_on_its_users_shard(shar
     assert not await rows("a", "SELECT 1 FROM idempotency_keys WHERE idem_key LIKE %s", (f"%{key}",))
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_refund_lives_on_its_payments_shard_and_its_id_names_it(sharded_api, on_shard):
+    """A user of the shard that is not the home: the refund, its idempotency key, the
+    payment's history row and events are all there; the refund's id names that shard."""
+    api = sharded_api
+    on_shard(ON_B)
+    user = await api.new_user()
+    payment = await api.new_payment(user["id"], amount="20.00")
+    path = f"/api/v1/payments/{payment['id']}"
+    assert (await api.put(f"{path}/status", {"status": "completed"}))[0] == 200
+    key = uuid.uuid4().hex
+    code, refund, _ = await api.post(f"{path}/refunds", {"amount": "5.00"}, headers={"Idempotency-Key": key})
+    assert code == 201, refund
+    assert logical_shard(refund["id"]) == ON_B
+    uuid.UUID(refund["id"], version=4)
+    again = await api.post(f"{path}/refunds", {"amount": "5.00"}, headers={"Idempotency-Key": key})
+    assert again[0] == 201 and again[1] == refund and again[2]["Idempotent-Replayed"] == "true"
+    for table, column, value in (
+        ("refunds", "id", refund["id"]),
+        ("payment_status_history", "refund_id", refund["id"]),
+        ("idempotency_keys", "idem_key", f"{payment['id']}|admin:{key}"),
+    ):
+        assert await rows("b", f"SELECT 1 FROM {table} WHERE {column} = %s", (value,)), table
+        assert not await rows("a", f"SELECT 1 FROM {table} WHERE {column} = %s", (value,)), table
+    events = await rows("b", "SELECT event_type FROM outbox WHERE partition_key = %s ORDER BY id", (user["id"],))
+    assert [e["event_type"] for e in events][-2:] == ["refund_created", "payment_updated"]
+    assert (await api.get(f"/api/v1/refunds/{refund['id']}"))[1] == refund
+    code, page, _ = await api.get(f"{path}/refunds")
+    assert code == 200 and [r["id"] for r in page["items"]] == [refund["id"]]
+    code, after, _ = await api.put(f"{path}/status", {"status": "refunded"})
+    assert code == 200 and after["amount_refunded"] == "20.00"
+    stored = await rows("b", "SELECT amount_refunded_minor FROM payments WHERE id = %s", (payment["id"],))
+    assert stored == [{"amount_refunded_minor": 2000}]
+
+
 @pytest.mark.gen_test(timeout=90)
 async def test_fifty_concurrent_creates_of_one_email_on_both_shards_give_one_user(sharded_api, monkeypatch):
     placements = itertools.cycle([ON_A, ON_B])

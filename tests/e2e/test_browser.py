@@ -1,5 +1,5 @@
 """The demo page in a real browser: a user's key buys a WebSocket token, and a
-payment made over REST shows up live.
+payment made over REST shows up live, then a partial refund of it.
 
 Chromium is Debian's (`make tools` installs it); Playwright only drives it and
 never downloads a browser of its own. Playwright's async API runs on the test's
@@ -58,6 +58,17 @@ async def test_demo_page_shows_a_new_payment_live(api, base_url):
             assert await item.inner_text() == "payment_created 100.50 USD pending"
             assert await page.locator("#events li").count() == 1
             assert await page.locator("#status").inner_text() == "connected"
+
+            # A partial refund: the refund's own line, then the payment's, with what went back.
+            await api.put(f"/api/v1/payments/{payment['id']}/status", {"status": "completed"})
+            code, refund, _ = await api.post(
+                f"/api/v1/payments/{payment['id']}/refunds", {"amount": "30.00", "reason": "requested_by_customer"}
+            )
+            assert code == 201, refund
+            refunded = page.locator(f'#events li[data-type="refund_created"][data-id="{refund["id"]}"]')
+            await expect(refunded).to_have_text("refund_created 30.00 USD requested_by_customer", timeout=WAIT_MS)
+            updated = page.locator(f'#events li[data-type="payment_updated"][data-id="{payment["id"]}"]').last
+            await expect(updated).to_have_text("payment_updated 100.50 USD completed refunded 30.00", timeout=WAIT_MS)
             assert page_errors == []
         finally:
             await browser.close()

@@ -206,7 +206,7 @@ async def test_405_carries_allow_and_every_response_the_security_headers(api):
     user = await api.new_user()
     code, body, headers = await api.request("DELETE", f"/api/v1/users/{user['id']}")
     assert code == 405 and body["error"]["code"] == "method_not_allowed"
-    assert set(headers["Allow"].split(", ")) == {"GET", "PUT", "OPTIONS"}
+    assert set(headers["Allow"].split(", ")) == {"GET", "PUT", "PATCH", "OPTIONS"}
     for response_headers in (headers, (await api.get(f"/api/v1/users/{user['id']}"))[2]):
         assert "Server" not in response_headers
         assert response_headers["X-Content-Type-Options"] == "nosniff"

@@ -21,7 +21,7 @@ async def test_create_then_get(api):
     address = email()
     code, user, headers = await api.post("/api/v1/users", {"email": address, "name": "Ada Lovelace"})
     assert code == 201
-    assert set(user) == {"id", "email", "name", "version", "created_at", "updated_at"}
+    assert set(user) == {"id", "email", "name", "metadata", "version", "created_at", "updated_at"}
     assert user["email"] == address and user["name"] == "Ada Lovelace" and user["version"] == 1
     assert user["created_at"].endswith("Z") and user["created_at"] == user["updated_at"]
     assert headers["Location"] == f"/api/v1/users/{user['id']}"
