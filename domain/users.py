@@ -314,7 +314,7 @@ async def update_metadata(user_id: str, changes: MetadataPatch) -> dict[str, Any
             "UPDATE users SET metadata = %s, version = %s, updated_at = %s WHERE id = %s",
             (updated["metadata"], updated["version"], now, user_id),
         )
-        event = outbox.insert(events.envelope(events.USER_UPDATED, user_id, user, now))
+        event = outbox.insert(events.envelope(events.USER_UPDATED, user_id, event_data(user), now))
         await tx.script([update_user, event], commit=True)
     await RedisManager.instance().cache_put(cache_key(user_id), cached(user))
     outbox.notify_committed(shard)

@@ -27,19 +27,22 @@ async def test_an_email_reaches_no_event_no_analytics_document_and_no_log_line(a
         user = await api.new_user(email=first, name="Private Person")
         code, updated, _ = await api.put(f"/api/v1/users/{user['id']}", {"email": second, "name": "Still Private"})
         assert code == 200 and updated["email"] == second  # the API shows it to who may see the user
+        code, _, _ = await api.request("PATCH", f"/api/v1/users/{user['id']}", {"metadata": {"crm_id": "c-42"}})
+        assert code == 200
         await api.new_payment(user["id"])
 
         def mine(seen: list[dict]) -> list[dict]:
             return [e for e in seen if e["user_id"] == user["id"]]
 
-        seen = await read_events(consumer, lambda s: len(mine(s)) >= 3)
+        seen = await read_events(consumer, lambda s: len(mine(s)) >= 4)
         seen += await consumer_drain(consumer, 500)
     finally:
         await asyncio.wait_for(consumer.stop(), 15)
     events = mine(seen)
-    assert [e["type"] for e in events] == ["user_created", "user_updated", "payment_created"]
+    assert [e["type"] for e in events] == ["user_created", "user_updated", "user_updated", "payment_created"]
     assert events[1]["data"]["name"] == "Still Private" and events[1]["data"]["version"] == 2
-    assert "email" not in events[0]["data"] and "email" not in events[1]["data"]
+    assert events[2]["data"]["metadata"] == {"crm_id": "c-42"} and events[2]["data"]["version"] == 3
+    assert not [e for e in events[:3] if "email" in e["data"]]
 
     # The analytics store has read all three; nothing it keeps of this user holds an email.
     db = MongoManager.instance().db
@@ -48,14 +51,14 @@ async def test_an_email_reaches_no_event_no_analytics_document_and_no_log_line(a
     async def markers() -> list[dict]:
         return await db.events.find({"_id": {"$in": ids}}).to_list(None)
 
-    await wait_until(lambda: _has(markers, 3), timeout=30, what="the analytics consumer's markers")
+    await wait_until(lambda: _has(markers, 4), timeout=30, what="the analytics consumer's markers")
     documents = [*await markers(), *await db.user_totals.find({"_id": user["id"]}).to_list(None)]
-    assert len(documents) == 4
+    assert len(documents) == 5
 
     outbox = await MySQLManager.instance().home.fetchall(
         "SELECT payload FROM outbox WHERE partition_key = %s", (user["id"],)
     )
-    assert len(outbox) == 3
+    assert len(outbox) == 4
     logged = "\n".join(JsonFormatter().format(record) for record in caplog.records)
     assert logged  # the requests were logged (the access lines), just not the email
     for where, blob in (
