@@ -37,3 +37,7 @@ ALTER TABLE payment_status_history
 -- GET /users/:id/payments?status=&created_gte=&created_lt= is served by the two indexes of
 -- 0001 (user_id, created_at, id) and (user_id, status, created_at, id): a filter is an equality
 -- or a range on a prefix of one of them (tests/handlers/test_payment_filters.py EXPLAINs it).
+
+-- The service's rights on refunds (0004 says why a role): a refund is written once, with its
+-- payment's change, and never updated or deleted by the service, like the status history.
+GRANT SELECT, INSERT ON refunds TO singleton_app;

@@ -171,7 +171,10 @@ async def test_the_trail_reads_back_newest_first_in_pages_filtered_by_resource(a
 
     code, whole, _ = await api.get(query)
     assert code == 200 and whole["next_cursor"] is None
-    assert [e["action"] for e in whole["items"]] == ["payment.status_changed"] * 3 + ["payment.created"]
+    # "refunded" is a refund of what is left (issue 18): its own action, with the refund it made.
+    actions = ["payment.refunded"] + ["payment.status_changed"] * 2 + ["payment.created"]
+    assert [e["action"] for e in whole["items"]] == actions
+    assert whole["items"][0]["changes"]["amount_refunded"] == {"from": "0.00", "to": payment["amount"]}
     assert [e["changes"]["status"]["to"] for e in whole["items"]] == ["refunded", "completed", "processing", "pending"]
     admin_id = await key_id_of(admin_key)
     first = whole["items"][0]

@@ -34,15 +34,17 @@ async def test_the_service_runs_as_a_user_other_than_the_one_that_migrates(servi
 
 
 @pytest.mark.gen_test(timeout=30)
-@pytest.mark.parametrize("table", ["audit_events", "payment_status_history"])
-async def test_audit_and_history_rows_cannot_be_updated_or_deleted(api, table):
+@pytest.mark.parametrize("table", ["audit_events", "payment_status_history", "refunds"])
+async def test_audit_history_and_refund_rows_cannot_be_updated_or_deleted(api, table):
     user = await api.new_user()
     payment = await api.new_payment(user["id"])
     assert (await api.put(f"/api/v1/payments/{payment['id']}/status", {"status": "completed"}))[0] == 200
+    assert (await api.post(f"/api/v1/payments/{payment['id']}/refunds", {"amount": "1.00"}))[0] == 201
     key = "resource_id" if table == "audit_events" else "payment_id"
+    column = "reason" if table == "refunds" else "request_id"
     rows = await MySQLManager.instance().home.fetchall(f"SELECT * FROM {table} WHERE {key} = %s", (payment["id"],))
     assert rows  # there is something to tamper with: the service may read it, and add to it
-    assert await refused(f"UPDATE {table} SET request_id = 'forged' WHERE {key} = %s", (payment["id"],)) == (
+    assert await refused(f"UPDATE {table} SET {column} = 'fraudulent' WHERE {key} = %s", (payment["id"],)) == (
         TABLE_ACCESS_DENIED
     )
     assert await refused(f"DELETE FROM {table} WHERE {key} = %s", (payment["id"],)) == TABLE_ACCESS_DENIED
