@@ -41,6 +41,7 @@ from pathlib import Path
 import pytest
 
 from domain.schemas import openapi
+from tests.conftest import ensure_topic
 from tests.helpers import (
     ROOT,
     free_port,
@@ -63,10 +64,18 @@ SCHEMA_ITSELF = "GET /openapi.json"  # schemathesis does not fuzz the document i
 
 
 @pytest.fixture
-def contract_env(config):
-    """The environment of the service and the CLI: the suite's, on an empty database."""
+def contract_env(config, io_loop):
+    """The environment of the service and the CLI: the suite's, on an empty database, with a
+    topic, an analytics group and an analytics database of its own: the thousands of events
+    the runs make never queue before the suite's own consumers (which later tests wait on)."""
     fresh_database(config["mysql"], DATABASE)
-    return service_env(SINGLETON_MYSQL__DATABASE=DATABASE)
+    io_loop.run_sync(lambda: ensure_topic({**config["kafka"], "topic": DATABASE}), timeout=60)
+    return service_env(
+        SINGLETON_MYSQL__DATABASE=DATABASE,
+        SINGLETON_KAFKA__TOPIC=DATABASE,
+        SINGLETON_KAFKA__ANALYTICS_GROUP=DATABASE,
+        SINGLETON_MONGODB__DATABASE=DATABASE,
+    )
 
 
 @pytest.fixture
