@@ -12,10 +12,12 @@ Two kinds of simulated user:
   the events flow. Each frame is reported as a request named ``event <type>``
   whose "response time" is its age (now − ``occurred_at``).
 
-Every call carries the admin key (``LOAD_API_KEY``, else the dev key that the
-service wrote to ``.devstack/admin.key``); a socket gets its token from
-``POST /api/v1/ws-tokens``. The service's rate limits apply: raise them
-(``SINGLETON_RATE_LIMIT__*``) for a heavy run.
+Each simulated user starts by minting an admin key of its own with the run's key
+(``LOAD_API_KEY``, else the dev key that the service wrote to ``.devstack/admin.key``),
+calls with it, and revokes it when it stops: the service's per-key limits then hold per
+simulated user, as they do for real clients, and the run measures the service, not one
+key's bucket. A socket gets its token from ``POST /api/v1/ws-tokens``. Locust's summary
+gives p50 and p99 per request type, the events' age included.
 
 Responses are checked: an expected 4xx (409 when two simulated users race to move
 the same payment, 422 ``refund_exceeds_payment`` when refunds race for what is left)
@@ -127,7 +129,7 @@ POOLS = Pools()
 def _check(response, *expected: int, also_ok: tuple[int, ...] = ()) -> dict | None:
     """Mark the response: success for ``expected`` (body returned) or ``also_ok``
     (expected 4xx, no body), failure for anything else. A 429 is the service's rate
-    limit doing its job (one key drives this whole load): counted, not a failure."""
+    limit doing its job (a simulated user past its key's rate): counted, not a failure."""
     also_ok = (*also_ok, 429)
     if response.status_code in expected:
         try:
@@ -144,13 +146,39 @@ def _check(response, *expected: int, also_ok: tuple[int, ...] = ()) -> dict | No
     return None
 
 
+def use_own_key(user: FastHttpUser) -> None:
+    """Mint an admin key for ``user`` with the run's key, and call with it from now on."""
+    user.key_id = None
+    with user.client.post(
+        "/api/v1/api-keys", json={"role": "admin"}, name="POST /api/v1/api-keys", catch_response=True
+    ) as r:
+        made = _check(r, 201)
+    if made:
+        user.key_id = made["id"]
+        user.client.auth_header = f"Bearer {made['key']}"
+
+
+def revoke_own_key(user: FastHttpUser) -> None:
+    """Revoke ``user``'s own key with the run's key: a run leaves no admin key behind."""
+    if getattr(user, "key_id", None):
+        user.client.auth_header = None
+        path = f"/api/v1/api-keys/{user.key_id}"
+        with user.client.delete(path, name="DELETE /api/v1/api-keys/:id", catch_response=True) as r:
+            _check(r, 200)
+        user.key_id = None
+
+
 class ApiUser(FastHttpUser):
     weight = 9
     wait_time = between(0.05, 0.5)
     default_headers = HEADERS
 
     def on_start(self) -> None:
+        use_own_key(self)
         self.create_user()
+
+    def on_stop(self) -> None:
+        revoke_own_key(self)
 
     @task(2)
     def create_user(self) -> None:
@@ -293,6 +321,7 @@ class EventsUser(FastHttpUser):
         self.ws: websocket.WebSocket | None = None
         self.reader = None
         self.stopping = False
+        use_own_key(self)
         n = POOLS.next_n()
         body = {"email": f"load-ws-{RUN}-{n}-{uuid.uuid4().hex[:6]}@example.com", "name": f"WS User {n}"}
         with self.client.post("/api/v1/users", json=body, name="POST /api/v1/users", catch_response=True) as r:
@@ -394,6 +423,7 @@ class EventsUser(FastHttpUser):
                 pass
         if self.reader is not None:
             self.reader.kill(block=False)
+        revoke_own_key(self)  # after the socket closed: a revocation would close it with 4003
 
 
 @events.test_stop.add_listener
