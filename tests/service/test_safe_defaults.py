@@ -16,6 +16,7 @@ from managers import config as config_module
 from tests.conftest import Api
 from tests.helpers import (
     ROOT,
+    UNIT_SECRETS,
     free_port,
     fresh_database,
     in_thread,
@@ -101,9 +102,10 @@ async def test_the_bench_switch_serves_without_keys_and_says_so_everywhere(api):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_the_bench_switch_refuses_several_processes():
-    """Its workers would be plain ``python -m service``: checking keys after all."""
+    """Its workers would be plain ``python -m service``: checking keys after all. (Fast tier:
+    refused before anything connects, so stand-in secrets do on a machine without devstack's.)"""
     command = [sys.executable, "-m", "bench.unauthenticated", "--port", str(free_port())]
-    env = service_env(SINGLETON_SERVER__PROCESSES="2")
+    env = config_module.as_env(UNIT_SECRETS, base=service_env(SINGLETON_SERVER__PROCESSES="2"))
     result = await run_service_module(command, env)
     assert result.returncode == 2 and "server.processes must be 1" in result.stderr
 
