@@ -10,7 +10,9 @@ the API and the events always show an object.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from domain.errors import APIError
@@ -48,6 +50,16 @@ def merged(current: dict[str, str], changes: dict[str, str]) -> dict[str, str]:
             details=[{"field": f"metadata.{over[:64]}", "message": f"is one key more than the {MAX_KEYS} allowed"}],
         )
     return result
+
+
+def patched(row: Mapping[str, Any], changes: dict[str, str], now: dt.datetime) -> dict[str, Any] | None:
+    """The locked ``row`` (a user's or a payment's) after ``changes``: its merged metadata as
+    stored, the next version, ``now``; None when nothing changes (no write, no event)."""
+    current = loads(row["metadata"])
+    result = merged(current, changes)
+    if result == current:
+        return None
+    return {**row, "metadata": dumps(result), "version": row["version"] + 1, "updated_at": now}
 
 
 def created(metadata: Any) -> dict[str, str]:

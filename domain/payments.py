@@ -305,12 +305,10 @@ async def update_metadata(payment_id: str, changes: MetadataPatch) -> dict[str, 
     shard = MySQLManager.instance().for_id(payment_id)
     async with shard.transaction() as tx:
         row = await _lock_payment(tx, payment_id)
-        current = metadata.loads(row["metadata"])
-        merged = metadata.merged(current, changes["metadata"])
-        if merged == current:
-            return to_api(row)
         now = codec.utc_now()
-        updated = {**row, "metadata": metadata.dumps(merged), "version": row["version"] + 1, "updated_at": now}
+        updated = metadata.patched(row, changes["metadata"], now)
+        if updated is None:
+            return to_api(row)
         payment = to_api(updated)
         await tx.script(
             [

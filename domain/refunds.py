@@ -191,7 +191,6 @@ async def _refund(
         {**row, "amount_refunded_minor": refunded, "status": status, "version": version, "updated_at": now}
     )
     refund = to_api(refund_row)
-    payment_before = payments.to_api(row)
     refund_ref = {"id": refund["id"], "amount": refund["amount"], "reason": reason}
     response = codec.dumps(refund)
     statements: list[Statement] = []
@@ -223,7 +222,11 @@ async def _refund(
             audit.Action.PAYMENT_REFUNDED,
             payment_id,
             audit.diff(
-                {"amount_refunded": payment_before["amount_refunded"], "status": row["status"], "refund": None},
+                {
+                    "amount_refunded": format_amount(row["amount_refunded_minor"], currency),
+                    "status": row["status"],
+                    "refund": None,
+                },
                 {"amount_refunded": payment["amount_refunded"], "status": status, "refund": refund_ref},
             ),
             owner_id=user_id,

@@ -303,12 +303,10 @@ async def update_metadata(user_id: str, changes: MetadataPatch) -> dict[str, Any
         if row is None:
             await MySQLManager.instance().missing(tx, user_id)
             raise not_found("user", user_id)
-        current = metadata.loads(row["metadata"])
-        merged = metadata.merged(current, changes["metadata"])
-        if merged == current:
-            return to_api(row)
         now = codec.utc_now()
-        updated = {**row, "metadata": metadata.dumps(merged), "version": row["version"] + 1, "updated_at": now}
+        updated = metadata.patched(row, changes["metadata"], now)
+        if updated is None:
+            return to_api(row)
         user = to_api(updated)
         update_user = (
             "UPDATE users SET metadata = %s, version = %s, updated_at = %s WHERE id = %s",
