@@ -64,6 +64,7 @@ SCHEMA: dict[str, Any] = _obj(
                 "host": _str,
                 "port": {"type": "integer", "minimum": 0, "maximum": 65535},
                 "processes": {"type": "integer", "minimum": 1, "maximum": 64},
+                "event_loop": {"enum": ["uvloop", "asyncio"]},
                 "max_body_bytes": {"type": "integer", "minimum": 1},
                 "max_header_bytes": {"type": "integer", "minimum": 1024},
                 "idle_connection_timeout_s": _pos,
@@ -206,6 +207,7 @@ class ServerConfig(TypedDict):
     host: str
     port: int
     processes: int
+    event_loop: Literal["uvloop", "asyncio"]
     max_body_bytes: int
     max_header_bytes: int
     idle_connection_timeout_s: float

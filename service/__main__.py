@@ -236,7 +236,18 @@ def main(argv: list[str] | None = None, check_keys: bool = True) -> int:
     except config_module.ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(run(config, args, check_keys))
+    with asyncio.Runner(loop_factory=loop_factory(config["server"]["event_loop"])) as runner:
+        return runner.run(run(config, args, check_keys))
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """``server.event_loop``: uvloop (libuv's loop: GET user +N%, POST payments +N% in one
+    bench, docs/BENCHMARKS.md), or asyncio's own, the fallback should uvloop misbehave."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 async def run(config: Config, args: argparse.Namespace, check_keys: bool = True) -> int:
