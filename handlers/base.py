@@ -31,7 +31,7 @@ from domain.ratelimit import RateLimiter
 from managers import metrics
 from managers.config import ConfigManager
 from managers.dependencies import UNAVAILABLE  # a backing service failing mid-request: 503
-from managers.logger import request_id_var
+from managers.logger import LoggerManager, request_id_var
 from managers.mysql import is_shard_moving
 
 log = logging.getLogger("singleton.http")
@@ -346,20 +346,22 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     duration_series.observe(duration)
     count_series.inc()
     level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
     principal = getattr(handler, "principal", None)
-    access_log.log(
-        level,
-        "request",
-        extra={
-            "request_id": getattr(handler, "request_id", None),
-            "method": method[:16],
-            "route": name,
-            "path": handler.request.path[:256],
-            "status": status,
-            "duration_ms": round(duration * 1000, 3),
-            "remote_ip": handler.request.remote_ip,
-            "key_id": principal.key_id if principal is not None else None,
-            "user_agent": handler.request.headers.get("User-Agent", "")[:256],
-            **({"error": handler.error} if isinstance(handler, BaseHandler) and handler.error else {}),
-        },
-    )
+    fields = {
+        "request_id": getattr(handler, "request_id", None),
+        "method": method[:16],
+        "route": name,
+        "path": handler.request.path[:256],
+        "status": status,
+        "duration_ms": round(duration * 1000, 3),
+        "remote_ip": handler.request.remote_ip,
+        "key_id": principal.key_id if principal is not None else None,
+        "user_agent": handler.request.headers.get("User-Agent", "")[:256],
+        "error": handler.error if isinstance(handler, BaseHandler) else None,
+    }
+    if LoggerManager.started():  # the service: one line of text, no LogRecord
+        LoggerManager.instance().line(access_log, level, "request", fields)
+    else:  # the application alone (tests, tools): a record, to whatever handlers there are
+        access_log.log(level, "request", extra=fields)

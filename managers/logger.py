@@ -5,8 +5,10 @@ variable that ``handlers.base.BaseHandler.set_default_headers`` sets.
 
 The event loop only hands each record to a queue (``DeferredHandler``): a
 thread of its own (``BatchWriter``) formats the JSON and writes it in batches, so
-an access line per request costs the loop a few microseconds, not a write to two
-files.
+a line costs the loop a few microseconds, not a write to two files. The access
+line, one per request, skips even the ``LogRecord``: ``line()`` formats it on
+the loop (orjson, a few microseconds) and queues the text (docs/BENCHMARKS.md,
+history), in the same shape a record gets.
 
 During an outage the client libraries (aiokafka, PyMongo, redis-py, aiomysql)
 can log a warning per retry, thousands a minute. ``OutageFilter`` lets through
@@ -28,7 +30,9 @@ import queue
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+import orjson
 
 from managers import metrics
 from managers.base import Manager
@@ -51,17 +55,34 @@ class JsonFormatter(logging.Formatter):
         return formatted
 
     def _format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        line = head(record.created, record.levelname, record.name, record.getMessage())
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_") and value is not None:
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
+        return to_json(line)
+
+
+_second: tuple[int, str] = (-1, "")  # the last second a line was stamped with, formatted
+
+
+def head(created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
+    """The fields every line starts with."""
+    global _second
+    whole = int(created)
+    if _second[0] != whole:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    ts = f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
+    return {"ts": ts, "level": level.lower(), "logger": logger, "msg": msg}
+
+
+def to_json(line: dict[str, Any]) -> str:
+    """One line's JSON: orjson's, or json's for what orjson refuses (an integer past 64 bits,
+    a lone surrogate); anything neither knows is written as its ``str()``."""
+    try:
+        return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
@@ -87,7 +108,8 @@ class BatchWriter(logging.handlers.QueueListener):
 
     GATHER_S = 0.02
     BATCH_MAX = 1000
-    queue: queue.SimpleQueue[logging.LogRecord | None]  # what LoggerManager.start hands it
+    # What LoggerManager.start hands it: records, and lines already formatted (``line()``).
+    queue: queue.SimpleQueue[logging.LogRecord | str | None]
     _sentinel: None  # QueueListener's end-of-queue marker (private, so typeshed omits it)
 
     def _monitor(self) -> None:
@@ -107,10 +129,10 @@ class BatchWriter(logging.handlers.QueueListener):
                     self._write(handler, records)
 
     @staticmethod
-    def _write(handler: logging.Handler, records: list[logging.LogRecord]) -> None:
+    def _write(handler: logging.Handler, records: list[logging.LogRecord | str]) -> None:
         assert isinstance(handler, logging.StreamHandler)
         try:
-            text = "".join(handler.format(r) + handler.terminator for r in records)
+            text = "".join((r if isinstance(r, str) else handler.format(r)) + handler.terminator for r in records)
             with handler.lock or contextlib.nullcontext():
                 if isinstance(handler, logging.handlers.RotatingFileHandler) and handler.maxBytes > 0:
                     if handler.stream is None:
@@ -120,8 +142,11 @@ class BatchWriter(logging.handlers.QueueListener):
                 assert handler.stream is not None  # doRollover reopens it: our handlers do not delay
                 handler.stream.write(text)
                 handler.flush()
-        except Exception:
-            handler.handleError(records[0])  # logging's own report to stderr, as for a line
+        except Exception:  # logging's own report to stderr, as for a line
+            first = records[0]
+            handler.handleError(
+                first if isinstance(first, logging.LogRecord) else logging.makeLogRecord({"msg": first})
+            )
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
@@ -182,6 +207,7 @@ class LoggerManager(Manager):
         self.listener = listener
         self.outages = OutageFilter()
         handler.addFilter(self.outages)
+        self._lines = listener.queue
 
     @classmethod
     def start(cls, cfg: LoggingConfig, stream: TextIO = sys.stdout) -> LoggerManager:
@@ -193,7 +219,7 @@ class LoggerManager(Manager):
             writers.append(PrivateRotatingFileHandler(path, cfg["max_bytes"], cfg["backups"]))
         for writer in writers:
             writer.setFormatter(formatter)
-        records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        records: queue.SimpleQueue[logging.LogRecord | str | None] = queue.SimpleQueue()
         handler = DeferredHandler(records)
         listener = BatchWriter(records, *writers)
         listener.start()
@@ -209,6 +235,15 @@ class LoggerManager(Manager):
         for noisy in ("aiokafka", "kafka", "pymongo"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         return cls._install(cls(handler, listener))
+
+    def line(self, logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
+        """A line of ``logger`` with ``fields`` (those that are None left out), formatted
+        here and queued as text: no LogRecord, no handler, no filter (the outage filter
+        is for client libraries' records). The level is the logger's, as for a record."""
+        if logger.isEnabledFor(level):
+            line = head(time.time(), logging.getLevelName(level), logger.name, msg)
+            line.update((key, value) for key, value in fields.items() if value is not None)
+            self._lines.put(to_json(line))
 
     def summarize_suppressed(self) -> None:
         """One line saying how many client-library warnings were dropped since the last one."""

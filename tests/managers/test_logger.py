@@ -10,6 +10,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import re
 import stat
 
 import pytest
@@ -111,3 +112,26 @@ async def test_the_log_file_and_its_backups_are_private_whatever_the_umask(tmp_p
     files = sorted(path.parent.glob("app.log*"))
     assert [f.name for f in files] == ["app.log", "app.log.1", "app.log.2", "app.log.3"]
     assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+
+
+@pytest.mark.gen_test
+async def test_a_line_queued_as_text_reads_as_the_same_line_made_from_a_record(tmp_path):
+    """The access log's way (``line()``: no LogRecord) and a record's give the same fields,
+    with what is None left out; a line below the logger's level is not written."""
+    stream = io.StringIO()
+    logger = LoggerManager.start({"level": "INFO", "file": "", "max_bytes": 0, "backups": 0}, stream=stream)
+    access = logging.getLogger("singleton.test.access")
+    fields = {"request_id": "r-1", "status": 404, "duration_ms": 1.25, "key_id": None, "path": "/é/\u2028", "n": 2**70}
+    try:
+        access.warning("request", extra=fields)
+        logger.line(access, logging.WARNING, "request", fields)
+        logger.line(access, logging.DEBUG, "request", fields)
+    finally:
+        await logger.close()
+    from_record, from_text = (json.loads(line) for line in stream.getvalue().split("\n")[:-1])
+    stamps = from_record.pop("ts"), from_text.pop("ts")
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ts) for ts in stamps), stamps
+    assert from_text == from_record
+    assert from_text == {"level": "warning", "logger": "singleton.test.access", "msg": "request"} | {
+        k: v for k, v in fields.items() if v is not None
+    }
