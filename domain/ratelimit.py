@@ -10,10 +10,11 @@ rate and burst, and Redis is asked again a second later; the metric
 ``rate_limiter: local``. Such a limit is per process: N instances let a client
 through at up to N times its rate. ``closed`` refuses the calls with 503 instead.
 
-Not a Redis round trip per call: an instance takes a small share of a bucket at
-once (a tenth of a second's rate, at most 10 tokens) and spends it locally for
-up to ``SHARE_TTL_S``. Every token still comes out of the shared bucket, so a
-client never gets more than its limit in count; what the share changes is when:
+Not a Redis round trip per call: an instance takes a share of a bucket at once
+(half a second's rate, at most 50 tokens) and spends it locally for up to
+``SHARE_TTL_S``, so the common case is a dictionary lookup and a subtraction.
+Every token still comes out of the shared bucket, so a client never gets more
+than its limit in count; what the share changes is when:
 over any window a client can be at most ``share - 1`` calls per instance ahead
 of the exact bucket, for at most a second. A share left unspent is forfeited,
 so a client spread over many instances may get slightly less than its limit.
@@ -41,11 +42,19 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ANONYMOUS = "anonymous"  # the role of a call without a valid key
 for _role in (*ROLES, ANONYMOUS):  # rejections by role: zeros before the first
     metrics.RATE_LIMITED.labels(_role)
-SHARE_OF_A_SECOND = 0.1  # an instance takes this much of a second's rate at once
-SHARE_MAX = 10
+# An instance takes this much of a second's rate at once. A tenth of a second (10 tokens of
+# the shipped 100/s) made a Redis round trip of every tenth call, 12-20% of GET user's
+# throughput; half a second, one in 50 (docs/BENCHMARKS.md, history).
+SHARE_OF_A_SECOND = 0.5
+SHARE_MAX = 50
 SHARE_TTL_S = 1.0  # an unspent share is forfeited after this
 SHARES_MAX = 10_000  # buckets with a local share at most (per address ones included)
 REDIS_RETRY_S = 1.0  # with Redis unreachable, the local buckets answer alone this long before it is asked again
+
+
+def share_size(rate: Rate) -> int:
+    """How many tokens of a bucket with ``rate`` an instance takes at once."""
+    return max(1, min(SHARE_MAX, int(rate.per_s * SHARE_OF_A_SECOND)))
 
 
 def key_bucket(key_id: str, method: str) -> str:
@@ -152,7 +161,7 @@ class RateLimiter(Manager):
 
     async def _take_share(self, bucket: str, rate: Rate, role: str) -> Verdict | None:
         now = time.monotonic()
-        wanted = max(1, min(SHARE_MAX, int(rate.per_s * SHARE_OF_A_SECOND)))
+        wanted = share_size(rate)
         try:
             taken = await RedisManager.instance().take_tokens(bucket, rate.per_s, rate.burst, wanted)
         except redis.UNAVAILABLE:

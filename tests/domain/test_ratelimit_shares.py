@@ -80,10 +80,10 @@ def limiter(read=(100, 50), write=(0.5, 2), anonymous=(0.5, 3), redis_down="loca
 
 
 @pytest.mark.gen_test
-async def test_a_tenth_of_a_seconds_rate_is_taken_at_once_and_the_headers_count_down_as_the_bucket(redis):
-    limits = limiter(read=(100, 50))
+async def test_half_a_seconds_rate_is_taken_at_once_and_the_headers_count_down_as_the_bucket(redis):
+    limits = limiter(read=(20, 50))
     verdicts = [await limits.check("GET", ME, "10.0.0.1") for _ in range(25)]
-    # 100/s: shares of 10, so three calls to Redis for 25 reads, at the 1st, 11th and 21st.
+    # 20/s: shares of 10, so three calls to Redis for 25 reads, at the 1st, 11th and 21st.
     assert redis.calls == [("rl:key:key-1:r", 10)] * 3
     # What the client is told is what an exact bucket of 50 would say after each read.
     assert [v.remaining for v in verdicts] == list(range(49, 24, -1))
@@ -102,7 +102,7 @@ async def test_reads_writes_and_callers_without_a_key_have_buckets_of_their_own(
 
 @pytest.mark.gen_test
 async def test_an_empty_bucket_is_refused_and_remembered_until_its_next_token(redis, clock):
-    limits = limiter(write=(0.5, 2))  # a share of one token: a tenth of a second's 0.5
+    limits = limiter(write=(0.5, 2))  # a share of one token: half a second's 0.5
     refused = metric("singleton_rate_limited_total", {"role": USER})
     assert [(await limits.check("POST", ME, "ip")).remaining for _ in range(2)] == [1, 0]
     with pytest.raises(APIError) as caught:
@@ -141,7 +141,7 @@ async def test_an_unspent_share_is_forfeited_after_a_second(redis, clock):
 
 @pytest.mark.gen_test
 async def test_concurrent_calls_that_find_the_share_spent_ask_redis_once_per_share(redis):
-    limits = limiter(read=(100, 50))
+    limits = limiter(read=(20, 50))
     redis.gate = asyncio.Event()
     calls = [asyncio.ensure_future(limits.check("GET", ME, "ip")) for _ in range(40)]
     await asyncio.sleep(0)  # every call has started: one asks Redis, the others wait for it

@@ -4,11 +4,12 @@ per-process buckets (or 503, if configured closed) when Redis is gone."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
 
-from domain.ratelimit import Rate, RateLimiter, address_bucket
+from domain.ratelimit import Rate, RateLimiter, address_bucket, share_size
 from managers.redis import RedisManager
 from tests.helpers import metric, start_redis, stop_redis, wait_until
 
@@ -140,21 +141,23 @@ def redis_calls_at_100_reads_per_s(monkeypatch) -> list:
 
 @pytest.mark.gen_test
 async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis(api, monkeypatch):
-    """A tenth of a second's rate is taken at once and spent locally: 100 reads/s means
-    one Redis call per 10 reads, and never more reads than the bucket holds."""
+    """A share of the rate is taken at once and spent locally: at 100 reads/s, one Redis
+    call per share (50 reads), and never more reads than the bucket holds."""
     user = await api.new_user()
     me = await api.as_user(user["id"])
     calls = redis_calls_at_100_reads_per_s(monkeypatch)
+    share = share_size(RateLimiter.instance().read)
+    assert 1 < share <= 50
     started = time.monotonic()
     codes = []
     for n in range(80):
         codes.append((await me.get(f"/api/v1/users/{user['id']}"))[0])
-        if n == 39:  # the bucket held 50 and refills: every share so far was a full 10
-            assert len(calls) == 4, f"{len(calls)} Redis calls for 40 reads"
+        if n == 39:  # the bucket held 50 and refills: every share so far was a full one
+            assert len(calls) == math.ceil(40 / share), f"{len(calls)} Redis calls for 40 reads"
     elapsed = time.monotonic() - started
     assert codes.count(200) >= 50, "at least the bucket's 50"
     # At most what the bucket held and refilled, plus the share not yet spent (the stated bound).
-    assert codes.count(200) <= 50 + 100 * elapsed + (10 - 1), (codes.count(200), elapsed)
+    assert codes.count(200) <= 50 + 100 * elapsed + (share - 1), (codes.count(200), elapsed)
 
 
 @pytest.mark.gen_test
@@ -164,4 +167,5 @@ async def test_concurrent_calls_that_find_the_share_spent_ask_redis_once(api, mo
     calls = redis_calls_at_100_reads_per_s(monkeypatch)
     results = await asyncio.gather(*(me.get(f"/api/v1/users/{user['id']}") for _ in range(40)))
     assert [code for code, _, _ in results] == [200] * 40
-    assert len(calls) == 4, f"{len(calls)} Redis calls for 40 concurrent reads (a share is 10)"
+    share = share_size(RateLimiter.instance().read)
+    assert len(calls) == math.ceil(40 / share), f"{len(calls)} Redis calls for 40 concurrent reads (a share is {share})"
