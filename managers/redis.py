@@ -90,7 +90,6 @@ def client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
     over TLS with ``tls`` (config.load has checked that ``url`` says rediss:// then)."""
     options: dict[str, Any] = {
         **tls.redis_options(cfg["tls"]),
-        "socket_timeout": cfg["socket_timeout_s"],
         "socket_connect_timeout": cfg["connect_timeout_s"],
         # Never a silent retry (see the module's docstring): one attempt per call.
         "retry": Retry(NoBackoff(), retries=0),
@@ -98,7 +97,12 @@ def client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
         "max_connections": 64,  # per node on a cluster
     }
     if not cfg["cluster_nodes"]:
+        # No socket_timeout: every call already runs under RedisManager's one deadline, and
+        # redis-py's own would add a task per write (asyncio.wait_for) and a timer per read.
         return aioredis.Redis.from_url(cfg["url"], **options)  # rediss:// makes its connections TLS
+    # A cluster keeps redis-py's read and write deadlines: its TimeoutError is what makes the
+    # client refresh its slot map after a master dies, which a cancellation would not.
+    options["socket_timeout"] = cfg["socket_timeout_s"]
     if tls.enabled(cfg["tls"]):
         options["ssl"] = True
     credentials = parse_url(cfg["url"])  # a cluster has one database (0): only the user and password count

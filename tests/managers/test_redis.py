@@ -5,6 +5,7 @@ command."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -64,6 +65,54 @@ async def test_a_debit_whose_reply_is_lost_is_not_run_again(config):
         finally:
             await direct.aclose()
         assert 7.5 < tokens < 8.5, f"{tokens} tokens left of 10 after two debits of 1"
+    finally:
+        await redis.release()
+        await proxy.close()
+
+
+class MutedProxy(ReplyLosingProxy):
+    """A proxy to Redis that, while ``muted``, takes the server's replies and passes none on:
+    a server that hangs mid-command."""
+
+    muted = False
+
+    async def _replies(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                if not self.muted:
+                    dst.write(data)
+                    await dst.drain()
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_server_that_stops_answering_costs_a_call_its_deadline_and_leaves_no_reply_behind(config):
+    """The client has no socket timeout of its own (managers/redis.py): RedisManager's one
+    deadline ends the call, and the connection goes with it, so its late reply is never
+    read as the answer to a later command."""
+    proxy = MutedProxy(REDIS_PORT)
+    await proxy.open()
+    cfg = {**config["redis"], "url": f"redis://127.0.0.1:{proxy.port}/15"}
+    redis = RedisManager(redis_manager.client(cfg), cfg)
+    key, absent = f"test:{uuid.uuid4().hex}", f"test:{uuid.uuid4().hex}"
+    try:
+        await redis.cache_put(key, Cached(b"late", 1, "owner"))
+        proxy.muted = True
+        started = time.monotonic()
+        assert await redis.cache_get(key) is None  # read as a miss: the request reads through
+        assert time.monotonic() - started < redis.timeout_s + 0.5
+        redis._bypass_until = 0.0  # the manager's pause after a failure, over at once
+        started = time.monotonic()
+        with pytest.raises(redis_manager.UNAVAILABLE):
+            await redis.take_tokens(ratelimit.key_bucket(uuid.uuid4().hex, "GET"), per_s=1, burst=1)
+        assert time.monotonic() - started < redis.timeout_s + 0.5
+        proxy.muted = False
+        redis._bypass_until = 0.0
+        assert await redis.cache_get(absent) is None and not redis.bypassing(), "a reply left behind was read"
+        assert await redis.cache_get(key) == Cached(b"late", 1, "owner")
     finally:
         await redis.release()
         await proxy.close()
