@@ -335,9 +335,12 @@ class Authenticator(Manager):
         ``before_lookup`` runs before a lookup of a key that has no verdict here, or
         whose last one was "no such key" (the rate limiter's per-address bucket: it may
         raise 429); a key found valid before is looked up again without it."""
+        digest = _hash(key)
+        cached = self._verdicts.get(digest)
+        if cached is not None and cached[0] is not None and cached[1] > time.monotonic():
+            return cached[0]  # the common case: a valid key seen within the TTL (only well-formed ones are kept)
         if not well_formed(key):
             return None
-        digest = _hash(key)
         charged = False
         while True:
             cached = self._verdicts.get(digest)
