@@ -359,6 +359,10 @@ class GroupConsumer(TopicReader):
     recovered_message = "batches are stored again"
     batch_size = 1000
     per_record_s = 0.02  # a batch's deadline grows with its size
+    # How long the broker may hold a fetch to gather more (up to ``fetch_min_bytes``):
+    # aiokafka's defaults (1 byte, 500 ms) hand over whatever is there at once.
+    fetch_max_wait_ms = 500
+    fetch_min_bytes = 1
     join_stall_s = 15.0  # the watch's limit while the member has no partitions (_stall_limit_s)
     lag_refresh_s = 1.0
 
@@ -388,6 +392,8 @@ class GroupConsumer(TopicReader):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            fetch_min_bytes=self.fetch_min_bytes,
             request_timeout_ms=int(self.timeout_s * 1000) + 1000,
             **self.tls_options,
         )
