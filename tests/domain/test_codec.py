@@ -96,3 +96,13 @@ def test_anything_else_is_a_value_error(text):
 )
 def test_is_uuid_takes_only_the_form_the_service_writes(value, ok):
     assert codec.is_uuid(value) is ok
+
+
+@pytest.mark.parametrize(
+    "naive",
+    [dt.datetime(1, 1, 1), dt.datetime(2026, 2, 28, 23, 59, 59, 999_999), dt.datetime(9999, 12, 31, 23, 59, 59, 500)],
+)
+def test_a_naive_time_is_written_as_the_same_time_in_utc(naive):
+    """MariaDB's naive times take rfc3339's short way: the same text as the UTC time."""
+    assert codec.rfc3339(naive) == codec.rfc3339(naive.replace(tzinfo=dt.UTC))
+    assert codec.rfc3339(naive).endswith("Z") and len(codec.rfc3339(naive)) == 24
