@@ -50,6 +50,10 @@ from managers.kafka_producer import KafkaProducerManager
 from managers.websocket_hub import WebSocketHub
 
 log = logging.getLogger("singleton.kafka")
+# The broadcast reader hands events to the hub for this long before it lets the loop run
+# other work. Yielding after every event (as before) cost each event a whole turn of a
+# busy loop: at 400 payments/s a batch of 60 waited 60 turns, p99 300 ms (docs/PROFILING.md).
+DISPATCH_SLICE_S = 0.005
 
 
 async def record_lag(consumer: AIOKafkaConsumer, name: str) -> int:
@@ -296,11 +300,14 @@ class BroadcastConsumer(TopicReader):
         """Fetch what is there (waiting up to half a second) and dispatch it; how many records."""
         assert self.consumer is not None
         batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+        yield_at = time.monotonic() + DISPATCH_SLICE_S
         for tp, records in batches.items():
             for record in records:
                 await self._dispatch(record.value or b"")  # a null value is malformed too
                 self.next_offsets[tp] = record.offset + 1
-                await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
+                if time.monotonic() >= yield_at:  # a large fan-out batch must not starve HTTP requests
+                    await asyncio.sleep(0)
+                    yield_at = time.monotonic() + DISPATCH_SLICE_S
         if batches:
             self._progressed()
         self.lag = await record_lag(self.consumer, self.name)
