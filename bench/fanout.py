@@ -7,10 +7,13 @@ here, with what each costs in RSS. Payments come over REST at a fixed rate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
+import re
 import time
+import urllib.request
 from pathlib import Path
 from subprocess import PIPE, Popen
 
@@ -18,6 +21,8 @@ from bench import client
 from bench.env import PY, REPO, WORK, Proc, cpu_split, log, mysql_query, open_files, percentile, processes, rss_kib
 
 P99_LIMIT_MS = 100.0
+TARGET_RATE = 1000.0  # payments/s per process (issue 17), or the POST ceiling if lower
+CEILING_CONNECTIONS, CEILING_S = 50, 5.0  # POST payments as fast as they go, as wrk's runs do
 SPARE_FILES = 300  # the service's own files besides its sockets: pools, logs, a reconnect
 
 
@@ -69,7 +74,14 @@ def run(port: int, key: str, service: Proc, users: list[str], s) -> dict:
     out["single"]["per_socket_kib"] = (rss_kib(service.pid) - rss_before) / max(1, out["single"]["open"])
     if s.ws_most:
         out["most"] = hold_most(port, service, tokens, single, rss_before)
+    out["post_ceiling"] = post_ceiling(port, key, single)
+    clients.ask("collect")  # the ceiling's frames are not a step's
     out["single"]["steps"] = steps(port, key, service, clients, single, 1, s.ws_rates_single, s.ws_step_s)
+    target = min(TARGET_RATE, math.floor(out["post_ceiling"]["rps"]))
+    log(f"ws: the target, {target:g} payments/s (1,000 or the POST ceiling, {out['post_ceiling']['rps']:,.0f}/s)")
+    [row] = steps(port, key, service, clients, single, 1, [target], s.ws_step_s)
+    out["single"]["target"] = row | {"met": not row["why_not"]}
+    out["single"]["knee"] = knee(out["single"]["steps"])
     clients.close(service, files)
 
     per_user, tokens = s.ws_sockets // len(shared), asyncio.run(client.tokens(port, key, shared))  # fresh: 5 min
@@ -78,8 +90,79 @@ def run(port: int, key: str, service: Proc, users: list[str], s) -> dict:
     out["shared"] = {"users": len(shared), "per_user": per_user}
     out["shared"] |= clients.open([(tokens[u], f"c{k}") for k in range(per_user) for u in shared])
     out["shared"]["steps"] = steps(port, key, service, clients, shared, per_user, s.ws_rates_shared, s.ws_step_s)
+    out["shared"]["knee"] = knee(out["shared"]["steps"])
     clients.close(service, files)
     return out
+
+
+def knee(rows: list[dict]) -> dict | None:
+    """The last step that held: its rate, delivered frames/s and p99."""
+    held = [r for r in rows if not r["why_not"]]
+    return {k: held[-1][k] for k in ("rate", "fps", "p99_ms")} if held else None
+
+
+def post_ceiling(port: int, key: str, users: list[str]) -> dict:
+    """POST payments as fast as the service takes them (``CEILING_CONNECTIONS`` at once, each
+    sending its next when answered), with the sockets open: the target's other bound."""
+
+    async def go() -> int:
+        pool, end = client.Pool(port, key, CEILING_CONNECTIONS), time.monotonic() + CEILING_S
+
+        async def worker(i: int) -> int:
+            created = 0
+            while time.monotonic() < end:
+                body = {
+                    "user_id": users[(created * CEILING_CONNECTIONS + i) % len(users)],
+                    "amount": "1.00",
+                    "currency": "USD",
+                }
+                created += (await pool.request("POST", "/api/v1/payments", body))[0] == 201
+            return created
+
+        created = sum(await asyncio.gather(*(worker(i) for i in range(CEILING_CONNECTIONS))))
+        pool.close()
+        return created
+
+    log(f"ws: the POST ceiling, {CEILING_CONNECTIONS} connections for {CEILING_S:g} s")
+    return {"rps": round(asyncio.run(go()) / CEILING_S, 1), "connections": CEILING_CONNECTIONS}
+
+
+def metrics_url(pid: int) -> str | None:
+    """The service's /metrics: of the ports its process listens on, the one that serves it."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").removesuffix("]"))
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    for port in [int(f[1].split(":")[1], 16) for f in map(str.split, lines) if f[3] == "0A" and f[9] in inodes]:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).close()
+            return f"http://127.0.0.1:{port}/metrics"
+        except OSError:
+            continue
+    return None
+
+
+SERIES = {"kafka_to_hub": 'singleton_kafka_consumer_delay_seconds_bucket{consumer="broadcast",'}
+SERIES |= {f"gc{g}": f'singleton_gc_pause_seconds_bucket{{generation="{g}",' for g in range(3)}
+
+
+def scrape(url: str | None) -> dict[str, dict[float, float]]:
+    """Each histogram of ``SERIES``: upper bound -> cumulative count."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode() if url else ""
+    out: dict = {name: {} for name in SERIES}
+    for name, prefix in SERIES.items():
+        for line in text.splitlines():
+            if line.startswith(prefix) and (m := re.search(r'le="([^"]+)"\} (\S+)', line)):
+                out[name][float(m[1])] = float(m[2])
+    return out
+
+
+def bucket_ms(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The upper bound (ms) of the bucket holding quantile ``q`` of what was observed in between."""
+    delta = sorted((le, after[le] - before.get(le, 0)) for le in after)
+    total = delta[-1][1] if delta else 0
+    return next((le * 1000 for le, n in delta if n >= total * q / 100), None) if total else None
 
 
 def hold_most(port: int, service: Proc, tokens: dict, users: list[str], rss_before: int) -> dict:
@@ -112,10 +195,10 @@ def legs(since: float) -> dict:
 
 def steps(port: int, key: str, service: Proc, clients: Clients, users: list[str], per_user: int, rates, seconds):
     """A step per rate, up to the first whose p99 passes the limit, loses a frame or falls behind."""
-    rows, names = [], {service.pid: "service", os.getpid(): "bench (REST driver)"}
+    rows, names, url = [], {service.pid: "service", os.getpid(): "bench (REST driver)"}, metrics_url(service.pid)
     names |= {p.pid: "ws client" for p in clients.procs}
     for rate in rates:
-        before, started = processes(), time.time()
+        before, started, histograms = processes(), time.time(), scrape(url)
         driven = asyncio.run(client.drive(port, key, users, rate, seconds))
         answers = clients.ask("collect")
         cpu, elapsed = cpu_split(before, processes(), time.time() - started, names), time.time() - started
@@ -127,6 +210,17 @@ def steps(port: int, key: str, service: Proc, clients: Clients, users: list[str]
         row["fps"] = round(len(lat) / window) if lat and window > 0 else 0
         row["frames_per_cpu_s"] = round(len(lat) / (cpu.get("service", 0) * elapsed or math.inf))
         row |= {"cpu_cores": cpu, "legs_ms": legs(started)}
+        after = scrape(url)  # the service's own: Kafka to the hub (bucket bounds), collector passes
+        row["legs_ms"]["kafka_to_hub"] = [
+            bucket_ms(histograms["kafka_to_hub"], after["kafka_to_hub"], q) for q in (50, 99)
+        ]
+        gc = {g: after[f"gc{g}"].get(math.inf, 0) - histograms[f"gc{g}"].get(math.inf, 0) for g in range(3)}
+        row["gc"] = {
+            "passes": gc,
+            "longest_ms": max(
+                (bucket_ms(histograms[f"gc{g}"], after[f"gc{g}"], 100) or 0 for g in range(3)), default=0
+            ),
+        }
         failed = {
             f"p99 over {P99_LIMIT_MS:g} ms": (row["p99_ms"] or math.inf) > P99_LIMIT_MS,
             "frames lost": len(lat) < expected,

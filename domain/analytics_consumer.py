@@ -15,11 +15,6 @@ from managers.mongodb import MongoManager
 
 class AnalyticsConsumer(GroupConsumer):
     name = NAME
-    # Batches of a quarter of a second: a batch writes each calendar document it touches once
-    # (AnalyticsStore folds it), so at a few hundred events a second FerretDB gets a write
-    # per document per batch, not per few events. The analytics are that much later.
-    fetch_max_wait_ms = 250
-    fetch_min_bytes = 256 * 1024
     stores = (MongoManager,)  # MongoDB out of reach is an outage; a write it refuses, a bug (both retried)
 
     def __init__(self, config: Config):

@@ -50,6 +50,10 @@ from managers.kafka_producer import KafkaProducerManager
 from managers.websocket_hub import WebSocketHub
 
 log = logging.getLogger("singleton.kafka")
+# The broadcast reader hands events to the hub for this long before it lets the loop run
+# other work. Yielding after every event (as before) cost each event a whole turn of a
+# busy loop: at 400 payments/s a batch of 60 waited 60 turns, p99 300 ms (docs/PROFILING.md).
+DISPATCH_SLICE_S = 0.005
 
 
 async def record_lag(consumer: AIOKafkaConsumer, name: str) -> int:
@@ -256,6 +260,7 @@ class BroadcastConsumer(TopicReader):
         # Per partition, the offset after the last record dispatched: where a replacement
         # consumer resumes, so no event is skipped (the hub drops one dispatched twice).
         self.next_offsets: dict[TopicPartition, int] = {}
+        self._delay = metrics.CONSUMER_DELAY.labels(self.name)
 
     async def _connect(self) -> None:
         self.consumer = await self._open()
@@ -296,11 +301,15 @@ class BroadcastConsumer(TopicReader):
         """Fetch what is there (waiting up to half a second) and dispatch it; how many records."""
         assert self.consumer is not None
         batches = await self.consumer.getmany(timeout_ms=500, max_records=500)
+        yield_at = time.monotonic() + DISPATCH_SLICE_S
         for tp, records in batches.items():
             for record in records:
                 await self._dispatch(record.value or b"")  # a null value is malformed too
+                self._delay.observe(max(time.time() - record.timestamp / 1000, 0.0))  # since the relay's send
                 self.next_offsets[tp] = record.offset + 1
-                await asyncio.sleep(0)  # a large fan-out batch must not starve HTTP requests
+                if time.monotonic() >= yield_at:  # a large fan-out batch must not starve HTTP requests
+                    await asyncio.sleep(0)
+                    yield_at = time.monotonic() + DISPATCH_SLICE_S
         if batches:
             self._progressed()
         self.lag = await record_lag(self.consumer, self.name)
@@ -359,12 +368,14 @@ class GroupConsumer(TopicReader):
     recovered_message = "batches are stored again"
     batch_size = 1000
     per_record_s = 0.02  # a batch's deadline grows with its size
-    # How long the broker may hold a fetch to gather more (up to ``fetch_min_bytes``):
-    # aiokafka's defaults (1 byte, 500 ms) hand over whatever is there at once.
-    fetch_max_wait_ms = 500
-    fetch_min_bytes = 1
     join_stall_s = 15.0  # the watch's limit while the member has no partitions (_stall_limit_s)
     lag_refresh_s = 1.0
+    # A fetch waits for this much data, or this long: batches of a quarter second's events
+    # instead of one or two each. Each batch costs its store a few round trips whatever its
+    # size, so at 400 events/s small batches cost the analytics store most of a core (the
+    # service's CPU, FerretDB's and PostgreSQL's), taken from the real-time path beside it.
+    fetch_min_bytes = 1 << 20
+    fetch_max_wait_ms = 250
 
     def __init__(self, config: Config, group: str):
         super().__init__(config)
@@ -392,8 +403,8 @@ class GroupConsumer(TopicReader):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
-            fetch_max_wait_ms=self.fetch_max_wait_ms,
             fetch_min_bytes=self.fetch_min_bytes,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             request_timeout_ms=int(self.timeout_s * 1000) + 1000,
             **self.tls_options,
         )

@@ -12,9 +12,13 @@ zeros before the first event.
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
+import gc
+import time
 from collections.abc import Iterable
+from typing import Any
 
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
@@ -168,6 +172,18 @@ WS_DELIVERY_DELAY = Histogram(
     "From an event's occurred_at to its frames being written to its user's connections (once per event)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+CONSUMER_DELAY = Histogram(
+    f"{PREFIX}_kafka_consumer_delay_seconds",
+    "From a record's Kafka timestamp (the relay's send) to its hand-off (the broadcast reader's: to the hub)",
+    ["consumer"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+GC_PAUSE = Histogram(
+    f"{PREFIX}_gc_pause_seconds",
+    "Passes of Python's cyclic collector, each holding every thread, by generation (0, 1, 2)",
+    ["generation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 CONSUMER_LAG = Gauge(
     f"{PREFIX}_kafka_consumer_lag_messages", "Messages behind the partition high-water marks, by consumer", ["consumer"]
 )
@@ -213,6 +229,34 @@ for _series, _values in (
     for _value in _values:
         _series.labels(_value)
 
+_GC_PAUSES: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)  # not yet in GC_PAUSE
+_gc_started = 0.0
+
+
+def _time_gc(phase: str, info: dict[str, Any]) -> None:
+    """gc.callbacks: note each pass's length. Observed into GC_PAUSE later (``gc_pauses_observed``),
+    never here: a pass can start inside a metric's lock, which observing would take again."""
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _GC_PAUSES.append((info["generation"], time.perf_counter() - _gc_started))
+
+
+def time_gc() -> None:
+    """Time every pass of the cyclic collector from now on (once a process; again adds nothing)."""
+    for generation in range(3):
+        GC_PAUSE.labels(str(generation))
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
+
+
+def gc_pauses_observed() -> None:
+    """The passes noted since the last call, into GC_PAUSE."""
+    while _GC_PAUSES:
+        generation, seconds = _GC_PAUSES.popleft()
+        GC_PAUSE.labels(str(generation)).observe(seconds)
+
 
 class MetricsManager(Manager):
     """Owns the registry the /metrics endpoint renders (process metrics included)."""
@@ -225,4 +269,5 @@ class MetricsManager(Manager):
         return cls._install(cls(prometheus_client.REGISTRY))
 
     def render(self) -> tuple[str, bytes]:
+        gc_pauses_observed()
         return prometheus_client.CONTENT_TYPE_LATEST, prometheus_client.generate_latest(self.registry)

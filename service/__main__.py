@@ -36,6 +36,7 @@ from domain.auth import Authenticator
 from domain.errors import APIError
 from handlers.base import Traffic
 from managers import config as config_module
+from managers import metrics
 from managers.config import Config
 from managers.health import HealthMonitor
 from managers.logger import LoggerManager
@@ -168,6 +169,7 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    metrics.time_gc()  # each pass's pause, in /metrics (singleton_gc_pause_seconds)
 
 
 async def serve(
