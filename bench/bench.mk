@@ -19,7 +19,7 @@ BENCH_CLUSTER_SHORT = BENCH_DURATION_S=$(or $(BENCH_DURATION_S),5) BENCH_USERS=$
 bench-deps: install
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
 
-bench: bench-deps services ## Every endpoint against a bare Tornado baseline, WebSocket fan-out, the analytics store
+bench: bench-deps services ## Every endpoint against a bare Tornado baseline and its floor, a profile, WebSocket fan-out, analytics
 	@command -v wrk >/dev/null || bash devstack/services.sh tools
 	$(PY) -m bench
 
