@@ -51,26 +51,34 @@ else:  # TLS to MariaDB, Redis and Kafka: devstack serves it on each plaintext p
         "SINGLETON_KAFKA__BOOTSTRAP_SERVERS": f"{env.HOST}:{int(os.environ.get('KAFKA_PORT', 9092)) + 1000}",
     }
 SHARD_LAYOUTS = tuple(v for v in VARIANTS if v.endswith((" shard", " shards")))
-# key: label, wrk script, ids (a seed list, "pending" or "completed"), path template, floor
+
+
+def rest(path: str, body: str = "") -> dict[str, str]:
+    """bench/lua/request.lua's settings: a POST with ``body``, else a GET; both templates take an id."""
+    return {"METHOD": "POST" if body else "GET", "PATH": path, "BODY": body}
+
+
+PAYMENT = '{"user_id":"%s","amount":"12.34","currency":"USD","description":"bench"}'
+REFUND = '{"amount":"0.01","reason":"requested_by_customer"}'  # a payment holds thousands of cents
+PAGE = "/api/v1/users/%s/payments?limit=20"
+# key: label, ids (a seed list, "pending" or "completed"), floor, the wrk script's BENCH_* settings
 ENDPOINTS = {
-    "get_user": ("GET user (cache hit)", "get.lua", "users", "/api/v1/users/%s", "get"),
-    "get_payment": ("GET payment (cache hit)", "get.lua", "payments", "/api/v1/payments/%s", "get"),
-    "list_payments": (
-        "GET user payments (page of 20)",
-        "get.lua",
-        "list_users",
-        "/api/v1/users/%s/payments?limit=20",
-        "page",
+    "get_user": ("GET user (cache hit)", "users", "get", rest("/api/v1/users/%s")),
+    "get_payment": ("GET payment (cache hit)", "payments", "get", rest("/api/v1/payments/%s")),
+    "list_payments": ("GET user payments (page of 20)", "list_users", "page", rest(PAGE)),
+    "post_payments": ("POST payments", "users", "post", rest("/api/v1/payments", PAYMENT)),
+    "post_refunds": (
+        "POST refunds (0.01 of a completed payment)",
+        "completed",
+        "post",
+        rest("/api/v1/payments/%s/refunds", REFUND),
     ),
-    "post_payments": ("POST payments", "post_payments.lua", "users", "", "post"),
-    "post_refunds": ("POST refunds (0.01 of a completed payment)", "post_refunds.lua", "completed", "", "post"),
-    "put_status": ("PUT payment status", "put_status.lua", "pending", "", "put"),
+    "put_status": ("PUT payment status", "pending", "put", {"SCRIPT": "put_status.lua"}),
     "list_filtered": (
         f"GET user payments, filtered ({env.BIG_USER_PAYMENTS:,} payments)",
-        "get.lua",
         "big_user",
-        "/api/v1/users/%s/payments?limit=20&status=completed" + env.BIG_USER_WINDOW,
         "page",
+        rest(PAGE + "&status=completed" + env.BIG_USER_WINDOW),
     ),
 }
 WRITES = ("post_payments", "post_refunds", "put_status")  # each run is followed by the drain's measure
@@ -116,7 +124,7 @@ class Run:
     def start_floors(self) -> None:
         """Every endpoint's floor (one physical shard only), once the keys and the seed are in."""
         env.floor_tables()
-        for kind in dict.fromkeys(e[4] for e in ENDPOINTS.values()):
+        for kind in dict.fromkeys(e[2] for e in ENDPOINTS.values()):
             port = free_port()
             self.floors[f"floor {kind}"] = env.start_floor(kind, port, KEYS), port
 
@@ -126,8 +134,8 @@ class Run:
         self.running = {}
 
     def prepare(self, endpoint: str, variant: str) -> dict:
-        """The ids file and path ``endpoint``'s script takes (pending and completed payments anew)."""
-        _, _, ids, path, _ = ENDPOINTS[endpoint]
+        """The ids file, path and body ``endpoint``'s script takes (pending and completed payments anew)."""
+        _, ids, _, request = ENDPOINTS[endpoint]
         ids = "users_home" if variant == "1 shard" and ids == "users" else ids  # the home's, alone there
         if ids == "pending":
             pending = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
@@ -139,7 +147,7 @@ class Run:
             port, key = self.running["shipped"][1], KEYS.read_text().split()[0]
             self.ids[ids] = asyncio.run(client.completed(port, key, self.ids["payments"][:1000]))
         (env.WORK / f"{ids}.txt").write_text("\n".join(self.ids[ids]) + "\n")
-        return {"BENCH_IDS": str(env.WORK / f"{ids}.txt"), "BENCH_PATH": path}
+        return {"BENCH_IDS": str(env.WORK / f"{ids}.txt")} | {f"BENCH_{k}": v for k, v in request.items()}
 
     def wrk(self, name: str, target: str | None, endpoint: str, seconds: int, ids: dict | None = None, **kw) -> dict:
         """One wrk run against ``endpoint`` of ``target`` (a variant, or a floor), or against the
@@ -147,11 +155,12 @@ class Run:
         procs = self.running | self.floors
         names = {self.baseline.pid: "baseline", os.getpid(): "bench"}
         names |= {proc.pid: "idle " + v.split()[0] for v, (proc, _) in procs.items()}
-        extra, script, url = {"BENCH_KEYS": str(KEYS)}, "get.lua", f"http://{env.HOST}:{self.base_port}/"
+        extra, url = {"BENCH_KEYS": str(KEYS)}, f"http://{env.HOST}:{self.base_port}/"
         if target is not None:
             names[procs[target][0].pid] = "floor" if target in self.floors else "service"
             extra |= ids or self.prepare(endpoint, target)
-            script, url = ENDPOINTS[endpoint][1], f"http://{env.HOST}:{procs[target][1]}"
+            url = f"http://{env.HOST}:{procs[target][1]}"
+        script = extra.get("BENCH_SCRIPT", "request.lua")
         r = wrk.run(name, url, script, seconds, self.s.connections, extra | {"names": names}, **kw)
         log(f"  {name:<40} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms")
         return r
@@ -170,7 +179,7 @@ class Run:
             self.use(variants)
             seconds = self.s.duration_s if len(variants) == 1 else max(3, self.s.duration_s // 2)  # side by side
             for variant, endpoint in plan:
-                floor, ids = f"floor {ENDPOINTS[endpoint][4]}", self.prepare(endpoint, variant)
+                floor, ids = f"floor {ENDPOINTS[endpoint][2]}", self.prepare(endpoint, variant)
                 if below := variant == "shipped" and floor in self.floors:
                     floor_run = self.wrk(f"{floor}: {endpoint}", floor, endpoint, seconds, ids)
                 r = self.wrk(f"{variant}: {endpoint}", variant, endpoint, seconds, ids)
@@ -189,7 +198,7 @@ class Run:
         out: dict[str, dict] = {}
         for e in ENDPOINTS:
             ids, procs = self.prepare(e, "shipped"), self.running | self.floors
-            for who in ("shipped", f"floor {ENDPOINTS[e][4]}"):
+            for who in ("shipped", f"floor {ENDPOINTS[e][2]}"):
                 if who in procs:
                     r = self.wrk(f"profile {who}: {e}", who, e, self.s.profile_s, ids, profile=procs[who][0].pid)
                     out.setdefault(e, {})[who.split()[0]] = r["profile_us"]
