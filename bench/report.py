@@ -180,9 +180,13 @@ def header(r: dict) -> list[str]:
         f"work took (cores) {_cpu(r['load_before'])} before the run and {_cpu(r['load_after'])} after it; the CPU "
         "columns name it run by run (the bench's own backing services capitalised, anything else by command name).",
         f"- **Load:** wrk, {s['connections']} connections, 2 threads, {s['duration_s']} s a run, runs alternating "
-        "with a bare Tornado handler (the baseline) and, as shipped, each endpoint's floor before it (bench/floors.py, "
-        f"on the service's event loop: {mc.get('event_loop', 'asyncio')}): a ratio is to the two baseline runs beside "
-        "it, and to the floor's run just before.",
+        + (
+            "with a bare Tornado handler (the baseline) and, as shipped, each endpoint's floor before it "
+            f"(bench/floors.py, on the service's event loop: {mc['event_loop']}): a ratio is to the two baseline runs "
+            "beside it, and to the floor's run just before."
+            if "event_loop" in mc  # runs before the floors had none
+            else "with a bare Tornado handler: a ratio is to the two baseline runs beside it."
+        ),
         f"- **Service:** as shipped (API keys, rate limiter, access log at INFO) with limits the bench never meets; "
         f"{s['users']:,} users and {s['list_users'] * s['payments_per_user']:,} payments seeded, each read once.",
         "- **Caveat:** one run per number on a small shared machine; ratios are steadier than absolute numbers. With "
