@@ -215,7 +215,7 @@ def http_section(r: dict, images: list[str]) -> list[str]:
     header += ["ratio to floor", "errors / non-2xx", "outbox drained / analytics lag 0, s after", "CPU (cores)"]
     pool = _versus(r, "MariaDB pool of 50", ("list_payments", "put_status"), "{label} {p50_ms:,.1f} / {p99_ms:,.1f}")
     two = _versus(r, "2 processes", ("get_user", "post_payments"), "{label} {ratio:.1%}")
-    return [
+    out = [
         "## HTTP endpoints",
         "",
         f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. Floors (bench/floors.py, the bare "
@@ -227,14 +227,17 @@ def http_section(r: dict, images: list[str]) -> list[str]:
         "topic's end, read from Kafka). What bounds each missed target: the profile below, docs/PROFILING.md.",
         "",
         *_table(header, rows),
-        f"MariaDB's pool as shipped (10 connections) → 50, one for each of wrk's, p50 / p99 ms: {pool}.",
-        "",
-        f"One process → two (`server.processes: 2`), ratio to the baseline: {two}. Both workers share the 2 cores "
-        "with wrk, the baseline and every backing service (the CPU column): no core is free for the second worker "
-        "here, so this is no measure of scaling.",
-        "",
-        *(f"![{name}]({IMAGES}{name})\n" for name in images if name != "ws_knee.png"),
     ]
+    if pool:
+        out += [f"MariaDB's pool as shipped (10 connections) → 50, one for each of wrk's, p50 / p99 ms: {pool}.", ""]
+    if two:
+        out += [
+            f"One process → two (`server.processes: 2`), ratio to the baseline: {two}. Both workers share the 2 cores "
+            "with wrk, the baseline and every backing service (the CPU column): no core is free for the second worker "
+            "here, so this is no measure of scaling.",
+            "",
+        ]
+    return out + [f"![{name}]({IMAGES}{name})\n" for name in images if name != "ws_knee.png"]
 
 
 def profile_section(r: dict) -> list[str]:
