@@ -109,6 +109,7 @@ class Run:
         self.floors: dict[str, tuple[env.Proc, int]] = {}  # "floor get": process, port
         self.ids: dict[str, list[str]] = {}
         self.tables: dict | None = None
+        self.profiled: dict = {}  # {"get_user": {"shipped": {group: µs}, "floor": {...}}, ...}
 
     def use(self, variants: tuple[str, ...]) -> None:
         """Exactly these variants running, each on a port of its own, warmed up."""
@@ -173,7 +174,7 @@ class Run:
     def http(self) -> list[dict]:
         """Every phase's runs, each between two baseline runs (and after its floor's)."""
         runs = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}]
-        for variants, plan in (step for name in PHASES if self.s.phase(name) for step in PHASES[name]):
+        for phase, (variants, plan) in ((p, step) for p in PHASES if self.s.phase(p) for step in PHASES[p]):
             if set(variants) <= set(SHARD_LAYOUTS) and self.tables is None:  # before "1 shard" writes to a alone
                 self.tables = env.table_sizes()
             self.use(variants)
@@ -191,6 +192,8 @@ class Run:
                 if below:  # the floor's run just before the endpoint's
                     r |= {"floor_rps": floor_run["rps"], "floor_ratio": round(r["rps"] / floor_run["rps"], 4)}
                 runs += [r | {"ratio": round(r["rps"] / r["baseline_rps"], 4)}, after]
+            if phase == "shipped":  # while its process is warm
+                self.profiled = self.profile()
         return runs
 
     def profile(self) -> dict:
@@ -224,9 +227,7 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
         run.wrk("warmup-baseline", None, "", s.warmup_s)
         if s.stage("http"):
             results["runs"] = run.http()
-            if s.phase("shipped"):
-                run.use(("shipped",))
-                results["profile"] = run.profile()  # {"get_user": {"shipped": {group: µs}, "floor": ...}}
+            results["profile"] = run.profiled
             results["tables"] = run.tables or env.table_sizes()  # how the shards split what the run wrote
             results["redis_keys"] = env.redis_spread()  # and how the keys hash over Redis Cluster's masters
         if s.stage("ws"):
