@@ -1,9 +1,9 @@
-"""``python -m bench`` (``make bench``): the whole benchmark, end to end, in stages
-(bench/README.md): seed, ``http`` (wrk against each endpoint of each service variant,
-alternating with the bare baseline), ``ws`` (bench/fanout.py), ``analytics``
-(bench/analytics.py); then docs/bench/results.json and docs/BENCHMARKS.md. With a sharded
-configuration (``make bench-cluster``) ``http`` also compares POST payments on one physical
-shard and on all of them; the results go to docs/bench/cluster/ and docs/BENCHMARKS-cluster.md."""
+"""``python -m bench`` (``make bench``): the whole benchmark, in stages (bench/README.md): seed,
+``http`` (wrk against each endpoint of each service variant, alternating with the bare baseline
+and, in the shipped phase, each endpoint's floor; then py-spy's profile of each), ``ws``
+(bench/fanout.py), ``analytics`` (bench/analytics.py); then docs/bench/results.json and
+docs/BENCHMARKS.md. With a sharded configuration (``make bench-cluster``) ``http`` also compares
+POST payments on one physical shard and on all of them."""
 
 from __future__ import annotations
 
@@ -25,75 +25,78 @@ from service.supervisor import free_port
 NO_LIMITER = {"SINGLETON_RATE_LIMIT__ENABLED": "false"}
 VARIANTS = {
     "shipped": {},
-    "no auth, no limiter": NO_LIMITER,  # and keys not checked: UNAUTHENTICATED
+    "no auth, no limiter": NO_LIMITER,  # and keys not checked (ENTRY)
     "key check": NO_LIMITER,
     "key check + limiter": {},
     "logging at WARNING": {"SINGLETON_LOGGING__LEVEL": "WARNING"},
+    "no metrics": {},  # key check + limiter, no metric recorded (ENTRY)
     "2 processes": {"SINGLETON_SERVER__PROCESSES": "2"},
     "MariaDB pool of 50": {"SINGLETON_MYSQL__POOL_MAX": "50"},  # a connection for each of wrk's
 }
-UNAUTHENTICATED = {"no auth, no limiter"}  # run as bench/unauthenticated.py: no config turns keys off
-COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING")  # --role api, side by side
+# The bench's own entry points: no configuration turns key checks or metrics off.
+ENTRY = {"no auth, no limiter": "bench.unauthenticated", "no metrics": "bench.unmetered"}
+COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING", "no metrics")
 SHARDED = len(env.shards()) > 1
 if SHARDED:  # the same servers, the home alone holding every logical shard or config's map
     VARIANTS |= {"1 shard": env.one_shard(), f"{len(env.shards())} shards": {}}
-# TLS to MariaDB, Redis and Kafka (config.tls.yaml's settings): the everyday stack serves it
-# beside plaintext, with its own CA (devstack/README.md); the cluster stack serves none.
-TLS = "TLS to MariaDB, Redis, Kafka"
-if not SHARDED:
-
-    def _tls_port(name: str, default: int) -> int:  # devstack's TLS port: the plaintext one + 1000
-        return int(os.environ.get(name, default)) + 1000
-
-    _tls_dir = Path(os.environ.get("DEVSTACK_DIR") or env.REPO / ".devstack") / "tls"
-    _tls_files = {"CA_FILE": "ca.pem", "CERT_FILE": "client.pem", "KEY_FILE": "client.key"}
+else:  # TLS to MariaDB, Redis and Kafka: devstack serves it on each plaintext port + 1000, with its own CA
+    TLS = "TLS to MariaDB, Redis, Kafka"
+    tls_dir, files = Path(os.environ.get("DEVSTACK_DIR") or env.REPO / ".devstack") / "tls", ("CA", "CERT", "KEY")
     VARIANTS[TLS] = {
-        f"SINGLETON_{store}__TLS__{key}": str(_tls_dir / name)
+        f"SINGLETON_{store}__TLS__{key}_FILE": str(tls_dir / name)
         for store in ("MYSQL", "REDIS", "KAFKA")
-        for key, name in _tls_files.items()
+        for key, name in zip(files, ("ca.pem", "client.pem", "client.key"), strict=True)
     } | {
-        "SINGLETON_REDIS__URL": f"rediss://{env.HOST}:{_tls_port('REDIS_PORT', 6379)}/{env.REDIS_DB}",
-        "SINGLETON_KAFKA__BOOTSTRAP_SERVERS": f"{env.HOST}:{_tls_port('KAFKA_PORT', 9092)}",
+        "SINGLETON_REDIS__URL": f"rediss://{env.HOST}:{int(os.environ.get('REDIS_PORT', 6379)) + 1000}/{env.REDIS_DB}",
+        "SINGLETON_KAFKA__BOOTSTRAP_SERVERS": f"{env.HOST}:{int(os.environ.get('KAFKA_PORT', 9092)) + 1000}",
     }
 SHARD_LAYOUTS = tuple(v for v in VARIANTS if v.endswith((" shard", " shards")))
-# A variant that must be driven with other ids: one shard holds only the users seeded on the home.
-VARIANT_IDS = {"1 shard": {"users": "users_home"}}
-# key: label, wrk script, ids (a seed list, or "pending"), path template
+
+
+def rest(path: str, body: str = "") -> dict[str, str]:
+    """bench/lua/request.lua's settings: a POST with ``body``, else a GET; both templates take an id."""
+    return {"METHOD": "POST" if body else "GET", "PATH": path, "BODY": body}
+
+
+PAYMENT = '{"user_id":"%s","amount":"12.34","currency":"USD","description":"bench"}'
+REFUND = '{"amount":"0.01","reason":"requested_by_customer"}'  # a payment holds thousands of cents
+PAGE = "/api/v1/users/%s/payments?limit=20"
+# key: label, ids (a seed list, "pending" or "completed"), floor, the wrk script's BENCH_* settings
 ENDPOINTS = {
-    "get_user": ("GET user (cache hit)", "get.lua", "users", "/api/v1/users/%s"),
-    "get_payment": ("GET payment (cache hit)", "get.lua", "payments", "/api/v1/payments/%s"),
-    "list_payments": ("GET user payments (page of 20)", "get.lua", "list_users", "/api/v1/users/%s/payments?limit=20"),
-    "post_payments": ("POST payments", "post_payments.lua", "users", ""),
-    "post_refunds": ("POST refunds (0.01 of a completed payment)", "post_refunds.lua", "completed", ""),
-    "put_status": ("PUT payment status", "put_status.lua", "pending", ""),
+    "get_user": ("GET user (cache hit)", "users", "get", rest("/api/v1/users/%s")),
+    "get_payment": ("GET payment (cache hit)", "payments", "get", rest("/api/v1/payments/%s")),
+    "list_payments": ("GET user payments (page of 20)", "list_users", "page", rest(PAGE)),
+    "post_payments": ("POST payments", "users", "post", rest("/api/v1/payments", PAYMENT)),
+    "post_refunds": (
+        "POST refunds (0.01 of a completed payment)",
+        "completed",
+        "post",
+        rest("/api/v1/payments/%s/refunds", REFUND),
+    ),
+    "put_status": ("PUT payment status", "pending", "put", {"SCRIPT": "put_status.lua"}),
     "list_filtered": (
         f"GET user payments, filtered ({env.BIG_USER_PAYMENTS:,} payments)",
-        "get.lua",
         "big_user",
-        "/api/v1/users/%s/payments?limit=20&status=completed" + env.BIG_USER_WINDOW,
+        "page",
+        rest(PAGE + "&status=completed" + env.BIG_USER_WINDOW),
     ),
 }
 WRITES = ("post_payments", "post_refunds", "put_status")  # each run is followed by the drain's measure
 CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
 KEYS = env.WORK / "keys.txt"
 # Each phase by name, as steps: the processes running side by side, and the (variant, endpoint)
-# runs against them.
+# runs against them. The shipped phase runs each endpoint's floor before it (one physical shard).
 PHASES = {
     "shipped": [(("shipped",), [("shipped", e) for e in ENDPOINTS])],
     "pool": [(("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")])],
     "costs": [(COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED])],  # 3 rounds of half-length runs
     "processes": [(("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")])],
 }
-if TLS in VARIANTS:  # what TLS to the stores costs: the shipped runs are the same endpoints in plaintext
+if SHARDED:  # BENCH_SHARD_ROUNDS rounds alternating, one service at a time, started anew for each run
+    rounds = range(env.Settings().shard_rounds)
+    PHASES["shards"] = [((v,), [(v, "post_payments")]) for _ in rounds for v in SHARD_LAYOUTS]
+else:  # what TLS to the stores costs: the shipped runs are the same endpoints in plaintext
     PHASES["tls"] = [((TLS,), [(TLS, "get_user"), (TLS, "post_payments")])]
-if SHARDED:  # BENCH_SHARD_ROUNDS rounds alternating: one service at a time (BENCH_SHARDS_APART), or side by side
-    s = env.Settings()
-    if s.shards_apart:  # two services' background loops slowed each other's POSTs 2-8x here
-        PHASES["shards"] = [((v,), [(v, "post_payments")]) for _ in range(s.shard_rounds) for v in SHARD_LAYOUTS]
-    else:
-        PHASES["shards"] = [
-            (SHARD_LAYOUTS, [(v, "post_payments") for _ in range(s.shard_rounds) for v in SHARD_LAYOUTS])
-        ]
 
 
 class Run:
@@ -101,10 +104,12 @@ class Run:
 
     def __init__(self, s: env.Settings):
         self.s, self.base_port = s, free_port()
-        self.baseline = env.start_baseline(self.base_port)
-        self.running: dict[str, tuple[env.Proc, int]] = {}
+        self.baseline = env.start_floor("bare", self.base_port)
+        self.running: dict[str, tuple[env.Proc, int]] = {}  # variant: process, port
+        self.floors: dict[str, tuple[env.Proc, int]] = {}  # "floor get": process, port
         self.ids: dict[str, list[str]] = {}
         self.tables: dict | None = None
+        self.profiled: dict = {}  # {"get_user": {"shipped": {group: µs}, "floor": {...}}, ...}
 
     def use(self, variants: tuple[str, ...]) -> None:
         """Exactly these variants running, each on a port of its own, warmed up."""
@@ -113,36 +118,51 @@ class Run:
             for v in variants:
                 log(f"service: {v}")
                 port, role = free_port(), "api" if v in COMPARED else "all"
-                checked = v not in UNAUTHENTICATED
-                self.running[v] = env.start_service(v, port, VARIANTS[v], role, check_keys=checked), port
+                self.running[v] = env.start_service(v, port, VARIANTS[v], role, ENTRY.get(v, "service")), port
                 if self.ids:
                     self.wrk("warmup", v, "get_user", self.s.warmup_s)
+
+    def start_floors(self) -> None:
+        """Every endpoint's floor (one physical shard only), once the keys and the seed are in."""
+        env.floor_tables()
+        for kind in dict.fromkeys(e[2] for e in ENDPOINTS.values()):
+            port = free_port()
+            self.floors[f"floor {kind}"] = env.start_floor(kind, port, KEYS), port
 
     def stop(self) -> None:
         for proc, _ in self.running.values():
             proc.stop()
         self.running = {}
 
-    def wrk(self, name: str, variant: str | None, endpoint: str, duration_s: int) -> dict:
-        """One wrk run against ``endpoint`` of ``variant``, or against the baseline (variant None)."""
+    def prepare(self, endpoint: str, variant: str) -> dict:
+        """The ids file, path and body ``endpoint``'s script takes (pending and completed payments anew)."""
+        _, ids, _, request = ENDPOINTS[endpoint]
+        ids = "users_home" if variant == "1 shard" and ids == "users" else ids  # the home's, alone there
+        if ids == "pending":
+            pending = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
+            random.Random(len(pending)).shuffle(pending)  # every shard's, mixed (they come shard by shard)
+            self.ids[ids] = pending
+            if self.floors:
+                env.floor_tables()  # the same rows in the PUT floor's table
+        if ids == "completed":  # over REST, as a client would: the first 1,000 pending ones completed
+            port, key = self.running["shipped"][1], KEYS.read_text().split()[0]
+            self.ids[ids] = asyncio.run(client.completed(port, key, self.ids["payments"][:1000]))
+        (env.WORK / f"{ids}.txt").write_text("\n".join(self.ids[ids]) + "\n")
+        return {"BENCH_IDS": str(env.WORK / f"{ids}.txt")} | {f"BENCH_{k}": v for k, v in request.items()}
+
+    def wrk(self, name: str, target: str | None, endpoint: str, seconds: int, ids: dict | None = None, **kw) -> dict:
+        """One wrk run against ``endpoint`` of ``target`` (a variant, or a floor), or against the
+        baseline (None)."""
+        procs = self.running | self.floors
         names = {self.baseline.pid: "baseline", os.getpid(): "bench"}
-        names |= {proc.pid: "service" if v == variant else "idle services" for v, (proc, _) in self.running.items()}
-        extra, script = {"BENCH_KEYS": str(KEYS), "names": names}, "get.lua"
-        url = f"http://{env.HOST}:{self.base_port}/"
-        if variant is not None:
-            _, script, ids, path = ENDPOINTS[endpoint]
-            ids = VARIANT_IDS.get(variant, {}).get(ids, ids)
-            if ids == "pending":
-                pending = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
-                random.Random(len(pending)).shuffle(pending)  # every shard's, mixed (they come shard by shard)
-                self.ids[ids] = pending
-            if ids == "completed":  # over REST, as a client would: the first 1,000 pending ones completed
-                port, key = self.running[variant][1], KEYS.read_text().split()[0]
-                self.ids[ids] = asyncio.run(client.completed(port, key, self.ids["payments"][:1000]))
-            (env.WORK / f"{ids}.txt").write_text("\n".join(self.ids[ids]) + "\n")
-            extra |= {"BENCH_IDS": str(env.WORK / f"{ids}.txt"), "BENCH_PATH": path}
-            url = f"http://{env.HOST}:{self.running[variant][1]}"
-        r = wrk.run(name, url, script, duration_s, self.s.connections, 2, extra)
+        names |= {proc.pid: "idle " + v.split()[0] for v, (proc, _) in procs.items()}
+        extra, url = {"BENCH_KEYS": str(KEYS)}, f"http://{env.HOST}:{self.base_port}/"
+        if target is not None:
+            names[procs[target][0].pid] = "floor" if target in self.floors else "service"
+            extra |= ids or self.prepare(endpoint, target)
+            url = f"http://{env.HOST}:{procs[target][1]}"
+        script = extra.get("BENCH_SCRIPT", "request.lua")
+        r = wrk.run(name, url, script, seconds, self.s.connections, extra | {"names": names}, **kw)
         log(f"  {name:<40} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms")
         return r
 
@@ -152,25 +172,42 @@ class Run:
         return out
 
     def http(self) -> list[dict]:
-        """Every phase's runs, each between two baseline runs."""
+        """Every phase's runs, each between two baseline runs (and after its floor's)."""
         runs = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}]
-        for variants, plan in (step for name in PHASES if self.s.phase(name) for step in PHASES[name]):
+        for phase, (variants, plan) in ((p, step) for p in PHASES if self.s.phase(p) for step in PHASES[p]):
             if set(variants) <= set(SHARD_LAYOUTS) and self.tables is None:  # before "1 shard" writes to a alone
                 self.tables = env.table_sizes()
             self.use(variants)
-            # side by side, half-length runs; the shard layouts' whole runs (the measure is their ratio)
-            seconds = (
-                self.s.duration_s if len(variants) == 1 or variants == SHARD_LAYOUTS else max(3, self.s.duration_s // 2)
-            )
+            seconds = self.s.duration_s if len(variants) == 1 else max(3, self.s.duration_s // 2)  # side by side
             for variant, endpoint in plan:
-                r = self.wrk(f"{variant}: {endpoint}", variant, endpoint, seconds)
+                floor, ids = f"floor {ENDPOINTS[endpoint][2]}", self.prepare(endpoint, variant)
+                if below := variant == "shipped" and floor in self.floors:
+                    floor_run = self.wrk(f"{floor}: {endpoint}", floor, endpoint, seconds, ids)
+                r = self.wrk(f"{variant}: {endpoint}", variant, endpoint, seconds, ids)
                 r |= {"kind": "endpoint", "variant": variant, "endpoint": endpoint, "label": ENDPOINTS[endpoint][0]}
                 if endpoint in WRITES:
                     r["drain"] = self.drain(r["ended_at"])
                 after = self.wrk(f"baseline-{len(runs) // 2 + 1}", None, "", seconds) | {"kind": "baseline"}
                 r["baseline_rps"] = round(statistics.fmean([runs[-1]["rps"], after["rps"]]))
+                if below:  # the floor's run just before the endpoint's
+                    r |= {"floor_rps": floor_run["rps"], "floor_ratio": round(r["rps"] / floor_run["rps"], 4)}
                 runs += [r | {"ratio": round(r["rps"] / r["baseline_rps"], 4)}, after]
+            if phase == "shipped":  # while its process is warm
+                self.profiled = self.profile()
         return runs
+
+    def profile(self) -> dict:
+        """Each shipped endpoint and its floor under py-spy: µs per request by module group."""
+        out: dict[str, dict] = {}
+        for e in ENDPOINTS:
+            ids, procs = self.prepare(e, "shipped"), self.running | self.floors
+            for who in ("shipped", f"floor {ENDPOINTS[e][2]}"):
+                if who in procs:
+                    r = self.wrk(f"profile {who}: {e}", who, e, self.s.profile_s, ids, profile=procs[who][0].pid)
+                    out.setdefault(e, {})[who.split()[0]] = r["profile_us"]
+            if e in WRITES:
+                self.drain(time.time())
+        return out
 
 
 def against_the_service(s: env.Settings, key: str, results: dict) -> None:
@@ -185,9 +222,12 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
             run.ids["users_home"] = env.on_home(run.ids["users"])
         KEYS.write_text("\n".join(asyncio.run(client.admin_keys(port, key, CLIENTS))) + "\n")
         results["seed"] = {"seconds": round(time.time() - started, 1), "drain": run.drain(time.time())}
+        if not SHARDED:
+            run.start_floors()
         run.wrk("warmup-baseline", None, "", s.warmup_s)
         if s.stage("http"):
             results["runs"] = run.http()
+            results["profile"] = run.profiled
             results["tables"] = run.tables or env.table_sizes()  # how the shards split what the run wrote
             results["redis_keys"] = env.redis_spread()  # and how the keys hash over Redis Cluster's masters
         if s.stage("ws"):
@@ -195,8 +235,8 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
             run.use(("shipped",))
             results["ws"] = fanout.run(run.running["shipped"][1], key, run.running["shipped"][0], run.ids["users"], s)
     finally:
-        run.stop()
-        run.baseline.stop()
+        for proc, _ in [*run.running.values(), *run.floors.values(), (run.baseline, 0)]:
+            proc.stop()
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 
-.PHONY: bench bench-deps bench-report bench-spider bench-cluster bench-cluster-ceilings bench-shard-move
+.PHONY: bench bench-deps bench-report bench-cluster bench-cluster-ceilings bench-shard-move
 
 # The cluster stack (make services-cluster) with config.cluster.yaml, or SINGLETON_CLUSTER_CONFIG's file:
 # the same stages, shorter (fewer users and sockets, 5 s runs, no most-sockets hold, 100,000 analytics
@@ -19,15 +19,12 @@ BENCH_CLUSTER_SHORT = BENCH_DURATION_S=$(or $(BENCH_DURATION_S),5) BENCH_USERS=$
 bench-deps: install
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
 
-bench: bench-deps services ## Every endpoint against a bare Tornado baseline, WebSocket fan-out, the analytics store
+bench: bench-deps services ## Every endpoint against a bare Tornado baseline and its floor, a profile, WebSocket fan-out, analytics
 	@command -v wrk >/dev/null || bash devstack/services.sh tools
 	$(PY) -m bench
 
 bench-report: ## Rewrite docs/BENCHMARKS.md and the plots from docs/bench/results.json
 	$(PY) -m bench.report
-
-bench-spider: install ## MariaDB's Spider as the shard router against routing in the service (own servers): docs/bench/spider.json
-	$(PY) -m bench.spider
 
 bench-cluster: bench-deps services-cluster ## make bench on the cluster stack, shorter, plus 1 shard against 2
 	@command -v wrk >/dev/null || bash devstack/services.sh tools

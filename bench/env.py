@@ -1,9 +1,7 @@
-"""The bench's surroundings: its settings, its own stores in the backing services, the
-processes it starts, and what /proc says about every process on the machine. Where
-the services are comes from the service's own configuration: config.yaml, or the file
-``BENCH_CONFIG`` names (config.cluster.yaml for ``make bench-cluster``), with its
-``SINGLETON_*`` overrides and ``*_file`` secrets. With a ``shards`` section the bench's
-database is on every physical shard."""
+"""The bench's surroundings: its settings, its own stores, the processes it starts, and what
+/proc says about every process on the machine. The stores are found as the service finds
+them: config.yaml (or ``BENCH_CONFIG``'s file) with its ``SINGLETON_*`` overrides and
+``*_file`` secrets. With a ``shards`` section the bench's database is on every physical shard."""
 
 from __future__ import annotations
 
@@ -29,11 +27,10 @@ from managers.mysql import shard_configs
 from managers.shards import LOGICAL_SHARDS, logical_shard, new_id
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = (REPO / os.environ.get("BENCH_CONFIG", "config.yaml")).resolve()  # what the bench and its services read
-WORK = REPO / "reports" / "bench"  # git-ignored scratch: logs, raw wrk output
+CONFIG = (REPO / os.environ.get("BENCH_CONFIG", "config.yaml")).resolve()
+WORK = REPO / "reports" / "bench"  # git-ignored scratch: logs, raw wrk output, id lists
 DOCS_BENCH = REPO / "docs" / "bench"
-OUT = os.environ.get("BENCH_OUT", "")  # "cluster": results in docs/bench/cluster/, docs/BENCHMARKS-cluster.md
-# (a path: "cluster/post" puts them in docs/bench/cluster/post/ and docs/BENCHMARKS-cluster-post.md)
+OUT = os.environ.get("BENCH_OUT", "")  # "cluster": docs/bench/cluster/ and docs/BENCHMARKS-cluster.md
 DOCS_OUT = DOCS_BENCH / OUT
 PY = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable
 HOST = "127.0.0.1"
@@ -41,11 +38,11 @@ MYSQL_DATABASE = "singleton_test_bench"  # the devstack user may only create sin
 REDIS_DB = 14
 MONGO_DATABASE = "singleton_bench"
 KAFKA_TOPIC = "singleton-bench"
+ANALYTICS_GROUP = f"singleton-bench-analytics-{int(time.time())}"  # a fresh group each run
 SERVICES = {"mariadb": "MariaDB", "redis": "Redis", "kafka": "Kafka", "postgres": "PostgreSQL", "ferretdb": "FerretDB"}
 # devstack's pid files: run/kafka.pid, or a cluster stack's run/kafka-2.pid, run/mariadb-a.pid
 PID_FILE = re.compile(rf"^({'|'.join(SERVICES)})(?:-(\w+))?\.pid$")
-CODE = ("service", "handlers", "managers", "domain", "migrations", "bench")  # measured: "+dirty" if changed
-ANALYTICS_GROUP = f"singleton-bench-analytics-{int(time.time())}"  # a fresh group each run
+CODE = ("service", "handlers", "managers", "domain", "migrations", "bench")  # "+dirty" if changed
 
 
 @dataclass
@@ -55,8 +52,8 @@ class Settings:
     stages: str = "http,ws,analytics"
     phases: str = "shipped,pool,costs,processes,shards,tls"  # of the http stage (bench/__main__.py PHASES)
     shard_rounds: int = 3  # POST payments on 1 shard and on all, alternating (a sharded configuration)
-    shards_apart: int = 1  # 1: one service at a time, started anew for each run; 0: both side by side
-    duration_s: int = 10  # a wrk run
+    duration_s: int = 8  # a wrk run
+    profile_s: int = 4  # a run under py-spy
     connections: int = 50
     users: int = 10000
     list_users: int = 100  # users with payments (25 each): the list pages
@@ -88,15 +85,29 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-# -- backing services ------------------------------------------------------------------------
+# -- the stores --------------------------------------------------------------------------------
 @functools.cache
 def config() -> dict:
     """The configuration the service would read here (``make services`` makes the dev secrets)."""
     return service_config.load(CONFIG)
 
 
+def event_loop() -> str:
+    """The service's event loop: the baseline and the floors run on the same one."""
+    return config()["server"].get("event_loop", "asyncio")
+
+
 def redis_url() -> str:
     return urllib.parse.urlsplit(config()["redis"]["url"])._replace(path=f"/{REDIS_DB}").geturl()
+
+
+def redis_cluster():  # None on one server
+    from redis.cluster import ClusterNode, RedisCluster
+
+    if nodes := config()["redis"].get("cluster_nodes"):
+        startup = [ClusterNode(host, int(port)) for host, port in (n.rsplit(":", 1) for n in nodes)]
+        return RedisCluster(startup_nodes=startup, socket_timeout=10)
+    return None
 
 
 def shards() -> dict[str, dict]:
@@ -106,8 +117,7 @@ def shards() -> dict[str, dict]:
 
 
 def one_shard() -> dict[str, str]:
-    """SINGLETON_* overrides for the layout of one physical shard: the home alone, on its own
-    server, holding every logical shard (what a sharded configuration is compared with)."""
+    """SINGLETON_* overrides for one physical shard: the home alone, holding every logical shard."""
     cfg = config()["shards"]
     home = {**cfg["physical"][cfg["global"]], "logical": f"0-{LOGICAL_SHARDS - 1}"}
     return {"SINGLETON_SHARDS__PHYSICAL": json.dumps({cfg["global"]: home})}
@@ -120,16 +130,25 @@ def on_home(ids: list[str]) -> list[str]:
 
 
 def mysql_connect(database: str | None = MYSQL_DATABASE, shard: str | None = None, owner: bool = False):
-    """A connection to ``shard``'s server (default: the home), in the bench's database, as the
-    service's user (``owner``: as the migration user, for what the service may not do)."""
+    """A connection to ``shard``'s server (default: the home) as the service's user, or with
+    ``owner`` as the migration user (for what the service may not do)."""
     import pymysql
 
     c = shards()[shard or next(iter(shards()))]
-    login = {k: c[k] for k in ("host", "port", "user", "password")}
-    if owner:
-        login |= {"user": c["migrate_user"], "password": c["migrate_password"]}
+    user = ("migrate_user", "migrate_password") if owner else ("user", "password")
+    login = {"host": c["host"], "port": c["port"], "user": c[user[0]], "password": c[user[1]]}
     # The service writes UTC_TIMESTAMP(): in UTC, UNIX_TIMESTAMP() reads it back as written.
     return pymysql.connect(**login, database=database, autocommit=True, init_command="SET time_zone = '+00:00'")
+
+
+def mysql_query(sql: str, args: tuple = (), owner: bool = False) -> list[tuple]:
+    """``sql`` on every physical shard, the rows of all of them."""
+    rows: list[tuple] = []
+    for shard in shards():
+        with contextlib.closing(mysql_connect(shard=shard, owner=owner)) as conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            rows += cur.fetchall()
+    return rows
 
 
 BIG_USER_PAYMENTS = 100_000  # one minute apart from 2030-01-01: the filter's window holds 28 days of them
@@ -137,17 +156,16 @@ BIG_USER_WINDOW = "&created_gte=2030-02-01T00:00:00Z&created_lt=2030-03-01T00:00
 
 
 def big_user(user_id: str, n: int = BIG_USER_PAYMENTS) -> str:
-    """``n`` payments for ``user_id``, written straight to its shard (a page reads rows, however
-    they came), a quarter of each status of four; ids carrying the user's logical shard."""
-    _, _, shard_map = shard_configs(config())
-    shard = logical_shard(user_id)
-    start, statuses = datetime.datetime(2030, 1, 1), ("pending", "processing", "completed", "failed")
+    """``n`` payments for ``user_id`` written straight to its shard, a quarter of each of four statuses."""
+    shard, start = logical_shard(user_id), datetime.datetime(2030, 1, 1)
+    statuses = ("pending", "processing", "completed", "failed")
     rows = [
         (new_id(shard), user_id, 1000 + i % 9000, "USD", "bench", statuses[i % 4], 2 if i % 4 else 1)
         + (start + datetime.timedelta(minutes=i),) * 2
         for i in range(n)
     ]
-    with contextlib.closing(mysql_connect(shard=shard_map.physical(shard))) as conn, conn.cursor() as cur:
+    physical = shard_configs(config())[2].physical(shard)
+    with contextlib.closing(mysql_connect(shard=physical)) as conn, conn.cursor() as cur:
         for k in range(0, n, 5000):  # plain values: pymysql sends each batch as one multi-row INSERT
             cur.executemany(
                 "INSERT INTO payments (id, user_id, amount_minor, currency, description, status, version,"
@@ -158,19 +176,22 @@ def big_user(user_id: str, n: int = BIG_USER_PAYMENTS) -> str:
     return user_id
 
 
-def mysql_query(sql: str, args: tuple = ()) -> list[tuple]:
-    """``sql`` on every physical shard, the rows of all of them."""
-    rows: list[tuple] = []
-    for shard in shards():
-        with contextlib.closing(mysql_connect(shard=shard)) as conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            rows += cur.fetchall()
-    return rows
+def floor_tables() -> None:
+    """The POST and PUT floors' tables, of the service's tables' shape: ``floor_payments`` a copy
+    of ``payments`` as it is now (the PUT floor locks and updates the same ids), ``floor_outbox``."""
+    for sql in (
+        "DROP TABLE IF EXISTS floor_payments",
+        "CREATE TABLE floor_payments LIKE payments",  # without the user's foreign key
+        "INSERT INTO floor_payments SELECT * FROM payments",
+        "CREATE TABLE IF NOT EXISTS floor_outbox LIKE outbox",
+        "GRANT SELECT, INSERT, UPDATE ON floor_payments TO singleton_app",
+        "GRANT SELECT, INSERT ON floor_outbox TO singleton_app",
+    ):
+        mysql_query(sql, owner=True)
 
 
 def table_sizes() -> dict[str, dict[str, dict[str, int]]]:
-    """Each physical shard's tables of the bench's database: rows (exact) and bytes of data and
-    indexes (InnoDB's estimate), for how a layout splits the storage."""
+    """Each physical shard's tables: rows (exact), bytes of data and indexes (InnoDB's estimate)."""
     out: dict[str, dict[str, dict[str, int]]] = {}
     for shard in shards():
         with contextlib.closing(mysql_connect(shard=shard)) as conn, conn.cursor() as cur:
@@ -189,22 +210,19 @@ def redis_spread() -> dict[str, int]:
     """Keys on each Redis Cluster master (``{}`` on one server): how the keys hash over them."""
     import redis
 
-    if not (nodes := config()["redis"].get("cluster_nodes")):
+    if (cluster := redis_cluster()) is None:
         return {}
-    from redis.cluster import ClusterNode, RedisCluster
-
-    startup = [ClusterNode(host, int(port)) for host, port in (node.rsplit(":", 1) for node in nodes)]
-    with contextlib.closing(RedisCluster(startup_nodes=startup, socket_timeout=10)) as cluster:
-        masters = [(node.host, node.port) for node in cluster.get_primaries()]
+    with contextlib.closing(cluster):
+        masters = sorted((node.host, node.port) for node in cluster.get_primaries())
     out = {}
-    for host, port in sorted(masters):
+    for host, port in masters:
         with contextlib.closing(redis.Redis(host=host, port=port, socket_timeout=10)) as node:
             out[f"{host}:{port}"] = int(node.dbsize())
     return out
 
 
 def reset_stores() -> None:
-    """A clean slate: the bench's MySQL database, Redis db, Mongo dbs and Kafka topic."""
+    """A clean slate: the bench's MariaDB database, Redis db, Mongo databases and Kafka topic."""
     import pymongo
     import redis
 
@@ -212,12 +230,9 @@ def reset_stores() -> None:
         with contextlib.closing(mysql_connect(None, shard, owner=True)) as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
             cur.execute(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4")
-    if nodes := config()["redis"].get("cluster_nodes"):  # Redis Cluster has db 0 only: the stack is the bench's
-        from redis.cluster import ClusterNode, RedisCluster
-
-        startup = [ClusterNode(host, int(port)) for host, port in (node.rsplit(":", 1) for node in nodes)]
-        with contextlib.closing(RedisCluster(startup_nodes=startup, socket_timeout=10)) as cluster:
-            cluster.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    if cluster := redis_cluster():  # Redis Cluster has db 0 only: the stack is the bench's
+        with contextlib.closing(cluster):
+            cluster.flushdb(target_nodes=cluster.PRIMARIES)
     else:
         redis.Redis.from_url(redis_url()).flushdb()
     with contextlib.closing(pymongo.MongoClient(config()["mongodb"]["uri"])) as mongo:
@@ -227,47 +242,32 @@ def reset_stores() -> None:
 
 
 async def _recreate_topic() -> None:
-    """The bench topic deleted and created anew, so no event of an earlier run is left, in the
-    shape of the service's own topic (``kafka.topic``): its partitions, replication factor and
-    ``min.insync.replicas`` (3, 1 and the broker's default on the everyday stack; 12, 3 and 2
-    on the cluster stack)."""
+    """The bench topic deleted and created anew in the shape of the service's topic: its
+    partitions and replicas, and then ``min.insync.replicas`` one less (as devstack makes it)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=config()["kafka"]["bootstrap_servers"])
     await admin.start()
     try:
-        shape = await _topic_shape(admin, config()["kafka"]["topic"])
+        [shape] = await admin.describe_topics([config()["kafka"]["topic"]])
+        partitions, replicas = len(shape["partitions"]), len(shape["partitions"][0]["replicas"])
+        min_isr = {"min.insync.replicas": str(max(1, replicas - 1))}
         with contextlib.suppress(UnknownTopicOrPartitionError):
             await admin.delete_topics([KAFKA_TOPIC])
         for _ in range(120):  # deletion completes in the background: retry until the name is free
             with contextlib.suppress(TopicAlreadyExistsError):
-                return await admin.create_topics([NewTopic(KAFKA_TOPIC, *shape[:2], topic_configs=shape[2])])
+                return await admin.create_topics([NewTopic(KAFKA_TOPIC, partitions, replicas, topic_configs=min_isr)])
             await asyncio.sleep(0.5)
         raise RuntimeError(f"topic {KAFKA_TOPIC} could not be created again")
     finally:
         await admin.close()
 
 
-async def _topic_shape(admin, topic: str) -> tuple[int, int, dict[str, str]]:
-    """``topic``'s partition count, replication factor and ``min.insync.replicas`` if set on it."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    [described] = await admin.describe_topics([topic])
-    if described["error_code"] or not described["partitions"]:
-        raise RuntimeError(f"topic {topic} (the service's) cannot be described: error {described['error_code']}")
-    partitions = described["partitions"]
-    [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    entries = response.resources[0][4]  # (name, value, read_only, source, sensitive, synonyms)
-    min_isr = {name: value for name, value, _, source, *_ in entries if name == "min.insync.replicas" and source == 1}
-    return len(partitions), len(partitions[0]["replicas"]), min_isr
-
-
 # -- processes ---------------------------------------------------------------------------------
 def service_env(overrides: dict[str, str]) -> dict[str, str]:
     """The shipped configuration in the bench's stores, with limits no bench load reaches (the
-    limiter still runs; every fan-out socket comes from one address); ``overrides`` are
-    SINGLETON_* variables on top."""
+    limiter still runs; every fan-out socket comes from one address), ``overrides`` on top."""
     settings = {
         "mysql": {"database": MYSQL_DATABASE},
         "redis": {"url": redis_url()},
@@ -277,9 +277,7 @@ def service_env(overrides: dict[str, str]) -> dict[str, str]:
         "auth": {"bootstrap_admin_key_file": ""},
         "metrics": {"port": 0},  # a free port for each process
         # The address's bucket too: a key this process has no verdict for takes one of its tokens.
-        "rate_limit": {
-            f"{kind}_{n}": 1_000_000_000 for kind in ("read", "write", "anonymous") for n in ("per_s", "burst")
-        },
+        "rate_limit": {f"{k}_{n}": 1_000_000_000 for k in ("read", "write", "anonymous") for n in ("per_s", "burst")},
         "websocket": {n: 1_000_000 for n in ("max_connections", "max_per_user", "max_per_ip")},
     }
     return service_config.as_env(settings) | overrides
@@ -303,7 +301,7 @@ class Proc:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.popen.wait(wait_s)
 
-    def wait_http(self, url: str, in_a_row: int = 1, timeout_s: float = 90) -> None:
+    def wait_http(self, url: str, in_a_row: int = 1, timeout_s: float = 90) -> Proc:
         """Until ``url`` answers 200 ``in_a_row`` times (each a new connection: any worker's)."""
         deadline, ok = time.monotonic() + timeout_s, 0
         while time.monotonic() < deadline and self.popen.poll() is None:
@@ -313,33 +311,38 @@ class Proc:
             except OSError:  # refused, or an HTTP error (503 until ready)
                 ok = 0
             if ok >= in_a_row:
-                return
+                return self
             time.sleep(0.3 if ok == 0 else 0.05)
         raise RuntimeError(f"{self.name} not ready at {url}; see {self.log_path}")
 
 
-def start_service(name: str, port: int, overrides: dict[str, str], role: str = "all", check_keys: bool = True) -> Proc:
-    """``python -m service --port N --role R`` in the shipped configuration plus ``overrides``
-    (without ``check_keys``, ``python -m bench.unauthenticated``: the same with no API keys
-    checked); back once ready (with workers, once 20 readiness probes in a row found a ready one)."""
-    module = "service" if check_keys else "bench.unauthenticated"
+def start_service(name: str, port: int, overrides: dict[str, str], role: str = "all", module: str = "service") -> Proc:
+    """``python -m service --port N --role R`` (or the bench's own entry point ``module``, e.g.
+    ``bench.unauthenticated``) in the shipped configuration plus ``overrides``; back once ready
+    (with workers, once 20 readiness probes in a row found a ready one)."""
     argv = [PY, "-m", module, "--config", str(CONFIG), "--port", str(port), "--role", role]
-    tag = "".join(filter(str.isalnum, name))
-    proc = Proc(f"service-{tag}", argv, service_env(overrides))
-    proc.wait_http(f"http://{HOST}:{port}/health/ready", 20 if "SINGLETON_SERVER__PROCESSES" in overrides else 1)
-    return proc
+    proc = Proc("service-" + "".join(filter(str.isalnum, name)), argv, service_env(overrides))
+    return proc.wait_http(f"http://{HOST}:{port}/health/ready", 20 if "SINGLETON_SERVER__PROCESSES" in overrides else 1)
 
 
-def start_baseline(port: int) -> Proc:
-    proc = Proc("baseline", [PY, "-m", "bench.baseline", "--port", str(port)])
-    proc.wait_http(f"http://{HOST}:{port}/")
-    return proc
+def start_floor(kind: str, port: int, keys: Path | None = None) -> Proc:
+    """``python -m bench.floors KIND`` on the service's event loop, with the bench's stores and
+    the service's pool sizes (``bare``: the baseline, no store)."""
+    c = shards()[next(iter(shards()))]
+    mysql = {"host": c["host"], "port": c["port"], "user": c["user"], "password": c["password"]}
+    mysql |= {"db": MYSQL_DATABASE, "minsize": c["pool_min"], "maxsize": c["pool_max"]}
+    stores = {"redis": redis_url(), "mysql": mysql, "keys": str(keys)}
+    argv = [PY, "-m", "bench.floors", kind, "--port", str(port), "--loop", event_loop()]
+    proc = Proc(f"floor-{kind}", argv, os.environ | {"BENCH_FLOOR": json.dumps(stores)})
+    return proc.wait_http(f"http://{HOST}:{port}/")
 
 
 def create_admin_key() -> str:
     """``python -m service keys create --role admin`` against the bench's database."""
-    argv, environ = [PY, "-m", "service", "--config", str(CONFIG), "keys", "create", "--role", "admin"], service_env({})
-    return subprocess.run(argv, cwd=REPO, env=environ, check=True, capture_output=True, text=True).stdout.strip()
+    argv = [PY, "-m", "service", "--config", str(CONFIG), "keys", "create", "--role", "admin"]
+    return subprocess.run(
+        argv, cwd=REPO, env=service_env({}), check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 # -- /proc ---------------------------------------------------------------------------------------
@@ -366,15 +369,13 @@ def processes() -> dict[int, tuple[str, int, float]]:
 
 def own_services() -> dict[int, str]:
     """The bench's own backing services by pid (devstack's pid files), capitalised so that other
-    work on the machine (other stacks' ``java``, ``mariadbd``...) stands apart; a cluster stack's
-    servers each by name (``MariaDB a``, ``Kafka 2``)."""
+    work on the machine stands apart; a cluster stack's servers each by name (``MariaDB a``)."""
     run, out = Path(os.environ.get("DEVSTACK_DIR") or REPO / ".devstack") / "run", {}
     with contextlib.suppress(OSError):
         for entry in os.scandir(run):
             if match := PID_FILE.match(entry.name):
-                label = " ".join(filter(None, (SERVICES[match[1]], match[2])))
                 with contextlib.suppress(OSError, ValueError):
-                    out[int(Path(entry.path).read_text())] = label
+                    out[int(Path(entry.path).read_text())] = " ".join(filter(None, (SERVICES[match[1]], match[2])))
     return out
 
 
@@ -389,9 +390,8 @@ def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], 
             label = names.get(pid) or names.get(ppid) or comm
             use[label] = use.get(label, 0.0) + used / seconds
     ranked = sorted(use.items(), key=lambda kv: -kv[1])
-    mine = set(names.values())
-    strangers = [k for k, _ in ranked if k not in mine]
-    shown = {k: round(v, 2) for k, v in ranked if k in mine or k in strangers[:top]}
+    strangers = [k for k, _ in ranked if k not in set(names.values())]
+    shown = {k: round(v, 2) for k, v in ranked if k not in strangers or k in strangers[:top]}
     rest = sum(v for k, v in ranked if k not in shown)
     return shown | ({"other": round(rest, 2)} if rest >= 0.01 else {})
 
@@ -411,6 +411,7 @@ def machine() -> dict:
     def run(*argv: str) -> str:
         return subprocess.run(argv, cwd=REPO, capture_output=True, text=True).stdout.strip()
 
+    dirty = "+dirty" if run("git", "status", "--porcelain", *CODE) else ""
     return {
         "nproc": os.cpu_count(),
         "cpu_model": first("/proc/cpuinfo", "model name"),
@@ -419,8 +420,8 @@ def machine() -> dict:
         "python": sys.version.split()[0],
         "wrk": run("wrk", "-v").split()[1],
         "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
-        "commit": run("git", "rev-parse", "--short", "HEAD")
-        + ("+dirty" if run("git", "status", "--porcelain", *CODE) else ""),
+        "commit": run("git", "rev-parse", "--short", "HEAD") + dirty,
+        "event_loop": event_loop(),
     }
 
 

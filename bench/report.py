@@ -1,7 +1,6 @@
 """docs/BENCHMARKS.md and its plots, from docs/bench/results.json (one ``make bench`` run),
-docs/bench/history.json (what each change moved, kept by hand) and
-docs/bench/analytics-notes.md (FerretDB's behaviour, by hand). ``python -m bench.report``
-writes them again without measuring."""
+docs/bench/history.json (what each change moved, kept by hand) and docs/bench/analytics-notes.md
+(FerretDB's behaviour, by hand). ``python -m bench.report`` writes them again without measuring."""
 
 from __future__ import annotations
 
@@ -10,16 +9,21 @@ import statistics
 import sys
 
 from bench.env import DOCS_BENCH, DOCS_OUT, OUT
+from bench.wrk import ORDER
 
 PAGE = f"BENCHMARKS-{OUT.replace('/', '-')}.md" if OUT else "BENCHMARKS.md"  # in docs/
 IMAGES = f"bench/{OUT}/" if OUT else "bench/"  # the plots, from docs/
-
 NEVER = 1e9  # a catch-up not seen before the drain timeout
-COSTS = (
-    ("key check", "key_cost", 10),
-    ("rate limiter", "limiter_cost", None),
-    ("access log at INFO", "log_cost", 5),
-)
+# An endpoint's target: the least ratio to its floor, the most p99 ms (issues 8 and 17).
+GOALS = {"get_user": (0.8, 25), "get_payment": (0.8, 25)}
+GOALS |= {e: (0.7, 50) for e in ("list_payments", "post_payments", "put_status")}
+# Each cost of GET user: one variant's ratio against another's in the same round, and its limit (%).
+COSTS = {
+    "key check": ("key_cost", "key check", "no auth, no limiter", 10),
+    "rate limiter": ("limiter_cost", "key check + limiter", "key check", 5),
+    "access log at INFO": ("log_cost", "key check + limiter", "logging at WARNING", 5),
+    "metrics": ("metrics_cost", "key check + limiter", "no metrics", 3),
+}
 
 
 def _runs(r: dict, variant: str, endpoint: str = "get_user") -> list[dict]:
@@ -35,25 +39,19 @@ def _knee(shape: dict) -> dict:
     return next((s for s in reversed(shape["steps"]) if not s["why_not"]), {})
 
 
-def _cost(r: dict, variant: str, reference: str) -> float | None:
-    """How much lower ``variant``'s GET user ratio is than ``reference``'s in the same round,
-    the median over the rounds (one disturbed run moves it least)."""
-    pairs = zip(_runs(r, variant), _runs(r, reference), strict=True)
-    return statistics.median(1 - a["ratio"] / b["ratio"] for a, b in pairs) if _runs(r, variant) else None
-
-
 def measures(r: dict) -> dict:
     """Every headline number of a run, by name: targets and before/after rows read these."""
     m: dict = {}
     for variant, prefix in (("shipped", ""), ("2 processes", "two_")):
         for x in (x for x in r.get("runs", []) if x.get("variant") == variant):
             key = prefix + x["endpoint"]
-            m[f"{key}_ratio"], m[f"{key}_p99"], m[f"{key}_rps"] = x["ratio"], x["p99_ms"], x["rps"]
+            m |= {f"{key}_ratio": x["ratio"], f"{key}_p99": x["p99_ms"], f"{key}_rps": x["rps"]}
+            m[f"{key}_floor_ratio"] = x.get("floor_ratio")
             if "drain" in x:
                 m[f"{key}_catch_up"] = x["drain"].get("analytics_caught_up_s", NEVER)
-    m["key_cost"] = _cost(r, "key check", "no auth, no limiter")
-    m["limiter_cost"] = _cost(r, "key check + limiter", "key check")
-    m["log_cost"] = _cost(r, "key check + limiter", "logging at WARNING")
+    for key, variant, reference, _ in COSTS.values():  # the median over the rounds
+        pairs = list(zip(_runs(r, variant), _runs(r, reference), strict=False))
+        m[key] = statistics.median(1 - a["ratio"] / b["ratio"] for a, b in pairs) if _runs(r, reference) else None
     a = r.get("analytics") or {}
     m |= {f"events_per_s_{x['users']}": x["events_per_s"] for x in a.get("apply", [])}
     for name, key in (("the year (365 whole days)", "year"), ("up to 366 days, random minute edges", "any_year")):
@@ -79,52 +77,46 @@ def _verdict(value: float | None, limit: float, unit: str, at_least: bool) -> tu
 
 
 def targets(r: dict, m: dict) -> list[tuple]:
-    """(target, goal, measured, met, margin) for each target of issues 8, 9 and 10 this run measured."""
-    specs: list[tuple] = []  # target, goal, measured, value, limit, unit, at least (else at most)
-    add = specs.append
-    for e, goal, p99 in [(e, 0.6, 25) for e in ("get_user", "get_payment")] + [
-        (e, 0.3, 50) for e in ("list_payments", "post_payments", "put_status")
-    ]:
-        if x := _run(r, "shipped", e):
-            seen = f"{x['ratio']:.1%} ({x['rps']:,.0f} vs {x['baseline_rps']:,.0f} req/s)"
-            add((x["label"], f"≥ {goal:.0%} of baseline", seen, x["ratio"] * 100, goal * 100, "points", True))
-            add((f"{x['label']}: p99", f"≤ {p99} ms", f"{x['p99_ms']:.1f} ms", x["p99_ms"], p99, "ms", False))
+    """(target, goal, measured, met, margin) for each target this run measured."""
+    out: list[tuple] = []
+
+    def add(what: str, goal: str, seen: str, value: float, limit: float, unit: str, at_least: bool = False) -> None:
+        out.append((what, goal, seen, *_verdict(value, limit, unit, at_least)))
+
+    for e, (goal, p99) in GOALS.items():
+        if (x := _run(r, "shipped", e)) and "floor_ratio" in x:
+            seen = f"{x['floor_ratio']:.1%} ({x['rps']:,.0f} vs {x['floor_rps']:,.0f} req/s)"
+            add(x["label"], f"≥ {goal:.0%} of its floor", seen, x["floor_ratio"] * 100, goal * 100, "points", True)
+        if x:
+            add(f"{x['label']}: p99", f"≤ {p99} ms", f"{x['p99_ms']:.1f} ms", x["p99_ms"], p99, "ms")
     if x := _run(r, "shipped", "list_filtered"):  # issue 18: status and a month of 100,000 payments
-        add((f"{x['label']}: p99", "≤ 50 ms", f"{x['p99_ms']:.1f} ms", x["p99_ms"], 50, "ms", False))
-    for what, key, goal in COSTS:
+        add(f"{x['label']}: p99", "≤ 50 ms", f"{x['p99_ms']:.1f} ms", x["p99_ms"], 50, "ms")
+    for what, (key, *_, goal) in COSTS.items():
         if (cost := m.get(key)) is not None:
-            limit = (cost * 100, goal, "points", False) if goal else (None, 0, "", False)
-            add((f"GET user: cost of the {what}", f"≤ {goal}%" if goal else "reported", f"{cost:.1%}", *limit))
+            add(f"GET user: cost of the {what}", f"≤ {goal}%", f"{cost:.1%}", cost * 100, goal, "points")
     for users in (5, 1000):
         if value := m.get(f"events_per_s_{users}"):
-            add((f"analytics store, {users:,} active users", "≥ 1,000 events/s", f"{value:,}", value, 1e3, "/s", True))
+            add(f"analytics store, {users:,} active users", "≥ 1,000 events/s", f"{value:,}", value, 1e3, "/s", True)
     for variant, e in (("shipped", "post_payments"), ("shipped", "put_status"), ("2 processes", "post_payments")):
         if (value := m.get(("two_" if variant != "shipped" else "") + f"{e}_catch_up")) is not None:
             seen = "not within the drain timeout" if value >= NEVER else f"{value:.1f} s"
             what = f"analytics lag 0 after {_run(r, variant, e)['label']} ({variant})"
-            add((what, "≤ 5 s after the run's end", seen, value, 5, "s", False))
+            add(what, "≤ 5 s after the run's end", seen, value, 5, "s")
     for key, label in (("year", "the year"), ("any_year", "up to 366 days with random minute edges")):
         if (value := m.get(f"summary_{key}_p99")) is not None:
             what = f"summary over {label}, {r['analytics']['seed']['payments']:,} payments"
-            add((what, "p99 ≤ 100 ms", f"{value:.1f} ms", value, 100, "ms", False))
+            add(what, "p99 ≤ 100 ms", f"{value:.1f} ms", value, 100, "ms")
     if ws := r.get("ws"):
-        for shape, fps in (("shared", m["knee_shared_fps"]), ("single", m["knee_single_fps"])):
-            what = f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}"
-            add((what, "≥ 20,000 frames/s, p99 ≤ 100 ms", f"{fps:,} frames/s", fps, 20_000, "frames/s", True))
+        for shape in ("shared", "single"):
+            what, fps = (
+                f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}",
+                m[f"knee_{shape}_fps"],
+            )
+            add(what, "≥ 20,000 frames/s, p99 ≤ 100 ms", f"{fps:,} frames/s", fps, 20_000, "frames/s", True)
         if most := ws.get("most"):
             seen = f"{most['sockets']:,} held, {m['per_socket_kib']:.1f} KiB each; {m['rss_50k_mib']:,.0f} MiB"
-            add(
-                (
-                    "50,000 sockets, one process (extrapolated)",
-                    "≤ 1 GiB RSS",
-                    seen,
-                    m["rss_50k_mib"],
-                    1024,
-                    "MiB",
-                    False,
-                )
-            )
-    return [(*spec[:3], *_verdict(*spec[3:])) for spec in specs]
+            add("50,000 sockets, one process (extrapolated)", "≤ 1 GiB RSS", seen, m["rss_50k_mib"], 1024, "MiB")
+    return out
 
 
 def plots(r: dict) -> list[str]:
@@ -137,8 +129,6 @@ def plots(r: dict) -> list[str]:
     if runs := [x for x in r.get("runs", []) if x["kind"] == "endpoint"]:
         fig, ax = plt.subplots(figsize=(14, 5))
         ax.bar(range(len(runs)), [x["ratio"] for x in runs], label="ratio to the adjacent baseline runs")
-        for y, label in ((0.6, "reads"), (0.3, "writes")):
-            ax.axhline(y, linestyle="--", linewidth=1, color="grey", label=f"target, {label}")
         ax.set_xticks(range(len(runs)), [f"{x['label']}\n({x['variant']})".replace(" (", "\n(") for x in runs])
         ax.tick_params(axis="x", labelsize=6)
         ax.set(ylabel="ratio", title="Throughput against a bare Tornado handler (wrk, 50 connections)")
@@ -178,20 +168,25 @@ def _ms(*values: float | None) -> str:
 def header(r: dict) -> list[str]:
     mc, s = r["machine"], r["settings"]
     made = "`make bench-cluster`, on the cluster stack" if OUT else "`make bench`"
+    again = "`make bench-report" + (f" BENCH_OUT={OUT}" if OUT else "") + "`"
     return [
         "# Benchmarks" + (f" on the {OUT} stack ({r.get('config')})" if OUT else ""),
         "",
-        f"Written by {made} (bench/README.md says how it measures) from one run, on "
-        f"{r['date']} at {mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report"
-        + (f" BENCH_OUT={OUT}" if OUT else "")
-        + "` writes it again.",
+        f"Written by {made} (bench/README.md says how it measures) from one run, on {r['date']} at {mc['commit']} "
+        f"({r['elapsed_s'] / 60:.0f} minutes); {again} writes it again.",
         "",
         f"- **Machine:** {mc['nproc']} CPUs ({mc['cpu_model']}), {mc['mem_total_gib']} GiB, kernel {mc['kernel']}, "
         f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process. Shared: other "
         f"work took (cores) {_cpu(r['load_before'])} before the run and {_cpu(r['load_after'])} after it; the CPU "
         "columns name it run by run (the bench's own backing services capitalised, anything else by command name).",
-        f"- **Load:** wrk, {s['connections']} connections, 2 threads, {s['duration_s']} s a run, runs "
-        "alternating with a bare Tornado handler (bench/baseline.py): a ratio is to the two baseline runs beside it.",
+        f"- **Load:** wrk, {s['connections']} connections, 2 threads, {s['duration_s']} s a run, runs alternating "
+        + (
+            "with a bare Tornado handler (the baseline) and, as shipped, each endpoint's floor before it "
+            f"(bench/floors.py, on the service's event loop: {mc['event_loop']}): a ratio is to the two baseline runs "
+            "beside it, and to the floor's run just before."
+            if "event_loop" in mc  # runs before the floors had none
+            else "with a bare Tornado handler: a ratio is to the two baseline runs beside it."
+        ),
         f"- **Service:** as shipped (API keys, rate limiter, access log at INFO) with limits the bench never meets; "
         f"{s['users']:,} users and {s['list_users'] * s['payments_per_user']:,} payments seeded, each read once.",
         "- **Caveat:** one run per number on a small shared machine; ratios are steadier than absolute numbers. With "
@@ -210,34 +205,69 @@ def http_section(r: dict, images: list[str]) -> list[str]:
     base, rows = [x["rps"] for x in r["runs"] if x["kind"] == "baseline"], []
     for x in (x for x in r["runs"] if x["kind"] == "endpoint"):
         d, passes = x.get("drain"), f" ({x['passes']} passes)" if (x.get("passes") or 1) > 1 else ""
-        rates = [f"{x['rps']:,.0f}", _ms(x["p50_ms"], x["p99_ms"]), f"{x['baseline_rps']:,.0f}", f"{x['ratio']:.1%}"]
-        drained = _ms(d.get("outbox_drained_s"), d.get("analytics_caught_up_s")) if d else "—"
-        rows.append([x["label"] + passes, x["variant"], *rates, f"{x['errors']} / {x['non_2xx']}", drained])
-        rows[-1].append(_cpu(x["cpu_cores"]))
-    header = ["endpoint", "service", "req/s", "p50 / p99 ms", "baseline req/s", "ratio", "errors / non-2xx"]
+        floor = [f"{x['floor_rps']:,.0f}", f"{x['floor_ratio']:.1%}"] if "floor_ratio" in x else ["—", "—"]
+        rows.append(
+            [x["label"] + passes, x["variant"], f"{x['rps']:,.0f}", _ms(x["p50_ms"], x["p99_ms"])]
+            + [f"{x['baseline_rps']:,.0f}", f"{x['ratio']:.1%}", *floor, f"{x['errors']} / {x['non_2xx']}"]
+            + [_ms(d.get("outbox_drained_s"), d.get("analytics_caught_up_s")) if d else "—", _cpu(x["cpu_cores"])]
+        )
+    header = ["endpoint", "service", "req/s", "p50 / p99 ms", "baseline req/s", "ratio", "floor req/s"]
+    header += ["ratio to floor", "errors / non-2xx", "outbox drained / analytics lag 0, s after", "CPU (cores)"]
     pool = _versus(r, "MariaDB pool of 50", ("list_payments", "put_status"), "{label} {p50_ms:,.1f} / {p99_ms:,.1f}")
     two = _versus(r, "2 processes", ("get_user", "post_payments"), "{label} {ratio:.1%}")
-    return shards_section(r) + [
+    out = [
         "## HTTP endpoints",
         "",
-        f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. The GET user comparisons: four `--role "
-        "api` processes side by side, three rounds of half-length runs, each cost the median of its rounds. After a "
-        "write run: outbox drained (no unpublished row in MariaDB), then analytics lag 0 (the group's committed "
-        "offsets at the topic's end, read from Kafka). What bounds each missed target: docs/PROFILING.md.",
+        f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. Floors (bench/floors.py, the bare "
+        "minimum of an endpoint's I/O on the same stack): GET, the key in a dict and one Redis read (both GETs); "
+        "POST, a payment and an outbox row in one transaction (both POSTs); PUT, a row locked and updated in one "
+        "transaction; page, the page's query (both pages). The GET user comparisons: five `--role api` processes "
+        "side by side, three rounds of half-length runs, each cost the median of its rounds. After a write run: "
+        "outbox drained (no unpublished row in MariaDB), then analytics lag 0 (the group's committed offsets at the "
+        "topic's end, read from Kafka). What bounds each missed target: the profile below, docs/PROFILING.md.",
         "",
-        *_table([*header, "outbox drained / analytics lag 0, s after", "CPU (cores)"], rows),
-        f"MariaDB's pool as shipped (10 connections) → 50, one for each of wrk's, p50 / p99 ms: {pool}.",
+        *_table(header, rows),
+    ]
+    if pool:
+        out += [f"MariaDB's pool as shipped (10 connections) → 50, one for each of wrk's, p50 / p99 ms: {pool}.", ""]
+    if two:
+        out += [
+            f"One process → two (`server.processes: 2`), ratio to the baseline: {two}. Both workers share the 2 cores "
+            "with wrk, the baseline and every backing service (the CPU column): no core is free for the second worker "
+            "here, so this is no measure of scaling.",
+            "",
+        ]
+    return out + [f"![{name}]({IMAGES}{name})\n" for name in images if name != "ws_knee.png"]
+
+
+def profile_section(r: dict) -> list[str]:
+    """µs per request by module group, service / floor, an endpoint a column."""
+    if not (prof := r.get("profile")):
+        return []
+    labels = {x["endpoint"]: x["label"] for x in r["runs"] if x.get("variant") == "shipped"}
+    groups = [g for g in ORDER if any(g in p.get(who, {}) for p in prof.values() for who in ("shipped", "floor"))]
+
+    def cell(p: dict, g: str | None) -> str:
+        us = [sum(p[w].values()) if g is None else p[w].get(g, 0) for w in ("shipped", "floor") if w in p]
+        return " / ".join(f"{u:,.0f}" if u >= 0.5 else "·" for u in us)
+
+    rows = [[g, *(cell(p, g) for p in prof.values())] for g in [*groups, None]]
+    rows[-1][0] = "**all**"
+    return [
+        "## Where a request's time goes",
         "",
-        f"One process → two (`server.processes: 2`), ratio to the baseline: {two}. Both workers share the 2 cores "
-        "with wrk, the baseline and every backing service (the CPU column): no core is free for the second worker "
-        "here, so this is no measure of scaling.",
+        "CPU µs per request, service / floor, by the module group of the innermost Python frame: py-spy sampled "
+        "each process (250 Hz, idle threads left out) through a run of its own, and a group's share of the samples "
+        "times the process's CPU-seconds over the requests served is its µs per request. Ours are handlers/, "
+        "domain/, managers/, service/ (bench/ is a floor's own code); C code counts for the Python frame that "
+        "called it.",
         "",
-        *(f"![{name}]({IMAGES}{name})\n" for name in images if name != "ws_knee.png"),
+        *_table(["module group", *(labels.get(e, e) for e in prof)], rows),
     ]
 
 
 def shard_rounds(r: dict) -> list[tuple[dict, dict]]:
-    """POST payments on one physical shard and on every shard, round by round (side by side)."""
+    """POST payments on one physical shard and on every shard, round by round."""
     layouts = [v for v in dict.fromkeys(x.get("variant") for x in r.get("runs", [])) if v and v.endswith("shards")]
     if not layouts:  # one physical shard: nothing to compare
         return []
@@ -257,19 +287,16 @@ def shards_section(r: dict) -> list[str]:
         + [_cpu(a["cpu_cores"]), _cpu(b["cpu_cores"])]
         for n, (a, b) in enumerate(pairs)
     ]
-    ratio = statistics.median(b["rps"] / a["rps"] for a, b in pairs)
-    many = pairs[0][1]["variant"]
+    ratio, many = statistics.median(b["rps"] / a["rps"] for a, b in pairs), pairs[0][1]["variant"]
+    apart = r["settings"].get("shards_apart", 1)  # 0 in runs before it was the only way
     return [
         "## POST payments: one shard against " + many,
         "",
         f"The same servers: `1 shard` is the home alone holding every logical shard (driven with the seeded users "
         f"whose logical shard is on the home), `{many}` config's map (driven with every seeded user). "
-        + (
-            "One service at a time (with its relay and analytics consumer), started anew for each run"
-            if r["settings"].get("shards_apart")
-            else "Both services ran side by side (each with its relay and analytics consumer)"
-        )
-        + f", their runs alternating; the ratio is within a round. Median ratio {ratio:.2f}.",
+        + ("One service at a time, started anew for each run" if apart else "Both services ran side by side")
+        + f" (each with its relay and analytics consumer), their runs alternating; the ratio is within a round. "
+        f"Median ratio {ratio:.2f}.",
         "",
         "MariaDB's cores per 1,000 req/s, each shard's server from its CPU column: the work a server does for a "
         "POST, and how the layout splits it between the servers.",
@@ -291,6 +318,8 @@ def tables_section(r: dict) -> list[str]:
         [shard] + [f"{t[n]['rows']:,} ({(t[n]['data_bytes'] + t[n]['index_bytes']) / 2**20:.1f} MiB)" for n in names]
         for shard, t in tables.items()
     ]
+    keys = r.get("redis_keys")
+    spread = [f"Keys on each Redis Cluster master after the run: {', '.join(f'{n:,}' for n in keys.values())}.", ""]
     return [
         "## Storage by shard",
         "",
@@ -298,11 +327,8 @@ def tables_section(r: dict) -> list[str]:
         "user's tables split by logical shard; API keys and email claims live in the home only.",
         "",
         *_table(["shard", *names], rows),
-    ] + (
-        [f"Keys on each Redis Cluster master after the run: {', '.join(f'{n:,}' for n in keys.values())}.", ""]
-        if (keys := r.get("redis_keys"))
-        else []
-    )
+        *(spread if keys else []),
+    ]
 
 
 def analytics_section(a: dict) -> list[str]:
@@ -344,24 +370,20 @@ def ws_section(ws: dict, m: dict, images: list[str]) -> list[str]:
         ]
         out += _table(header, rows)
     most, before = ws.get("most"), ws["rss_before_kib"] / 1024
-    if most is None:
-        return out + [
-            f"**Memory.** The service's RSS: {before:.0f} MiB before any socket, "
-            f"{ws['single']['per_socket_kib']:.1f} KiB more a socket with {ws['single']['open']:,} open (the most "
-            "sockets a process can hold was not measured in this run: `BENCH_WS_MOST=0`).",
-            "",
-            *(f"![{name}]({IMAGES}{name})\n" for name in images if name == "ws_knee.png"),
-        ]
-    return out + [
+    memory = (
         f"**Memory.** The service's RSS: {before:.0f} MiB before any socket, {ws['single']['per_socket_kib']:.1f} KiB "
-        f"more a socket with {ws['single']['open']:,} open, {most['rss_kib'] / 1024:.0f} MiB with {most['sockets']:,} "
-        f"open ({m['per_socket_kib']:.1f} KiB each). A process may hold {most['limit']:,} open files here (the hard "
-        f"limit, which it cannot raise), so 50,000 sockets cannot be held; at this slope they would take "
-        f"{before:.0f} MiB + 50,000 × {m['per_socket_kib']:.1f} KiB = {m['rss_50k_mib']:,.0f} MiB. Limited by the "
-        "environment.",
-        "",
-        *(f"![{name}]({IMAGES}{name})\n" for name in images if name == "ws_knee.png"),
-    ]
+        f"more a socket with {ws['single']['open']:,} open"
+    )
+    if most is None:
+        memory += " (the most sockets a process can hold was not measured in this run: `BENCH_WS_MOST=0`)."
+    else:
+        memory += (
+            f", {most['rss_kib'] / 1024:.0f} MiB with {most['sockets']:,} open ({m['per_socket_kib']:.1f} KiB each). "
+            f"A process may hold {most['limit']:,} open files here (the hard limit, which it cannot raise), so 50,000 "
+            f"sockets cannot be held; at this slope they would take {before:.0f} MiB + 50,000 × "
+            f"{m['per_socket_kib']:.1f} KiB = {m['rss_50k_mib']:,.0f} MiB. Limited by the environment."
+        )
+    return out + [memory, "", *(f"![{name}]({IMAGES}{name})\n" for name in images if name == "ws_knee.png")]
 
 
 def _after(row: dict, m: dict) -> str:
@@ -369,23 +391,34 @@ def _after(row: dict, m: dict) -> str:
     if "after" in row or (value := m.get(row["measure_key"])) is None:
         return row.get("after", "not measured in this run")
     unit, key = row.get("unit", ""), row["measure_key"]
-    pct = f"{value:.1%}" + (f" ({m[f'{key[:-6]}_rps']:,.0f} req/s)" if key.endswith("_ratio") else "")
-    shown = {"pct": pct, "ms": f"{value:,.1f} ms", "kib": f"{value:.1f} KiB", "s": f"0 after {value:.1f} s"}
+    rps = m.get(key.removesuffix("_ratio").removesuffix("_floor") + "_rps") if key.endswith("_ratio") else None
+    shown = {"pct": f"{value:.1%}" + (f" ({rps:,.0f} req/s)" if rps else ""), "ms": f"{value:,.1f} ms"}
+    shown |= {"kib": f"{value:.1f} KiB", "s": f"0 after {value:.1f} s"}
     return shown.get(unit, f"{value:,.0f} {unit}".strip())
+
+
+def history_section(title: str, history: dict, m: dict) -> list[str]:
+    rows = [[h["change"], h["commit"], h["measure"], h["before"], _after(h, m)] for h in history.get("rows", [])]
+    return [
+        f"## {title}",
+        "",
+        history.get("note", ""),
+        "",
+        *_table(["change", "code", "measure", "before", "after"], rows),
+    ]
 
 
 def markdown(r: dict, history: dict, images: list[str]) -> str:
     m, out = measures(r), header(r)
     rows = [[*t[:3], {None: "reported", True: "**met**", False: "**missed**"}[t[3]], t[4]] for t in targets(r, m)]
     out += ["## Targets", "", *_table(["target", "goal", "measured", "verdict", "margin"], rows)]
-    out += http_section(r, images) + tables_section(r) if r.get("runs") else []
+    out += shards_section(r) + http_section(r, images) + profile_section(r) + tables_section(r) if r.get("runs") else []
     out += analytics_section(r["analytics"]) if r.get("analytics") else []
     out += ws_section(r["ws"], m, images) if r.get("ws") else []
-    if OUT:  # the before/after rows are the everyday stack's
-        return "\n".join(out)
-    rows = [[h["change"], h["commit"], h["measure"], h["before"], _after(h, m)] for h in history.get("rows", [])]
-    out += ["## Before and after", "", history.get("note", ""), ""]
-    return "\n".join(out + _table(["change", "code", "measure", "before", "after"], rows))
+    if not OUT:  # the before/after rows are the everyday stack's
+        out += history_section("Issue 17: before and after each lever", history.get("levers", {}), m)
+        out += history_section("Before and after", history, m)
+    return "\n".join(out)
 
 
 def write() -> str:

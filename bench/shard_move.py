@@ -158,20 +158,8 @@ async def move(port: int, key: str, groups: dict[str, list[str]], target: str) -
     writing = asyncio.create_task(writer.run())
     await asyncio.sleep(MARGIN_S)
     started = time.time()
-    argv = [
-        env.PY,
-        "-W",
-        "ignore",
-        "-m",
-        "service",
-        "--config",
-        str(env.CONFIG),
-        "shards",
-        "move",
-        str(LOGICAL),
-        "--to",
-        target,
-    ]
+    argv = [env.PY, "-W", "ignore", "-m", "service", "--config", str(env.CONFIG), "shards", "move", str(LOGICAL)]
+    argv += ["--to", target]
     proc = await asyncio.create_subprocess_exec(
         *argv, cwd=env.REPO, env=env.service_env({}), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

@@ -1,39 +1,77 @@
-"""wrk with one of bench/lua/*.lua: run it, parse the line its ``done()`` prints, and note
-what every process on the machine used of the CPU meanwhile."""
+"""wrk with one of bench/lua/*.lua: run it, parse the line its ``done()`` prints, note what every
+process used of the CPU meanwhile and, with ``profile``, where one process's CPU went: py-spy
+samples it (250 Hz, idle threads left out), each sample counts for its innermost frame's
+module group, and a group's share of the process's CPU-seconds over the requests served is
+its µs per request."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import time
+from collections import Counter
 
 from bench.env import REPO, WORK, cpu_split, processes
 
 LUA = REPO / "bench" / "lua"
+PYSPY = [str(REPO / ".venv/bin/py-spy"), "record", "--rate", "250", "--nonblocking", "--full-filenames"]
+OURS = ("handlers", "domain", "managers", "service", "bench")  # bench/: a floor's own code
+GROUPS = {  # a frame's group by a directory in its file's path, after ours
+    "tornado": "tornado",
+    "asyncio": "asyncio/uvloop",
+    "uvloop": "asyncio/uvloop",
+    "selectors": "asyncio/uvloop",
+    "aiomysql": "aiomysql/pymysql",
+    "pymysql": "aiomysql/pymysql",
+    "redis": "redis",
+    "aiokafka": "aiokafka",
+    "pymongo": "pymongo",
+    "prometheus_client": "prometheus_client",
+    "jsonschema": "jsonschema",
+    "referencing": "jsonschema",
+    "logging": "logging",
+    "json": "json",
+}
+
+ORDER = (*(f"{d}/" for d in OURS), *dict.fromkeys(GROUPS.values()), "other")  # the profile table's rows
 
 
-def run(name: str, url: str, script: str, duration_s: int, connections: int, threads: int, env: dict) -> dict:
-    """``wrk -t threads -c connections -d duration_s -s bench/lua/<script> url``; ``env``
-    reaches the script (BENCH_KEY, BENCH_IDS, BENCH_PATH, and ``names``: pid -> label
-    for the CPU table)."""
+def group(frame: str) -> str:
+    """``frame`` (py-spy's ``function (path:line)``) by module group."""
+    path = re.sub(r"^.*\((.*):\d+\)$", r"\1", frame)
+    if (parts := path.removeprefix(f"{REPO}/").split("/"))[0] in OURS:
+        return parts[0] + "/"
+    modules = [*parts[:-1], parts[-1].removesuffix(".py")]  # the package first, not its subpackage
+    return next((GROUPS[p] for p in modules if p in GROUPS), "other")
+
+
+def run(name: str, url: str, script: str, seconds: int, connections: int, env: dict, profile: int = 0) -> dict:
+    """``wrk -t2 -c connections -d seconds -s bench/lua/<script> url``; ``env`` reaches the
+    script (BENCH_KEYS, BENCH_IDS, BENCH_PATH), and ``names`` (pid -> label) the CPU split."""
     names = env.pop("names", {})
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--timeout", "10s", "-s", str(LUA / script)]
-    full_env = os.environ | {"LUA_PATH": f"{LUA}/?.lua;;", "BENCH_THREADS": str(threads)} | env
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA / script), url]
+    full_env = os.environ | {"LUA_PATH": f"{LUA}/?.lua;;", "BENCH_THREADS": "2"} | env
+    if profile:
+        stacks = WORK / f"py-spy-{name}.txt".replace(": ", "-")
+        argv_spy = [*PYSPY, "--pid", str(profile), "-d", str(seconds + 1), "-f", "raw", "-o", str(stacks)]
+        spy = subprocess.Popen(argv_spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached
     before, usage, started = processes(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    proc = subprocess.run([*argv, url], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, ended, after = proc.stdout, time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    wrk_cpu = after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime  # wrk has exited: its own CPU
+    proc = subprocess.run(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, ended, after, done = proc.stdout, time.time(), processes(), resource.getrusage(resource.RUSAGE_CHILDREN)
     (WORK / f"wrk-{name}.txt").write_text(out)
     line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"wrk {name} failed ({proc.returncode}):\n{out}")
     data = json.loads(line.removeprefix("BENCH_JSON "))
-    lat, seconds = data["latency_us"], data["duration_us"] / 1e6
-    cpu = cpu_split(before, processes(), ended - started, names) | {"wrk": round(wrk_cpu / (ended - started), 2)}
-    return {
-        "rps": round(data["requests"] / seconds, 1),
+    lat, requests = data["latency_us"], data["requests"]
+    wrk_cpu = done.ru_utime - usage.ru_utime + done.ru_stime - usage.ru_stime  # wrk has exited: its own CPU
+    cpu = cpu_split(before, after, ended - started, names) | {"wrk": round(wrk_cpu / (ended - started), 2)}
+    r = {
+        "rps": round(requests / (data["duration_us"] / 1e6), 1),
         **{f"{p}_ms": lat[p] / 1000 for p in ("p50", "p90", "p99", "max")},
         "errors": sum(data["errors"].values()) - data["errors"]["status"],
         "non_2xx": data["errors"]["status"],
@@ -41,3 +79,11 @@ def run(name: str, url: str, script: str, duration_s: int, connections: int, thr
         "ended_at": ended,
         "cpu_cores": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
     }
+    if profile:
+        spy.wait(30)
+        samples: Counter = Counter()
+        for stack, _, count in (x.rpartition(" ") for x in stacks.read_text().splitlines()):
+            samples[group(stack.rpartition(";")[2])] += int(count)
+        us = (after[profile][2] - before[profile][2]) / requests * 1e6  # the process's CPU per request
+        r["profile_us"] = {g: round(n / max(1, samples.total()) * us, 1) for g, n in samples.most_common()}
+    return r
