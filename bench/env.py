@@ -94,7 +94,7 @@ def config() -> dict:
 
 def event_loop() -> str:
     """The service's event loop: the baseline and the floors run on the same one."""
-    return config()["server"].get("event_loop", "asyncio")
+    return config()["server"]["event_loop"]
 
 
 def redis_url() -> str:
