@@ -228,6 +228,8 @@ for _series, _values in (
 ):
     for _value in _values:
         _series.labels(_value)
+# A cache lookup's outcome, bound once: the GET paths count one per request.
+CACHE_LOOKUP = {outcome: CACHE_LOOKUPS.labels(outcome) for outcome in CacheLookup}
 
 _GC_PAUSES: collections.deque[tuple[int, float]] = collections.deque(maxlen=10_000)  # not yet in GC_PAUSE
 _gc_started = 0.0

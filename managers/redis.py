@@ -229,20 +229,20 @@ class RedisManager(BackingService):
 
     async def cache_get(self, key: str) -> Cached | None:
         if self.bypassing():
-            metrics.CACHE_LOOKUPS.labels(CacheLookup.BYPASS).inc()
+            metrics.CACHE_LOOKUP[CacheLookup.BYPASS].inc()
             return None
         try:
             async with asyncio.timeout(self.timeout_s):
                 version, owner, body = await _again_if_dropped(lambda: self.client.hmget(key, ("v", "o", "b")))
         except UNAVAILABLE as exc:
-            metrics.CACHE_LOOKUPS.labels(CacheLookup.ERROR).inc()
+            metrics.CACHE_LOOKUP[CacheLookup.ERROR].inc()
             self._failed(RedisOp.GET, exc)
             return None
         # Absent (None), or not whole, is a miss; replies are bytes (no decode_responses).
         if not isinstance(body, bytes) or not isinstance(version, bytes) or not isinstance(owner, bytes):
-            metrics.CACHE_LOOKUPS.labels(CacheLookup.MISS).inc()
+            metrics.CACHE_LOOKUP[CacheLookup.MISS].inc()
             return None
-        metrics.CACHE_LOOKUPS.labels(CacheLookup.HIT).inc()
+        metrics.CACHE_LOOKUP[CacheLookup.HIT].inc()
         return Cached(body, int(version), owner.decode())
 
     async def cache_put(self, key: str, entry: Cached) -> None:
