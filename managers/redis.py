@@ -97,8 +97,10 @@ def client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
         "max_connections": 64,  # per node on a cluster
     }
     if not cfg["cluster_nodes"]:
-        # No socket_timeout: every call already runs under RedisManager's one deadline, and
-        # redis-py's own would add a task per write (asyncio.wait_for) and a timer per read.
+        # No socket timeout (None, said explicitly: redis-py's default is 5 s): every call already
+        # runs under RedisManager's one deadline, and redis-py's own would add a task per write
+        # (asyncio.wait_for) and a timer per read.
+        options["socket_timeout"] = None
         return aioredis.Redis.from_url(cfg["url"], **options)  # rediss:// makes its connections TLS
     # A cluster keeps redis-py's read and write deadlines: its TimeoutError is what makes the
     # client refresh its slot map after a master dies, which a cancellation would not.
