@@ -123,22 +123,31 @@ def client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
 T = TypeVar("T")
 
 
-def _writer_gone(exc: AttributeError) -> bool:
-    """Whether ``exc`` is redis-py's asyncio connection meeting its writer gone mid-command
-    (``'NoneType' object has no attribute 'writelines'``): another task closed the connection
-    between its "connected?" check and its write, as a failover does (redis/redis-py#3546,
-    #4287). The connection was lost, no bug of ours; anywhere else an AttributeError is one."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
+_TRANSPORT_CLOSED = "the handler is closed"  # uvloop's RuntimeError for a write to a closed transport
+
+
+def _writer_gone(exc: AttributeError | RuntimeError) -> bool:
+    """Whether ``exc`` is redis-py's asyncio connection meeting its writer gone mid-command:
+    another task closed the connection between its "connected?" check and its write, as a
+    failover does (redis/redis-py#3546, #4287). On asyncio's loop the writer is None by then
+    (``'NoneType' object has no attribute 'writelines'``, raised in redis-py's connection
+    module); on uvloop's, the writer's transport is closed (a RuntimeError, "unable to perform
+    operation on <TCPTransport closed=True ...>; the handler is closed", raised under it). The
+    connection was lost, no bug of ours; anywhere else either error is one."""
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(Path(tb.tb_frame.f_code.co_filename))
         tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).match(_CONNECTION_MODULE)
+    if isinstance(exc, RuntimeError):
+        return _TRANSPORT_CLOSED in str(exc) and any(f.match(_CONNECTION_MODULE) for f in frames)
+    return bool(frames) and frames[-1].match(_CONNECTION_MODULE)
 
 
 async def _lost_if_writer_gone(call: Awaitable[T]) -> T:
     """``call``, with redis-py's closed-writer race raised as the lost connection it is."""
     try:
         return await call
-    except AttributeError as exc:
+    except (AttributeError, RuntimeError) as exc:
         if not _writer_gone(exc):
             raise
         raise ConnectionLost(f"connection closed under the command: {exc}") from exc
