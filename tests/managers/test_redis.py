@@ -19,11 +19,14 @@ from managers.redis import Cached, RedisManager
 from tests.helpers import REDIS_PORT, TcpProxy
 
 
-class ReplyLosingProxy(TcpProxy):
-    """A proxy to Redis that, once armed, swallows the next reply and cuts its client off:
-    the connection is lost after the server ran the command."""
+class ReplyProxy(TcpProxy):
+    """A proxy to Redis whose replies a test interferes with. Once ``armed``, it swallows the
+    next reply and cuts its client off: the connection is lost after the server ran the
+    command. While ``muted``, it takes the replies and passes none on: a server that hangs
+    mid-command."""
 
     armed = False
+    muted = False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.target_port), 5)
@@ -39,8 +42,9 @@ class ReplyLosingProxy(TcpProxy):
                     self.armed = False
                     dst.transport.abort()
                     return
-                dst.write(data)
-                await dst.drain()
+                if not self.muted:
+                    dst.write(data)
+                    await dst.drain()
         except OSError:
             pass
         finally:
@@ -49,7 +53,7 @@ class ReplyLosingProxy(TcpProxy):
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_debit_whose_reply_is_lost_is_not_run_again(config):
-    proxy = ReplyLosingProxy(REDIS_PORT)
+    proxy = ReplyProxy(REDIS_PORT)
     await proxy.open()
     cfg = {**config["redis"], "url": f"redis://127.0.0.1:{proxy.port}/15"}
     redis = RedisManager(redis_manager.client(cfg), cfg)
@@ -71,30 +75,12 @@ async def test_a_debit_whose_reply_is_lost_is_not_run_again(config):
         await proxy.close()
 
 
-class MutedProxy(ReplyLosingProxy):
-    """A proxy to Redis that, while ``muted``, takes the server's replies and passes none on:
-    a server that hangs mid-command."""
-
-    muted = False
-
-    async def _replies(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                if not self.muted:
-                    dst.write(data)
-                    await dst.drain()
-        except OSError:
-            pass
-        finally:
-            dst.close()
-
-
 @pytest.mark.gen_test(timeout=60)
 async def test_a_server_that_stops_answering_costs_a_call_its_deadline_and_leaves_no_reply_behind(config):
     """The client has no socket timeout of its own (managers/redis.py): RedisManager's one
     deadline ends the call, and the connection goes with it, so its late reply is never
     read as the answer to a later command."""
-    proxy = MutedProxy(REDIS_PORT)
+    proxy = ReplyProxy(REDIS_PORT)
     await proxy.open()
     cfg = {**config["redis"], "url": f"redis://127.0.0.1:{proxy.port}/15"}
     redis = RedisManager(redis_manager.client(cfg), cfg)
