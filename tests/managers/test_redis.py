@@ -134,16 +134,19 @@ class WriterVanishes(Connection):
 
     async def check_health(self) -> None:
         await super().check_health()
-        if WriterVanishes.armed:
-            WriterVanishes.armed = False
-            assert self._writer is not None
-            self._writer.close()
-            self._writer = None
+        if type(self).armed:
+            type(self).armed = False
+            await self.vanish()
+
+    async def vanish(self) -> None:
+        assert self._writer is not None
+        self._writer.close()
+        self._writer = None
 
 
-def vanishing(config) -> RedisManager:
+def vanishing(config, connection_class: type[WriterVanishes] = WriterVanishes) -> RedisManager:
     redis = RedisManager(redis_manager.client(config["redis"]), config["redis"])
-    redis.client.connection_pool.connection_class = WriterVanishes
+    redis.client.connection_pool.connection_class = connection_class
     return redis
 
 
@@ -170,21 +173,18 @@ async def test_a_connection_closed_under_a_command_is_unavailable_not_a_bug(conf
         await cache.release()
 
 
-class TransportCloses(Connection):
+class TransportCloses(WriterVanishes):
     """The same race on uvloop: once armed, the next command finds its writer's transport
     closed (the writer itself still there), as a failover leaves it."""
 
     armed = False
 
-    async def check_health(self) -> None:
-        await super().check_health()
-        if TransportCloses.armed:
-            TransportCloses.armed = False
-            assert self._writer is not None
-            self._writer.transport.close()
-            # The loop finishes closing it, as after a reset by the peer; uvloop says so in its repr only.
-            while "closed=True" not in repr(self._writer.transport):  # noqa: ASYNC110 (no event for it)
-                await asyncio.sleep(0)
+    async def vanish(self) -> None:
+        assert self._writer is not None
+        self._writer.transport.close()
+        # The loop finishes closing it, as after a reset by the peer; uvloop says so in its repr only.
+        while "closed=True" not in repr(self._writer.transport):  # noqa: ASYNC110 (no event for it)
+            await asyncio.sleep(0)
 
 
 def test_on_uvloop_a_transport_closed_under_a_command_is_unavailable_not_a_bug(config):
@@ -193,8 +193,7 @@ def test_on_uvloop_a_transport_closed_under_a_command_is_unavailable_not_a_bug(c
     read is made again."""
 
     async def scenario() -> None:
-        cache = RedisManager(redis_manager.client(config["redis"]), config["redis"])
-        cache.client.connection_pool.connection_class = TransportCloses
+        cache = vanishing(config, TransportCloses)
         key = f"test:{uuid.uuid4().hex}"
         try:
             await cache.cache_put(key, Cached(b"{}", 3, "owner"))
