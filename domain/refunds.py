@@ -29,14 +29,15 @@ from domain import audit, codec, events, outbox, payments
 from domain.audit import Actor
 from domain.errors import APIError, not_found
 from domain.money import MoneyError, format_amount, parse_amount
+from managers import mysql
 from managers.mysql import MySQLManager, Row, Statement, Tx
 from managers.redis import RedisManager
 from managers.shards import logical_shard, new_id
 
 SUCCEEDED = "succeeded"  # made in its payment's transaction: there is no pending refund
 COMPLETED, REFUNDED = "completed", "refunded"
-_COLUMNS = "id, payment_id, user_id, amount_minor, currency, reason, status, created_at"
-_PAYMENT = ", ".join(f"p.{c.strip()}" for c in payments._COLUMNS.split(","))
+COLUMNS = mysql.Columns("id, payment_id, user_id, amount_minor, currency, reason, status, created_at")
+_PAYMENT = mysql.Columns(payments.COLUMNS.list, table="p")
 
 
 def to_api(row: Row) -> dict[str, Any]:
@@ -138,8 +139,10 @@ async def _lock(tx: Tx, payment_id: str, idempotency_key: str | None) -> Row:
             select.format(c, a) for c, a in zip(columns, ("idem_hash", "idem_status", "idem_body"), strict=True)
         )
         args = (idempotency_key, idempotency_key, idempotency_key, payment_id)
-    row = await tx.fetchone(
-        f"SELECT {_PAYMENT}, {idem} FROM payments p WHERE p.id = %s FOR UPDATE", args, first=[lock_owner]
+    row = _PAYMENT.maybe(
+        await tx.fetchone(
+            f"SELECT {_PAYMENT.select}, {idem} FROM payments p WHERE p.id = %s FOR UPDATE", args, first=[lock_owner]
+        )
     )
     if row is None:
         await MySQLManager.instance().missing(tx, payment_id)
@@ -204,8 +207,8 @@ async def _refund(
         )
     statements += [
         (
-            f"INSERT INTO refunds ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            tuple(refund_row[c.strip()] for c in _COLUMNS.split(",")),
+            f"INSERT INTO refunds ({COLUMNS.list}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            tuple(refund_row[name] for name in COLUMNS.names),
         ),
         (
             "UPDATE payments SET amount_refunded_minor = %s, status = %s, version = %s, updated_at = %s WHERE id = %s",
@@ -251,7 +254,7 @@ async def get(refund_id: str) -> tuple[dict[str, Any], str]:
     """The refund and its owner (the payment's user), from the shard its id names."""
     mysql_shards = MySQLManager.instance()
     shard = mysql_shards.for_id(refund_id)
-    row = await shard.fetchone(f"SELECT {_COLUMNS} FROM refunds WHERE id = %s", (refund_id,))
+    row = COLUMNS.maybe(await shard.fetchone(f"SELECT {COLUMNS.select} FROM refunds WHERE id = %s", (refund_id,)))
     if row is None:
         await mysql_shards.missing(shard, refund_id)
         raise not_found("refund", refund_id)
@@ -266,10 +269,13 @@ async def list_for_payment(payment_id: str, limit: int, cursor: str | None) -> d
         created_at, refund_id = payments.decode_cursor(cursor)
         where += " AND (created_at > %s OR (created_at = %s AND id > %s))"
         args += [created_at, created_at, refund_id]
-    rows = (
-        await MySQLManager.instance()
+    rows = [
+        COLUMNS.row(r)
+        for r in await MySQLManager.instance()
         .for_id(payment_id)
-        .fetchall(f"SELECT {_COLUMNS} FROM refunds WHERE {where} ORDER BY created_at, id LIMIT %s", (*args, limit + 1))
-    )
+        .fetchall(
+            f"SELECT {COLUMNS.select} FROM refunds WHERE {where} ORDER BY created_at, id LIMIT %s", (*args, limit + 1)
+        )
+    ]
     page, more = rows[:limit], len(rows) > limit
     return {"items": [to_api(r) for r in page], "next_cursor": payments.encode_cursor(page[-1]) if more else None}

@@ -27,7 +27,7 @@ from managers.crashpoints import crashpoint
 from managers.mysql import Database, MySQLManager, Row, Statement, Tx, is_duplicate_key
 from managers.redis import Cached, RedisManager
 
-_COLUMNS = "id, email, name, version, created_at, updated_at, metadata"
+COLUMNS = mysql.Columns("id, email, name, version, created_at, updated_at, metadata")
 
 
 def cache_key(user_id: str) -> str:
@@ -159,7 +159,7 @@ async def create(email: str, name: str, meta: dict[str, str] | None = None) -> d
     }
     user = to_api(row)
     insert_user = (
-        f"INSERT INTO users ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        f"INSERT INTO users ({COLUMNS.list}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
         (row["id"], row["email"], row["name"], 1, now, now, row["metadata"]),
     )
     event = outbox.insert(events.envelope(events.USER_CREATED, row["id"], event_data(user), now))
@@ -210,10 +210,10 @@ async def get(user_id: str) -> Cached:
 
 async def load(user_id: str) -> Cached:
     """The user from MariaDB, as the cache keeps it."""
-    row = (
+    row = COLUMNS.maybe(
         await MySQLManager.instance()
         .for_id(user_id)
-        .fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s", (user_id,))
+        .fetchone(f"SELECT {COLUMNS.select} FROM users WHERE id = %s", (user_id,))
     )
     if row is None:
         raise not_found("user", user_id)
@@ -229,7 +229,7 @@ async def lock(tx: Tx, user_id: str) -> Row | None:
     """Lock the user's row for the rest of ``tx``: every event-writing change of a
     user locks it first (this, or a statement with ``FOR UPDATE`` on it), so that
     user's events commit in order."""
-    return await tx.fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = %s FOR UPDATE", (user_id,))
+    return COLUMNS.maybe(await tx.fetchone(f"SELECT {COLUMNS.select} FROM users WHERE id = %s FOR UPDATE", (user_id,)))
 
 
 def _matches(if_match: str, version: int) -> bool:

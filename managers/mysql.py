@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import ssl
 import warnings
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiomysql
+import orjson
 import pymysql
 from pymysql.constants import CLIENT
 
@@ -94,6 +96,41 @@ _NOT_NOW = frozenset({1040, 1053, 1205, 1213, 1927})
 Args = Sequence[Any] | Mapping[str, Any] | None  # positional (%s) or named (%(name)s) arguments
 Statement = tuple[str, Args]  # SQL with %s placeholders, and its arguments
 Row = dict[str, Any]  # a row as DictCursor returns it: column name -> value
+
+
+class Columns:
+    """A table's columns, for writing them (``names``, ``list``) and for reading them as one.
+
+    PyMySQL parses every column's descriptor, and converts every value, in Python: read
+    as its 11 columns, a payment costs about 115 µs of CPU, against 50 as one column, and
+    a page of 20 payments 460 against 240 (docs/PROFILING.md). ``select`` reads them as
+    one, ``JSON_OBJECT('id', id, ...)``, which orjson reads in C; ``row`` gives back the row
+    a DictCursor would have given. A BIGINT arrives as a JSON integer and stays exact; a
+    DATETIME arrives as MariaDB writes it (``2026-01-02 03:04:05.000000``) and is made a
+    datetime again; NULL is None, and text is text, whatever characters it holds.
+    """
+
+    def __init__(self, columns: str, datetimes: Sequence[str] = ("created_at", "updated_at"), table: str = ""):
+        self.names = tuple(name.strip() for name in columns.split(","))
+        self.list = ", ".join(self.names)
+        qualified = f"{table}." if table else ""
+        pairs = ", ".join(f"'{name}', {qualified}{name}" for name in self.names)
+        self.select = f"JSON_OBJECT({pairs}) AS _row"
+        self._datetimes = tuple(name for name in datetimes if name in self.names)
+
+    def row(self, raw: Row) -> Row:
+        """``raw`` (a DictCursor's row: ``_row``, and any column selected beside it) as the
+        columns themselves would have come."""
+        row: Row = orjson.loads(raw["_row"])
+        for name in self._datetimes:
+            if row[name] is not None:
+                row[name] = dt.datetime.fromisoformat(row[name])
+        if len(raw) > 1:
+            row |= {name: value for name, value in raw.items() if name != "_row"}
+        return row
+
+    def maybe(self, raw: Row | None) -> Row | None:
+        return None if raw is None else self.row(raw)
 
 
 class Tx:

@@ -1,14 +1,19 @@
 """MySQLManager: how a migration file is split (pure logic), and against the real MariaDB,
-who gets a connection when the pool is short."""
+who gets a connection when the pool is short and what a row read as one JSON column gives."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 
+import pymysql
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from domain import moves
-from managers.mysql import MIGRATIONS_DIR, Database, split_sql
+from managers.mysql import MIGRATIONS_DIR, Columns, Database, split_sql
 from tests.helpers import wait_until
 
 
@@ -87,3 +92,51 @@ def test_the_migration_that_remakes_the_move_guard_makes_it_exactly_as_moves_doe
     [remake] = [s for s in split_sql((MIGRATIONS_DIR / "0004_audit.sql").read_text()) if s.startswith("BEGIN")]
     guard = moves.GUARD.replace("CREATE TRIGGER IF NOT EXISTS", "CREATE TRIGGER").replace("'", "''")
     assert f"EXECUTE IMMEDIATE '{guard}'" in remake
+
+
+# A row of every type the service reads: text (any character MariaDB's utf8mb4 holds, NUL and
+# quotes included), BIGINT at its edges, DATETIME(6) at its range's edges, and NULLs.
+ROW = Columns("id, amount_minor, version, description, created_at, updated_at")
+LITERALS = (
+    "SELECT %s AS id, CAST(%s AS SIGNED) AS amount_minor, CAST(%s AS UNSIGNED) AS version,"
+    " %s AS description, CAST(%s AS DATETIME(6)) AS created_at, CAST(%s AS DATETIME(6)) AS updated_at"
+)
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+TIMES = st.datetimes(dt.datetime(1000, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59, 999999))
+
+
+@pytest.fixture
+def dict_cursor(services, config):
+    cfg = config["mysql"]
+    conn = pymysql.connect(
+        host=cfg["host"], port=cfg["port"], user=cfg["user"], password=cfg["password"], connect_timeout=5
+    )
+    with contextlib.closing(conn), conn.cursor(pymysql.cursors.DictCursor) as cur:
+        yield cur
+
+
+@settings(
+    max_examples=150,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    text=TEXT,
+    amount=st.integers(-(2**63), 2**63 - 1),
+    version=st.integers(0, 2**32 - 1),
+    description=st.none() | TEXT,
+    created=TIMES,
+    updated=st.none() | TIMES,
+)
+def test_a_row_read_as_one_json_column_is_the_row_its_columns_give(
+    dict_cursor, text, amount, version, description, created, updated
+):
+    """PyMySQL reads each column in Python; ``Columns.select`` has MariaDB send them as one
+    JSON object, and ``Columns.row`` must give back exactly what the columns would have."""
+    args = (text, amount, version, description, created, updated)
+    dict_cursor.execute(LITERALS, args)
+    plain = dict_cursor.fetchone()
+    dict_cursor.execute(f"SELECT {ROW.select}, 'beside' AS other FROM ({LITERALS}) AS t", args)
+    assert ROW.row(dict_cursor.fetchone()) == {**plain, "other": "beside"}
