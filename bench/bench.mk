@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 
-.PHONY: bench bench-deps bench-report bench-cluster bench-cluster-ceilings bench-shard-move
+.PHONY: bench bench-deps bench-report bench-cluster
 
 # The cluster stack (make services-cluster) with config.cluster.yaml, or SINGLETON_CLUSTER_CONFIG's file:
 # the same stages, shorter (fewer users and sockets, 5 s runs, no most-sockets hold, 100,000 analytics
@@ -30,8 +30,3 @@ bench-cluster: bench-deps services-cluster ## make bench on the cluster stack, s
 	@command -v wrk >/dev/null || bash devstack/services.sh tools
 	$(BENCH_CLUSTER_ENV) $(BENCH_CLUSTER_SHORT) $(PY) -m bench
 
-bench-cluster-ceilings: bench-deps services-cluster ## The relay ceiling of 1 shard against 2, and the broadcast's, on the cluster stack
-	$(BENCH_CLUSTER_ENV) $(PY) -m bench.ceilings
-
-bench-shard-move: bench-deps services-cluster ## A logical shard of 10,000 users moved there and back under writes: docs/bench/shard_move.json
-	$(BENCH_CLUSTER_ENV) $(PY) -m bench.shard_move
