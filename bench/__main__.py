@@ -15,7 +15,6 @@ import random
 import resource
 import statistics
 import time
-from pathlib import Path
 
 from bench import analytics, client, drain, env, fanout, report, wrk
 from bench.env import log
@@ -30,8 +29,6 @@ VARIANTS = {
     "key check + limiter": {},
     "logging at WARNING": {"SINGLETON_LOGGING__LEVEL": "WARNING"},
     "no metrics": {},  # key check + limiter, no metric recorded (ENTRY)
-    "2 processes": {"SINGLETON_SERVER__PROCESSES": "2"},
-    "MariaDB pool of 50": {"SINGLETON_MYSQL__POOL_MAX": "50"},  # a connection for each of wrk's
 }
 # The bench's own entry points: no configuration turns key checks or metrics off.
 ENTRY = {"no auth, no limiter": "bench.unauthenticated", "no metrics": "bench.unmetered"}
@@ -39,17 +36,6 @@ COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging 
 SHARDED = len(env.shards()) > 1
 if SHARDED:  # the same servers, the home alone holding every logical shard or config's map
     VARIANTS |= {"1 shard": env.one_shard(), f"{len(env.shards())} shards": {}}
-else:  # TLS to MariaDB, Redis and Kafka: devstack serves it on each plaintext port + 1000, with its own CA
-    TLS = "TLS to MariaDB, Redis, Kafka"
-    tls_dir, files = Path(os.environ.get("DEVSTACK_DIR") or env.REPO / ".devstack") / "tls", ("CA", "CERT", "KEY")
-    VARIANTS[TLS] = {
-        f"SINGLETON_{store}__TLS__{key}_FILE": str(tls_dir / name)
-        for store in ("MYSQL", "REDIS", "KAFKA")
-        for key, name in zip(files, ("ca.pem", "client.pem", "client.key"), strict=True)
-    } | {
-        "SINGLETON_REDIS__URL": f"rediss://{env.HOST}:{int(os.environ.get('REDIS_PORT', 6379)) + 1000}/{env.REDIS_DB}",
-        "SINGLETON_KAFKA__BOOTSTRAP_SERVERS": f"{env.HOST}:{int(os.environ.get('KAFKA_PORT', 9092)) + 1000}",
-    }
 SHARD_LAYOUTS = tuple(v for v in VARIANTS if v.endswith((" shard", " shards")))
 
 
@@ -88,15 +74,11 @@ KEYS = env.WORK / "keys.txt"
 # runs against them. The shipped phase runs each endpoint's floor before it (one physical shard).
 PHASES = {
     "shipped": [(("shipped",), [("shipped", e) for e in ENDPOINTS])],
-    "pool": [(("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")])],
     "costs": [(COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED])],  # 3 rounds of half-length runs
-    "processes": [(("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")])],
 }
 if SHARDED:  # BENCH_SHARD_ROUNDS rounds alternating, one service at a time, started anew for each run
     rounds = range(env.Settings().shard_rounds)
     PHASES["shards"] = [((v,), [(v, "post_payments")]) for _ in rounds for v in SHARD_LAYOUTS]
-else:  # what TLS to the stores costs: the shipped runs are the same endpoints in plaintext
-    PHASES["tls"] = [((TLS,), [(TLS, "get_user"), (TLS, "post_payments")])]
 
 
 class Run:

@@ -50,7 +50,7 @@ class Settings:
     """Every knob; each from BENCH_<NAME> if set (BENCH_DURATION_S=5; a tuple: 25,50,100)."""
 
     stages: str = "http,ws,analytics"
-    phases: str = "shipped,pool,costs,processes,shards,tls"  # of the http stage (bench/__main__.py PHASES)
+    phases: str = "shipped,costs,shards"  # of the http stage (bench/__main__.py PHASES)
     shard_rounds: int = 3  # POST payments on 1 shard and on all, alternating (a sharded configuration)
     duration_s: int = 8  # a wrk run
     profile_s: int = 4  # a run under py-spy
@@ -301,28 +301,24 @@ class Proc:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.popen.wait(wait_s)
 
-    def wait_http(self, url: str, in_a_row: int = 1, timeout_s: float = 90) -> Proc:
-        """Until ``url`` answers 200 ``in_a_row`` times (each a new connection: any worker's)."""
-        deadline, ok = time.monotonic() + timeout_s, 0
+    def wait_http(self, url: str, timeout_s: float = 90) -> Proc:
+        """Until ``url`` answers 200."""
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.popen.poll() is None:
-            try:
+            with contextlib.suppress(OSError):  # refused, or an HTTP error (503 until ready)
                 with urllib.request.urlopen(url, timeout=2) as resp:
-                    ok = ok + 1 if resp.status == 200 else 0
-            except OSError:  # refused, or an HTTP error (503 until ready)
-                ok = 0
-            if ok >= in_a_row:
-                return self
-            time.sleep(0.3 if ok == 0 else 0.05)
+                    if resp.status == 200:
+                        return self
+            time.sleep(0.3)
         raise RuntimeError(f"{self.name} not ready at {url}; see {self.log_path}")
 
 
 def start_service(name: str, port: int, overrides: dict[str, str], role: str = "all", module: str = "service") -> Proc:
     """``python -m service --port N --role R`` (or the bench's own entry point ``module``, e.g.
-    ``bench.unauthenticated``) in the shipped configuration plus ``overrides``; back once ready
-    (with workers, once 20 readiness probes in a row found a ready one)."""
+    ``bench.unauthenticated``) in the shipped configuration plus ``overrides``; back once ready."""
     argv = [PY, "-m", module, "--config", str(CONFIG), "--port", str(port), "--role", role]
     proc = Proc("service-" + "".join(filter(str.isalnum, name)), argv, service_env(overrides))
-    return proc.wait_http(f"http://{HOST}:{port}/health/ready", 20 if "SINGLETON_SERVER__PROCESSES" in overrides else 1)
+    return proc.wait_http(f"http://{HOST}:{port}/health/ready")
 
 
 def start_floor(kind: str, port: int, keys: Path | None = None) -> Proc:

@@ -42,13 +42,12 @@ def _knee(shape: dict) -> dict:
 def measures(r: dict) -> dict:
     """Every headline number of a run, by name: targets and before/after rows read these."""
     m: dict = {}
-    for variant, prefix in (("shipped", ""), ("2 processes", "two_")):
-        for x in (x for x in r.get("runs", []) if x.get("variant") == variant):
-            key = prefix + x["endpoint"]
-            m |= {f"{key}_ratio": x["ratio"], f"{key}_p99": x["p99_ms"], f"{key}_rps": x["rps"]}
-            m[f"{key}_floor_ratio"] = x.get("floor_ratio")
-            if "drain" in x:
-                m[f"{key}_catch_up"] = x["drain"].get("analytics_caught_up_s", NEVER)
+    for x in (x for x in r.get("runs", []) if x.get("variant") == "shipped"):
+        key = x["endpoint"]
+        m |= {f"{key}_ratio": x["ratio"], f"{key}_p99": x["p99_ms"], f"{key}_rps": x["rps"]}
+        m[f"{key}_floor_ratio"] = x.get("floor_ratio")
+        if "drain" in x:
+            m[f"{key}_catch_up"] = x["drain"].get("analytics_caught_up_s", NEVER)
     for key, variant, reference, _ in COSTS.values():  # the median over the rounds
         pairs = list(zip(_runs(r, variant), _runs(r, reference), strict=False))
         m[key] = statistics.median(1 - a["ratio"] / b["ratio"] for a, b in pairs) if _runs(r, reference) else None
@@ -97,10 +96,10 @@ def targets(r: dict, m: dict) -> list[tuple]:
     for users in (5, 1000):
         if value := m.get(f"events_per_s_{users}"):
             add(f"analytics store, {users:,} active users", "≥ 1,000 events/s", f"{value:,}", value, 1e3, "/s", True)
-    for variant, e in (("shipped", "post_payments"), ("shipped", "put_status"), ("2 processes", "post_payments")):
-        if (value := m.get(("two_" if variant != "shipped" else "") + f"{e}_catch_up")) is not None:
+    for e in ("post_payments", "put_status"):
+        if (value := m.get(f"{e}_catch_up")) is not None:
             seen = "not within the drain timeout" if value >= NEVER else f"{value:.1f} s"
-            what = f"analytics lag 0 after {_run(r, variant, e)['label']} ({variant})"
+            what = f"analytics lag 0 after {_run(r, 'shipped', e)['label']} (shipped)"
             add(what, "≤ 5 s after the run's end", seen, value, 5, "s")
     for key, label in (("year", "the year"), ("any_year", "up to 366 days with random minute edges")):
         if (value := m.get(f"summary_{key}_p99")) is not None:
@@ -200,11 +199,6 @@ def header(r: dict) -> list[str]:
     ]
 
 
-def _versus(r: dict, variant: str, endpoints: tuple[str, ...], show: str) -> str:  # "shipped → variant; ..."
-    pairs = [(a, b) for e in endpoints if (a := _run(r, "shipped", e)) and (b := _run(r, variant, e))]
-    return "; ".join(f"{show.format(**a)} → {show.format(**b).removeprefix(a['label']).strip()}" for a, b in pairs)
-
-
 def http_section(r: dict, images: list[str]) -> list[str]:
     base, rows = [x["rps"] for x in r["runs"] if x["kind"] == "baseline"], []
     for x in (x for x in r["runs"] if x["kind"] == "endpoint"):
@@ -217,8 +211,6 @@ def http_section(r: dict, images: list[str]) -> list[str]:
         )
     header = ["endpoint", "service", "req/s", "p50 / p99 ms", "baseline req/s", "ratio", "floor req/s"]
     header += ["ratio to floor", "errors / non-2xx", "outbox drained / analytics lag 0, s after", "CPU (cores)"]
-    pool = _versus(r, "MariaDB pool of 50", ("list_payments", "put_status"), "{label} {p50_ms:,.1f} / {p99_ms:,.1f}")
-    two = _versus(r, "2 processes", ("get_user", "post_payments"), "{label} {ratio:.1%}")
     out = [
         "## HTTP endpoints",
         "",
@@ -232,15 +224,6 @@ def http_section(r: dict, images: list[str]) -> list[str]:
         "",
         *_table(header, rows),
     ]
-    if pool:
-        out += [f"MariaDB's pool as shipped (10 connections) → 50, one for each of wrk's, p50 / p99 ms: {pool}.", ""]
-    if two:
-        out += [
-            f"One process → two (`server.processes: 2`), ratio to the baseline: {two}. Both workers share the 2 cores "
-            "with wrk, the baseline and every backing service (the CPU column): no core is free for the second worker "
-            "here, so this is no measure of scaling.",
-            "",
-        ]
     return out + [f"![{name}]({IMAGES}{name})\n" for name in images if name != "ws_knee.png"]
 
 
