@@ -2,8 +2,7 @@
 ``http`` (wrk against each endpoint of each service variant, alternating with the bare baseline
 and, in the shipped phase, each endpoint's floor; then py-spy's profile of each), ``ws``
 (bench/fanout.py), ``analytics`` (bench/analytics.py); then docs/bench/results.json and
-docs/BENCHMARKS.md. With a sharded configuration (``make bench-cluster``) ``http`` also compares
-POST payments on one physical shard and on all of them."""
+docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -33,10 +32,6 @@ VARIANTS = {
 # The bench's own entry points: no configuration turns key checks or metrics off.
 ENTRY = {"no auth, no limiter": "bench.unauthenticated", "no metrics": "bench.unmetered"}
 COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING", "no metrics")
-SHARDED = len(env.shards()) > 1
-if SHARDED:  # the same servers, the home alone holding every logical shard or config's map
-    VARIANTS |= {"1 shard": env.one_shard(), f"{len(env.shards())} shards": {}}
-SHARD_LAYOUTS = tuple(v for v in VARIANTS if v.endswith((" shard", " shards")))
 
 
 def rest(path: str, body: str = "") -> dict[str, str]:
@@ -71,14 +66,11 @@ WRITES = ("post_payments", "post_refunds", "put_status")  # each run is followed
 CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
 KEYS = env.WORK / "keys.txt"
 # Each phase by name, as steps: the processes running side by side, and the (variant, endpoint)
-# runs against them. The shipped phase runs each endpoint's floor before it (one physical shard).
+# runs against them. The shipped phase runs each endpoint's floor before it.
 PHASES = {
     "shipped": [(("shipped",), [("shipped", e) for e in ENDPOINTS])],
     "costs": [(COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED])],  # 3 rounds of half-length runs
 }
-if SHARDED:  # BENCH_SHARD_ROUNDS rounds alternating, one service at a time, started anew for each run
-    rounds = range(env.Settings().shard_rounds)
-    PHASES["shards"] = [((v,), [(v, "post_payments")]) for _ in rounds for v in SHARD_LAYOUTS]
 
 
 class Run:
@@ -90,7 +82,6 @@ class Run:
         self.running: dict[str, tuple[env.Proc, int]] = {}  # variant: process, port
         self.floors: dict[str, tuple[env.Proc, int]] = {}  # "floor get": process, port
         self.ids: dict[str, list[str]] = {}
-        self.tables: dict | None = None
         self.profiled: dict = {}  # {"get_user": {"shipped": {group: µs}, "floor": {...}}, ...}
 
     def use(self, variants: tuple[str, ...]) -> None:
@@ -105,7 +96,7 @@ class Run:
                     self.wrk("warmup", v, "get_user", self.s.warmup_s)
 
     def start_floors(self) -> None:
-        """Every endpoint's floor (one physical shard only), once the keys and the seed are in."""
+        """Every endpoint's floor, once the keys and the seed are in."""
         env.floor_tables()
         for kind in dict.fromkeys(e[2] for e in ENDPOINTS.values()):
             port = free_port()
@@ -119,10 +110,9 @@ class Run:
     def prepare(self, endpoint: str, variant: str) -> dict:
         """The ids file, path and body ``endpoint``'s script takes (pending and completed payments anew)."""
         _, ids, _, request = ENDPOINTS[endpoint]
-        ids = "users_home" if variant == "1 shard" and ids == "users" else ids  # the home's, alone there
         if ids == "pending":
             pending = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
-            random.Random(len(pending)).shuffle(pending)  # every shard's, mixed (they come shard by shard)
+            random.Random(len(pending)).shuffle(pending)
             self.ids[ids] = pending
             if self.floors:
                 env.floor_tables()  # the same rows in the PUT floor's table
@@ -157,8 +147,6 @@ class Run:
         """Every phase's runs, each between two baseline runs (and after its floor's)."""
         runs = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}]
         for phase, (variants, plan) in ((p, step) for p in PHASES if self.s.phase(p) for step in PHASES[p]):
-            if set(variants) <= set(SHARD_LAYOUTS) and self.tables is None:  # before "1 shard" writes to a alone
-                self.tables = env.table_sizes()
             self.use(variants)
             seconds = self.s.duration_s if len(variants) == 1 else max(3, self.s.duration_s // 2)  # side by side
             for variant, endpoint in plan:
@@ -200,18 +188,13 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
         started, port = time.time(), run.running["shipped"][1]
         run.ids = asyncio.run(client.seed(port, key, s.users, s.list_users, s.payments_per_user))
         run.ids["big_user"] = [env.big_user(run.ids["users"][-1])]
-        if SHARDED:
-            run.ids["users_home"] = env.on_home(run.ids["users"])
         KEYS.write_text("\n".join(asyncio.run(client.admin_keys(port, key, CLIENTS))) + "\n")
         results["seed"] = {"seconds": round(time.time() - started, 1), "drain": run.drain(time.time())}
-        if not SHARDED:
-            run.start_floors()
+        run.start_floors()
         run.wrk("warmup-baseline", None, "", s.warmup_s)
         if s.stage("http"):
             results["runs"] = run.http()
             results["profile"] = run.profiled
-            results["tables"] = run.tables or env.table_sizes()  # how the shards split what the run wrote
-            results["redis_keys"] = env.redis_spread()  # and how the keys hash over Redis Cluster's masters
         if s.stage("ws"):
             run.stop()
             run.use(("shipped",))
@@ -235,10 +218,9 @@ def main() -> None:
     if s.stage("analytics"):
         results["analytics"] = asyncio.run(analytics.run(s.analytics_payments))
     results |= {"load_after": env.background_load(), "elapsed_s": round(time.monotonic() - t0)}
-    results["config"] = str(env.CONFIG.relative_to(env.REPO))
-    env.DOCS_OUT.mkdir(parents=True, exist_ok=True)
-    (env.DOCS_OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    log(f"wrote {env.DOCS_OUT.relative_to(env.REPO)}/results.json and {report.write()} in {results['elapsed_s']} s")
+    env.DOCS_BENCH.mkdir(parents=True, exist_ok=True)
+    (env.DOCS_BENCH / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {env.DOCS_BENCH.relative_to(env.REPO)}/results.json and {report.write()} in {results['elapsed_s']} s")
 
 
 if __name__ == "__main__":

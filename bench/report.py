@@ -8,11 +8,11 @@ import json
 import statistics
 import sys
 
-from bench.env import DOCS_BENCH, DOCS_OUT, OUT
+from bench.env import DOCS_BENCH
 from bench.wrk import ORDER
 
-PAGE = f"BENCHMARKS-{OUT.replace('/', '-')}.md" if OUT else "BENCHMARKS.md"  # in docs/
-IMAGES = f"bench/{OUT}/" if OUT else "bench/"  # the plots, from docs/
+PAGE = DOCS_BENCH.parent / "BENCHMARKS.md"
+IMAGES = "bench/"  # the plots, from docs/
 NEVER = 1e9  # a catch-up not seen before the drain timeout
 # An endpoint's target: the least ratio to its floor, the most p99 ms (issues 8 and 17).
 GOALS = {"get_user": (0.8, 25), "get_payment": (0.8, 25)}
@@ -151,7 +151,7 @@ def _save(fig, ax, name: str) -> str:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(DOCS_OUT / name, dpi=100)
+    fig.savefig(DOCS_BENCH / name, dpi=100)
     fig.clf()
     return name
 
@@ -170,13 +170,11 @@ def _ms(*values: float | None) -> str:
 
 def header(r: dict) -> list[str]:
     mc, s = r["machine"], r["settings"]
-    made = "`make bench-cluster`, on the cluster stack" if OUT else "`make bench`"
-    again = "`make bench-report" + (f" BENCH_OUT={OUT}" if OUT else "") + "`"
     return [
-        "# Benchmarks" + (f" on the {OUT} stack ({r.get('config')})" if OUT else ""),
+        "# Benchmarks",
         "",
-        f"Written by {made} (bench/README.md says how it measures) from one run, on {r['date']} at {mc['commit']} "
-        f"({r['elapsed_s'] / 60:.0f} minutes); {again} writes it again.",
+        f"Written by `make bench` (bench/README.md says how it measures) from one run, on {r['date']} at "
+        f"{mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report` writes it again.",
         "",
         f"- **Machine:** {mc['nproc']} CPUs ({mc['cpu_model']}), {mc['mem_total_gib']} GiB, kernel {mc['kernel']}, "
         f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process. Shared: other "
@@ -250,71 +248,6 @@ def profile_section(r: dict) -> list[str]:
         "called it.",
         "",
         *_table(["module group", *(labels.get(e, e) for e in prof)], rows),
-    ]
-
-
-def shard_rounds(r: dict) -> list[tuple[dict, dict]]:
-    """POST payments on one physical shard and on every shard, round by round."""
-    layouts = [v for v in dict.fromkeys(x.get("variant") for x in r.get("runs", [])) if v and v.endswith("shards")]
-    if not layouts:  # one physical shard: nothing to compare
-        return []
-    return list(zip(_runs(r, "1 shard", "post_payments"), _runs(r, layouts[0], "post_payments"), strict=True))
-
-
-def shards_section(r: dict) -> list[str]:
-    if not (pairs := shard_rounds(r)):
-        return []
-
-    def mariadb(x: dict) -> str:  # each shard's server: its cores per 1,000 POSTs a second
-        servers = {k: v for k, v in x["cpu_cores"].items() if k.startswith("MariaDB")}
-        return ", ".join(f"{k} {v / x['rps'] * 1000:.2f}" for k, v in sorted(servers.items())) or "—"
-
-    rows = [
-        [n + 1, f"{a['rps']:,.0f}", f"{b['rps']:,.0f}", f"{b['rps'] / a['rps']:.2f}", mariadb(a), mariadb(b)]
-        + [_cpu(a["cpu_cores"]), _cpu(b["cpu_cores"])]
-        for n, (a, b) in enumerate(pairs)
-    ]
-    ratio, many = statistics.median(b["rps"] / a["rps"] for a, b in pairs), pairs[0][1]["variant"]
-    apart = r["settings"].get("shards_apart", 1)  # 0 in runs before it was the only way
-    return [
-        "## POST payments: one shard against " + many,
-        "",
-        f"The same servers: `1 shard` is the home alone holding every logical shard (driven with the seeded users "
-        f"whose logical shard is on the home), `{many}` config's map (driven with every seeded user). "
-        + ("One service at a time, started anew for each run" if apart else "Both services ran side by side")
-        + f" (each with its relay and analytics consumer), their runs alternating; the ratio is within a round. "
-        f"Median ratio {ratio:.2f}.",
-        "",
-        "MariaDB's cores per 1,000 req/s, each shard's server from its CPU column: the work a server does for a "
-        "POST, and how the layout splits it between the servers.",
-        "",
-        *_table(
-            ["round", "1 shard req/s", f"{many} req/s", "ratio", "MariaDB per 1,000/s, 1 shard", f"the same, {many}"]
-            + ["CPU, 1 shard", f"CPU, {many}"],
-            rows,
-        ),
-    ]
-
-
-def tables_section(r: dict) -> list[str]:
-    """What the run left on each physical shard: rows, and data + index bytes (InnoDB's estimate)."""
-    if len(tables := r.get("tables") or {}) < 2:
-        return []
-    names = ("users", "payments", "payment_status_history", "outbox", "api_keys", "email_claims")
-    rows = [
-        [shard] + [f"{t[n]['rows']:,} ({(t[n]['data_bytes'] + t[n]['index_bytes']) / 2**20:.1f} MiB)" for n in names]
-        for shard, t in tables.items()
-    ]
-    keys = r.get("redis_keys")
-    spread = [f"Keys on each Redis Cluster master after the run: {', '.join(f'{n:,}' for n in keys.values())}.", ""]
-    return [
-        "## Storage by shard",
-        "",
-        "What the run left in each physical shard's database: rows (and data + index MiB, InnoDB's estimate). The "
-        "user's tables split by logical shard; API keys and email claims live in the home only.",
-        "",
-        *_table(["shard", *names], rows),
-        *(spread if keys else []),
     ]
 
 
@@ -399,21 +332,20 @@ def markdown(r: dict, history: dict, images: list[str]) -> str:
     m, out = measures(r), header(r)
     rows = [[*t[:3], {None: "reported", True: "**met**", False: "**missed**"}[t[3]], t[4]] for t in targets(r, m)]
     out += ["## Targets", "", *_table(["target", "goal", "measured", "verdict", "margin"], rows)]
-    out += shards_section(r) + http_section(r, images) + profile_section(r) + tables_section(r) if r.get("runs") else []
+    out += http_section(r, images) + profile_section(r) if r.get("runs") else []
     out += analytics_section(r["analytics"]) if r.get("analytics") else []
     out += ws_section(r["ws"], m, images) if r.get("ws") else []
-    if not OUT:  # the before/after rows are the everyday stack's
-        out += history_section("Issue 17: before and after each lever", history.get("levers", {}), m)
-        out += history_section("Before and after", history, m)
+    out += history_section("Issue 17: before and after each lever", history.get("levers", {}), m)
+    out += history_section("Before and after", history, m)
     return "\n".join(out)
 
 
 def write() -> str:
-    if not (path := DOCS_OUT / "results.json").exists():
+    if not (path := DOCS_BENCH / "results.json").exists():
         raise SystemExit(f"no {path}: run `make bench` first")
     results, history = json.loads(path.read_text()), json.loads((DOCS_BENCH / "history.json").read_text())
-    (DOCS_BENCH.parent / PAGE).write_text(markdown(results, history, plots(results)))
-    return f"docs/{PAGE}"
+    PAGE.write_text(markdown(results, history, plots(results)))
+    return "docs/BENCHMARKS.md"
 
 
 if __name__ == "__main__":
