@@ -1,5 +1,5 @@
 # Benchmarks (bench/README.md), included by the top-level Makefile. `make bench` measures everything
-# (about 12-15 minutes) and writes docs/BENCHMARKS.md, docs/bench/results.json and the plots; settings
+# (about 15 minutes) and writes docs/BENCHMARKS.md and docs/bench/results.json; settings
 # are BENCH_* variables, on the command line too: make bench BENCH_STAGES=http BENCH_DURATION_S=5
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
@@ -13,6 +13,6 @@ bench: bench-deps services ## Every endpoint against a bare Tornado baseline and
 	@command -v wrk >/dev/null || bash devstack/services.sh tools
 	$(PY) -m bench
 
-bench-report: ## Rewrite docs/BENCHMARKS.md and the plots from docs/bench/results.json
+bench-report: ## Rewrite docs/BENCHMARKS.md from docs/bench/results.json
 	$(PY) -m bench.report
 

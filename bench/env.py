@@ -1,7 +1,6 @@
-"""The bench's surroundings: its settings, its own stores, the processes it starts, and what
-/proc says about every process on the machine. The stores are found as the service finds
-them: config.yaml with its ``SINGLETON_*`` overrides and
-``*_file`` secrets; one MariaDB server (the bench's sharded runs were retired in issue 17)."""
+"""The bench's surroundings: its settings, its own stores (found as the service finds them:
+config.yaml, its ``SINGLETON_*`` overrides and ``*_file`` secrets), the processes it starts, and
+what /proc says about every process on the machine."""
 
 from __future__ import annotations
 
@@ -44,7 +43,8 @@ class Settings:
     """Every knob; each from BENCH_<NAME> if set (BENCH_DURATION_S=5; a tuple: 25,50,100)."""
 
     stages: str = "http,ws,analytics"
-    phases: str = "shipped,costs"  # of the http stage (bench/__main__.py PHASES)
+    phases: str = "shipped,costs"  # of the http stage
+    cost_rounds: int = 5  # of the costs phase, the order rotated each round
     duration_s: int = 8  # a wrk run
     profile_s: int = 4  # a run under py-spy
     connections: int = 50
@@ -96,22 +96,20 @@ def redis_url() -> str:
     return urllib.parse.urlsplit(config()["redis"]["url"])._replace(path=f"/{REDIS_DB}").geturl()
 
 
-def mysql_connect(database: str | None = MYSQL_DATABASE, owner: bool = False):
-    """A connection as the service's user, or with ``owner`` as the migration user (for what the
-    service may not do)."""
+def mysql_query(sql: str, args: tuple = (), owner: bool = False, many: list | None = None, db=MYSQL_DATABASE):
+    """``sql``'s rows (or ``executemany`` over ``many``), as the service's user or with ``owner``
+    as the migration user (for what the service may not do)."""
     import pymysql
 
-    c = config()["mysql"]
-    user = ("migrate_user", "migrate_password") if owner else ("user", "password")
-    login = {"host": c["host"], "port": c["port"], "user": c[user[0]], "password": c[user[1]]}
+    c, who = config()["mysql"], ("migrate_user", "migrate_password") if owner else ("user", "password")
+    login = {"host": c["host"], "port": c["port"], "user": c[who[0]], "password": c[who[1]], "database": db}
     # The service writes UTC_TIMESTAMP(): in UTC, UNIX_TIMESTAMP() reads it back as written.
-    return pymysql.connect(**login, database=database, autocommit=True, init_command="SET time_zone = '+00:00'")
-
-
-def mysql_query(sql: str, args: tuple = (), owner: bool = False) -> list[tuple]:
-    """``sql``'s rows."""
-    with contextlib.closing(mysql_connect(owner=owner)) as conn, conn.cursor() as cur:
-        cur.execute(sql, args)
+    conn = pymysql.connect(**login, autocommit=True, init_command="SET time_zone = '+00:00'")
+    with contextlib.closing(conn), conn.cursor() as cur:
+        if many is None:
+            cur.execute(sql, args)
+        else:
+            cur.executemany(sql, many)
         return list(cur.fetchall())
 
 
@@ -128,13 +126,9 @@ def big_user(user_id: str, n: int = BIG_USER_PAYMENTS) -> str:
         + (start + datetime.timedelta(minutes=i),) * 2
         for i in range(n)
     ]
-    with contextlib.closing(mysql_connect()) as conn, conn.cursor() as cur:
-        for k in range(0, n, 5000):  # plain values: pymysql sends each batch as one multi-row INSERT
-            cur.executemany(
-                "INSERT INTO payments (id, user_id, amount_minor, currency, description, status, version,"
-                " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                rows[k : k + 5000],
-            )
+    columns = "id, user_id, amount_minor, currency, description, status, version, created_at, updated_at"
+    for k in range(0, n, 5000):  # plain values: pymysql sends each batch as one multi-row INSERT
+        mysql_query(f"INSERT INTO payments ({columns}) VALUES ({', '.join(['%s'] * 9)})", many=rows[k : k + 5000])
     log(f"seeded {n:,} payments for one user")
     return user_id
 
@@ -158,9 +152,8 @@ def reset_stores() -> None:
     import pymongo
     import redis
 
-    with contextlib.closing(mysql_connect(None, owner=True)) as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
-        cur.execute(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4")
+    mysql_query(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}", owner=True, db=None)
+    mysql_query(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4", owner=True, db=None)
     redis.Redis.from_url(redis_url()).flushdb()
     with contextlib.closing(pymongo.MongoClient(config()["mongodb"]["uri"])) as mongo:
         for name in (MONGO_DATABASE, f"{MONGO_DATABASE}_analytics"):
@@ -169,8 +162,7 @@ def reset_stores() -> None:
 
 
 async def _recreate_topic() -> None:
-    """The bench topic deleted and created anew in the shape of the service's topic: its
-    partitions and replicas, and then ``min.insync.replicas`` one less (as devstack makes it)."""
+    """The bench topic deleted and created anew with as many partitions as the service's topic."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
@@ -178,13 +170,11 @@ async def _recreate_topic() -> None:
     await admin.start()
     try:
         [shape] = await admin.describe_topics([config()["kafka"]["topic"]])
-        partitions, replicas = len(shape["partitions"]), len(shape["partitions"][0]["replicas"])
-        min_isr = {"min.insync.replicas": str(max(1, replicas - 1))}
         with contextlib.suppress(UnknownTopicOrPartitionError):
             await admin.delete_topics([KAFKA_TOPIC])
         for _ in range(120):  # deletion completes in the background: retry until the name is free
             with contextlib.suppress(TopicAlreadyExistsError):
-                return await admin.create_topics([NewTopic(KAFKA_TOPIC, partitions, replicas, topic_configs=min_isr)])
+                return await admin.create_topics([NewTopic(KAFKA_TOPIC, len(shape["partitions"]), 1)])
             await asyncio.sleep(0.5)
         raise RuntimeError(f"topic {KAFKA_TOPIC} could not be created again")
     finally:

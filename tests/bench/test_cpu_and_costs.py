@@ -1,9 +1,12 @@
-"""The bench's CPU columns: the stack's servers named from devstack's pid files, and kept
-there however small."""
+"""The bench's CPU columns (the stack's servers named from devstack's pid files, and kept there
+however small) and the costs of GET user's parts, from the service's CPU per request."""
 
 from __future__ import annotations
 
-from bench import env
+import pytest
+
+from bench import __main__ as bench_main
+from bench import env, report
 
 
 def test_devstacks_pid_files_name_each_server(tmp_path, monkeypatch):
@@ -28,3 +31,39 @@ def test_the_cpu_split_keeps_every_named_process_and_the_largest_others(monkeypa
     others = [k for k in split if k.startswith("java")]
     assert others == ["java19", "java18"]  # the two largest of the rest
     assert split["other"] == round(sum(1.0 + pid / 100 for pid in range(4, 18)) / 10, 2)
+
+
+def _get_user(variant: str, round_: int, cpu_us: float, rps: float) -> dict:
+    return {"kind": "cost", "variant": variant, "endpoint": "get_user", "round": round_, "cpu_us": cpu_us, "rps": rps}
+
+
+def test_a_cost_is_one_minus_cpu_per_request_without_the_part_over_with_it_the_median_of_the_rounds():
+    # The limiter's cost: "key check + limiter" (with it) against "key check" (without), round by round.
+    # req/s moves the other way in round 2 (another process took part of the core): it must not count.
+    with_it, without = [250.0, 260.0, 255.0], [240.0, 250.0, 230.0]
+    runs = [_get_user("key check + limiter", k, us, 4000) for k, us in enumerate(with_it)]
+    runs += [_get_user("key check", k, us, 3000 if k == 1 else 4100) for k, us in enumerate(without)]
+    rounds = report.costs({"runs": runs})["rate limiter"]
+    assert rounds == pytest.approx([1 - 240 / 250, 1 - 250 / 260, 1 - 230 / 255])
+    assert report.measures({"runs": runs})["limiter_cost"] == pytest.approx(1 - 240 / 250)  # the median
+    assert report.costs({"runs": runs})["metrics"] == []  # "no metrics" not run: no cost, no invented number
+
+
+def test_runs_before_cpu_per_request_keep_their_req_s_cost():
+    runs = [{"variant": "key check", "endpoint": "get_user", "ratio": 0.5}]
+    runs += [{"variant": "no auth, no limiter", "endpoint": "get_user", "ratio": 0.55}]
+    assert report.costs({"runs": runs})["key check"] == pytest.approx([1 - 0.5 / 0.55])
+
+
+def test_each_round_runs_the_variants_in_another_order():
+    names = ["a", "b", "c"]
+    assert bench_main.rotations(names, 4) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+def test_the_page_flags_a_cost_run_whose_service_was_under_095_core():
+    runs = [_get_user(v, 1, 250.0, 4000) | {"cpu_cores": {"service": 1.0}} for v in report.VARIANTS]
+    runs[2]["cpu_cores"]["service"] = 0.9
+    page = "\n".join(report.costs_section({"runs": runs}))
+    assert "Under 0.95 core" in page and "round 1, key check + limiter (0.90)" in page
+    runs[2]["cpu_cores"]["service"] = 0.99
+    assert "Under 0.95 core" not in "\n".join(report.costs_section({"runs": runs}))
