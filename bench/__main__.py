@@ -109,7 +109,7 @@ class Run:
         """One wrk run against ``endpoint`` of ``target`` (a service or a floor), or against the
         baseline (None)."""
         names = {self.baseline.pid: "baseline", os.getpid(): "bench"}
-        names |= {proc.pid: f"idle {name}" for name, (proc, _) in self.procs.items()}
+        names |= {proc.pid: f"idle {who}" for who, (proc, _) in self.procs.items()}
         extra, url, pid = {"BENCH_KEYS": str(KEYS)}, f"http://{env.HOST}:{self.base_port}/", 0
         if target is not None:
             pid, port = self.procs[target][0].pid, self.procs[target][1]
