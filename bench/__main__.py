@@ -1,9 +1,7 @@
-"""``python -m bench`` (``make bench``): the whole benchmark, in stages (bench/README.md): seed,
-``http`` (wrk against each endpoint of each service variant, alternating with the bare baseline
-and, in the shipped phase, each endpoint's floor; then py-spy's profile of each), ``ws``
-(bench/fanout.py), ``analytics`` (bench/analytics.py); then docs/bench/results.json and
-docs/BENCHMARKS.md. With a sharded configuration (``make bench-cluster``) ``http`` also compares
-POST payments on one physical shard and on all of them."""
+"""``python -m bench`` (``make bench``): seed, then the stages ``http`` (the shipped phase: each
+endpoint against the bare baseline and its floor, then py-spy's profile of each; the costs
+phase: GET user without each part), ``ws`` (bench/fanout.py) and ``analytics``
+(bench/analytics.py); then docs/bench/results.json and docs/BENCHMARKS.md (bench/report.py)."""
 
 from __future__ import annotations
 
@@ -15,42 +13,10 @@ import random
 import resource
 import statistics
 import time
-from pathlib import Path
 
 from bench import analytics, client, drain, env, fanout, report, wrk
 from bench.env import log
 from service.supervisor import free_port
-
-# The service as shipped, and what each comparison changes (environment overrides).
-NO_LIMITER = {"SINGLETON_RATE_LIMIT__ENABLED": "false"}
-VARIANTS = {
-    "shipped": {},
-    "no auth, no limiter": NO_LIMITER,  # and keys not checked (ENTRY)
-    "key check": NO_LIMITER,
-    "key check + limiter": {},
-    "logging at WARNING": {"SINGLETON_LOGGING__LEVEL": "WARNING"},
-    "no metrics": {},  # key check + limiter, no metric recorded (ENTRY)
-    "2 processes": {"SINGLETON_SERVER__PROCESSES": "2"},
-    "MariaDB pool of 50": {"SINGLETON_MYSQL__POOL_MAX": "50"},  # a connection for each of wrk's
-}
-# The bench's own entry points: no configuration turns key checks or metrics off.
-ENTRY = {"no auth, no limiter": "bench.unauthenticated", "no metrics": "bench.unmetered"}
-COMPARED = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING", "no metrics")
-SHARDED = len(env.shards()) > 1
-if SHARDED:  # the same servers, the home alone holding every logical shard or config's map
-    VARIANTS |= {"1 shard": env.one_shard(), f"{len(env.shards())} shards": {}}
-else:  # TLS to MariaDB, Redis and Kafka: devstack serves it on each plaintext port + 1000, with its own CA
-    TLS = "TLS to MariaDB, Redis, Kafka"
-    tls_dir, files = Path(os.environ.get("DEVSTACK_DIR") or env.REPO / ".devstack") / "tls", ("CA", "CERT", "KEY")
-    VARIANTS[TLS] = {
-        f"SINGLETON_{store}__TLS__{key}_FILE": str(tls_dir / name)
-        for store in ("MYSQL", "REDIS", "KAFKA")
-        for key, name in zip(files, ("ca.pem", "client.pem", "client.key"), strict=True)
-    } | {
-        "SINGLETON_REDIS__URL": f"rediss://{env.HOST}:{int(os.environ.get('REDIS_PORT', 6379)) + 1000}/{env.REDIS_DB}",
-        "SINGLETON_KAFKA__BOOTSTRAP_SERVERS": f"{env.HOST}:{int(os.environ.get('KAFKA_PORT', 9092)) + 1000}",
-    }
-SHARD_LAYOUTS = tuple(v for v in VARIANTS if v.endswith((" shard", " shards")))
 
 
 def rest(path: str, body: str = "") -> dict[str, str]:
@@ -60,19 +26,14 @@ def rest(path: str, body: str = "") -> dict[str, str]:
 
 PAYMENT = '{"user_id":"%s","amount":"12.34","currency":"USD","description":"bench"}'
 REFUND = '{"amount":"0.01","reason":"requested_by_customer"}'  # a payment holds thousands of cents
-PAGE = "/api/v1/users/%s/payments?limit=20"
+PAGE, REFUNDS = "/api/v1/users/%s/payments?limit=20", "/api/v1/payments/%s/refunds"
 # key: label, ids (a seed list, "pending" or "completed"), floor, the wrk script's BENCH_* settings
 ENDPOINTS = {
     "get_user": ("GET user (cache hit)", "users", "get", rest("/api/v1/users/%s")),
     "get_payment": ("GET payment (cache hit)", "payments", "get", rest("/api/v1/payments/%s")),
     "list_payments": ("GET user payments (page of 20)", "list_users", "page", rest(PAGE)),
     "post_payments": ("POST payments", "users", "post", rest("/api/v1/payments", PAYMENT)),
-    "post_refunds": (
-        "POST refunds (0.01 of a completed payment)",
-        "completed",
-        "post",
-        rest("/api/v1/payments/%s/refunds", REFUND),
-    ),
+    "post_refunds": ("POST refunds (0.01 of a completed payment)", "completed", "post", rest(REFUNDS, REFUND)),
     "put_status": ("PUT payment status", "pending", "put", {"SCRIPT": "put_status.lua"}),
     "list_filtered": (
         f"GET user payments, filtered ({env.BIG_USER_PAYMENTS:,} payments)",
@@ -84,19 +45,21 @@ ENDPOINTS = {
 WRITES = ("post_payments", "post_refunds", "put_status")  # each run is followed by the drain's measure
 CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
 KEYS = env.WORK / "keys.txt"
-# Each phase by name, as steps: the processes running side by side, and the (variant, endpoint)
-# runs against them. The shipped phase runs each endpoint's floor before it (one physical shard).
-PHASES = {
-    "shipped": [(("shipped",), [("shipped", e) for e in ENDPOINTS])],
-    "pool": [(("MariaDB pool of 50",), [("MariaDB pool of 50", e) for e in ("list_payments", "put_status")])],
-    "costs": [(COMPARED, [(v, "get_user") for _ in range(3) for v in COMPARED])],  # 3 rounds of half-length runs
-    "processes": [(("2 processes",), [("2 processes", "get_user"), ("2 processes", "post_payments")])],
+# The costs phase: GET user on the service with parts taken away (overrides, entry point), each a
+# `--role api` process. The bench's own entry points: no configuration turns key checks or metrics off.
+NO_LIMITER = {"SINGLETON_RATE_LIMIT__ENABLED": "false"}
+VARIANTS = {
+    "no auth, no limiter": (NO_LIMITER, "bench.unauthenticated"),
+    "key check": (NO_LIMITER, "service"),
+    "key check + limiter": ({}, "service"),
+    "logging at WARNING": ({"SINGLETON_LOGGING__LEVEL": "WARNING"}, "service"),
+    "no metrics": ({}, "bench.unmetered"),  # key check + limiter, no metric recorded
 }
-if SHARDED:  # BENCH_SHARD_ROUNDS rounds alternating, one service at a time, started anew for each run
-    rounds = range(env.Settings().shard_rounds)
-    PHASES["shards"] = [((v,), [(v, "post_payments")]) for _ in rounds for v in SHARD_LAYOUTS]
-else:  # what TLS to the stores costs: the shipped runs are the same endpoints in plaintext
-    PHASES["tls"] = [((TLS,), [(TLS, "get_user"), (TLS, "post_payments")])]
+
+
+def rotations(names: list[str], rounds: int) -> list[list[str]]:
+    """``names`` in a different order each round: round k starts at the k-th."""
+    return [names[k % len(names) :] + names[: k % len(names)] for k in range(rounds)]
 
 
 class Run:
@@ -105,64 +68,56 @@ class Run:
     def __init__(self, s: env.Settings):
         self.s, self.base_port = s, free_port()
         self.baseline = env.start_floor("bare", self.base_port)
-        self.running: dict[str, tuple[env.Proc, int]] = {}  # variant: process, port
-        self.floors: dict[str, tuple[env.Proc, int]] = {}  # "floor get": process, port
+        self.procs: dict[str, tuple[env.Proc, int]] = {}  # "shipped", "floor get", a variant: process, port
         self.ids: dict[str, list[str]] = {}
-        self.tables: dict | None = None
         self.profiled: dict = {}  # {"get_user": {"shipped": {group: µs}, "floor": {...}}, ...}
 
-    def use(self, variants: tuple[str, ...]) -> None:
-        """Exactly these variants running, each on a port of its own, warmed up."""
-        if tuple(self.running) != variants:
-            self.stop()
-            for v in variants:
-                log(f"service: {v}")
-                port, role = free_port(), "api" if v in COMPARED else "all"
-                self.running[v] = env.start_service(v, port, VARIANTS[v], role, ENTRY.get(v, "service")), port
-                if self.ids:
-                    self.wrk("warmup", v, "get_user", self.s.warmup_s)
+    def start(self, name: str, overrides: dict | None = None, module: str = "service", role: str = "all") -> None:
+        """The service (or a bench entry point) on a port of its own, warmed up once the seed is in."""
+        log(f"service: {name}")
+        port = free_port()
+        self.procs[name] = env.start_service(name, port, overrides or {}, role, module), port
+        if self.ids:
+            self.wrk("warmup", name, "get_user", self.s.warmup_s)
 
     def start_floors(self) -> None:
-        """Every endpoint's floor (one physical shard only), once the keys and the seed are in."""
+        """Every endpoint's floor, once the keys and the seed are in."""
         env.floor_tables()
         for kind in dict.fromkeys(e[2] for e in ENDPOINTS.values()):
             port = free_port()
-            self.floors[f"floor {kind}"] = env.start_floor(kind, port, KEYS), port
+            self.procs[f"floor {kind}"] = env.start_floor(kind, port, KEYS), port
 
-    def stop(self) -> None:
-        for proc, _ in self.running.values():
-            proc.stop()
-        self.running = {}
+    def stop(self, *names: str) -> None:
+        for name in names or list(self.procs):
+            self.procs.pop(name)[0].stop()
 
-    def prepare(self, endpoint: str, variant: str) -> dict:
+    def prepare(self, endpoint: str) -> dict:
         """The ids file, path and body ``endpoint``'s script takes (pending and completed payments anew)."""
         _, ids, _, request = ENDPOINTS[endpoint]
-        ids = "users_home" if variant == "1 shard" and ids == "users" else ids  # the home's, alone there
         if ids == "pending":
             pending = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
-            random.Random(len(pending)).shuffle(pending)  # every shard's, mixed (they come shard by shard)
+            random.Random(len(pending)).shuffle(pending)
             self.ids[ids] = pending
-            if self.floors:
-                env.floor_tables()  # the same rows in the PUT floor's table
+            env.floor_tables()  # the same rows in the PUT floor's table
         if ids == "completed":  # over REST, as a client would: the first 1,000 pending ones completed
-            port, key = self.running["shipped"][1], KEYS.read_text().split()[0]
+            port, key = self.procs["shipped"][1], KEYS.read_text().split()[0]
             self.ids[ids] = asyncio.run(client.completed(port, key, self.ids["payments"][:1000]))
         (env.WORK / f"{ids}.txt").write_text("\n".join(self.ids[ids]) + "\n")
         return {"BENCH_IDS": str(env.WORK / f"{ids}.txt")} | {f"BENCH_{k}": v for k, v in request.items()}
 
-    def wrk(self, name: str, target: str | None, endpoint: str, seconds: int, ids: dict | None = None, **kw) -> dict:
-        """One wrk run against ``endpoint`` of ``target`` (a variant, or a floor), or against the
+    def wrk(self, name: str, target: str | None, endpoint: str, seconds: int, ids=None, profile: bool = False) -> dict:
+        """One wrk run against ``endpoint`` of ``target`` (a service or a floor), or against the
         baseline (None)."""
-        procs = self.running | self.floors
         names = {self.baseline.pid: "baseline", os.getpid(): "bench"}
-        names |= {proc.pid: "idle " + v.split()[0] for v, (proc, _) in procs.items()}
-        extra, url = {"BENCH_KEYS": str(KEYS)}, f"http://{env.HOST}:{self.base_port}/"
+        names |= {proc.pid: f"idle {who}" for who, (proc, _) in self.procs.items()}
+        extra, url, pid = {"BENCH_KEYS": str(KEYS)}, f"http://{env.HOST}:{self.base_port}/", 0
         if target is not None:
-            names[procs[target][0].pid] = "floor" if target in self.floors else "service"
-            extra |= ids or self.prepare(endpoint, target)
-            url = f"http://{env.HOST}:{procs[target][1]}"
+            pid, port = self.procs[target][0].pid, self.procs[target][1]
+            names[pid] = target.split()[0] if target.startswith("floor") else "service"
+            extra |= ids or self.prepare(endpoint)
+            url = f"http://{env.HOST}:{port}"
         script = extra.get("BENCH_SCRIPT", "request.lua")
-        r = wrk.run(name, url, script, seconds, self.s.connections, extra | {"names": names}, **kw)
+        r = wrk.run(name, url, script, seconds, self.s.connections, extra | {"names": names}, pid, profile)
         log(f"  {name:<40} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms")
         return r
 
@@ -171,72 +126,74 @@ class Run:
         log(f"    outbox drained {out.get('outbox_drained_s')} s, analytics {out.get('analytics_caught_up_s')} s")
         return out
 
-    def http(self) -> list[dict]:
-        """Every phase's runs, each between two baseline runs (and after its floor's)."""
-        runs = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}]
-        for phase, (variants, plan) in ((p, step) for p in PHASES if self.s.phase(p) for step in PHASES[p]):
-            if set(variants) <= set(SHARD_LAYOUTS) and self.tables is None:  # before "1 shard" writes to a alone
-                self.tables = env.table_sizes()
-            self.use(variants)
-            seconds = self.s.duration_s if len(variants) == 1 else max(3, self.s.duration_s // 2)  # side by side
-            for variant, endpoint in plan:
-                floor, ids = f"floor {ENDPOINTS[endpoint][2]}", self.prepare(endpoint, variant)
-                if below := variant == "shipped" and floor in self.floors:
-                    floor_run = self.wrk(f"{floor}: {endpoint}", floor, endpoint, seconds, ids)
-                r = self.wrk(f"{variant}: {endpoint}", variant, endpoint, seconds, ids)
-                r |= {"kind": "endpoint", "variant": variant, "endpoint": endpoint, "label": ENDPOINTS[endpoint][0]}
-                if endpoint in WRITES:
-                    r["drain"] = self.drain(r["ended_at"])
-                after = self.wrk(f"baseline-{len(runs) // 2 + 1}", None, "", seconds) | {"kind": "baseline"}
-                r["baseline_rps"] = round(statistics.fmean([runs[-1]["rps"], after["rps"]]))
-                if below:  # the floor's run just before the endpoint's
-                    r |= {"floor_rps": floor_run["rps"], "floor_ratio": round(r["rps"] / floor_run["rps"], 4)}
-                runs += [r | {"ratio": round(r["rps"] / r["baseline_rps"], 4)}, after]
-            if phase == "shipped":  # while its process is warm
-                self.profiled = self.profile()
+    def shipped(self) -> list[dict]:
+        """Each endpoint after its floor, each between two baseline runs; then the profile."""
+        runs, seconds = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}], self.s.duration_s
+        for endpoint, (label, _, floor, _) in ENDPOINTS.items():
+            ids = self.prepare(endpoint)
+            below = self.wrk(f"floor {floor}: {endpoint}", f"floor {floor}", endpoint, seconds, ids)
+            r = self.wrk(f"shipped: {endpoint}", "shipped", endpoint, seconds, ids)
+            r |= {"kind": "endpoint", "variant": "shipped", "endpoint": endpoint, "label": label}
+            if endpoint in WRITES:
+                r["drain"] = self.drain(r["ended_at"])
+            after = self.wrk(f"baseline-{len(runs) // 2 + 1}", None, "", seconds) | {"kind": "baseline"}
+            r["baseline_rps"] = round(statistics.fmean([runs[-1]["rps"], after["rps"]]))
+            r |= {"ratio": round(r["rps"] / r["baseline_rps"], 4), "floor_rps": below["rps"]}
+            runs += [r | {"floor_ratio": round(r["rps"] / below["rps"], 4)}, after]
+        self.profiled = self.profile()  # while the processes are warm
         return runs
 
     def profile(self) -> dict:
         """Each shipped endpoint and its floor under py-spy: µs per request by module group."""
         out: dict[str, dict] = {}
-        for e in ENDPOINTS:
-            ids, procs = self.prepare(e, "shipped"), self.running | self.floors
-            for who in ("shipped", f"floor {ENDPOINTS[e][2]}"):
-                if who in procs:
-                    r = self.wrk(f"profile {who}: {e}", who, e, self.s.profile_s, ids, profile=procs[who][0].pid)
-                    out.setdefault(e, {})[who.split()[0]] = r["profile_us"]
+        for e, (_, _, floor, _) in ENDPOINTS.items():
+            ids = self.prepare(e)
+            for who in ("shipped", f"floor {floor}"):
+                r = self.wrk(f"profile {who}: {e}", who, e, self.s.profile_s, ids, profile=True)
+                out.setdefault(e, {})[who.split()[0]] = r["profile_us"]
             if e in WRITES:
                 self.drain(time.time())
         return out
+
+    def costs(self) -> list[dict]:
+        """GET user on each variant, side by side, started once: ``cost_rounds`` rounds of
+        full-length runs, the order rotated each round (bench/report.py makes the costs)."""
+        for name, (overrides, module) in VARIANTS.items():
+            self.start(name, overrides, module, role="api")
+        runs, ids = [], self.prepare("get_user")
+        for k, order in enumerate(rotations(list(VARIANTS), self.s.cost_rounds)):
+            for v in order:
+                r = self.wrk(f"round {k + 1}, {v}: get_user", v, "get_user", self.s.duration_s, ids)
+                runs.append(r | {"kind": "cost", "variant": v, "endpoint": "get_user", "round": k + 1})
+        self.stop(*VARIANTS)
+        return runs
 
 
 def against_the_service(s: env.Settings, key: str, results: dict) -> None:
     """Seed over REST, then the ``http`` and ``ws`` stages."""
     run = Run(s)
     try:
-        run.use(("shipped",))
-        started, port = time.time(), run.running["shipped"][1]
+        run.start("shipped")
+        started, port = time.time(), run.procs["shipped"][1]
         run.ids = asyncio.run(client.seed(port, key, s.users, s.list_users, s.payments_per_user))
         run.ids["big_user"] = [env.big_user(run.ids["users"][-1])]
-        if SHARDED:
-            run.ids["users_home"] = env.on_home(run.ids["users"])
         KEYS.write_text("\n".join(asyncio.run(client.admin_keys(port, key, CLIENTS))) + "\n")
         results["seed"] = {"seconds": round(time.time() - started, 1), "drain": run.drain(time.time())}
-        if not SHARDED:
-            run.start_floors()
+        run.start_floors()
         run.wrk("warmup-baseline", None, "", s.warmup_s)
         if s.stage("http"):
-            results["runs"] = run.http()
+            results["runs"] = run.shipped() if s.phase("shipped") else []
+            results["runs"] += run.costs() if s.phase("costs") else []
             results["profile"] = run.profiled
-            results["tables"] = run.tables or env.table_sizes()  # how the shards split what the run wrote
-            results["redis_keys"] = env.redis_spread()  # and how the keys hash over Redis Cluster's masters
-        if s.stage("ws"):
-            run.stop()
-            run.use(("shipped",))
-            results["ws"] = fanout.run(run.running["shipped"][1], key, run.running["shipped"][0], run.ids["users"], s)
+        if s.stage("ws"):  # a fresh process, its /metrics on a port of our choosing
+            run.stop("shipped")
+            run.start("shipped", {"SINGLETON_METRICS__PORT": str(metrics := free_port())})
+            (proc, port), url = run.procs["shipped"], f"http://{env.HOST}:{metrics}/metrics"
+            ceiling = lambda: run.wrk("ws: POST ceiling", "shipped", "post_payments", 5)  # noqa: E731
+            results["ws"] = fanout.run(port, key, proc, run.ids["users"], s, url, ceiling)
     finally:
-        for proc, _ in [*run.running.values(), *run.floors.values(), (run.baseline, 0)]:
-            proc.stop()
+        run.stop()
+        run.baseline.stop()
 
 
 def main() -> None:
@@ -253,10 +210,8 @@ def main() -> None:
     if s.stage("analytics"):
         results["analytics"] = asyncio.run(analytics.run(s.analytics_payments))
     results |= {"load_after": env.background_load(), "elapsed_s": round(time.monotonic() - t0)}
-    results["config"] = str(env.CONFIG.relative_to(env.REPO))
-    env.DOCS_OUT.mkdir(parents=True, exist_ok=True)
-    (env.DOCS_OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    log(f"wrote {env.DOCS_OUT.relative_to(env.REPO)}/results.json and {report.write()} in {results['elapsed_s']} s")
+    (env.DOCS_BENCH / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote docs/bench/results.json and {report.write()} in {results['elapsed_s']} s")
 
 
 if __name__ == "__main__":

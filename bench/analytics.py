@@ -30,10 +30,6 @@ CURRENCIES = {"USD": 60, "EUR": 25, "JPY": 10, "KWD": 5}
 FINAL = {"completed": 70, "pending": 10, "failed": 10, "processing": 5, "cancelled": 3, "refunded": 2}
 
 
-def _pick(rng: random.Random, weights: dict[str, int]) -> str:
-    return rng.choices(list(weights), list(weights.values()))[0]
-
-
 def _delivery(offsets: Counter, user: str, event: dict) -> Delivery:
     """The next delivery on ``user``'s partition (one a user, as the producer keys them)."""
     partition = zlib.crc32(user.encode()) % PARTITIONS
@@ -41,8 +37,11 @@ def _delivery(offsets: Counter, user: str, event: dict) -> Delivery:
     return Delivery(partition, offsets[partition] - 1, event)
 
 
-def payment_created(rng: random.Random, user: str, at: dt.datetime, status: str = "pending") -> dict:
-    row = {"id": str(uuid.uuid4()), "user_id": user, "currency": _pick(rng, CURRENCIES), "description": None}
+def payment_created(rng: random.Random, user: str, at: dt.datetime, final: bool = False) -> dict:
+    """A payment_created event, ``final`` with the status the payment ends in (the seeded year's)."""
+    status = rng.choices(list(FINAL), list(FINAL.values()))[0] if final else "pending"
+    currency = rng.choices(list(CURRENCIES), list(CURRENCIES.values()))[0]
+    row = {"id": str(uuid.uuid4()), "user_id": user, "currency": currency, "description": None}
     row |= {"amount_minor": rng.randint(100, 50_000), "status": status, "version": 1}
     data = payments.to_api(row | {"created_at": at, "updated_at": at})
     return events.envelope(events.PAYMENT_CREATED, user, data, at)
@@ -92,7 +91,7 @@ async def seed_year(db, count: int, users: int, rng: random.Random) -> dict:
         markers = []
         for _ in range(first, min(first + 10_000, count)):
             user, at = rng.choice(ids), YEAR + dt.timedelta(seconds=rng.randrange(365 * 86400))
-            delivery = _delivery(offsets, user, payment_created(rng, user, at, _pick(rng, FINAL)))
+            delivery = _delivery(offsets, user, payment_created(rng, user, at, final=True))
             markers.append(marker(delivery))
             for change in changes(delivery):
                 key = (change.collection, change.doc_id)

@@ -1,20 +1,10 @@
 # Benchmarks (bench/README.md), included by the top-level Makefile. `make bench` measures everything
-# (about 12-15 minutes) and writes docs/BENCHMARKS.md, docs/bench/results.json and the plots; settings
+# (about 15 minutes) and writes docs/BENCHMARKS.md and docs/bench/results.json; settings
 # are BENCH_* variables, on the command line too: make bench BENCH_STAGES=http BENCH_DURATION_S=5
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 
-.PHONY: bench bench-deps bench-report bench-cluster bench-cluster-ceilings bench-shard-move
-
-# The cluster stack (make services-cluster) with config.cluster.yaml, or SINGLETON_CLUSTER_CONFIG's file:
-# the same stages, shorter (fewer users and sockets, 5 s runs, no most-sockets hold, 100,000 analytics
-# payments: about 12 minutes), plus POST payments on 1 shard against 2; docs/BENCHMARKS-cluster.md.
-BENCH_CLUSTER_ENV = BENCH_CONFIG=$(or $(SINGLETON_CLUSTER_CONFIG),config.cluster.yaml) BENCH_OUT=cluster \
-	DEVSTACK_DIR=$(or $(DEVSTACK_DIR),$(CURDIR)/.devstack-cluster)
-BENCH_CLUSTER_SHORT = BENCH_DURATION_S=$(or $(BENCH_DURATION_S),5) BENCH_USERS=$(or $(BENCH_USERS),2000) \
-	BENCH_WS_SOCKETS=$(or $(BENCH_WS_SOCKETS),2000) BENCH_WS_SHARED_USERS=$(or $(BENCH_WS_SHARED_USERS),20) \
-	BENCH_WS_STEP_S=$(or $(BENCH_WS_STEP_S),3) BENCH_WS_MOST=$(or $(BENCH_WS_MOST),0) \
-	BENCH_ANALYTICS_PAYMENTS=$(or $(BENCH_ANALYTICS_PAYMENTS),100000)
+.PHONY: bench bench-deps bench-report
 
 bench-deps: install
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
@@ -23,15 +13,6 @@ bench: bench-deps services ## Every endpoint against a bare Tornado baseline and
 	@command -v wrk >/dev/null || bash devstack/services.sh tools
 	$(PY) -m bench
 
-bench-report: ## Rewrite docs/BENCHMARKS.md and the plots from docs/bench/results.json
+bench-report: ## Rewrite docs/BENCHMARKS.md from docs/bench/results.json
 	$(PY) -m bench.report
 
-bench-cluster: bench-deps services-cluster ## make bench on the cluster stack, shorter, plus 1 shard against 2
-	@command -v wrk >/dev/null || bash devstack/services.sh tools
-	$(BENCH_CLUSTER_ENV) $(BENCH_CLUSTER_SHORT) $(PY) -m bench
-
-bench-cluster-ceilings: bench-deps services-cluster ## The relay ceiling of 1 shard against 2, and the broadcast's, on the cluster stack
-	$(BENCH_CLUSTER_ENV) $(PY) -m bench.ceilings
-
-bench-shard-move: bench-deps services-cluster ## A logical shard of 10,000 users moved there and back under writes: docs/bench/shard_move.json
-	$(BENCH_CLUSTER_ENV) $(PY) -m bench.shard_move

@@ -34,10 +34,9 @@ class Pool:
                 f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
             )
             conn[1].write(head.encode() + data)
-            reader = conn[0]
-            status_line, *headers = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            status_line, *headers = (await conn[0].readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
             length = next((int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:")), 0)
-            return int(status_line.split()[1]), await reader.readexactly(length)
+            return int(status_line.split()[1]), await conn[0].readexactly(length)
         except BaseException:
             if conn is not None:
                 conn[1].close()
@@ -85,7 +84,7 @@ async def seed(port: int, key: str, users: int, list_users: int, per_user: int) 
 
 
 async def completed(port: int, key: str, payments: list[str]) -> list[str]:
-    """``payments`` moved to ``completed`` (the ones still pending), to be refunded."""
+    """``payments`` moved to ``completed`` (those still pending), to be refunded."""
     calls = [("PUT", f"/api/v1/payments/{p}/status", {"status": "completed"}) for p in payments]
     return [p["id"] for p in await call_all(port, key, calls) if p["status"] == "completed"]
 

@@ -1,7 +1,6 @@
-"""The bench's surroundings: its settings, its own stores, the processes it starts, and what
-/proc says about every process on the machine. The stores are found as the service finds
-them: config.yaml (or ``BENCH_CONFIG``'s file) with its ``SINGLETON_*`` overrides and
-``*_file`` secrets. With a ``shards`` section the bench's database is on every physical shard."""
+"""The bench's surroundings: its settings, its own stores (found as the service finds them:
+config.yaml, its ``SINGLETON_*`` overrides and ``*_file`` secrets), the processes it starts, and
+what /proc says about every process on the machine."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import datetime
 import functools
 import json
 import os
-import re
 import resource
 import signal
 import subprocess
@@ -23,15 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from managers import config as service_config
-from managers.mysql import shard_configs
-from managers.shards import LOGICAL_SHARDS, logical_shard, new_id
+from managers.shards import logical_shard, new_id
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = (REPO / os.environ.get("BENCH_CONFIG", "config.yaml")).resolve()
+CONFIG = REPO / "config.yaml"
 WORK = REPO / "reports" / "bench"  # git-ignored scratch: logs, raw wrk output, id lists
 DOCS_BENCH = REPO / "docs" / "bench"
-OUT = os.environ.get("BENCH_OUT", "")  # "cluster": docs/bench/cluster/ and docs/BENCHMARKS-cluster.md
-DOCS_OUT = DOCS_BENCH / OUT
 PY = str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable
 HOST = "127.0.0.1"
 MYSQL_DATABASE = "singleton_test_bench"  # the devstack user may only create singleton_test%
@@ -40,8 +35,6 @@ MONGO_DATABASE = "singleton_bench"
 KAFKA_TOPIC = "singleton-bench"
 ANALYTICS_GROUP = f"singleton-bench-analytics-{int(time.time())}"  # a fresh group each run
 SERVICES = {"mariadb": "MariaDB", "redis": "Redis", "kafka": "Kafka", "postgres": "PostgreSQL", "ferretdb": "FerretDB"}
-# devstack's pid files: run/kafka.pid, or a cluster stack's run/kafka-2.pid, run/mariadb-a.pid
-PID_FILE = re.compile(rf"^({'|'.join(SERVICES)})(?:-(\w+))?\.pid$")
 CODE = ("service", "handlers", "managers", "domain", "migrations", "bench")  # "+dirty" if changed
 
 
@@ -50,8 +43,8 @@ class Settings:
     """Every knob; each from BENCH_<NAME> if set (BENCH_DURATION_S=5; a tuple: 25,50,100)."""
 
     stages: str = "http,ws,analytics"
-    phases: str = "shipped,pool,costs,processes,shards,tls"  # of the http stage (bench/__main__.py PHASES)
-    shard_rounds: int = 3  # POST payments on 1 shard and on all, alternating (a sharded configuration)
+    phases: str = "shipped,costs"  # of the http stage
+    cost_rounds: int = 5  # of the costs phase, the order rotated each round
     duration_s: int = 8  # a wrk run
     profile_s: int = 4  # a run under py-spy
     connections: int = 50
@@ -89,7 +82,9 @@ def log(msg: str) -> None:
 @functools.cache
 def config() -> dict:
     """The configuration the service would read here (``make services`` makes the dev secrets)."""
-    return service_config.load(CONFIG)
+    if "shards" in (loaded := service_config.load(CONFIG)):
+        raise SystemExit(f"{CONFIG} has shards: the bench measures one MariaDB server")
+    return loaded
 
 
 def event_loop() -> str:
@@ -101,54 +96,21 @@ def redis_url() -> str:
     return urllib.parse.urlsplit(config()["redis"]["url"])._replace(path=f"/{REDIS_DB}").geturl()
 
 
-def redis_cluster():  # None on one server
-    from redis.cluster import ClusterNode, RedisCluster
-
-    if nodes := config()["redis"].get("cluster_nodes"):
-        startup = [ClusterNode(host, int(port)) for host, port in (n.rsplit(":", 1) for n in nodes)]
-        return RedisCluster(startup_nodes=startup, socket_timeout=10)
-    return None
-
-
-def shards() -> dict[str, dict]:
-    """Each physical shard's MariaDB settings, the home first (``main`` without a ``shards`` section)."""
-    databases, home, _ = shard_configs(config())
-    return {home: databases[home]} | {name: cfg for name, cfg in databases.items() if name != home}
-
-
-def one_shard() -> dict[str, str]:
-    """SINGLETON_* overrides for one physical shard: the home alone, holding every logical shard."""
-    cfg = config()["shards"]
-    home = {**cfg["physical"][cfg["global"]], "logical": f"0-{LOGICAL_SHARDS - 1}"}
-    return {"SINGLETON_SHARDS__PHYSICAL": json.dumps({cfg["global"]: home})}
-
-
-def on_home(ids: list[str]) -> list[str]:
-    """Those of the user (or payment) ``ids`` whose logical shard config's map puts on the home."""
-    _, home, shard_map = shard_configs(config())
-    return [i for i in ids if shard_map.physical(logical_shard(i)) == home]
-
-
-def mysql_connect(database: str | None = MYSQL_DATABASE, shard: str | None = None, owner: bool = False):
-    """A connection to ``shard``'s server (default: the home) as the service's user, or with
-    ``owner`` as the migration user (for what the service may not do)."""
+def mysql_query(sql: str, args: tuple = (), owner: bool = False, many: list | None = None, db=MYSQL_DATABASE):
+    """``sql``'s rows (or ``executemany`` over ``many``), as the service's user or with ``owner``
+    as the migration user (for what the service may not do)."""
     import pymysql
 
-    c = shards()[shard or next(iter(shards()))]
-    user = ("migrate_user", "migrate_password") if owner else ("user", "password")
-    login = {"host": c["host"], "port": c["port"], "user": c[user[0]], "password": c[user[1]]}
+    c, who = config()["mysql"], ("migrate_user", "migrate_password") if owner else ("user", "password")
+    login = {"host": c["host"], "port": c["port"], "user": c[who[0]], "password": c[who[1]], "database": db}
     # The service writes UTC_TIMESTAMP(): in UTC, UNIX_TIMESTAMP() reads it back as written.
-    return pymysql.connect(**login, database=database, autocommit=True, init_command="SET time_zone = '+00:00'")
-
-
-def mysql_query(sql: str, args: tuple = (), owner: bool = False) -> list[tuple]:
-    """``sql`` on every physical shard, the rows of all of them."""
-    rows: list[tuple] = []
-    for shard in shards():
-        with contextlib.closing(mysql_connect(shard=shard, owner=owner)) as conn, conn.cursor() as cur:
+    conn = pymysql.connect(**login, autocommit=True, init_command="SET time_zone = '+00:00'")
+    with contextlib.closing(conn), conn.cursor() as cur:
+        if many is None:
             cur.execute(sql, args)
-            rows += cur.fetchall()
-    return rows
+        else:
+            cur.executemany(sql, many)
+        return list(cur.fetchall())
 
 
 BIG_USER_PAYMENTS = 100_000  # one minute apart from 2030-01-01: the filter's window holds 28 days of them
@@ -156,7 +118,7 @@ BIG_USER_WINDOW = "&created_gte=2030-02-01T00:00:00Z&created_lt=2030-03-01T00:00
 
 
 def big_user(user_id: str, n: int = BIG_USER_PAYMENTS) -> str:
-    """``n`` payments for ``user_id`` written straight to its shard, a quarter of each of four statuses."""
+    """``n`` payments for ``user_id`` written straight to MariaDB, a quarter of each of four statuses."""
     shard, start = logical_shard(user_id), datetime.datetime(2030, 1, 1)
     statuses = ("pending", "processing", "completed", "failed")
     rows = [
@@ -164,14 +126,9 @@ def big_user(user_id: str, n: int = BIG_USER_PAYMENTS) -> str:
         + (start + datetime.timedelta(minutes=i),) * 2
         for i in range(n)
     ]
-    physical = shard_configs(config())[2].physical(shard)
-    with contextlib.closing(mysql_connect(shard=physical)) as conn, conn.cursor() as cur:
-        for k in range(0, n, 5000):  # plain values: pymysql sends each batch as one multi-row INSERT
-            cur.executemany(
-                "INSERT INTO payments (id, user_id, amount_minor, currency, description, status, version,"
-                " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                rows[k : k + 5000],
-            )
+    columns = "id, user_id, amount_minor, currency, description, status, version, created_at, updated_at"
+    for k in range(0, n, 5000):  # plain values: pymysql sends each batch as one multi-row INSERT
+        mysql_query(f"INSERT INTO payments ({columns}) VALUES ({', '.join(['%s'] * 9)})", many=rows[k : k + 5000])
     log(f"seeded {n:,} payments for one user")
     return user_id
 
@@ -190,51 +147,14 @@ def floor_tables() -> None:
         mysql_query(sql, owner=True)
 
 
-def table_sizes() -> dict[str, dict[str, dict[str, int]]]:
-    """Each physical shard's tables: rows (exact), bytes of data and indexes (InnoDB's estimate)."""
-    out: dict[str, dict[str, dict[str, int]]] = {}
-    for shard in shards():
-        with contextlib.closing(mysql_connect(shard=shard)) as conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT table_name, data_length, index_length FROM information_schema.tables WHERE table_schema = %s",
-                (MYSQL_DATABASE,),
-            )
-            out[shard] = {}
-            for name, data, index in cur.fetchall():
-                cur.execute(f"SELECT COUNT(*) FROM `{name}`")
-                out[shard][name] = {"rows": cur.fetchone()[0], "data_bytes": data, "index_bytes": index}
-    return out
-
-
-def redis_spread() -> dict[str, int]:
-    """Keys on each Redis Cluster master (``{}`` on one server): how the keys hash over them."""
-    import redis
-
-    if (cluster := redis_cluster()) is None:
-        return {}
-    with contextlib.closing(cluster):
-        masters = sorted((node.host, node.port) for node in cluster.get_primaries())
-    out = {}
-    for host, port in masters:
-        with contextlib.closing(redis.Redis(host=host, port=port, socket_timeout=10)) as node:
-            out[f"{host}:{port}"] = int(node.dbsize())
-    return out
-
-
 def reset_stores() -> None:
     """A clean slate: the bench's MariaDB database, Redis db, Mongo databases and Kafka topic."""
     import pymongo
     import redis
 
-    for shard in shards():
-        with contextlib.closing(mysql_connect(None, shard, owner=True)) as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}")
-            cur.execute(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4")
-    if cluster := redis_cluster():  # Redis Cluster has db 0 only: the stack is the bench's
-        with contextlib.closing(cluster):
-            cluster.flushdb(target_nodes=cluster.PRIMARIES)
-    else:
-        redis.Redis.from_url(redis_url()).flushdb()
+    mysql_query(f"DROP DATABASE IF EXISTS {MYSQL_DATABASE}", owner=True, db=None)
+    mysql_query(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4", owner=True, db=None)
+    redis.Redis.from_url(redis_url()).flushdb()
     with contextlib.closing(pymongo.MongoClient(config()["mongodb"]["uri"])) as mongo:
         for name in (MONGO_DATABASE, f"{MONGO_DATABASE}_analytics"):
             mongo.drop_database(name)
@@ -242,8 +162,7 @@ def reset_stores() -> None:
 
 
 async def _recreate_topic() -> None:
-    """The bench topic deleted and created anew in the shape of the service's topic: its
-    partitions and replicas, and then ``min.insync.replicas`` one less (as devstack makes it)."""
+    """The bench topic deleted and created anew with as many partitions as the service's topic."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
@@ -251,13 +170,11 @@ async def _recreate_topic() -> None:
     await admin.start()
     try:
         [shape] = await admin.describe_topics([config()["kafka"]["topic"]])
-        partitions, replicas = len(shape["partitions"]), len(shape["partitions"][0]["replicas"])
-        min_isr = {"min.insync.replicas": str(max(1, replicas - 1))}
         with contextlib.suppress(UnknownTopicOrPartitionError):
             await admin.delete_topics([KAFKA_TOPIC])
         for _ in range(120):  # deletion completes in the background: retry until the name is free
             with contextlib.suppress(TopicAlreadyExistsError):
-                return await admin.create_topics([NewTopic(KAFKA_TOPIC, partitions, replicas, topic_configs=min_isr)])
+                return await admin.create_topics([NewTopic(KAFKA_TOPIC, len(shape["partitions"]), 1)])
             await asyncio.sleep(0.5)
         raise RuntimeError(f"topic {KAFKA_TOPIC} could not be created again")
     finally:
@@ -301,34 +218,30 @@ class Proc:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.popen.wait(wait_s)
 
-    def wait_http(self, url: str, in_a_row: int = 1, timeout_s: float = 90) -> Proc:
-        """Until ``url`` answers 200 ``in_a_row`` times (each a new connection: any worker's)."""
-        deadline, ok = time.monotonic() + timeout_s, 0
+    def wait_http(self, url: str, timeout_s: float = 90) -> Proc:
+        """Until ``url`` answers 200."""
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.popen.poll() is None:
-            try:
+            with contextlib.suppress(OSError):  # refused, or an HTTP error (503 until ready)
                 with urllib.request.urlopen(url, timeout=2) as resp:
-                    ok = ok + 1 if resp.status == 200 else 0
-            except OSError:  # refused, or an HTTP error (503 until ready)
-                ok = 0
-            if ok >= in_a_row:
-                return self
-            time.sleep(0.3 if ok == 0 else 0.05)
+                    if resp.status == 200:
+                        return self
+            time.sleep(0.3)
         raise RuntimeError(f"{self.name} not ready at {url}; see {self.log_path}")
 
 
 def start_service(name: str, port: int, overrides: dict[str, str], role: str = "all", module: str = "service") -> Proc:
     """``python -m service --port N --role R`` (or the bench's own entry point ``module``, e.g.
-    ``bench.unauthenticated``) in the shipped configuration plus ``overrides``; back once ready
-    (with workers, once 20 readiness probes in a row found a ready one)."""
+    ``bench.unauthenticated``) in the shipped configuration plus ``overrides``; back once ready."""
     argv = [PY, "-m", module, "--config", str(CONFIG), "--port", str(port), "--role", role]
     proc = Proc("service-" + "".join(filter(str.isalnum, name)), argv, service_env(overrides))
-    return proc.wait_http(f"http://{HOST}:{port}/health/ready", 20 if "SINGLETON_SERVER__PROCESSES" in overrides else 1)
+    return proc.wait_http(f"http://{HOST}:{port}/health/ready")
 
 
 def start_floor(kind: str, port: int, keys: Path | None = None) -> Proc:
     """``python -m bench.floors KIND`` on the service's event loop, with the bench's stores and
     the service's pool sizes (``bare``: the baseline, no store)."""
-    c = shards()[next(iter(shards()))]
+    c = config()["mysql"]
     mysql = {"host": c["host"], "port": c["port"], "user": c["user"], "password": c["password"]}
     mysql |= {"db": MYSQL_DATABASE, "minsize": c["pool_min"], "maxsize": c["pool_max"]}
     stores = {"redis": redis_url(), "mysql": mysql, "keys": str(keys)}
@@ -369,13 +282,13 @@ def processes() -> dict[int, tuple[str, int, float]]:
 
 def own_services() -> dict[int, str]:
     """The bench's own backing services by pid (devstack's pid files), capitalised so that other
-    work on the machine stands apart; a cluster stack's servers each by name (``MariaDB a``)."""
+    work on the machine stands apart."""
     run, out = Path(os.environ.get("DEVSTACK_DIR") or REPO / ".devstack") / "run", {}
     with contextlib.suppress(OSError):
         for entry in os.scandir(run):
-            if match := PID_FILE.match(entry.name):
+            if name := SERVICES.get(entry.name.removesuffix(".pid")):
                 with contextlib.suppress(OSError, ValueError):
-                    out[int(Path(entry.path).read_text())] = " ".join(filter(None, (SERVICES[match[1]], match[2])))
+                    out[int(Path(entry.path).read_text())] = name
     return out
 
 

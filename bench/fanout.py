@@ -2,18 +2,21 @@
 REST call to the frame received, the event rate stepped up until p99 passes 100 ms (the
 knee), for one socket per user and for many; and the most sockets the process can hold
 here, with what each costs in RSS. Payments come over REST at a fixed rate
-(bench/client.py ``drive``); client processes hold the sockets (bench/ws_client.py)."""
+(bench/client.py ``drive``); client processes hold the sockets (bench/ws_client.py). Issue 17's
+target: one step at 1,000 payments/s, or at the POST ceiling (wrk's POSTs with the sockets
+open) if lower. Each step also reads the service's /metrics: the Kafka -> hub delay and the
+collector's passes."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
 import re
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from subprocess import PIPE, Popen
 
@@ -22,7 +25,6 @@ from bench.env import PY, REPO, WORK, Proc, cpu_split, log, mysql_query, open_fi
 
 P99_LIMIT_MS = 100.0
 TARGET_RATE = 1000.0  # payments/s per process (issue 17), or the POST ceiling if lower
-CEILING_CONNECTIONS, CEILING_S = 50, 5.0  # POST payments as fast as they go, as wrk's runs do
 SPARE_FILES = 300  # the service's own files besides its sockets: pools, logs, a reconnect
 
 
@@ -62,7 +64,8 @@ class Clients:
         time.sleep(3)  # and its collector has had the closed sockets' garbage
 
 
-def run(port: int, key: str, service: Proc, users: list[str], s) -> dict:
+def run(port: int, key: str, service: Proc, users: list[str], s, metrics: str, ceiling: Callable[[], dict]) -> dict:
+    """Both shapes and the target step; ``ceiling()`` runs wrk's POSTs, ``metrics`` is the service's /metrics."""
     single, shared = users[: s.ws_sockets], users[: s.ws_shared_users]
     tokens = asyncio.run(client.tokens(port, key, single))
     files, rss_before = open_files(service.pid), rss_kib(service.pid)
@@ -74,12 +77,13 @@ def run(port: int, key: str, service: Proc, users: list[str], s) -> dict:
     out["single"]["per_socket_kib"] = (rss_kib(service.pid) - rss_before) / max(1, out["single"]["open"])
     if s.ws_most:
         out["most"] = hold_most(port, service, tokens, single, rss_before)
-    out["post_ceiling"] = post_ceiling(port, key, single)
+    out["post_ceiling"] = ceiling()
     clients.ask("collect")  # the ceiling's frames are not a step's
-    out["single"]["steps"] = steps(port, key, service, clients, single, 1, s.ws_rates_single, s.ws_step_s)
+    step = (port, key, service, clients, metrics)
+    out["single"]["steps"] = steps(*step, single, 1, s.ws_rates_single, s.ws_step_s)
     target = min(TARGET_RATE, math.floor(out["post_ceiling"]["rps"]))
     log(f"ws: the target, {target:g} payments/s (1,000 or the POST ceiling, {out['post_ceiling']['rps']:,.0f}/s)")
-    [row] = steps(port, key, service, clients, single, 1, [target], s.ws_step_s)
+    [row] = steps(*step, single, 1, [target], s.ws_step_s)
     out["single"]["target"] = row | {"met": not row["why_not"]}
     out["single"]["knee"] = knee(out["single"]["steps"])
     clients.close(service, files)
@@ -89,7 +93,9 @@ def run(port: int, key: str, service: Proc, users: list[str], s) -> dict:
     clients = Clients(port, 2, "shared")
     out["shared"] = {"users": len(shared), "per_user": per_user}
     out["shared"] |= clients.open([(tokens[u], f"c{k}") for k in range(per_user) for u in shared])
-    out["shared"]["steps"] = steps(port, key, service, clients, shared, per_user, s.ws_rates_shared, s.ws_step_s)
+    out["shared"]["steps"] = steps(
+        port, key, service, clients, metrics, shared, per_user, s.ws_rates_shared, s.ws_step_s
+    )
     out["shared"]["knee"] = knee(out["shared"]["steps"])
     clients.close(service, files)
     return out
@@ -101,55 +107,13 @@ def knee(rows: list[dict]) -> dict | None:
     return {k: held[-1][k] for k in ("rate", "fps", "p99_ms")} if held else None
 
 
-def post_ceiling(port: int, key: str, users: list[str]) -> dict:
-    """POST payments as fast as the service takes them (``CEILING_CONNECTIONS`` at once, each
-    sending its next when answered), with the sockets open: the target's other bound."""
-
-    async def go() -> int:
-        pool, end = client.Pool(port, key, CEILING_CONNECTIONS), time.monotonic() + CEILING_S
-
-        async def worker(i: int) -> int:
-            created = 0
-            while time.monotonic() < end:
-                body = {
-                    "user_id": users[(created * CEILING_CONNECTIONS + i) % len(users)],
-                    "amount": "1.00",
-                    "currency": "USD",
-                }
-                created += (await pool.request("POST", "/api/v1/payments", body))[0] == 201
-            return created
-
-        created = sum(await asyncio.gather(*(worker(i) for i in range(CEILING_CONNECTIONS))))
-        pool.close()
-        return created
-
-    log(f"ws: the POST ceiling, {CEILING_CONNECTIONS} connections for {CEILING_S:g} s")
-    return {"rps": round(asyncio.run(go()) / CEILING_S, 1), "connections": CEILING_CONNECTIONS}
-
-
-def metrics_url(pid: int) -> str | None:
-    """The service's /metrics: of the ports its process listens on, the one that serves it."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):  # closed meanwhile
-            inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").removesuffix("]"))
-    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    for port in [int(f[1].split(":")[1], 16) for f in map(str.split, lines) if f[3] == "0A" and f[9] in inodes]:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).close()
-            return f"http://127.0.0.1:{port}/metrics"
-        except OSError:
-            continue
-    return None
-
-
 SERIES = {"kafka_to_hub": 'singleton_kafka_consumer_delay_seconds_bucket{consumer="broadcast",'}
 SERIES |= {f"gc{g}": f'singleton_gc_pause_seconds_bucket{{generation="{g}",' for g in range(3)}
 
 
-def scrape(url: str | None) -> dict[str, dict[float, float]]:
+def scrape(url: str) -> dict[str, dict[float, float]]:
     """Each histogram of ``SERIES``: upper bound -> cumulative count."""
-    text = urllib.request.urlopen(url, timeout=5).read().decode() if url else ""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
     out: dict = {name: {} for name in SERIES}
     for name, prefix in SERIES.items():
         for line in text.splitlines():
@@ -193,9 +157,11 @@ def legs(since: float) -> dict:
     return {name: [percentile(v, 50), percentile(v, 99)] for name, v in (("rest", rest), ("relay", relay))}
 
 
-def steps(port: int, key: str, service: Proc, clients: Clients, users: list[str], per_user: int, rates, seconds):
+def steps(
+    port: int, key: str, service: Proc, clients: Clients, url: str, users: list[str], per_user: int, rates, seconds
+):
     """A step per rate, up to the first whose p99 passes the limit, loses a frame or falls behind."""
-    rows, names, url = [], {service.pid: "service", os.getpid(): "bench (REST driver)"}, metrics_url(service.pid)
+    rows, names = [], {service.pid: "service", os.getpid(): "bench (REST driver)"}
     names |= {p.pid: "ws client" for p in clients.procs}
     for rate in rates:
         before, started, histograms = processes(), time.time(), scrape(url)

@@ -1,4 +1,4 @@
-"""docs/BENCHMARKS.md and its plots, from docs/bench/results.json (one ``make bench`` run),
+"""docs/BENCHMARKS.md, from docs/bench/results.json (one ``make bench`` run),
 docs/bench/history.json (what each change moved, kept by hand) and docs/bench/analytics-notes.md
 (FerretDB's behaviour, by hand). ``python -m bench.report`` writes them again without measuring."""
 
@@ -8,22 +8,22 @@ import json
 import statistics
 import sys
 
-from bench.env import DOCS_BENCH, DOCS_OUT, OUT
+from bench.env import DOCS_BENCH
 from bench.wrk import ORDER
 
-PAGE = f"BENCHMARKS-{OUT.replace('/', '-')}.md" if OUT else "BENCHMARKS.md"  # in docs/
-IMAGES = f"bench/{OUT}/" if OUT else "bench/"  # the plots, from docs/
 NEVER = 1e9  # a catch-up not seen before the drain timeout
+BUSY = 0.95  # cores: a service below this in a cost run was not bound by its CPU
 # An endpoint's target: the least ratio to its floor, the most p99 ms (issues 8 and 17).
 GOALS = {"get_user": (0.8, 25), "get_payment": (0.8, 25)}
 GOALS |= {e: (0.7, 50) for e in ("list_payments", "post_payments", "put_status")}
-# Each cost of GET user: one variant's ratio against another's in the same round, and its limit (%).
+# Each cost of GET user: its measure's name, the variant with the part and the one without, the limit (%).
 COSTS = {
     "key check": ("key_cost", "key check", "no auth, no limiter", 10),
     "rate limiter": ("limiter_cost", "key check + limiter", "key check", 5),
     "access log at INFO": ("log_cost", "key check + limiter", "logging at WARNING", 5),
     "metrics": ("metrics_cost", "key check + limiter", "no metrics", 3),
 }
+VARIANTS = ("no auth, no limiter", "key check", "key check + limiter", "logging at WARNING", "no metrics")
 
 
 def _runs(r: dict, variant: str, endpoint: str = "get_user") -> list[dict]:
@@ -34,32 +34,39 @@ def _run(r: dict, variant: str, endpoint: str) -> dict | None:
     return next(iter(_runs(r, variant, endpoint)), None)
 
 
-def _knee(shape: dict) -> dict:
-    """The last step that held: p99 within the limit, every frame, the rate reached."""
-    return next((s for s in reversed(shape["steps"]) if not s["why_not"]), {})
+def per_request(x: dict) -> float:
+    """A run's cost of a request: the service's CPU µs, or in runs before those were recorded
+    1 / its ratio to the baseline."""
+    return x["cpu_us"] if "cpu_us" in x else 1 / x["ratio"]
+
+
+def costs(r: dict) -> dict[str, list[float]]:
+    """Each cost of GET user, round by round: 1 − the cost of a request without the part / with it."""
+    return {
+        what: [1 - per_request(b) / per_request(a) for a, b in zip(_runs(r, part), _runs(r, without), strict=False)]
+        for what, (_, part, without, _) in COSTS.items()
+    }
 
 
 def measures(r: dict) -> dict:
     """Every headline number of a run, by name: targets and before/after rows read these."""
     m: dict = {}
-    for variant, prefix in (("shipped", ""), ("2 processes", "two_")):
-        for x in (x for x in r.get("runs", []) if x.get("variant") == variant):
-            key = prefix + x["endpoint"]
-            m |= {f"{key}_ratio": x["ratio"], f"{key}_p99": x["p99_ms"], f"{key}_rps": x["rps"]}
-            m[f"{key}_floor_ratio"] = x.get("floor_ratio")
-            if "drain" in x:
-                m[f"{key}_catch_up"] = x["drain"].get("analytics_caught_up_s", NEVER)
-    for key, variant, reference, _ in COSTS.values():  # the median over the rounds
-        pairs = list(zip(_runs(r, variant), _runs(r, reference), strict=False))
-        m[key] = statistics.median(1 - a["ratio"] / b["ratio"] for a, b in pairs) if _runs(r, reference) else None
+    for x in (x for x in r.get("runs", []) if x.get("variant") == "shipped"):
+        key = x["endpoint"]
+        m |= {f"{key}_ratio": x["ratio"], f"{key}_p99": x["p99_ms"], f"{key}_rps": x["rps"]}
+        m[f"{key}_floor_ratio"] = x.get("floor_ratio")
+        if "drain" in x:
+            m[f"{key}_catch_up"] = x["drain"].get("analytics_caught_up_s", NEVER)
+    for what, rounds in costs(r).items():  # the median over the rounds
+        m[COSTS[what][0]] = statistics.median(rounds) if rounds else None
     a = r.get("analytics") or {}
     m |= {f"events_per_s_{x['users']}": x["events_per_s"] for x in a.get("apply", [])}
     for name, key in (("the year (365 whole days)", "year"), ("up to 366 days, random minute edges", "any_year")):
         m[f"summary_{key}_p99"] = a.get("summary", {}).get(name, {}).get("p99_ms")
     if ws := r.get("ws"):
-        for shape in ("shared", "single"):
-            m[f"knee_{shape}_fps"] = _knee(ws[shape]).get("fps", 0)
-            m[f"knee_{shape}_cpu"] = _knee(ws[shape]).get("frames_per_cpu_s")
+        for shape in ("shared", "single"):  # the last step that held
+            knee = next((x for x in reversed(ws[shape]["steps"]) if not x["why_not"]), {})
+            m |= {f"knee_{shape}_fps": knee.get("fps", 0), f"knee_{shape}_cpu": knee.get("frames_per_cpu_s")}
         if most := ws.get("most"):  # BENCH_WS_MOST=0 skips it
             m["per_socket_kib"] = most["per_socket_kib"]
             m["rss_50k_mib"] = (ws["rss_before_kib"] + 50_000 * m["per_socket_kib"]) / 1024
@@ -84,33 +91,32 @@ def targets(r: dict, m: dict) -> list[tuple]:
         out.append((what, goal, seen, *_verdict(value, limit, unit, at_least)))
 
     for e, (goal, p99) in GOALS.items():
-        if (x := _run(r, "shipped", e)) and "floor_ratio" in x:
+        if x := _run(r, "shipped", e):
             seen = f"{x['floor_ratio']:.1%} ({x['rps']:,.0f} vs {x['floor_rps']:,.0f} req/s)"
             add(x["label"], f"≥ {goal:.0%} of its floor", seen, x["floor_ratio"] * 100, goal * 100, "points", True)
-        if x:
             add(f"{x['label']}: p99", f"≤ {p99} ms", f"{x['p99_ms']:.1f} ms", x["p99_ms"], p99, "ms")
     if x := _run(r, "shipped", "list_filtered"):  # issue 18: status and a month of 100,000 payments
         add(f"{x['label']}: p99", "≤ 50 ms", f"{x['p99_ms']:.1f} ms", x["p99_ms"], 50, "ms")
+    cpu = "of CPU per request" if "cpu_us" in (_run(r, "key check", "get_user") or {}) else "of req/s"
     for what, (key, *_, goal) in COSTS.items():
         if (cost := m.get(key)) is not None:
-            add(f"GET user: cost of the {what}", f"≤ {goal}%", f"{cost:.1%}", cost * 100, goal, "points")
+            add(f"GET user: cost of the {what}", f"≤ {goal}%", f"{cost:.1%} {cpu}", cost * 100, goal, "points")
     for users in (5, 1000):
         if value := m.get(f"events_per_s_{users}"):
             add(f"analytics store, {users:,} active users", "≥ 1,000 events/s", f"{value:,}", value, 1e3, "/s", True)
-    for variant, e in (("shipped", "post_payments"), ("shipped", "put_status"), ("2 processes", "post_payments")):
-        if (value := m.get(("two_" if variant != "shipped" else "") + f"{e}_catch_up")) is not None:
+    for e in ("post_payments", "put_status"):
+        if (value := m.get(f"{e}_catch_up")) is not None:
             seen = "not within the drain timeout" if value >= NEVER else f"{value:.1f} s"
-            what = f"analytics lag 0 after {_run(r, variant, e)['label']} ({variant})"
-            add(what, "≤ 5 s after the run's end", seen, value, 5, "s")
+            add(f"analytics lag 0 after {_run(r, 'shipped', e)['label']}", "≤ 5 s after the run", seen, value, 5, "s")
     for key, label in (("year", "the year"), ("any_year", "up to 366 days with random minute edges")):
         if (value := m.get(f"summary_{key}_p99")) is not None:
             what = f"summary over {label}, {r['analytics']['seed']['payments']:,} payments"
             add(what, "p99 ≤ 100 ms", f"{value:.1f} ms", value, 100, "ms")
     if ws := r.get("ws"):
         for shape in ("shared", "single"):
-            what, fps = (
-                f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}",
+            fps, what = (
                 m[f"knee_{shape}_fps"],
+                f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}",
             )
             add(what, "≥ 20,000 frames/s, p99 ≤ 100 ms", f"{fps:,} frames/s", fps, 20_000, "frames/s", True)
         if target := ws["single"].get("target"):  # issue 17: 1,000 payments/s, or the POST ceiling if lower
@@ -121,40 +127,6 @@ def targets(r: dict, m: dict) -> list[tuple]:
             seen = f"{most['sockets']:,} held, {m['per_socket_kib']:.1f} KiB each; {m['rss_50k_mib']:,.0f} MiB"
             add("50,000 sockets, one process (extrapolated)", "≤ 1 GiB RSS", seen, m["rss_50k_mib"], 1024, "MiB")
     return out
-
-
-def plots(r: dict) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    if runs := [x for x in r.get("runs", []) if x["kind"] == "endpoint"]:
-        fig, ax = plt.subplots(figsize=(14, 5))
-        ax.bar(range(len(runs)), [x["ratio"] for x in runs], label="ratio to the adjacent baseline runs")
-        ax.set_xticks(range(len(runs)), [f"{x['label']}\n({x['variant']})".replace(" (", "\n(") for x in runs])
-        ax.tick_params(axis="x", labelsize=6)
-        ax.set(ylabel="ratio", title="Throughput against a bare Tornado handler (wrk, 50 connections)")
-        written.append(_save(fig, ax, "throughput.png"))
-    if ws := r.get("ws"):
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for s in (ws["single"], ws["shared"]):
-            label = f"{s['users']:,} users × {s['per_user']} sockets"
-            ax.plot([x["fps"] for x in s["steps"]], [x["p99_ms"] for x in s["steps"]], "o-", label=label)
-        ax.axhline(100, color="grey", linestyle="--", linewidth=1, label="target p99")
-        ax.set(xlabel="frames/s delivered", ylabel="REST call → frame, p99 ms", xscale="log", yscale="log")
-        written.append(_save(fig, ax, "ws_knee.png"))
-    return written
-
-
-def _save(fig, ax, name: str) -> str:
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(DOCS_OUT / name, dpi=100)
-    fig.clf()
-    return name
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -171,26 +143,20 @@ def _ms(*values: float | None) -> str:
 
 def header(r: dict) -> list[str]:
     mc, s = r["machine"], r["settings"]
-    made = "`make bench-cluster`, on the cluster stack" if OUT else "`make bench`"
-    again = "`make bench-report" + (f" BENCH_OUT={OUT}" if OUT else "") + "`"
+    floors = "and, as shipped, each endpoint's floor before it (bench/floors.py, on the service's event loop: "
     return [
-        "# Benchmarks" + (f" on the {OUT} stack ({r.get('config')})" if OUT else ""),
+        "# Benchmarks",
         "",
-        f"Written by {made} (bench/README.md says how it measures) from one run, on {r['date']} at {mc['commit']} "
-        f"({r['elapsed_s'] / 60:.0f} minutes); {again} writes it again.",
+        f"Written by `make bench` (bench/README.md says how it measures) from one run, on {r['date']} at "
+        f"{mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report` writes it again.",
         "",
         f"- **Machine:** {mc['nproc']} CPUs ({mc['cpu_model']}), {mc['mem_total_gib']} GiB, kernel {mc['kernel']}, "
         f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process. Shared: other "
         f"work took (cores) {_cpu(r['load_before'])} before the run and {_cpu(r['load_after'])} after it; the CPU "
         "columns name it run by run (the bench's own backing services capitalised, anything else by command name).",
         f"- **Load:** wrk, {s['connections']} connections, 2 threads, {s['duration_s']} s a run, runs alternating "
-        + (
-            "with a bare Tornado handler (the baseline) and, as shipped, each endpoint's floor before it "
-            f"(bench/floors.py, on the service's event loop: {mc['event_loop']}): a ratio is to the two baseline runs "
-            "beside it, and to the floor's run just before."
-            if "event_loop" in mc  # runs before the floors had none
-            else "with a bare Tornado handler: a ratio is to the two baseline runs beside it."
-        ),
+        f"with a bare Tornado handler (the baseline) {floors}{mc.get('event_loop', 'asyncio')}): a ratio is to the "
+        "two baseline runs beside it, and to the floor's run just before.",
         f"- **Service:** as shipped (API keys, rate limiter, access log at INFO) with limits the bench never meets; "
         f"{s['users']:,} users and {s['list_users'] * s['payments_per_user']:,} payments seeded, each read once.",
         "- **Caveat:** one run per number on a small shared machine; ratios are steadier than absolute numbers. With "
@@ -200,14 +166,9 @@ def header(r: dict) -> list[str]:
     ]
 
 
-def _versus(r: dict, variant: str, endpoints: tuple[str, ...], show: str) -> str:  # "shipped → variant; ..."
-    pairs = [(a, b) for e in endpoints if (a := _run(r, "shipped", e)) and (b := _run(r, variant, e))]
-    return "; ".join(f"{show.format(**a)} → {show.format(**b).removeprefix(a['label']).strip()}" for a, b in pairs)
-
-
-def http_section(r: dict, images: list[str]) -> list[str]:
+def http_section(r: dict) -> list[str]:
     base, rows = [x["rps"] for x in r["runs"] if x["kind"] == "baseline"], []
-    for x in (x for x in r["runs"] if x["kind"] == "endpoint"):
+    for x in (x for x in r["runs"] if x["kind"] == "endpoint" and x["variant"] not in VARIANTS):
         d, passes = x.get("drain"), f" ({x['passes']} passes)" if (x.get("passes") or 1) > 1 else ""
         floor = [f"{x['floor_rps']:,.0f}", f"{x['floor_ratio']:.1%}"] if "floor_ratio" in x else ["—", "—"]
         rows.append(
@@ -217,31 +178,54 @@ def http_section(r: dict, images: list[str]) -> list[str]:
         )
     header = ["endpoint", "service", "req/s", "p50 / p99 ms", "baseline req/s", "ratio", "floor req/s"]
     header += ["ratio to floor", "errors / non-2xx", "outbox drained / analytics lag 0, s after", "CPU (cores)"]
-    pool = _versus(r, "MariaDB pool of 50", ("list_payments", "put_status"), "{label} {p50_ms:,.1f} / {p99_ms:,.1f}")
-    two = _versus(r, "2 processes", ("get_user", "post_payments"), "{label} {ratio:.1%}")
-    out = [
+    return [
         "## HTTP endpoints",
         "",
-        f"Baseline: {len(base)} runs, {min(base):,.0f}–{max(base):,.0f} req/s. Floors (bench/floors.py, the bare "
-        "minimum of an endpoint's I/O on the same stack): GET, the key in a dict and one Redis read (both GETs); "
-        "POST, a payment and an outbox row in one transaction (both POSTs); PUT, a row locked and updated in one "
-        "transaction; page, the page's query (both pages). The GET user comparisons: five `--role api` processes "
-        "side by side, three rounds of half-length runs, each cost the median of its rounds. After a write run: "
-        "outbox drained (no unpublished row in MariaDB), then analytics lag 0 (the group's committed offsets at the "
-        "topic's end, read from Kafka). What bounds each missed target: the profile below, docs/PROFILING.md.",
+        f"Baseline: {len(base)} runs, {min(base, default=0):,.0f}–{max(base, default=0):,.0f} req/s. Floors "
+        "(bench/floors.py, the bare minimum of an endpoint's I/O on the same stack): GET, the key in a dict and one "
+        "Redis read; POST, a payment and an outbox row in one transaction; PUT, a row locked and updated in one "
+        "transaction; page, the page's query. After a write run: outbox drained (no unpublished row in MariaDB), "
+        "then analytics lag 0 (the group's committed offsets at the topic's end). What bounds each missed target: "
+        "the profile below, docs/PROFILING.md.",
         "",
         *_table(header, rows),
     ]
-    if pool:
-        out += [f"MariaDB's pool as shipped (10 connections) → 50, one for each of wrk's, p50 / p99 ms: {pool}.", ""]
-    if two:
-        out += [
-            f"One process → two (`server.processes: 2`), ratio to the baseline: {two}. Both workers share the 2 cores "
-            "with wrk, the baseline and every backing service (the CPU column): no core is free for the second worker "
-            "here, so this is no measure of scaling.",
-            "",
-        ]
-    return out + [f"![{name}]({IMAGES}{name})\n" for name in images if name != "ws_knee.png"]
+
+
+def costs_section(r: dict) -> list[str]:
+    """GET user on each variant, round by round, and each cost."""
+    if not (runs := [x for x in r.get("runs", []) if x.get("variant") in VARIANTS]):
+        return []
+    rounds, show = costs(r), lambda xs: " · ".join(xs) or "—"  # noqa: E731
+    core = {id(x): x["cpu_cores"].get("service", 0.0) for x in runs}
+    rows = [
+        [v, show([f"{x['cpu_us']:,.0f}" for x in _runs(r, v) if "cpu_us" in x])]
+        + [show([f"{x['rps']:,.0f}" for x in _runs(r, v)]), f"{min(core[id(x)] for x in _runs(r, v)):.2f}"]
+        for v in VARIANTS
+    ]
+    idle = [f"round {x.get('round', '?')}, {x['variant']} ({core[id(x)]:.2f})" for x in runs if core[id(x)] < BUSY]
+    cost_rows = [
+        [what, f"{part} against {without}", show([f"{c:.1%}" for c in rounds[what]])]
+        + [f"{statistics.median(rounds[what]):.1%}" if rounds[what] else "—", f"{goal}%"]
+        for what, (_, part, without, goal) in COSTS.items()
+    ]
+    return [
+        "## GET user: what each part costs",
+        "",
+        f"Five `--role api` processes side by side, started once; {len(_runs(r, VARIANTS[0]))} rounds of runs against "
+        "each. A cost is 1 − the service's CPU µs per request without the part / with it, in the same round; the "
+        "target takes the median of the rounds. CPU per request rather than req/s: with the service at 1.00 core "
+        "(the least in the table), its throughput is 1 / CPU per request, and CPU per request does not move when "
+        "another process takes part of the core, where req/s does."
+        + ("" if "cpu_us" in runs[0] else " This run predates it: its costs are of req/s (ratios to the baseline)."),
+        "",
+        *_table(["variant", "CPU µs per request, by round", "req/s, by round", "service cores, least"], rows),
+        *_table(["cost", "compares", "by round", "median", "limit"], cost_rows),
+        *(
+            [f"**Under {BUSY} core** (not bound by its CPU, so req/s is not 1 / CPU): {', '.join(idle)}.", ""]
+            * bool(idle)
+        ),
+    ]
 
 
 def profile_section(r: dict) -> list[str]:
@@ -270,71 +254,6 @@ def profile_section(r: dict) -> list[str]:
     ]
 
 
-def shard_rounds(r: dict) -> list[tuple[dict, dict]]:
-    """POST payments on one physical shard and on every shard, round by round."""
-    layouts = [v for v in dict.fromkeys(x.get("variant") for x in r.get("runs", [])) if v and v.endswith("shards")]
-    if not layouts:  # one physical shard: nothing to compare
-        return []
-    return list(zip(_runs(r, "1 shard", "post_payments"), _runs(r, layouts[0], "post_payments"), strict=True))
-
-
-def shards_section(r: dict) -> list[str]:
-    if not (pairs := shard_rounds(r)):
-        return []
-
-    def mariadb(x: dict) -> str:  # each shard's server: its cores per 1,000 POSTs a second
-        servers = {k: v for k, v in x["cpu_cores"].items() if k.startswith("MariaDB")}
-        return ", ".join(f"{k} {v / x['rps'] * 1000:.2f}" for k, v in sorted(servers.items())) or "—"
-
-    rows = [
-        [n + 1, f"{a['rps']:,.0f}", f"{b['rps']:,.0f}", f"{b['rps'] / a['rps']:.2f}", mariadb(a), mariadb(b)]
-        + [_cpu(a["cpu_cores"]), _cpu(b["cpu_cores"])]
-        for n, (a, b) in enumerate(pairs)
-    ]
-    ratio, many = statistics.median(b["rps"] / a["rps"] for a, b in pairs), pairs[0][1]["variant"]
-    apart = r["settings"].get("shards_apart", 1)  # 0 in runs before it was the only way
-    return [
-        "## POST payments: one shard against " + many,
-        "",
-        f"The same servers: `1 shard` is the home alone holding every logical shard (driven with the seeded users "
-        f"whose logical shard is on the home), `{many}` config's map (driven with every seeded user). "
-        + ("One service at a time, started anew for each run" if apart else "Both services ran side by side")
-        + f" (each with its relay and analytics consumer), their runs alternating; the ratio is within a round. "
-        f"Median ratio {ratio:.2f}.",
-        "",
-        "MariaDB's cores per 1,000 req/s, each shard's server from its CPU column: the work a server does for a "
-        "POST, and how the layout splits it between the servers.",
-        "",
-        *_table(
-            ["round", "1 shard req/s", f"{many} req/s", "ratio", "MariaDB per 1,000/s, 1 shard", f"the same, {many}"]
-            + ["CPU, 1 shard", f"CPU, {many}"],
-            rows,
-        ),
-    ]
-
-
-def tables_section(r: dict) -> list[str]:
-    """What the run left on each physical shard: rows, and data + index bytes (InnoDB's estimate)."""
-    if len(tables := r.get("tables") or {}) < 2:
-        return []
-    names = ("users", "payments", "payment_status_history", "outbox", "api_keys", "email_claims")
-    rows = [
-        [shard] + [f"{t[n]['rows']:,} ({(t[n]['data_bytes'] + t[n]['index_bytes']) / 2**20:.1f} MiB)" for n in names]
-        for shard, t in tables.items()
-    ]
-    keys = r.get("redis_keys")
-    spread = [f"Keys on each Redis Cluster master after the run: {', '.join(f'{n:,}' for n in keys.values())}.", ""]
-    return [
-        "## Storage by shard",
-        "",
-        "What the run left in each physical shard's database: rows (and data + index MiB, InnoDB's estimate). The "
-        "user's tables split by logical shard; API keys and email claims live in the home only.",
-        "",
-        *_table(["shard", *names], rows),
-        *(spread if keys else []),
-    ]
-
-
 def analytics_section(a: dict) -> list[str]:
     seed, notes = a["seed"], DOCS_BENCH / "analytics-notes.md"
     rows = [[f"apply, {x['users']:,} active users", f"{x['events_per_s']:,} events/s"] for x in a["apply"]]
@@ -352,7 +271,7 @@ def analytics_section(a: dict) -> list[str]:
     ]
 
 
-def ws_section(ws: dict, m: dict, images: list[str]) -> list[str]:
+def ws_section(ws: dict, m: dict) -> list[str]:
     out = [
         "## WebSocket fan-out",
         "",
@@ -387,7 +306,7 @@ def ws_section(ws: dict, m: dict, images: list[str]) -> list[str]:
             f"sockets cannot be held; at this slope they would take {before:.0f} MiB + 50,000 × "
             f"{m['per_socket_kib']:.1f} KiB = {m['rss_50k_mib']:,.0f} MiB. Limited by the environment."
         )
-    return out + [memory, "", *(f"![{name}]({IMAGES}{name})\n" for name in images if name == "ws_knee.png")]
+    return [*out, memory, ""]
 
 
 def _after(row: dict, m: dict) -> str:
@@ -412,25 +331,24 @@ def history_section(title: str, history: dict, m: dict) -> list[str]:
     ]
 
 
-def markdown(r: dict, history: dict, images: list[str]) -> str:
+def markdown(r: dict, history: dict) -> str:
     m, out = measures(r), header(r)
     rows = [[*t[:3], {None: "reported", True: "**met**", False: "**missed**"}[t[3]], t[4]] for t in targets(r, m)]
     out += ["## Targets", "", *_table(["target", "goal", "measured", "verdict", "margin"], rows)]
-    out += shards_section(r) + http_section(r, images) + profile_section(r) + tables_section(r) if r.get("runs") else []
+    out += http_section(r) + costs_section(r) + profile_section(r) if r.get("runs") else []
     out += analytics_section(r["analytics"]) if r.get("analytics") else []
-    out += ws_section(r["ws"], m, images) if r.get("ws") else []
-    if not OUT:  # the before/after rows are the everyday stack's
-        out += history_section("Issue 17: before and after each lever", history.get("levers", {}), m)
-        out += history_section("Before and after", history, m)
+    out += ws_section(r["ws"], m) if r.get("ws") else []
+    out += history_section("Issue 17: before and after each lever", history.get("levers", {}), m)
+    out += history_section("Before and after", history, m)
     return "\n".join(out)
 
 
 def write() -> str:
-    if not (path := DOCS_OUT / "results.json").exists():
+    if not (path := DOCS_BENCH / "results.json").exists():
         raise SystemExit(f"no {path}: run `make bench` first")
     results, history = json.loads(path.read_text()), json.loads((DOCS_BENCH / "history.json").read_text())
-    (DOCS_BENCH.parent / PAGE).write_text(markdown(results, history, plots(results)))
-    return f"docs/{PAGE}"
+    (DOCS_BENCH.parent / "BENCHMARKS.md").write_text(markdown(results, history))
+    return "docs/BENCHMARKS.md"
 
 
 if __name__ == "__main__":

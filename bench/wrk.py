@@ -1,8 +1,8 @@
-"""wrk with one of bench/lua/*.lua: run it, parse the line its ``done()`` prints, note what every
-process used of the CPU meanwhile and, with ``profile``, where one process's CPU went: py-spy
-samples it (250 Hz, idle threads left out), each sample counts for its innermost frame's
-module group, and a group's share of the process's CPU-seconds over the requests served is
-its µs per request."""
+"""wrk with one of bench/lua/*.lua: run it, parse the line its ``done()`` prints, and note what
+every process used of the CPU meanwhile; for the process under test (``pid``), its CPU µs per
+request and, with ``profile``, where they went: py-spy samples it (250 Hz, idle threads left
+out), each sample counts for its innermost frame's module group, and a group's share of the
+samples times the CPU µs per request is its µs per request."""
 
 from __future__ import annotations
 
@@ -19,25 +19,11 @@ from bench.env import REPO, WORK, cpu_split, processes
 LUA = REPO / "bench" / "lua"
 PYSPY = [str(REPO / ".venv/bin/py-spy"), "record", "--rate", "250", "--nonblocking", "--full-filenames"]
 OURS = ("handlers", "domain", "managers", "service", "bench")  # bench/: a floor's own code
-GROUPS = {  # a frame's group by a directory in its file's path, after ours
-    "tornado": "tornado",
-    "asyncio": "asyncio/uvloop",
-    "uvloop": "asyncio/uvloop",
-    "selectors": "asyncio/uvloop",
-    "aiomysql": "aiomysql/pymysql",
-    "pymysql": "aiomysql/pymysql",
-    "redis": "redis",
-    "aiokafka": "aiokafka",
-    "pymongo": "pymongo",
-    "prometheus_client": "prometheus_client",
-    "jsonschema": "jsonschema",
-    "referencing": "jsonschema",
-    "logging": "logging",
-    "json": "json",
-}
-
-# The log writer's waits, which py-spy takes for work (its idle check misses them): counted,
-# they gave the writer 17-100 µs a request, where /proc gives the whole thread about 7.
+# A frame's group by a package in its file's path (after ours), in the profile table's order.
+GROUPS = {"tornado": "tornado", "asyncio": "asyncio/uvloop", "uvloop": "asyncio/uvloop", "selectors": "asyncio/uvloop"}
+GROUPS |= {"aiomysql": "aiomysql/pymysql", "pymysql": "aiomysql/pymysql", "redis": "redis", "aiokafka": "aiokafka"}
+GROUPS |= {"pymongo": "pymongo", "prometheus_client": "prometheus_client", "jsonschema": "jsonschema"}
+GROUPS |= {"referencing": "jsonschema", "logging": "logging", "json": "json"}
 WAITS = re.compile(r"^BatchWriter\._monitor \(")
 ORDER = (*(f"{d}/" for d in OURS), *dict.fromkeys(GROUPS.values()), "other")  # the profile table's rows
 
@@ -51,19 +37,21 @@ def group(frame: str) -> str:
     return next((GROUPS[p] for p in modules if p in GROUPS), "other")
 
 
-def run(name: str, url: str, script: str, seconds: int, connections: int, env: dict, profile: int = 0) -> dict:
+def run(
+    name: str, url: str, script: str, seconds: int, connections: int, env: dict, pid: int = 0, profile: bool = False
+) -> dict:
     """``wrk -t2 -c connections -d seconds -s bench/lua/<script> url``; ``env`` reaches the
     script (BENCH_KEYS, BENCH_IDS, BENCH_PATH), and ``names`` (pid -> label) the CPU split."""
     names = env.pop("names", {})
     argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA / script), url]
-    full_env = os.environ | {"LUA_PATH": f"{LUA}/?.lua;;", "BENCH_THREADS": "2"} | env
     if profile:
         stacks = WORK / f"py-spy-{name}.txt".replace(": ", "-")
-        argv_spy = [*PYSPY, "--pid", str(profile), "-d", str(seconds + 1), "-f", "raw", "-o", str(stacks)]
+        argv_spy = [*PYSPY, "--pid", str(pid), "-d", str(seconds + 1), "-f", "raw", "-o", str(stacks)]
         spy = subprocess.Popen(argv_spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # attached
     before, usage, started = processes(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    proc = subprocess.run(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lua = {"LUA_PATH": f"{LUA}/?.lua;;", "BENCH_THREADS": "2"}
+    proc = subprocess.run(argv, env=os.environ | lua | env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, ended, after, done = proc.stdout, time.time(), processes(), resource.getrusage(resource.RUSAGE_CHILDREN)
     (WORK / f"wrk-{name}.txt").write_text(out)
     line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
@@ -82,12 +70,13 @@ def run(name: str, url: str, script: str, seconds: int, connections: int, env: d
         "ended_at": ended,
         "cpu_cores": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
     }
+    if pid:  # the process under test alone (not its children): its CPU-seconds over the requests
+        r["cpu_us"] = round((after[pid][2] - before[pid][2]) / max(1, requests) * 1e6, 1)
     if profile:
         spy.wait(30)
         samples: Counter = Counter()
         for stack, _, count in (x.rpartition(" ") for x in stacks.read_text().splitlines()):
             if WAITS.search(stack.rpartition(";")[2]) is None:
                 samples[group(stack.rpartition(";")[2])] += int(count)
-        us = (after[profile][2] - before[profile][2]) / requests * 1e6  # the process's CPU per request
-        r["profile_us"] = {g: round(n / max(1, samples.total()) * us, 1) for g, n in samples.most_common()}
+        r["profile_us"] = {g: round(n / max(1, samples.total()) * r["cpu_us"], 1) for g, n in samples.most_common()}
     return r
