@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): seed, then the stages ``http`` (the shipped phase: each
 endpoint against the bare baseline and its floor, then py-spy's profile of each; the costs
-phase: GET user without each part), ``ws`` (bench/fanout.py) and ``analytics``
-(bench/analytics.py); then docs/bench/results.json and docs/BENCHMARKS.md (bench/report.py)."""
+phase: GET user without each part) and ``ws`` (bench/fanout.py); then docs/bench/results.json and
+docs/BENCHMARKS.md (bench/report.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import resource
 import statistics
 import time
 
-from bench import analytics, client, drain, env, fanout, report, wrk
+from bench import client, drain, env, fanout, report, wrk
 from bench.env import log
 from service.supervisor import free_port
 
@@ -205,10 +205,7 @@ def main() -> None:
     results |= {"machine": env.machine(), "load_before": env.background_load()}
     log(f"other work on the machine (cores): {results['load_before']}")
     env.reset_stores()
-    if s.stage("http") or s.stage("ws"):
-        against_the_service(s, env.create_admin_key(), results)
-    if s.stage("analytics"):
-        results["analytics"] = asyncio.run(analytics.run(s.analytics_payments))
+    against_the_service(s, env.create_admin_key(), results)
     results |= {"load_after": env.background_load(), "elapsed_s": round(time.monotonic() - t0)}
     (env.DOCS_BENCH / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote docs/bench/results.json and {report.write()} in {results['elapsed_s']} s")

@@ -1,6 +1,6 @@
-"""docs/BENCHMARKS.md, from docs/bench/results.json (one ``make bench`` run),
-docs/bench/history.json (what each change moved, kept by hand) and docs/bench/analytics-notes.md
-(FerretDB's behaviour, by hand). ``python -m bench.report`` writes them again without measuring."""
+"""docs/BENCHMARKS.md, from docs/bench/results.json (one ``make bench`` run) and
+docs/bench/history.json (what each change moved, kept by hand). ``python -m bench.report`` writes
+it again without measuring."""
 
 from __future__ import annotations
 
@@ -59,10 +59,6 @@ def measures(r: dict) -> dict:
             m[f"{key}_catch_up"] = x["drain"].get("analytics_caught_up_s", NEVER)
     for what, rounds in costs(r).items():  # the median over the rounds
         m[COSTS[what][0]] = statistics.median(rounds) if rounds else None
-    a = r.get("analytics") or {}
-    m |= {f"events_per_s_{x['users']}": x["events_per_s"] for x in a.get("apply", [])}
-    for name, key in (("the year (365 whole days)", "year"), ("up to 366 days, random minute edges", "any_year")):
-        m[f"summary_{key}_p99"] = a.get("summary", {}).get(name, {}).get("p99_ms")
     if ws := r.get("ws"):
         for shape in ("shared", "single"):  # the last step that held
             knee = next((x for x in reversed(ws[shape]["steps"]) if not x["why_not"]), {})
@@ -101,17 +97,10 @@ def targets(r: dict, m: dict) -> list[tuple]:
     for what, (key, *_, goal) in COSTS.items():
         if (cost := m.get(key)) is not None:
             add(f"GET user: cost of the {what}", f"≤ {goal}%", f"{cost:.1%} {cpu}", cost * 100, goal, "points")
-    for users in (5, 1000):
-        if value := m.get(f"events_per_s_{users}"):
-            add(f"analytics store, {users:,} active users", "≥ 1,000 events/s", f"{value:,}", value, 1e3, "/s", True)
     for e in ("post_payments", "put_status"):
         if (value := m.get(f"{e}_catch_up")) is not None:
             seen = "not within the drain timeout" if value >= NEVER else f"{value:.1f} s"
             add(f"analytics lag 0 after {_run(r, 'shipped', e)['label']}", "≤ 5 s after the run", seen, value, 5, "s")
-    for key, label in (("year", "the year"), ("any_year", "up to 366 days with random minute edges")):
-        if (value := m.get(f"summary_{key}_p99")) is not None:
-            what = f"summary over {label}, {r['analytics']['seed']['payments']:,} payments"
-            add(what, "p99 ≤ 100 ms", f"{value:.1f} ms", value, 100, "ms")
     if ws := r.get("ws"):
         for shape in ("shared", "single"):
             fps, what = (
@@ -254,23 +243,6 @@ def profile_section(r: dict) -> list[str]:
     ]
 
 
-def analytics_section(a: dict) -> list[str]:
-    seed, notes = a["seed"], DOCS_BENCH / "analytics-notes.md"
-    rows = [[f"apply, {x['users']:,} active users", f"{x['events_per_s']:,} events/s"] for x in a["apply"]]
-    rows += [[f"summary, {k}", f"p50 / p99 {_ms(v['p50_ms'], v['p99_ms'])} ms"] for k, v in a["summary"].items()]
-    return [
-        "## Analytics store (FerretDB on PostgreSQL)",
-        "",
-        "bench/analytics.py drives domain/analytics.py directly: consumer-sized batches of 1,000 events (new "
-        f"payments, 30% completions), then {seed['payments']:,} payments over a year seeded into the store "
-        f"({seed['seconds']} s for a marker each and {seed['documents']:,} counter documents) and "
-        "`AnalyticsStore.summary()`, the call behind `GET /api/v1/analytics/summary`.",
-        "",
-        *_table(["measure", "value"], rows),
-        *(notes.read_text().splitlines() + [""] if notes.exists() else []),
-    ]
-
-
 def ws_section(ws: dict, m: dict) -> list[str]:
     out = [
         "## WebSocket fan-out",
@@ -336,7 +308,6 @@ def markdown(r: dict, history: dict) -> str:
     rows = [[*t[:3], {None: "reported", True: "**met**", False: "**missed**"}[t[3]], t[4]] for t in targets(r, m)]
     out += ["## Targets", "", *_table(["target", "goal", "measured", "verdict", "margin"], rows)]
     out += http_section(r) + costs_section(r) + profile_section(r) if r.get("runs") else []
-    out += analytics_section(r["analytics"]) if r.get("analytics") else []
     out += ws_section(r["ws"], m) if r.get("ws") else []
     out += history_section("Issue 17: before and after each lever", history.get("levers", {}), m)
     out += history_section("Before and after", history, m)
