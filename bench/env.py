@@ -58,7 +58,6 @@ class Settings:
     ws_rates_single: tuple = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0)  # payments/s
     ws_rates_shared: tuple = (25.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0)
     ws_step_s: float = 5.0
-    ws_most: int = 1  # 0: skip holding the most sockets the open-files limit allows (minutes)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

@@ -1,7 +1,7 @@
 """The WebSocket fan-out stage, on a service process of its own: delivery latency from the
 REST call to the frame received, the event rate stepped up until p99 passes 100 ms (the
-knee), for one socket per user and for many; and the most sockets the process can hold
-here, with what each costs in RSS. Payments come over REST at a fixed rate
+knee), for one socket per user and for many; and what a socket costs in RSS (with 10,000
+open, one a user). Payments come over REST at a fixed rate
 (bench/client.py ``drive``); client processes hold the sockets (bench/ws_client.py). Issue 17's
 target: one step at 1,000 payments/s, or at the POST ceiling (wrk's POSTs with the sockets
 open) if lower. Each step also reads the service's /metrics: the Kafka -> hub delay and the
@@ -17,7 +17,6 @@ import re
 import time
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from subprocess import PIPE, Popen
 
 from bench import client
@@ -25,7 +24,6 @@ from bench.env import PY, REPO, WORK, Proc, cpu_split, log, mysql_query, open_fi
 
 P99_LIMIT_MS = 100.0
 TARGET_RATE = 1000.0  # payments/s per process (issue 17), or the POST ceiling if lower
-SPARE_FILES = 300  # the service's own files besides its sockets: pools, logs, a reconnect
 
 
 class Clients:
@@ -75,8 +73,6 @@ def run(port: int, key: str, service: Proc, users: list[str], s, metrics: str, c
     clients = Clients(port, 2, "single")
     out["single"] = {"users": len(single), "per_user": 1, **clients.open([(tokens[u], "s") for u in single])}
     out["single"]["per_socket_kib"] = (rss_kib(service.pid) - rss_before) / max(1, out["single"]["open"])
-    if s.ws_most:
-        out["most"] = hold_most(port, service, tokens, single, rss_before)
     out["post_ceiling"] = ceiling()
     clients.ask("collect")  # the ceiling's frames are not a step's
     step = (port, key, service, clients, metrics)
@@ -127,21 +123,6 @@ def bucket_ms(before: dict[float, float], after: dict[float, float], q: float) -
     delta = sorted((le, after[le] - before.get(le, 0)) for le in after)
     total = delta[-1][1] if delta else 0
     return next((le * 1000 for le, n in delta if n >= total * q / 100), None) if total else None
-
-
-def hold_most(port: int, service: Proc, tokens: dict, users: list[str], rss_before: int) -> dict:
-    """More sockets (a second one for some users) from client processes of their own, as many
-    as the service's open-files limit leaves room for; its RSS then."""
-    limits = Path(f"/proc/{service.pid}/limits").read_text().splitlines()
-    limit = next(int(line.split()[3]) for line in limits if line.startswith("Max open files"))
-    room = limit - open_files(service.pid) - SPARE_FILES
-    want = max(0, room)
-    log(f"ws: {want:,} more sockets (open-files limit {limit:,})")
-    extra = Clients(port, 1, "most")  # one process: its open-files limit is the service's
-    opened = extra.open([(tokens[users[i % len(users)]], f"m{i}") for i in range(want)])
-    held, rss = len(users) + opened["open"], rss_kib(service.pid)
-    extra.close(service, open_files(service.pid) - opened["open"])
-    return {"limit": limit, "sockets": held, **opened, "rss_kib": rss, "per_socket_kib": (rss - rss_before) / held}
 
 
 def legs(since: float) -> dict:
