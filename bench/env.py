@@ -306,14 +306,6 @@ def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], 
     return shown | ({"other": round(rest, 2)} if rest >= 0.01 else {})
 
 
-def background_load(seconds: float = 2.0) -> dict[str, float]:
-    """What else uses the CPU now (processes above 0.1 cores), and the load average."""
-    before, t = processes(), time.monotonic()
-    time.sleep(seconds)
-    split = cpu_split(before, processes(), time.monotonic() - t, {os.getpid(): "bench"})
-    return {k: v for k, v in split.items() if v >= 0.1} | {"load average": os.getloadavg()[0]}
-
-
 def machine() -> dict:
     def first(path: str, prefix: str) -> str:
         return next(x.split(":", 1)[1].strip() for x in Path(path).read_text().splitlines() if x.startswith(prefix))

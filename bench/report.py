@@ -130,6 +130,7 @@ def _ms(*values: float | None) -> str:
 
 def header(r: dict) -> list[str]:
     mc, s = r["machine"], r["settings"]
+    load = r.get("load_average") or [r[k]["load average"] for k in ("load_before", "load_after")]  # older runs
     floors = "and, as shipped, each endpoint's floor before it (bench/floors.py, on the service's event loop: "
     return [
         "# Benchmarks",
@@ -138,9 +139,9 @@ def header(r: dict) -> list[str]:
         f"{mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report` writes it again.",
         "",
         f"- **Machine:** {mc['nproc']} CPUs ({mc['cpu_model']}), {mc['mem_total_gib']} GiB, kernel {mc['kernel']}, "
-        f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process. Shared: other "
-        f"work took (cores) {_cpu(r['load_before'])} before the run and {_cpu(r['load_after'])} after it; the CPU "
-        "columns name it run by run (the bench's own backing services capitalised, anything else by command name).",
+        f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process. Shared: load "
+        f"average {load[0]:.2f} before the run and {load[1]:.2f} after it; the CPU columns name other work run by run "
+        "(the bench's own backing services capitalised, anything else by command name).",
         f"- **Load:** wrk, {s['connections']} connections, 2 threads, {s['duration_s']} s a run, runs alternating "
         f"with a bare Tornado handler (the baseline) {floors}{mc.get('event_loop', 'asyncio')}): a ratio is to the "
         "two baseline runs beside it, and to the floor's run just before.",

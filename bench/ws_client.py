@@ -93,8 +93,7 @@ async def collect(quiet_s: float = 1.0) -> dict:
         seen = len(Socket.latencies)
         await asyncio.sleep(quiet_s)
     latencies, Socket.latencies = Socket.latencies, []
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"latencies_ms": [round(x * 1000, 2) for x in latencies], "last": Socket.last, "rss_kib": rss}
+    return {"latencies_ms": [round(x * 1000, 2) for x in latencies], "last": Socket.last}
 
 
 async def main(port: int) -> None:
