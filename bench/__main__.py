@@ -190,7 +190,7 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
             run.start("shipped", {"SINGLETON_METRICS__PORT": str(metrics := free_port())})
             (proc, port), url = run.procs["shipped"], f"http://{env.HOST}:{metrics}/metrics"
             ceiling = lambda: run.wrk("ws: POST ceiling", "shipped", "post_payments", 5)  # noqa: E731
-            results["ws"] = fanout.run(port, key, proc, run.ids["users"], s, url, ceiling)
+            results["ws"] = fanout.run(fanout.Service(port, key, proc, url), run.ids["users"], s, ceiling)
     finally:
         run.stop()
         run.baseline.stop()

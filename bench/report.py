@@ -102,9 +102,9 @@ def targets(r: dict, m: dict) -> list[tuple]:
             add(f"analytics lag 0 after {_run(r, 'shipped', e)['label']}", "≤ 5 s after the run", seen, value, 5, "s")
     if ws := r.get("ws"):
         for shape in ("shared", "single"):
-            fps, what = (
-                m[f"knee_{shape}_fps"],
+            what, fps = (
                 f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}",
+                m[f"knee_{shape}_fps"],
             )
             add(what, "≥ 20,000 frames/s, p99 ≤ 100 ms", f"{fps:,} frames/s", fps, 20_000, "frames/s", True)
         if target := ws["single"].get("target"):  # issue 17: 1,000 payments/s, or the POST ceiling if lower
@@ -131,22 +131,19 @@ def _ms(*values: float | None) -> str:
 def header(r: dict) -> list[str]:
     mc, s = r["machine"], r["settings"]
     load = r.get("load_average") or [r[k]["load average"] for k in ("load_before", "load_after")]  # older runs
-    floors = "and, as shipped, each endpoint's floor before it (bench/floors.py, on the service's event loop: "
     return [
         "# Benchmarks",
         "",
-        f"Written by `make bench` (bench/README.md says how it measures) from one run, on {r['date']} at "
-        f"{mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report` writes it again.",
+        f"Written by `make bench` from one run, on {r['date']} at {mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); "
+        "`make bench-report` writes it again. How it measures: [bench/README.md](../bench/README.md). The analytics "
+        "store (its last measures, FerretDB's behaviour): [bench/analytics-notes.md](bench/analytics-notes.md).",
         "",
         f"- **Machine:** {mc['nproc']} CPUs ({mc['cpu_model']}), {mc['mem_total_gib']} GiB, kernel {mc['kernel']}, "
-        f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process. Shared: load "
-        f"average {load[0]:.2f} before the run and {load[1]:.2f} after it; the CPU columns name other work run by run "
-        "(the bench's own backing services capitalised, anything else by command name).",
-        f"- **Load:** wrk, {s['connections']} connections, 2 threads, {s['duration_s']} s a run, runs alternating "
-        f"with a bare Tornado handler (the baseline) {floors}{mc.get('event_loop', 'asyncio')}): a ratio is to the "
-        "two baseline runs beside it, and to the floor's run just before.",
-        f"- **Service:** as shipped (API keys, rate limiter, access log at INFO) with limits the bench never meets; "
-        f"{s['users']:,} users and {s['list_users'] * s['payments_per_user']:,} payments seeded, each read once.",
+        f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process; event loop "
+        f"{mc.get('event_loop', 'asyncio')}. Shared: load average {load[0]:.2f} before the run and {load[1]:.2f} after "
+        "it; the CPU columns name other work (the bench's own backing services capitalised).",
+        f"- **Load:** wrk, {s['connections']} connections, 2 threads, {s['duration_s']} s a run; {s['users']:,} users "
+        f"and {s['list_users'] * s['payments_per_user']:,} payments seeded, each read once.",
         "- **Caveat:** one run per number on a small shared machine; ratios are steadier than absolute numbers. With "
         "wrk's 50 connections always busy, mean latency is 50 / throughput (Little's law): a p99 target needs the "
         "throughput that goes with it.",
@@ -169,12 +166,8 @@ def http_section(r: dict) -> list[str]:
     return [
         "## HTTP endpoints",
         "",
-        f"Baseline: {len(base)} runs, {min(base, default=0):,.0f}–{max(base, default=0):,.0f} req/s. Floors "
-        "(bench/floors.py, the bare minimum of an endpoint's I/O on the same stack): GET, the key in a dict and one "
-        "Redis read; POST, a payment and an outbox row in one transaction; PUT, a row locked and updated in one "
-        "transaction; page, the page's query. After a write run: outbox drained (no unpublished row in MariaDB), "
-        "then analytics lag 0 (the group's committed offsets at the topic's end). What bounds each missed target: "
-        "the profile below, docs/PROFILING.md.",
+        f"Baseline: {len(base)} runs, {min(base, default=0):,.0f}–{max(base, default=0):,.0f} req/s. Floors, ratios "
+        "and the drain: bench/README.md. What bounds each missed target: the profile below, docs/PROFILING.md.",
         "",
         *_table(header, rows),
     ]
@@ -200,20 +193,17 @@ def costs_section(r: dict) -> list[str]:
     return [
         "## GET user: what each part costs",
         "",
-        f"Five `--role api` processes side by side, started once; {len(_runs(r, VARIANTS[0]))} rounds of runs against "
-        "each. A cost is 1 − the service's CPU µs per request without the part / with it, in the same round; the "
-        "target takes the median of the rounds. CPU per request rather than req/s: with the service at 1.00 core "
-        "(the least in the table), its throughput is 1 / CPU per request, and CPU per request does not move when "
-        "another process takes part of the core, where req/s does."
-        + ("" if "cpu_us" in runs[0] else " This run predates it: its costs are of req/s (ratios to the baseline)."),
+        f"{len(_runs(r, VARIANTS[0]))} rounds; a cost is 1 − CPU µs per request without the part / with it, the "
+        "median of the rounds (bench/README.md)."
+        + ("" if "cpu_us" in runs[0] else " This run predates CPU per request: its costs are of req/s."),
         "",
         *_table(["variant", "CPU µs per request, by round", "req/s, by round", "service cores, least"], rows),
         *_table(["cost", "compares", "by round", "median", "limit"], cost_rows),
-        *(
-            [f"**Under {BUSY} core** (not bound by its CPU, so req/s is not 1 / CPU): {', '.join(idle)}.", ""]
-            * bool(idle)
-        ),
-    ]
+    ] + (
+        [f"**Under {BUSY} core** (not bound by its CPU, so req/s is not 1 / CPU): {', '.join(idle)}.", ""]
+        if idle
+        else []
+    )
 
 
 def profile_section(r: dict) -> list[str]:
@@ -232,11 +222,8 @@ def profile_section(r: dict) -> list[str]:
     return [
         "## Where a request's time goes",
         "",
-        "CPU µs per request, service / floor, by the module group of the innermost Python frame: py-spy sampled "
-        "each process (250 Hz, idle threads left out) through a run of its own, and a group's share of the samples "
-        "times the process's CPU-seconds over the requests served is its µs per request. Ours are handlers/, "
-        "domain/, managers/, service/ (bench/ is a floor's own code); C code counts for the Python frame that "
-        "called it.",
+        "CPU µs per request, service / floor, by the module group of the innermost Python frame (py-spy: "
+        "bench/README.md, bench/wrk.py).",
         "",
         *_table(["module group", *(labels.get(e, e) for e in prof)], rows),
     ]
@@ -246,13 +233,13 @@ def ws_section(ws: dict, m: dict) -> list[str]:
     out = [
         "## WebSocket fan-out",
         "",
-        "Latency from the REST call to the frame received, the payment rate stepped up until p99 passes 100 ms; "
-        "the knee is the last step that held. Legs, from the outbox rows: REST call → committed, committed → on "
-        "Kafka; the rest is Kafka → consumer → hub → socket. CPU-seconds count the service's whole path.",
+        "Latency from the REST call to the frame received, the rate stepped up until p99 passes 100 ms "
+        "(bench/README.md). Legs: REST call → committed, committed → on Kafka (the outbox rows), Kafka → the hub "
+        "(the service's histogram, a bucket's bound).",
         "",
     ]
     header = ["payments/s (achieved)", "frames/s offered", "delivered", "frames", "p50 / p99 / max ms"]
-    header += ["legs p50, p99 ms: REST / relay", "frames per service CPU-s", "CPU (cores)", "held"]
+    header += ["legs p50, p99 ms: REST / relay / hub", "frames per service CPU-s", "CPU (cores)", "held"]
     for s in (ws["single"], ws["shared"]):
         out += [f"**{s['users']:,} users × {s['per_user']} sockets** ({s['open']:,} open in {s['seconds']} s).", ""]
         rows = [
