@@ -169,9 +169,15 @@ class Run:
         return runs
 
 
-def against_the_service(s: env.Settings, key: str, results: dict) -> None:
-    """Seed over REST, then the ``http`` and ``ws`` stages."""
-    run = Run(s)
+def main() -> None:
+    """Seed over REST, then the ``http`` and ``ws`` stages; then the results and the page."""
+    s, t0 = env.Settings(), time.monotonic()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # for every process the bench starts
+    results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "settings": vars(s)}
+    results |= {"machine": env.machine(), "load_average": [round(os.getloadavg()[0], 2)]}  # 1-minute, before/after
+    env.reset_stores()
+    key, run = env.create_admin_key(), Run(s)
     try:
         run.start("shipped")
         started, port = time.time(), run.procs["shipped"][1]
@@ -194,18 +200,7 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
     finally:
         run.stop()
         run.baseline.stop()
-
-
-def main() -> None:
-    s, t0 = env.Settings(), time.monotonic()
-    env.WORK.mkdir(parents=True, exist_ok=True)
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # for every process the bench starts
-    results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "settings": vars(s)}
-    results |= {"machine": env.machine(), "load_average": [round(os.getloadavg()[0], 2)]}  # 1-minute, before/after
-    env.reset_stores()
-    against_the_service(s, env.create_admin_key(), results)
-    results["load_average"].append(round(os.getloadavg()[0], 2))
+    results |= {"load_average": [*results["load_average"], round(os.getloadavg()[0], 2)]}
     results["elapsed_s"] = round(time.monotonic() - t0)
     (env.DOCS_BENCH / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote docs/bench/results.json and {report.write()} in {results['elapsed_s']} s")

@@ -154,10 +154,10 @@ def header(r: dict) -> list[str]:
 def http_section(r: dict) -> list[str]:
     base, rows = [x["rps"] for x in r["runs"] if x["kind"] == "baseline"], []
     for x in (x for x in r["runs"] if x["kind"] == "endpoint" and x["variant"] not in VARIANTS):
-        d, passes = x.get("drain"), f" ({x['passes']} passes)" if (x.get("passes") or 1) > 1 else ""
+        d = x.get("drain")
         floor = [f"{x['floor_rps']:,.0f}", f"{x['floor_ratio']:.1%}"] if "floor_ratio" in x else ["—", "—"]
         rows.append(
-            [x["label"] + passes, x["variant"], f"{x['rps']:,.0f}", _ms(x["p50_ms"], x["p99_ms"])]
+            [x["label"], x["variant"], f"{x['rps']:,.0f}", _ms(x["p50_ms"], x["p99_ms"])]
             + [f"{x['baseline_rps']:,.0f}", f"{x['ratio']:.1%}", *floor, f"{x['errors']} / {x['non_2xx']}"]
             + [_ms(d.get("outbox_drained_s"), d.get("analytics_caught_up_s")) if d else "—", _cpu(x["cpu_cores"])]
         )

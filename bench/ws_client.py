@@ -11,10 +11,11 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
+
+import uvloop
 
 MARK = b'"description":"bench:'
 HANDSHAKE = (
@@ -112,10 +113,4 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:  # the faster the client's event loop, the less CPU it takes from the service
-        from uvloop import run
-    except ImportError:
-        from asyncio import run
-    run(main(parser.parse_args().port))
+    uvloop.run(main(parser.parse_args().port))  # the faster the client's loop, the less CPU it takes from the service
