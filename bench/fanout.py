@@ -1,11 +1,8 @@
-"""The WebSocket fan-out stage, on a service process of its own: delivery latency from the
-REST call to the frame received, the event rate stepped up until p99 passes 100 ms (the
-knee), for one socket per user and for many; and what a socket costs in RSS (with 10,000
-open, one a user). Payments come over REST at a fixed rate
-(bench/client.py ``drive``); client processes hold the sockets (bench/ws_client.py). Issue 17's
-target: one step at 1,000 payments/s, or at the POST ceiling (wrk's POSTs with the sockets
-open) if lower. Each step also reads the service's /metrics: the Kafka -> hub delay and the
-collector's passes."""
+"""The WebSocket fan-out stage (bench/README.md): payments over REST at a fixed rate
+(bench/client.py ``drive``), sockets held by bench/ws_client.py processes, a step per rate until
+p99 passes 100 ms; issue 17's target step at 1,000 payments/s or the POST ceiling (wrk's POSTs
+with the sockets open) if lower. Each step also reads the service's /metrics: the Kafka -> hub
+delay and the collector's passes."""
 
 from __future__ import annotations
 
