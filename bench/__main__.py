@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): seed, then the stages ``http`` (the shipped phase: each
 endpoint against the bare baseline and its floor, then py-spy's profile of each; the costs
-phase: GET user without each part), ``ws`` (bench/fanout.py) and ``analytics``
-(bench/analytics.py); then docs/bench/results.json and docs/BENCHMARKS.md (bench/report.py)."""
+phase: GET user without each part) and ``ws`` (bench/fanout.py); then docs/bench/results.json and
+docs/BENCHMARKS.md (bench/report.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import resource
 import statistics
 import time
 
-from bench import analytics, client, drain, env, fanout, report, wrk
+from bench import client, drain, env, fanout, report, wrk
 from bench.env import log
 from service.supervisor import free_port
 
@@ -169,9 +169,15 @@ class Run:
         return runs
 
 
-def against_the_service(s: env.Settings, key: str, results: dict) -> None:
-    """Seed over REST, then the ``http`` and ``ws`` stages."""
-    run = Run(s)
+def main() -> None:
+    """Seed over REST, then the ``http`` and ``ws`` stages; then the results and the page."""
+    s, t0 = env.Settings(), time.monotonic()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # for every process the bench starts
+    results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "settings": vars(s)}
+    results |= {"machine": env.machine(), "load_average": [round(os.getloadavg()[0], 2)]}  # 1-minute, before/after
+    env.reset_stores()
+    key, run = env.create_admin_key(), Run(s)
     try:
         run.start("shipped")
         started, port = time.time(), run.procs["shipped"][1]
@@ -190,26 +196,12 @@ def against_the_service(s: env.Settings, key: str, results: dict) -> None:
             run.start("shipped", {"SINGLETON_METRICS__PORT": str(metrics := free_port())})
             (proc, port), url = run.procs["shipped"], f"http://{env.HOST}:{metrics}/metrics"
             ceiling = lambda: run.wrk("ws: POST ceiling", "shipped", "post_payments", 5)  # noqa: E731
-            results["ws"] = fanout.run(port, key, proc, run.ids["users"], s, url, ceiling)
+            results["ws"] = fanout.run(fanout.Service(port, key, proc, url), run.ids["users"], s, ceiling)
     finally:
         run.stop()
         run.baseline.stop()
-
-
-def main() -> None:
-    s, t0 = env.Settings(), time.monotonic()
-    env.WORK.mkdir(parents=True, exist_ok=True)
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # for every process the bench starts
-    results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "settings": vars(s)}
-    results |= {"machine": env.machine(), "load_before": env.background_load()}
-    log(f"other work on the machine (cores): {results['load_before']}")
-    env.reset_stores()
-    if s.stage("http") or s.stage("ws"):
-        against_the_service(s, env.create_admin_key(), results)
-    if s.stage("analytics"):
-        results["analytics"] = asyncio.run(analytics.run(s.analytics_payments))
-    results |= {"load_after": env.background_load(), "elapsed_s": round(time.monotonic() - t0)}
+    results |= {"load_average": [*results["load_average"], round(os.getloadavg()[0], 2)]}
+    results["elapsed_s"] = round(time.monotonic() - t0)
     (env.DOCS_BENCH / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote docs/bench/results.json and {report.write()} in {results['elapsed_s']} s")
 

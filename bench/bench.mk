@@ -9,7 +9,7 @@ PY ?= $(VENV)/bin/python
 bench-deps: install
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
 
-bench: bench-deps services ## Every endpoint against a bare Tornado baseline and its floor, a profile, WebSocket fan-out, analytics
+bench: bench-deps services ## Every endpoint against a bare Tornado baseline and its floor, a profile, WebSocket fan-out
 	@command -v wrk >/dev/null || bash devstack/services.sh tools
 	$(PY) -m bench
 

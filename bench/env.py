@@ -42,7 +42,7 @@ CODE = ("service", "handlers", "managers", "domain", "migrations", "bench")  # "
 class Settings:
     """Every knob; each from BENCH_<NAME> if set (BENCH_DURATION_S=5; a tuple: 25,50,100)."""
 
-    stages: str = "http,ws,analytics"
+    stages: str = "http,ws"
     phases: str = "shipped,costs"  # of the http stage
     cost_rounds: int = 5  # of the costs phase, the order rotated each round
     duration_s: int = 8  # a wrk run
@@ -58,8 +58,6 @@ class Settings:
     ws_rates_single: tuple = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0)  # payments/s
     ws_rates_shared: tuple = (25.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0)
     ws_step_s: float = 5.0
-    ws_most: int = 1  # 0: skip holding the most sockets the open-files limit allows (minutes)
-    analytics_payments: int = 1_000_000
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -148,7 +146,7 @@ def floor_tables() -> None:
 
 
 def reset_stores() -> None:
-    """A clean slate: the bench's MariaDB database, Redis db, Mongo databases and Kafka topic."""
+    """A clean slate: the bench's MariaDB database, Redis db, Mongo database and Kafka topic."""
     import pymongo
     import redis
 
@@ -156,8 +154,7 @@ def reset_stores() -> None:
     mysql_query(f"CREATE DATABASE {MYSQL_DATABASE} CHARACTER SET utf8mb4", owner=True, db=None)
     redis.Redis.from_url(redis_url()).flushdb()
     with contextlib.closing(pymongo.MongoClient(config()["mongodb"]["uri"])) as mongo:
-        for name in (MONGO_DATABASE, f"{MONGO_DATABASE}_analytics"):
-            mongo.drop_database(name)
+        mongo.drop_database(MONGO_DATABASE)
     asyncio.run(_recreate_topic())
 
 
@@ -307,14 +304,6 @@ def cpu_split(before: dict, after: dict, seconds: float, names: dict[int, str], 
     shown = {k: round(v, 2) for k, v in ranked if k not in strangers or k in strangers[:top]}
     rest = sum(v for k, v in ranked if k not in shown)
     return shown | ({"other": round(rest, 2)} if rest >= 0.01 else {})
-
-
-def background_load(seconds: float = 2.0) -> dict[str, float]:
-    """What else uses the CPU now (processes above 0.1 cores), and the load average."""
-    before, t = processes(), time.monotonic()
-    time.sleep(seconds)
-    split = cpu_split(before, processes(), time.monotonic() - t, {os.getpid(): "bench"})
-    return {k: v for k, v in split.items() if v >= 0.1} | {"load average": os.getloadavg()[0]}
 
 
 def machine() -> dict:

@@ -1,11 +1,8 @@
-"""The WebSocket fan-out stage, on a service process of its own: delivery latency from the
-REST call to the frame received, the event rate stepped up until p99 passes 100 ms (the
-knee), for one socket per user and for many; and the most sockets the process can hold
-here, with what each costs in RSS. Payments come over REST at a fixed rate
-(bench/client.py ``drive``); client processes hold the sockets (bench/ws_client.py). Issue 17's
-target: one step at 1,000 payments/s, or at the POST ceiling (wrk's POSTs with the sockets
-open) if lower. Each step also reads the service's /metrics: the Kafka -> hub delay and the
-collector's passes."""
+"""The WebSocket fan-out stage (bench/README.md): payments over REST at a fixed rate
+(bench/client.py ``drive``), sockets held by bench/ws_client.py processes, a step per rate until
+p99 passes 100 ms; issue 17's target step at 1,000 payments/s or the POST ceiling (wrk's POSTs
+with the sockets open) if lower. Each step also reads the service's /metrics: the Kafka -> hub
+delay and the collector's passes."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from subprocess import PIPE, Popen
 
 from bench import client
@@ -25,14 +22,24 @@ from bench.env import PY, REPO, WORK, Proc, cpu_split, log, mysql_query, open_fi
 
 P99_LIMIT_MS = 100.0
 TARGET_RATE = 1000.0  # payments/s per process (issue 17), or the POST ceiling if lower
-SPARE_FILES = 300  # the service's own files besides its sockets: pools, logs, a reconnect
+
+
+@dataclass
+class Service:
+    """The service process under test: its REST port, an admin key, its /metrics URL."""
+
+    port: int
+    key: str
+    proc: Proc
+    metrics: str
 
 
 class Clients:
     """Client processes sharing one set of sockets; a command goes to each of them."""
 
-    def __init__(self, port: int, count: int, tag: str):
-        self.tag, argv = tag, [PY, "-m", "bench.ws_client", "--port", str(port)]
+    def __init__(self, svc: Service, count: int, tag: str):
+        self.tag, self.service, self.files = tag, svc.proc, open_files(svc.proc.pid)  # its files before the sockets
+        argv = [PY, "-m", "bench.ws_client", "--port", str(svc.port)]
         logs = [open(WORK / f"ws-client-{tag}-{i}.log", "w") for i in range(count)]  # noqa: SIM115 (the child's)
         self.procs = [Popen(argv, cwd=REPO, stdin=PIPE, stdout=PIPE, stderr=f, text=True) for f in logs]
 
@@ -53,58 +60,44 @@ class Clients:
         errors, seconds = [e for a in answers for e in a["errors"]][:3], max(a["seconds"] for a in answers)
         return {k: sum(a[k] for a in answers) for k in ("open", "failed")} | {"errors": errors, "seconds": seconds}
 
-    def close(self, service: Proc, files: int) -> None:
-        """End the processes, then wait until the service is back to ``files`` open files."""
+    def close(self) -> None:
+        """End the processes, then wait until the service is back to the open files it had before them."""
         for proc in self.procs:
             proc.stdin.close()
             proc.wait(30)
         deadline = time.monotonic() + 60
-        while open_files(service.pid) > files + 50 and time.monotonic() < deadline:
+        while open_files(self.service.pid) > self.files + 50 and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(3)  # and its collector has had the closed sockets' garbage
 
 
-def run(port: int, key: str, service: Proc, users: list[str], s, metrics: str, ceiling: Callable[[], dict]) -> dict:
-    """Both shapes and the target step; ``ceiling()`` runs wrk's POSTs, ``metrics`` is the service's /metrics."""
+def run(svc: Service, users: list[str], s, ceiling: Callable[[], dict]) -> dict:
+    """Both shapes and the target step; ``ceiling()`` runs wrk's POSTs."""
     single, shared = users[: s.ws_sockets], users[: s.ws_shared_users]
-    tokens = asyncio.run(client.tokens(port, key, single))
-    files, rss_before = open_files(service.pid), rss_kib(service.pid)
-    out: dict = {"rss_before_kib": rss_before}
-
-    log(f"ws: one socket each for {len(single):,} users")
-    clients = Clients(port, 2, "single")
-    out["single"] = {"users": len(single), "per_user": 1, **clients.open([(tokens[u], "s") for u in single])}
-    out["single"]["per_socket_kib"] = (rss_kib(service.pid) - rss_before) / max(1, out["single"]["open"])
-    if s.ws_most:
-        out["most"] = hold_most(port, service, tokens, single, rss_before)
-    out["post_ceiling"] = ceiling()
+    clients, one = open_shape(svc, single, 1, "single")
+    out: dict = {"rss_before_kib": one["rss_before_kib"], "single": one, "post_ceiling": ceiling()}
     clients.ask("collect")  # the ceiling's frames are not a step's
-    step = (port, key, service, clients, metrics)
-    out["single"]["steps"] = steps(*step, single, 1, s.ws_rates_single, s.ws_step_s)
+    one["steps"] = steps(svc, clients, single, 1, s.ws_rates_single, s.ws_step_s)
     target = min(TARGET_RATE, math.floor(out["post_ceiling"]["rps"]))
     log(f"ws: the target, {target:g} payments/s (1,000 or the POST ceiling, {out['post_ceiling']['rps']:,.0f}/s)")
-    [row] = steps(*step, single, 1, [target], s.ws_step_s)
-    out["single"]["target"] = row | {"met": not row["why_not"]}
-    out["single"]["knee"] = knee(out["single"]["steps"])
-    clients.close(service, files)
-
-    per_user, tokens = s.ws_sockets // len(shared), asyncio.run(client.tokens(port, key, shared))  # fresh: 5 min
-    log(f"ws: {per_user} sockets each for {len(shared)} users")
-    clients = Clients(port, 2, "shared")
-    out["shared"] = {"users": len(shared), "per_user": per_user}
-    out["shared"] |= clients.open([(tokens[u], f"c{k}") for k in range(per_user) for u in shared])
-    out["shared"]["steps"] = steps(
-        port, key, service, clients, metrics, shared, per_user, s.ws_rates_shared, s.ws_step_s
-    )
-    out["shared"]["knee"] = knee(out["shared"]["steps"])
-    clients.close(service, files)
+    [one["target"]] = steps(svc, clients, single, 1, [target], s.ws_step_s)
+    clients.close()
+    clients, out["shared"] = open_shape(svc, shared, per_user := s.ws_sockets // len(shared), "shared")
+    out["shared"]["steps"] = steps(svc, clients, shared, per_user, s.ws_rates_shared, s.ws_step_s)
+    clients.close()
     return out
 
 
-def knee(rows: list[dict]) -> dict | None:
-    """The last step that held: its rate, delivered frames/s and p99."""
-    held = [r for r in rows if not r["why_not"]]
-    return {k: held[-1][k] for k in ("rate", "fps", "p99_ms")} if held else None
+def open_shape(svc: Service, users: list[str], per_user: int, tag: str) -> tuple[Clients, dict]:
+    """``per_user`` sockets for each of ``users`` from two client processes (tokens minted now: they last
+    5 minutes), and the service's RSS before them and per socket."""
+    log(f"ws: {per_user} socket(s) each for {len(users):,} users")
+    tokens = asyncio.run(client.tokens(svc.port, svc.key, users))
+    rss_before, clients = rss_kib(svc.proc.pid), Clients(svc, 2, tag)
+    opened = clients.open([(tokens[u], f"c{k}") for k in range(per_user) for u in users])
+    per_socket = (rss_kib(svc.proc.pid) - rss_before) / max(1, opened["open"])
+    shape = {"users": len(users), "per_user": per_user, **opened}
+    return clients, shape | {"rss_before_kib": rss_before, "per_socket_kib": per_socket}
 
 
 SERIES = {"kafka_to_hub": 'singleton_kafka_consumer_delay_seconds_bucket{consumer="broadcast",'}
@@ -129,21 +122,6 @@ def bucket_ms(before: dict[float, float], after: dict[float, float], q: float) -
     return next((le * 1000 for le, n in delta if n >= total * q / 100), None) if total else None
 
 
-def hold_most(port: int, service: Proc, tokens: dict, users: list[str], rss_before: int) -> dict:
-    """More sockets (a second one for some users) from client processes of their own, as many
-    as the service's open-files limit leaves room for; its RSS then."""
-    limits = Path(f"/proc/{service.pid}/limits").read_text().splitlines()
-    limit = next(int(line.split()[3]) for line in limits if line.startswith("Max open files"))
-    room = limit - open_files(service.pid) - SPARE_FILES
-    want = max(0, room)
-    log(f"ws: {want:,} more sockets (open-files limit {limit:,})")
-    extra = Clients(port, 1, "most")  # one process: its open-files limit is the service's
-    opened = extra.open([(tokens[users[i % len(users)]], f"m{i}") for i in range(want)])
-    held, rss = len(users) + opened["open"], rss_kib(service.pid)
-    extra.close(service, open_files(service.pid) - opened["open"])
-    return {"limit": limit, "sockets": held, **opened, "rss_kib": rss, "per_socket_kib": (rss - rss_before) / held}
-
-
 def legs(since: float) -> dict:
     """Where a step's events spent their time before Kafka, from their outbox rows: REST call
     -> committed (``created_at``), committed -> acknowledged by Kafka (``published_at``)."""
@@ -157,15 +135,13 @@ def legs(since: float) -> dict:
     return {name: [percentile(v, 50), percentile(v, 99)] for name, v in (("rest", rest), ("relay", relay))}
 
 
-def steps(
-    port: int, key: str, service: Proc, clients: Clients, url: str, users: list[str], per_user: int, rates, seconds
-):
+def steps(svc: Service, clients: Clients, users: list[str], per_user: int, rates, seconds: float) -> list[dict]:
     """A step per rate, up to the first whose p99 passes the limit, loses a frame or falls behind."""
-    rows, names = [], {service.pid: "service", os.getpid(): "bench (REST driver)"}
+    rows, names = [], {svc.proc.pid: "service", os.getpid(): "bench (REST driver)"}
     names |= {p.pid: "ws client" for p in clients.procs}
     for rate in rates:
-        before, started, histograms = processes(), time.time(), scrape(url)
-        driven = asyncio.run(client.drive(port, key, users, rate, seconds))
+        before, started, histograms = processes(), time.time(), scrape(svc.metrics)
+        driven = asyncio.run(client.drive(svc.port, svc.key, users, rate, seconds))
         answers = clients.ask("collect")
         cpu, elapsed = cpu_split(before, processes(), time.time() - started, names), time.time() - started
         lat, window = sorted(x for a in answers for x in a["latencies_ms"]), max(a["last"] for a in answers) - started
@@ -175,18 +151,12 @@ def steps(
         row |= {f"p{q}_ms": percentile(lat, q) for q in (50, 99)} | {"max_ms": lat[-1] if lat else None}
         row["fps"] = round(len(lat) / window) if lat and window > 0 else 0
         row["frames_per_cpu_s"] = round(len(lat) / (cpu.get("service", 0) * elapsed or math.inf))
-        row |= {"cpu_cores": cpu, "legs_ms": legs(started)}
-        after = scrape(url)  # the service's own: Kafka to the hub (bucket bounds), collector passes
-        row["legs_ms"]["kafka_to_hub"] = [
-            bucket_ms(histograms["kafka_to_hub"], after["kafka_to_hub"], q) for q in (50, 99)
-        ]
-        gc = {g: after[f"gc{g}"].get(math.inf, 0) - histograms[f"gc{g}"].get(math.inf, 0) for g in range(3)}
-        row["gc"] = {
-            "passes": gc,
-            "longest_ms": max(
-                (bucket_ms(histograms[f"gc{g}"], after[f"gc{g}"], 100) or 0 for g in range(3)), default=0
-            ),
-        }
+        after = scrape(svc.metrics)  # the service's own: Kafka to the hub (bucket bounds), collector passes
+        hub = [bucket_ms(histograms["kafka_to_hub"], after["kafka_to_hub"], q) for q in (50, 99)]
+        row |= {"cpu_cores": cpu, "legs_ms": legs(started) | {"kafka_to_hub": hub}}
+        gc = [(histograms[f"gc{g}"], after[f"gc{g}"]) for g in range(3)]
+        row["gc"] = {"passes": {g: a.get(math.inf, 0) - b.get(math.inf, 0) for g, (b, a) in enumerate(gc)}}
+        row["gc"]["longest_ms"] = max(bucket_ms(b, a, 100) or 0 for b, a in gc)
         failed = {
             f"p99 over {P99_LIMIT_MS:g} ms": (row["p99_ms"] or math.inf) > P99_LIMIT_MS,
             "frames lost": len(lat) < expected,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import aiomysql
 import tornado.web
+import uvloop
 from pymysql.constants import CLIENT
 from redis import asyncio as aioredis
 
@@ -150,9 +151,4 @@ if __name__ == "__main__":
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args, stores = parser.parse_args(), json.loads(os.environ.get("BENCH_FLOOR", "{}"))
     keys = set(Path(stores["keys"]).read_text().split()) if args.kind != "bare" else set()
-    if args.loop == "uvloop":
-        import uvloop
-
-        uvloop.run(serve(args.kind, args.port, stores, keys))
-    else:
-        asyncio.run(serve(args.kind, args.port, stores, keys))
+    (uvloop.run if args.loop == "uvloop" else asyncio.run)(serve(args.kind, args.port, stores, keys))

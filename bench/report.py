@@ -1,6 +1,6 @@
-"""docs/BENCHMARKS.md, from docs/bench/results.json (one ``make bench`` run),
-docs/bench/history.json (what each change moved, kept by hand) and docs/bench/analytics-notes.md
-(FerretDB's behaviour, by hand). ``python -m bench.report`` writes them again without measuring."""
+"""docs/BENCHMARKS.md, from docs/bench/results.json (one ``make bench`` run) and
+docs/bench/history.json (what each change moved, kept by hand). ``python -m bench.report`` writes
+it again without measuring."""
 
 from __future__ import annotations
 
@@ -59,17 +59,12 @@ def measures(r: dict) -> dict:
             m[f"{key}_catch_up"] = x["drain"].get("analytics_caught_up_s", NEVER)
     for what, rounds in costs(r).items():  # the median over the rounds
         m[COSTS[what][0]] = statistics.median(rounds) if rounds else None
-    a = r.get("analytics") or {}
-    m |= {f"events_per_s_{x['users']}": x["events_per_s"] for x in a.get("apply", [])}
-    for name, key in (("the year (365 whole days)", "year"), ("up to 366 days, random minute edges", "any_year")):
-        m[f"summary_{key}_p99"] = a.get("summary", {}).get(name, {}).get("p99_ms")
     if ws := r.get("ws"):
         for shape in ("shared", "single"):  # the last step that held
             knee = next((x for x in reversed(ws[shape]["steps"]) if not x["why_not"]), {})
             m |= {f"knee_{shape}_fps": knee.get("fps", 0), f"knee_{shape}_cpu": knee.get("frames_per_cpu_s")}
-        if most := ws.get("most"):  # BENCH_WS_MOST=0 skips it
-            m["per_socket_kib"] = most["per_socket_kib"]
-            m["rss_50k_mib"] = (ws["rss_before_kib"] + 50_000 * m["per_socket_kib"]) / 1024
+        m["per_socket_kib"] = ws["single"]["per_socket_kib"]  # the slope with 10,000 open, one a user
+        m["rss_50k_mib"] = (ws["rss_before_kib"] + 50_000 * m["per_socket_kib"]) / 1024
     return m
 
 
@@ -101,31 +96,23 @@ def targets(r: dict, m: dict) -> list[tuple]:
     for what, (key, *_, goal) in COSTS.items():
         if (cost := m.get(key)) is not None:
             add(f"GET user: cost of the {what}", f"≤ {goal}%", f"{cost:.1%} {cpu}", cost * 100, goal, "points")
-    for users in (5, 1000):
-        if value := m.get(f"events_per_s_{users}"):
-            add(f"analytics store, {users:,} active users", "≥ 1,000 events/s", f"{value:,}", value, 1e3, "/s", True)
     for e in ("post_payments", "put_status"):
         if (value := m.get(f"{e}_catch_up")) is not None:
             seen = "not within the drain timeout" if value >= NEVER else f"{value:.1f} s"
             add(f"analytics lag 0 after {_run(r, 'shipped', e)['label']}", "≤ 5 s after the run", seen, value, 5, "s")
-    for key, label in (("year", "the year"), ("any_year", "up to 366 days with random minute edges")):
-        if (value := m.get(f"summary_{key}_p99")) is not None:
-            what = f"summary over {label}, {r['analytics']['seed']['payments']:,} payments"
-            add(what, "p99 ≤ 100 ms", f"{value:.1f} ms", value, 100, "ms")
     if ws := r.get("ws"):
         for shape in ("shared", "single"):
-            fps, what = (
-                m[f"knee_{shape}_fps"],
+            what, fps = (
                 f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}",
+                m[f"knee_{shape}_fps"],
             )
             add(what, "≥ 20,000 frames/s, p99 ≤ 100 ms", f"{fps:,} frames/s", fps, 20_000, "frames/s", True)
         if target := ws["single"].get("target"):  # issue 17: 1,000 payments/s, or the POST ceiling if lower
             what = f"event path, one socket per user, at {target['rate']:,} payments/s (1,000 or the POST ceiling)"
             seen = f"p99 {target['p99_ms']:,.1f} ms ({target['fps']:,} frames/s delivered)"
             add(what, "p99 ≤ 100 ms", seen, target["p99_ms"], 100, "ms")
-        if most := ws.get("most"):
-            seen = f"{most['sockets']:,} held, {m['per_socket_kib']:.1f} KiB each; {m['rss_50k_mib']:,.0f} MiB"
-            add("50,000 sockets, one process (extrapolated)", "≤ 1 GiB RSS", seen, m["rss_50k_mib"], 1024, "MiB")
+        seen = f"{m['per_socket_kib']:.1f} KiB a socket with {ws['single']['open']:,} open; {m['rss_50k_mib']:,.0f} MiB"
+        add("50,000 sockets, one process (extrapolated)", "≤ 1 GiB RSS", seen, m["rss_50k_mib"], 1024, "MiB")
     return out
 
 
@@ -143,22 +130,20 @@ def _ms(*values: float | None) -> str:
 
 def header(r: dict) -> list[str]:
     mc, s = r["machine"], r["settings"]
-    floors = "and, as shipped, each endpoint's floor before it (bench/floors.py, on the service's event loop: "
+    load = r.get("load_average") or [r[k]["load average"] for k in ("load_before", "load_after")]  # older runs
     return [
         "# Benchmarks",
         "",
-        f"Written by `make bench` (bench/README.md says how it measures) from one run, on {r['date']} at "
-        f"{mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); `make bench-report` writes it again.",
+        f"Written by `make bench` from one run, on {r['date']} at {mc['commit']} ({r['elapsed_s'] / 60:.0f} minutes); "
+        "`make bench-report` writes it again. How it measures: [bench/README.md](../bench/README.md). The analytics "
+        "store (its last measures, FerretDB's behaviour): [bench/analytics-notes.md](bench/analytics-notes.md).",
         "",
         f"- **Machine:** {mc['nproc']} CPUs ({mc['cpu_model']}), {mc['mem_total_gib']} GiB, kernel {mc['kernel']}, "
-        f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process. Shared: other "
-        f"work took (cores) {_cpu(r['load_before'])} before the run and {_cpu(r['load_after'])} after it; the CPU "
-        "columns name it run by run (the bench's own backing services capitalised, anything else by command name).",
-        f"- **Load:** wrk, {s['connections']} connections, 2 threads, {s['duration_s']} s a run, runs alternating "
-        f"with a bare Tornado handler (the baseline) {floors}{mc.get('event_loop', 'asyncio')}): a ratio is to the "
-        "two baseline runs beside it, and to the floor's run just before.",
-        f"- **Service:** as shipped (API keys, rate limiter, access log at INFO) with limits the bench never meets; "
-        f"{s['users']:,} users and {s['list_users'] * s['payments_per_user']:,} payments seeded, each read once.",
+        f"Python {mc['python']}, wrk {mc['wrk']}, {mc['nofile_hard']:,} open files at most a process; event loop "
+        f"{mc.get('event_loop', 'asyncio')}. Shared: load average {load[0]:.2f} before the run and {load[1]:.2f} after "
+        "it; the CPU columns name other work (the bench's own backing services capitalised).",
+        f"- **Load:** wrk, {s['connections']} connections, 2 threads, {s['duration_s']} s a run; {s['users']:,} users "
+        f"and {s['list_users'] * s['payments_per_user']:,} payments seeded, each read once.",
         "- **Caveat:** one run per number on a small shared machine; ratios are steadier than absolute numbers. With "
         "wrk's 50 connections always busy, mean latency is 50 / throughput (Little's law): a p99 target needs the "
         "throughput that goes with it.",
@@ -169,10 +154,10 @@ def header(r: dict) -> list[str]:
 def http_section(r: dict) -> list[str]:
     base, rows = [x["rps"] for x in r["runs"] if x["kind"] == "baseline"], []
     for x in (x for x in r["runs"] if x["kind"] == "endpoint" and x["variant"] not in VARIANTS):
-        d, passes = x.get("drain"), f" ({x['passes']} passes)" if (x.get("passes") or 1) > 1 else ""
+        d = x.get("drain")
         floor = [f"{x['floor_rps']:,.0f}", f"{x['floor_ratio']:.1%}"] if "floor_ratio" in x else ["—", "—"]
         rows.append(
-            [x["label"] + passes, x["variant"], f"{x['rps']:,.0f}", _ms(x["p50_ms"], x["p99_ms"])]
+            [x["label"], x["variant"], f"{x['rps']:,.0f}", _ms(x["p50_ms"], x["p99_ms"])]
             + [f"{x['baseline_rps']:,.0f}", f"{x['ratio']:.1%}", *floor, f"{x['errors']} / {x['non_2xx']}"]
             + [_ms(d.get("outbox_drained_s"), d.get("analytics_caught_up_s")) if d else "—", _cpu(x["cpu_cores"])]
         )
@@ -181,12 +166,8 @@ def http_section(r: dict) -> list[str]:
     return [
         "## HTTP endpoints",
         "",
-        f"Baseline: {len(base)} runs, {min(base, default=0):,.0f}–{max(base, default=0):,.0f} req/s. Floors "
-        "(bench/floors.py, the bare minimum of an endpoint's I/O on the same stack): GET, the key in a dict and one "
-        "Redis read; POST, a payment and an outbox row in one transaction; PUT, a row locked and updated in one "
-        "transaction; page, the page's query. After a write run: outbox drained (no unpublished row in MariaDB), "
-        "then analytics lag 0 (the group's committed offsets at the topic's end). What bounds each missed target: "
-        "the profile below, docs/PROFILING.md.",
+        f"Baseline: {len(base)} runs, {min(base, default=0):,.0f}–{max(base, default=0):,.0f} req/s. Floors, ratios "
+        "and the drain: bench/README.md. What bounds each missed target: the profile below, docs/PROFILING.md.",
         "",
         *_table(header, rows),
     ]
@@ -212,20 +193,17 @@ def costs_section(r: dict) -> list[str]:
     return [
         "## GET user: what each part costs",
         "",
-        f"Five `--role api` processes side by side, started once; {len(_runs(r, VARIANTS[0]))} rounds of runs against "
-        "each. A cost is 1 − the service's CPU µs per request without the part / with it, in the same round; the "
-        "target takes the median of the rounds. CPU per request rather than req/s: with the service at 1.00 core "
-        "(the least in the table), its throughput is 1 / CPU per request, and CPU per request does not move when "
-        "another process takes part of the core, where req/s does."
-        + ("" if "cpu_us" in runs[0] else " This run predates it: its costs are of req/s (ratios to the baseline)."),
+        f"{len(_runs(r, VARIANTS[0]))} rounds; a cost is 1 − CPU µs per request without the part / with it, the "
+        "median of the rounds (bench/README.md)."
+        + ("" if "cpu_us" in runs[0] else " This run predates CPU per request: its costs are of req/s."),
         "",
         *_table(["variant", "CPU µs per request, by round", "req/s, by round", "service cores, least"], rows),
         *_table(["cost", "compares", "by round", "median", "limit"], cost_rows),
-        *(
-            [f"**Under {BUSY} core** (not bound by its CPU, so req/s is not 1 / CPU): {', '.join(idle)}.", ""]
-            * bool(idle)
-        ),
-    ]
+    ] + (
+        [f"**Under {BUSY} core** (not bound by its CPU, so req/s is not 1 / CPU): {', '.join(idle)}.", ""]
+        if idle
+        else []
+    )
 
 
 def profile_section(r: dict) -> list[str]:
@@ -244,30 +222,10 @@ def profile_section(r: dict) -> list[str]:
     return [
         "## Where a request's time goes",
         "",
-        "CPU µs per request, service / floor, by the module group of the innermost Python frame: py-spy sampled "
-        "each process (250 Hz, idle threads left out) through a run of its own, and a group's share of the samples "
-        "times the process's CPU-seconds over the requests served is its µs per request. Ours are handlers/, "
-        "domain/, managers/, service/ (bench/ is a floor's own code); C code counts for the Python frame that "
-        "called it.",
+        "CPU µs per request, service / floor, by the module group of the innermost Python frame (py-spy: "
+        "bench/README.md, bench/wrk.py).",
         "",
         *_table(["module group", *(labels.get(e, e) for e in prof)], rows),
-    ]
-
-
-def analytics_section(a: dict) -> list[str]:
-    seed, notes = a["seed"], DOCS_BENCH / "analytics-notes.md"
-    rows = [[f"apply, {x['users']:,} active users", f"{x['events_per_s']:,} events/s"] for x in a["apply"]]
-    rows += [[f"summary, {k}", f"p50 / p99 {_ms(v['p50_ms'], v['p99_ms'])} ms"] for k, v in a["summary"].items()]
-    return [
-        "## Analytics store (FerretDB on PostgreSQL)",
-        "",
-        "bench/analytics.py drives domain/analytics.py directly: consumer-sized batches of 1,000 events (new "
-        f"payments, 30% completions), then {seed['payments']:,} payments over a year seeded into the store "
-        f"({seed['seconds']} s for a marker each and {seed['documents']:,} counter documents) and "
-        "`AnalyticsStore.summary()`, the call behind `GET /api/v1/analytics/summary`.",
-        "",
-        *_table(["measure", "value"], rows),
-        *(notes.read_text().splitlines() + [""] if notes.exists() else []),
     ]
 
 
@@ -275,13 +233,13 @@ def ws_section(ws: dict, m: dict) -> list[str]:
     out = [
         "## WebSocket fan-out",
         "",
-        "Latency from the REST call to the frame received, the payment rate stepped up until p99 passes 100 ms; "
-        "the knee is the last step that held. Legs, from the outbox rows: REST call → committed, committed → on "
-        "Kafka; the rest is Kafka → consumer → hub → socket. CPU-seconds count the service's whole path.",
+        "Latency from the REST call to the frame received, the rate stepped up until p99 passes 100 ms "
+        "(bench/README.md). Legs: REST call → committed, committed → on Kafka (the outbox rows), Kafka → the hub "
+        "(the service's histogram, a bucket's bound).",
         "",
     ]
     header = ["payments/s (achieved)", "frames/s offered", "delivered", "frames", "p50 / p99 / max ms"]
-    header += ["legs p50, p99 ms: REST / relay", "frames per service CPU-s", "CPU (cores)", "held"]
+    header += ["legs p50, p99 ms: REST / relay / hub", "frames per service CPU-s", "CPU (cores)", "held"]
     for s in (ws["single"], ws["shared"]):
         out += [f"**{s['users']:,} users × {s['per_user']} sockets** ({s['open']:,} open in {s['seconds']} s).", ""]
         rows = [
@@ -292,20 +250,12 @@ def ws_section(ws: dict, m: dict) -> list[str]:
             for x in s["steps"]
         ]
         out += _table(header, rows)
-    most, before = ws.get("most"), ws["rss_before_kib"] / 1024
+    before, per_socket, held = ws["rss_before_kib"] / 1024, m["per_socket_kib"], ws["single"]["open"]
     memory = (
-        f"**Memory.** The service's RSS: {before:.0f} MiB before any socket, {ws['single']['per_socket_kib']:.1f} KiB "
-        f"more a socket with {ws['single']['open']:,} open"
+        f"**Memory.** The service's RSS: {before:.0f} MiB before any socket, {per_socket:.1f} KiB more a socket with "
+        f"{held:,} open; 50,000 sockets are not held here but extrapolated from that slope: {before:.0f} MiB + "
+        f"50,000 × {per_socket:.1f} KiB = {m['rss_50k_mib']:,.0f} MiB."
     )
-    if most is None:
-        memory += " (the most sockets a process can hold was not measured in this run: `BENCH_WS_MOST=0`)."
-    else:
-        memory += (
-            f", {most['rss_kib'] / 1024:.0f} MiB with {most['sockets']:,} open ({m['per_socket_kib']:.1f} KiB each). "
-            f"A process may hold {most['limit']:,} open files here (the hard limit, which it cannot raise), so 50,000 "
-            f"sockets cannot be held; at this slope they would take {before:.0f} MiB + 50,000 × "
-            f"{m['per_socket_kib']:.1f} KiB = {m['rss_50k_mib']:,.0f} MiB. Limited by the environment."
-        )
     return [*out, memory, ""]
 
 
@@ -336,7 +286,6 @@ def markdown(r: dict, history: dict) -> str:
     rows = [[*t[:3], {None: "reported", True: "**met**", False: "**missed**"}[t[3]], t[4]] for t in targets(r, m)]
     out += ["## Targets", "", *_table(["target", "goal", "measured", "verdict", "margin"], rows)]
     out += http_section(r) + costs_section(r) + profile_section(r) if r.get("runs") else []
-    out += analytics_section(r["analytics"]) if r.get("analytics") else []
     out += ws_section(r["ws"], m) if r.get("ws") else []
     out += history_section("Issue 17: before and after each lever", history.get("levers", {}), m)
     out += history_section("Before and after", history, m)

@@ -66,7 +66,6 @@ def run(
         **{f"{p}_ms": lat[p] / 1000 for p in ("p50", "p90", "p99", "max")},
         "errors": sum(data["errors"].values()) - data["errors"]["status"],
         "non_2xx": data["errors"]["status"],
-        "passes": data.get("passes"),
         "ended_at": ended,
         "cpu_cores": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
     }

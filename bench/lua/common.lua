@@ -30,11 +30,11 @@ function M.key() -- the next request's key (wrk.format reads wrk.headers)
   wrk.headers["Authorization"] = "Bearer " .. keys[math.random(#keys)]
 end
 
-function M.done(summary, latency, requests, passes)
+function M.done(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format('BENCH_JSON {"requests":%d,"duration_us":%d,"passes":%s,"errors":{"connect":%d,' ..
+  io.write(string.format('BENCH_JSON {"requests":%d,"duration_us":%d,"errors":{"connect":%d,' ..
     '"read":%d,"write":%d,"status":%d,"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d}}\n',
-    summary.requests, summary.duration, passes or "null", e.connect, e.read, e.write, e.status, e.timeout,
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 

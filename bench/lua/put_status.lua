@@ -1,15 +1,11 @@
 -- PUT /api/v1/payments/:id/status along valid transitions only. BENCH_IDS holds pending
 -- payments; each thread walks its own slice, moving each pending -> processing. Should a
 -- slice run out, the next pass moves them processing -> completed, then -> refunded; past
--- that, a same-status no-op (200, no event). done() reports the passes used.
+-- that, a same-status no-op (200, no event).
 local common = require("common")
-local threads, NEXT = {}, { "processing", "completed", "refunded" }
+setup, done = common.setup, common.done
+local NEXT = { "processing", "completed", "refunded" }
 local slice, i, pass = {}, 0, 1
-
-function setup(thread)
-  common.setup(thread)
-  threads[#threads + 1] = thread
-end
 
 function init(args)
   common.init()
@@ -22,13 +18,6 @@ function request()
   common.key()
   i = i + 1
   if i > #slice then i, pass = 1, pass + 1 end
-  passes = pass -- read back by done() through thread:get
   local body = '{"status":"' .. (NEXT[pass] or "refunded") .. '"}'
   return wrk.format("PUT", "/api/v1/payments/" .. slice[i] .. "/status", nil, body)
-end
-
-function done(summary, latency, requests)
-  local most = 1
-  for _, t in ipairs(threads) do most = math.max(most, t:get("passes") or 1) end
-  common.done(summary, latency, requests, most)
 end

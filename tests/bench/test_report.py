@@ -1,0 +1,38 @@
+"""The page bench/report.py writes: from the committed run (older fields, the retired analytics
+stage in it) and the 50,000-socket row, extrapolated from the slope with 10,000 sockets open."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import report
+from bench.env import DOCS_BENCH
+
+
+def _ws(per_socket_kib: float) -> dict:
+    shape = {"users": 10_000, "per_user": 1, "open": 10_000, "seconds": 5, "steps": []}
+    return {"rss_before_kib": 64 * 1024, "single": shape | {"per_socket_kib": per_socket_kib}, "shared": shape}
+
+
+def test_50000_sockets_are_extrapolated_from_the_slope_with_10000_open():
+    ws = _ws(17.0) | {"most": {"sockets": 19_000, "per_socket_kib": 30.0, "rss_kib": 1, "limit": 20_000}}
+    m = report.measures({"ws": ws})
+    assert m["per_socket_kib"] == 17.0  # not the retired hold's 30.0
+    assert m["rss_50k_mib"] == pytest.approx(64 + 50_000 * 17.0 / 1024)
+    [row] = [t for t in report.targets({"ws": ws}, m) if t[0].startswith("50,000 sockets")]
+    assert row[2] == "17.0 KiB a socket with 10,000 open; 894 MiB" and row[3] is True
+    assert "extrapolated from that slope: 64 MiB + 50,000 × 17.0 KiB = 894 MiB." in report.ws_section(ws, m)[-2]
+
+
+def test_the_committed_run_writes_a_page_without_the_retired_analytics_stage():
+    results = json.loads((DOCS_BENCH / "results.json").read_text())
+    assert "analytics" in results and "load_before" in results  # the run at e53e190, before both left
+    page = report.markdown(results, json.loads((DOCS_BENCH / "history.json").read_text()))
+    assert "## Analytics store" not in page and "analytics store, 5 active users" not in page
+    assert "summary over the year" not in page
+    assert "| analytics lag 0 after POST payments |" in page  # the drain's, not the stage's
+    assert "Shared: load average 1.13 before the run and 1.72 after it" in page
+    assert "[bench/analytics-notes.md](bench/analytics-notes.md)" in page
+    assert (DOCS_BENCH / "analytics-notes.md").exists()
