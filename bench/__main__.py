@@ -25,15 +25,13 @@ def rest(path: str, body: str = "") -> dict[str, str]:
 
 
 PAYMENT = '{"user_id":"%s","amount":"12.34","currency":"USD","description":"bench"}'
-REFUND = '{"amount":"0.01","reason":"requested_by_customer"}'  # a payment holds thousands of cents
-PAGE, REFUNDS = "/api/v1/users/%s/payments?limit=20", "/api/v1/payments/%s/refunds"
-# key: label, ids (a seed list, "pending" or "completed"), floor, the wrk script's BENCH_* settings
+PAGE = "/api/v1/users/%s/payments?limit=20"
+# key: label, ids (a seed list or "pending"), floor, the wrk script's BENCH_* settings
 ENDPOINTS = {
     "get_user": ("GET user (cache hit)", "users", "get", rest("/api/v1/users/%s")),
     "get_payment": ("GET payment (cache hit)", "payments", "get", rest("/api/v1/payments/%s")),
     "list_payments": ("GET user payments (page of 20)", "list_users", "page", rest(PAGE)),
     "post_payments": ("POST payments", "users", "post", rest("/api/v1/payments", PAYMENT)),
-    "post_refunds": ("POST refunds (0.01 of a completed payment)", "completed", "post", rest(REFUNDS, REFUND)),
     "put_status": ("PUT payment status", "pending", "put", {"SCRIPT": "put_status.lua"}),
     "list_filtered": (
         f"GET user payments, filtered ({env.BIG_USER_PAYMENTS:,} payments)",
@@ -42,7 +40,7 @@ ENDPOINTS = {
         rest(PAGE + "&status=completed" + env.BIG_USER_WINDOW),
     ),
 }
-WRITES = ("post_payments", "post_refunds", "put_status")  # each run is followed by the drain's measure
+WRITES = ("post_payments", "put_status")  # each run is followed by the drain's measure
 CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
 KEYS = env.WORK / "keys.txt"
 # The costs phase: GET user on the service with parts taken away (overrides, entry point), each a
@@ -92,16 +90,13 @@ class Run:
             self.procs.pop(name)[0].stop()
 
     def prepare(self, endpoint: str) -> dict:
-        """The ids file, path and body ``endpoint``'s script takes (pending and completed payments anew)."""
+        """The ids file, path and body ``endpoint``'s script takes (pending payments anew)."""
         _, ids, _, request = ENDPOINTS[endpoint]
         if ids == "pending":
             pending = [r[0] for r in env.mysql_query("SELECT id FROM payments WHERE status = 'pending'")]
             random.Random(len(pending)).shuffle(pending)
             self.ids[ids] = pending
             env.floor_tables()  # the same rows in the PUT floor's table
-        if ids == "completed":  # over REST, as a client would: the first 1,000 pending ones completed
-            port, key = self.procs["shipped"][1], KEYS.read_text().split()[0]
-            self.ids[ids] = asyncio.run(client.completed(port, key, self.ids["payments"][:1000]))
         (env.WORK / f"{ids}.txt").write_text("\n".join(self.ids[ids]) + "\n")
         return {"BENCH_IDS": str(env.WORK / f"{ids}.txt")} | {f"BENCH_{k}": v for k, v in request.items()}
 

@@ -83,12 +83,6 @@ async def seed(port: int, key: str, users: int, list_users: int, per_user: int) 
     return {"users": user_ids, "list_users": user_ids[:list_users], "payments": payment_ids}
 
 
-async def completed(port: int, key: str, payments: list[str]) -> list[str]:
-    """``payments`` moved to ``completed`` (those still pending), to be refunded."""
-    calls = [("PUT", f"/api/v1/payments/{p}/status", {"status": "completed"}) for p in payments]
-    return [p["id"] for p in await call_all(port, key, calls) if p["status"] == "completed"]
-
-
 async def admin_keys(port: int, key: str, n: int) -> list[str]:
     """``n`` admin keys (``POST /api/v1/api-keys``): wrk's requests spread over them as over clients."""
     return [k["key"] for k in await call_all(port, key, [("POST", "/api/v1/api-keys", {"role": "admin"}, 201)] * n)]

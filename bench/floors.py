@@ -87,9 +87,9 @@ class Page(Floor):
 
 
 class Post(Floor):
-    async def post(self, payment: str | None = None) -> None:
+    async def post(self) -> None:
         body, new, now = json.loads(self.request.body), str(uuid.uuid4()), dt.datetime.now(dt.UTC)
-        user, minor = body.get("user_id", payment), int(Decimal(body["amount"]) * 100)
+        user, minor = body["user_id"], int(Decimal(body["amount"]) * 100)
         row = (new, user, minor, body.get("currency", "USD"), body.get("description"), "pending", now, now)
         event = json.dumps({"type": "payment_created", "user_id": user, "data": body, "at": now.isoformat()})
         async with self.pool.acquire() as conn, conn.cursor() as cur:
@@ -127,7 +127,7 @@ ROUTES = {
     "bare": [],
     "get": [(r"/api/v1/(user|payment)s/([^/]+)", Get)],
     "page": [(r"/api/v1/users/([^/]+)/payments", Page)],
-    "post": [(r"/api/v1/payments", Post), (r"/api/v1/payments/([^/]+)/refunds", Post)],
+    "post": [(r"/api/v1/payments", Post)],
     "put": [(r"/api/v1/payments/([^/]+)/status", Put)],
 }
 
