@@ -14,7 +14,10 @@ import resource
 import statistics
 import time
 
-from bench import client, drain, env, fanout, report, wrk
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench import client, env, fanout, report, wrk
 from bench.env import log
 from service.supervisor import free_port
 
@@ -53,6 +56,36 @@ VARIANTS = {
     "logging at WARNING": ({"SINGLETON_LOGGING__LEVEL": "WARNING"}, "service"),
     "no metrics": ({}, "bench.unmetered"),  # key check + limiter, no metric recorded
 }
+
+
+async def drained(ended_at: float, timeout_s: float) -> dict:
+    """After a write run: seconds from ``ended_at`` (epoch) until no outbox row was left unpublished
+    (``outbox_drained_s``) and until the analytics group's lag, read from Kafka (committed offsets
+    against the topic's end), was 0 (``analytics_caught_up_s``)."""
+    bootstrap = env.config()["kafka"]["bootstrap_servers"]
+    admin, ends = AIOKafkaAdminClient(bootstrap_servers=bootstrap), AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await ends.start()
+    out: dict = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        await ends.topics()  # metadata, for the partitions
+        tps = [TopicPartition(env.KAFKA_TOPIC, p) for p in sorted(ends.partitions_for_topic(env.KAFKA_TOPIC) or ())]
+        while time.monotonic() < deadline:
+            pending = sum(n for (n,) in env.mysql_query("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"))
+            committed = await admin.list_consumer_group_offsets(env.ANALYTICS_GROUP)
+            end = await ends.end_offsets(tps)
+            lag = sum(n - (committed[tp].offset if tp in committed else 0) for tp, n in end.items())
+            if pending == 0:
+                out.setdefault("outbox_drained_s", round(time.time() - ended_at, 2))
+            if pending == 0 and lag == 0:
+                out["analytics_caught_up_s"] = round(time.time() - ended_at, 2)
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await ends.stop()
+        await admin.close()
+    return out
 
 
 def rotations(names: list[str], rounds: int) -> list[list[str]]:
@@ -117,7 +150,7 @@ class Run:
         return r
 
     def drain(self, ended_at: float) -> dict:
-        out = asyncio.run(drain.measure(ended_at, self.s.drain_timeout_s))
+        out = asyncio.run(drained(ended_at, self.s.drain_timeout_s))
         log(f"    outbox drained {out.get('outbox_drained_s')} s, analytics {out.get('analytics_caught_up_s')} s")
         return out
 
