@@ -46,15 +46,15 @@ ENDPOINTS = {
 WRITES = ("post_payments", "put_status")  # each run is followed by the drain's measure
 CLIENTS = 50  # API keys wrk's requests spread over (one per connection's worth of client)
 KEYS = env.WORK / "keys.txt"
-# The costs phase: GET user on the service with parts taken away (overrides, entry point), each a
-# `--role api` process. The bench's own entry points: no configuration turns key checks or metrics off.
+# The costs phase: GET user on the service with parts taken away (overrides, argv after -m), each a
+# `--role api` process. bench/without.py: no configuration turns key checks or metrics off.
 NO_LIMITER = {"SINGLETON_RATE_LIMIT__ENABLED": "false"}
 VARIANTS = {
-    "no auth, no limiter": (NO_LIMITER, "bench.unauthenticated"),
+    "no auth, no limiter": (NO_LIMITER, "bench.without auth"),
     "key check": (NO_LIMITER, "service"),
     "key check + limiter": ({}, "service"),
     "logging at WARNING": ({"SINGLETON_LOGGING__LEVEL": "WARNING"}, "service"),
-    "no metrics": ({}, "bench.unmetered"),  # key check + limiter, no metric recorded
+    "no metrics": ({}, "bench.without metrics"),  # key check + limiter, no metric recorded
 }
 
 

@@ -229,8 +229,8 @@ class Proc:
 
 def start_service(name: str, port: int, overrides: dict[str, str], role: str = "all", module: str = "service") -> Proc:
     """``python -m service --port N --role R`` (or the bench's own entry point ``module``, e.g.
-    ``bench.unauthenticated``) in the shipped configuration plus ``overrides``; back once ready."""
-    argv = [PY, "-m", module, "--config", str(CONFIG), "--port", str(port), "--role", role]
+    ``bench.without auth``) in the shipped configuration plus ``overrides``; back once ready."""
+    argv = [PY, "-m", *module.split(), "--config", str(CONFIG), "--port", str(port), "--role", role]
     proc = Proc("service-" + "".join(filter(str.isalnum, name)), argv, service_env(overrides))
     return proc.wait_http(f"http://{HOST}:{port}/health/ready")
 

@@ -261,7 +261,7 @@ class Authenticator(Manager):
     health_path = "auth"
 
     def __init__(self, cfg: AuthConfig):
-        # Off only through the bench's own entry point (bench/unauthenticated.py): never
+        # Off only through the bench's own entry point (bench/without.py): never
         # from configuration or the environment.
         self.enabled = True
         self.ttl_s: float = cfg["key_cache_ttl_s"]
@@ -289,7 +289,7 @@ class Authenticator(Manager):
 
     def disable_for_bench(self) -> None:
         """Every caller acts as admin, for the bench's measure of what checking keys costs.
-        Only bench/unauthenticated.py calls this; the process says so in its log every
+        Only bench/without.py calls this; the process says so in its log every
         minute, in /health (``auth: disabled``) and in ``singleton_auth_disabled``."""
         self.enabled = False
         metrics.AUTH_DISABLED.set(1)

@@ -44,7 +44,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Request metrics label the method from this list; any other token is "other", so
 # invented methods cannot create new series.
 METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-# With API keys not checked (the bench's own switch, bench/unauthenticated.py), every caller acts as admin.
+# With API keys not checked (the bench's own switch, bench/without.py), every caller acts as admin.
 AUTH_DISABLED = Principal("", ADMIN, None)
 
 

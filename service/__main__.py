@@ -183,7 +183,7 @@ async def serve(
 
     A worker that replaces another (``join_when_ready``) takes connections from the
     shared socket only once it is ready: until then the others serve them.
-    ``check_keys=False`` is the bench's switch alone (bench/unauthenticated.py).
+    ``check_keys=False`` is the bench's switch alone (bench/without.py).
     """
     lifecycle = Lifecycle(config, role)
     await lifecycle.start()
@@ -229,7 +229,7 @@ async def serve(
 
 def main(argv: list[str] | None = None, check_keys: bool = True) -> int:
     """``python -m service``. ``check_keys=False`` serves the API without checking keys,
-    every caller an admin: only the bench's own entry point passes it (bench/unauthenticated.py),
+    every caller an admin: only the bench's own entry point passes it (bench/without.py),
     so no configuration or environment of a normal start can."""
     args = parse_args(argv)
     overrides = {"server": {"port": args.port}} if args.port is not None else None

@@ -81,7 +81,7 @@ async def test_the_bench_switch_serves_without_keys_and_says_so_everywhere(api):
 
     port, metrics_port = free_port(), free_port()
     env = service_env(SINGLETON_METRICS__PORT=str(metrics_port), SINGLETON_LOGGING__LEVEL="INFO")
-    command = [sys.executable, "-m", "bench.unauthenticated", "--port", str(port), "--role", "api"]
+    command = [sys.executable, "-m", "bench.without", "auth", "--port", str(port), "--role", "api"]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         await wait_healthy(proc, port)
@@ -104,7 +104,7 @@ async def test_the_bench_switch_serves_without_keys_and_says_so_everywhere(api):
 async def test_the_bench_switch_refuses_several_processes():
     """Its workers would be plain ``python -m service``: checking keys after all. (Fast tier:
     refused before anything connects, so stand-in secrets do on a machine without devstack's.)"""
-    command = [sys.executable, "-m", "bench.unauthenticated", "--port", str(free_port())]
+    command = [sys.executable, "-m", "bench.without", "auth", "--port", str(free_port())]
     env = config_module.as_env(UNIT_SECRETS, base=service_env(SINGLETON_SERVER__PROCESSES="2"))
     result = await run_service_module(command, env)
     assert result.returncode == 2 and "server.processes must be 1" in result.stderr
