@@ -20,10 +20,9 @@ LUA = REPO / "bench" / "lua"
 PYSPY = [str(REPO / ".venv/bin/py-spy"), "record", "--rate", "250", "--nonblocking", "--full-filenames"]
 OURS = ("handlers", "domain", "managers", "service", "bench")  # bench/: a floor's own code
 # A frame's group by a package in its file's path (after ours), in the profile table's order.
-GROUPS = {"tornado": "tornado", "asyncio": "asyncio/uvloop", "uvloop": "asyncio/uvloop", "selectors": "asyncio/uvloop"}
-GROUPS |= {"aiomysql": "aiomysql/pymysql", "pymysql": "aiomysql/pymysql", "redis": "redis", "aiokafka": "aiokafka"}
-GROUPS |= {"pymongo": "pymongo", "prometheus_client": "prometheus_client", "jsonschema": "jsonschema"}
-GROUPS |= {"referencing": "jsonschema", "logging": "logging", "json": "json"}
+GROUPS = {"tornado": "tornado"} | dict.fromkeys(("asyncio", "uvloop", "selectors"), "asyncio/uvloop")
+GROUPS |= dict.fromkeys(("aiomysql", "pymysql"), "aiomysql/pymysql") | {p: p for p in ("redis", "aiokafka", "pymongo")}
+GROUPS |= {p: p for p in ("prometheus_client", "jsonschema", "logging", "json")} | {"referencing": "jsonschema"}
 WAITS = re.compile(r"^BatchWriter\._monitor \(")
 ORDER = (*(f"{d}/" for d in OURS), *dict.fromkeys(GROUPS.values()), "other")  # the profile table's rows
 
