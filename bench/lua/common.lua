@@ -1,7 +1,7 @@
 -- Shared by the wrk scripts (LUA_PATH=bench/lua/?.lua). Every request carries an API key, the
 -- baseline's too, so both parse the same head: one of BENCH_KEYS (a file, one a line) at random, as
--- from as many clients, each with its own verdict and rate-limit bucket; else BENCH_KEY. done() prints
--- the line bench/wrk.py reads.
+-- from as many clients, each with its own verdict and rate-limit bucket; else BENCH_KEY. Requiring it
+-- sets wrk's setup() and done() hooks: done() prints the line bench/wrk.py reads.
 local M = {}
 local keys
 
@@ -14,7 +14,7 @@ function M.lines(path) -- ids, one a line
 end
 
 local counter = 0
-function M.setup(thread) -- each thread its own id (tid): 0, 1, ...
+function setup(thread) -- each thread its own id (tid): 0, 1, ...
   thread:set("tid", counter)
   counter = counter + 1
 end
@@ -30,7 +30,7 @@ function M.key() -- the next request's key (wrk.format reads wrk.headers)
   wrk.headers["Authorization"] = "Bearer " .. keys[math.random(#keys)]
 end
 
-function M.done(summary, latency, requests)
+function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('BENCH_JSON {"requests":%d,"duration_us":%d,"errors":{"connect":%d,' ..
     '"read":%d,"write":%d,"status":%d,"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d}}\n',

@@ -2,8 +2,7 @@
 -- payments; each thread walks its own slice, moving each pending -> processing. Should a
 -- slice run out, the next pass moves them processing -> completed, then -> refunded; past
 -- that, a same-status no-op (200, no event).
-local common = require("common")
-setup, done = common.setup, common.done
+local common = require("common") -- and wrk's setup() and done()
 local NEXT = { "processing", "completed", "refunded" }
 local slice, i, pass = {}, 0, 1
 

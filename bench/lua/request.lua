@@ -1,8 +1,7 @@
 -- A request for a random id (ids in BENCH_IDS): BENCH_METHOD (default GET), BENCH_PATH a template
 -- with one %s (/api/v1/users/%s), BENCH_BODY another or none. Without BENCH_IDS, the URL itself (the
 -- bare baseline).
-local common = require("common")
-setup, done = common.setup, common.done
+local common = require("common") -- and wrk's setup() and done()
 local ids, method, path, body
 
 function init(args)
