@@ -2,7 +2,7 @@
 (bench/client.py ``drive``), sockets held by bench/ws_client.py processes, a step per rate until
 p99 passes 100 ms; issue 17's target step at 1,000 payments/s or the POST ceiling (wrk's POSTs
 with the sockets open) if lower. Each step also reads the service's /metrics: the Kafka -> hub
-delay and the collector's passes."""
+delay."""
 
 from __future__ import annotations
 
@@ -101,7 +101,6 @@ def open_shape(svc: Service, users: list[str], per_user: int, tag: str) -> tuple
 
 
 SERIES = {"kafka_to_hub": 'singleton_kafka_consumer_delay_seconds_bucket{consumer="broadcast",'}
-SERIES |= {f"gc{g}": f'singleton_gc_pause_seconds_bucket{{generation="{g}",' for g in range(3)}
 
 
 def scrape(url: str) -> dict[str, dict[float, float]]:
@@ -151,12 +150,9 @@ def steps(svc: Service, clients: Clients, users: list[str], per_user: int, rates
         row |= {f"p{q}_ms": percentile(lat, q) for q in (50, 99)} | {"max_ms": lat[-1] if lat else None}
         row["fps"] = round(len(lat) / window) if lat and window > 0 else 0
         row["frames_per_cpu_s"] = round(len(lat) / (cpu.get("service", 0) * elapsed or math.inf))
-        after = scrape(svc.metrics)  # the service's own: Kafka to the hub (bucket bounds), collector passes
+        after = scrape(svc.metrics)  # the service's own: Kafka to the hub (bucket bounds)
         hub = [bucket_ms(histograms["kafka_to_hub"], after["kafka_to_hub"], q) for q in (50, 99)]
         row |= {"cpu_cores": cpu, "legs_ms": legs(started) | {"kafka_to_hub": hub}}
-        gc = [(histograms[f"gc{g}"], after[f"gc{g}"]) for g in range(3)]
-        row["gc"] = {"passes": {g: a.get(math.inf, 0) - b.get(math.inf, 0) for g, (b, a) in enumerate(gc)}}
-        row["gc"]["longest_ms"] = max(bucket_ms(b, a, 100) or 0 for b, a in gc)
         failed = {
             f"p99 over {P99_LIMIT_MS:g} ms": (row["p99_ms"] or math.inf) > P99_LIMIT_MS,
             "frames lost": len(lat) < expected,
