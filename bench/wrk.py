@@ -73,7 +73,8 @@ def run(
     if profile:
         spy.wait(30)
         samples: Counter = Counter()
-        for stack, _, count in (x.rpartition(" ") for x in stacks.read_text().splitlines()):
+        # split at "\n" only: a frame name py-spy misread under load can hold a "\r"
+        for stack, _, count in (x.rpartition(" ") for x in stacks.read_text().split("\n") if x):
             if WAITS.search(stack.rpartition(";")[2]) is None:
                 samples[group(stack.rpartition(";")[2])] += int(count)
         r["profile_us"] = {g: round(n / max(1, samples.total()) * r["cpu_us"], 1) for g, n in samples.most_common()}
