@@ -75,6 +75,8 @@ LEGACY_KEY_PATTERN = re.compile(rf"^sk_({ADMIN}|{USER})_[0-9A-Za-z]{{{_RANDOM_CH
 WARN_DISABLED_EVERY_S = 60.0
 _CACHE_MAX = 10_000  # verdicts kept at most (unknown keys included, so guessing cannot grow memory)
 _LAST_USED_EVERY_S = 60  # last_used_at is written at most this often per key and instance
+# A valid key used in the last tenth of its verdict's TTL is looked up again in the background.
+REFRESH_AHEAD = 0.1
 _BOOTSTRAP_LOCK = "singleton_bootstrap_admin_key"
 _COLUMNS = "id, prefix, role, user_id, created_at, last_used_at, revoked_at"
 
@@ -274,6 +276,7 @@ class Authenticator(Manager):
         self._key_revoked: OrderedDict[str, tuple[bool, float]] = OrderedDict()  # key id -> (revoked, until)
         self._epoch = 0  # one more at every forget()
         self._forgotten: dict[str, int] = {}  # key id -> the epoch its forget() began, while lookups are in flight
+        self._refreshing: dict[str, asyncio.Task[None]] = {}  # sha256(key) -> its background lookup
         self._warning: asyncio.Task[None] | None = None
 
     @classmethod
@@ -337,8 +340,11 @@ class Authenticator(Manager):
         raise 429); a key found valid before is looked up again without it."""
         digest = _hash(key)
         cached = self._verdicts.get(digest)
-        if cached is not None and cached[0] is not None and cached[1] > time.monotonic():
-            return cached[0]  # the common case: a valid key seen within the TTL (only well-formed ones are kept)
+        if cached is not None and cached[0] is not None and (left := cached[1] - time.monotonic()) > 0:
+            # The common case: a valid key seen within the TTL (only well-formed ones are kept).
+            if left < self.ttl_s * REFRESH_AHEAD and digest not in self._refreshing:
+                self._refresh(key, digest)
+            return cached[0]
         if not well_formed(key):
             return None
         charged = False
@@ -355,6 +361,27 @@ class Authenticator(Manager):
             await before_lookup()
             charged = True  # and look again: another request may have looked it up meanwhile
         return await self._look_up_once(key, digest)
+
+    def _refresh(self, key: str, digest: str) -> None:
+        """Look a valid key up again, in the background, before its verdict expires. Its
+        requests go on with the verdict meanwhile (never past its TTL: a revocation still
+        takes effect within it), and none waits for the lookup. Without this, every key's
+        verdict expired with its requests waiting behind its lookup, and keys first seen
+        together fell due together: with 50 busy keys, GET user's p99 was 35 ms against 17
+        with keys not checked; 19.5 ms with this (docs/PROFILING.md)."""
+        task = self._refreshing[digest] = asyncio.create_task(self._refreshed(key, digest), name="api-key-refresh")
+        task.add_done_callback(lambda _: self._refreshing.pop(digest, None))
+
+    async def _refreshed(self, key: str, digest: str) -> None:
+        if digest in self._in_flight:  # a request's own lookup began meanwhile: it refreshes the verdict
+            return
+        try:
+            await self._look_up_once(key, digest)
+        except Exception as exc:
+            # MariaDB out of reach: the verdict expires as it would have, and the next request's
+            # own lookup answers 503 (the outage is MySQLManager's to report). Anything else is a bug.
+            if not MySQLManager.is_unavailable(exc):
+                log.error("api key refresh failed", exc_info=exc)
 
     async def _look_up_once(self, key: str, digest: str) -> Principal | None:
         """The lookup the concurrent checks of one key share, its verdict kept for the TTL."""
@@ -457,4 +484,6 @@ class Authenticator(Manager):
     async def release(self) -> None:
         if self._warning is not None:
             self._warning.cancel()
+        for task in list(self._refreshing.values()):
+            task.cancel()
         await self._stop_background(5)

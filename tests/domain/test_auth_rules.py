@@ -118,6 +118,67 @@ async def test_concurrent_checks_of_one_key_share_one_lookup_and_its_verdict_is_
 
 
 @pytest.mark.gen_test
+async def test_a_valid_key_in_its_verdicts_last_tenth_is_looked_up_again_with_no_request_waiting(monkeypatch):
+    """Refresh ahead: the verdict is used until it expires, never later, while one background
+    lookup replaces it; a verdict with more than a tenth of its TTL left starts none."""
+    verifier = authenticator(ttl_s=10)
+    key = auth.new_key(USER)
+    lookups: list[str] = []
+    gate = asyncio.Event()
+    gate.set()
+
+    async def lookup(self, key: str, digest: str) -> Principal | None:
+        lookups.append(key)
+        await gate.wait()
+        return Principal("k", USER, "u1")
+
+    monkeypatch.setattr(Authenticator, "_lookup", lookup)
+    assert await verifier.authenticate(key) == Principal("k", USER, "u1") and len(lookups) == 1
+    digest = auth._hash(key)
+    verifier._verdicts[digest] = (Principal("k", USER, "u1"), time.monotonic() + 2)  # 2 s of 10 left
+    assert await verifier.authenticate(key) == Principal("k", USER, "u1")
+    await asyncio.sleep(0)
+    assert len(lookups) == 1, "more than a tenth of the TTL left: no lookup"
+    gate.clear()
+    verifier._verdicts[digest] = (Principal("k", USER, "u1"), time.monotonic() + 0.5)  # in the last tenth
+    checks = await asyncio.gather(*(verifier.authenticate(key) for _ in range(5)))
+    assert checks == [Principal("k", USER, "u1")] * 5, "answered from the verdict, not after the lookup"
+    await asyncio.sleep(0)
+    assert len(lookups) == 2, "one background lookup for five checks"
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*verifier._refreshing.values()), 5)
+    assert verifier._verdicts[digest][1] > time.monotonic() + 9, "the new verdict runs a whole TTL"
+    # An expired verdict is never used: the check waits for its own lookup.
+    gate.clear()
+    verifier._verdicts[digest] = (Principal("k", USER, "u1"), time.monotonic() - 0.01)
+    waiting = asyncio.ensure_future(verifier.authenticate(key))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and len(lookups) == 3
+    gate.set()
+    assert await asyncio.wait_for(waiting, 5) == Principal("k", USER, "u1")
+
+
+@pytest.mark.gen_test
+async def test_a_key_revoked_while_its_verdict_is_refreshed_is_refused_from_then_on(monkeypatch):
+    verifier = authenticator(ttl_s=10)
+    key = auth.new_key(USER)
+    gate = asyncio.Event()
+
+    async def lookup(self, key: str, digest: str) -> Principal | None:
+        await gate.wait()
+        return Principal("k", USER, "u1")  # read before the revocation committed
+
+    monkeypatch.setattr(Authenticator, "_lookup", lookup)
+    verifier._verdicts[auth._hash(key)] = (Principal("k", USER, "u1"), time.monotonic() + 0.5)
+    assert await verifier.authenticate(key) == Principal("k", USER, "u1")  # starts the refresh
+    await asyncio.sleep(0)  # the refresh's lookup is in flight when the revocation lands
+    verifier.forget("k")
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*verifier._refreshing.values()), 5)
+    assert auth._hash(key) not in verifier._verdicts, "the refresh's stale 'valid' was not kept"
+
+
+@pytest.mark.gen_test
 async def test_a_revocation_during_a_lookup_is_not_undone_by_its_verdict(monkeypatch):
     """forget() lands while the key's lookup is in flight (its row was read before the
     revocation committed): that lookup's "valid" is neither returned nor kept."""
