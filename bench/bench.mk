@@ -1,5 +1,5 @@
 # Benchmarks (bench/README.md), included by the top-level Makefile. `make bench` measures everything
-# (about 15 minutes) and writes docs/BENCHMARKS.md and docs/bench/results.json; settings
+# (about 10 minutes) and writes docs/BENCHMARKS.md and docs/bench/results.json; settings
 # are BENCH_* variables, on the command line too: make bench BENCH_STAGES=http BENCH_DURATION_S=5
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
