@@ -255,12 +255,17 @@ def owner_sql(cfg: dict, *statements: str, database: str | None = None) -> None:
         conn.close()
 
 
+def service_connection(cfg: dict) -> pymysql.Connection:
+    """A connection to the real MariaDB as the service's own user, no database chosen."""
+    return pymysql.connect(
+        host=cfg["host"], port=cfg["port"], user=cfg["user"], password=cfg["password"], connect_timeout=5
+    )
+
+
 def com_select(cfg: dict) -> int:
     """The real MariaDB server's ``Com_select``: SELECTs run since it started, on every
     connection (this one's ``SHOW`` is not one)."""
-    conn = pymysql.connect(
-        host=cfg["host"], port=cfg["port"], user=cfg["user"], password=cfg["password"], connect_timeout=5
-    )
+    conn = service_connection(cfg)
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")

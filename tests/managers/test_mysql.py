@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from domain import moves
 from managers.mysql import MIGRATIONS_DIR, Columns, Database, split_sql
-from tests.helpers import wait_until
+from tests.helpers import service_connection, wait_until
 
 
 def test_a_migration_is_split_at_each_semicolon_that_ends_a_line_and_its_comments_dropped():
@@ -107,10 +107,7 @@ TIMES = st.datetimes(dt.datetime(1000, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 
 
 @pytest.fixture
 def dict_cursor(services, config):
-    cfg = config["mysql"]
-    conn = pymysql.connect(
-        host=cfg["host"], port=cfg["port"], user=cfg["user"], password=cfg["password"], connect_timeout=5
-    )
+    conn = service_connection(config["mysql"])
     with contextlib.closing(conn), conn.cursor(pymysql.cursors.DictCursor) as cur:
         yield cur
 
