@@ -1,9 +1,4 @@
-# Benchmarks (bench/README.md), included by the top-level Makefile. `make bench` measures everything
-# (about 10 minutes) and writes docs/BENCHMARKS.md and docs/bench/results.json; settings
-# are BENCH_* variables, on the command line too: make bench BENCH_STAGES=http BENCH_DURATION_S=5
-VENV ?= .venv
-PY ?= $(VENV)/bin/python
-
+# Benchmarks, included by the top-level Makefile; settings are BENCH_* variables (bench/README.md).
 .PHONY: bench bench-deps bench-report
 
 bench-deps: install
@@ -15,4 +10,3 @@ bench: bench-deps services ## Every endpoint against a bare Tornado baseline and
 
 bench-report: ## Rewrite docs/BENCHMARKS.md from docs/bench/results.json
 	$(PY) -m bench.report
-
