@@ -85,11 +85,6 @@ def config() -> dict:
     return loaded
 
 
-def event_loop() -> str:
-    """The service's event loop: the baseline and the floors run on the same one."""
-    return config()["server"]["event_loop"]
-
-
 def redis_url() -> str:
     return urllib.parse.urlsplit(config()["redis"]["url"])._replace(path=f"/{REDIS_DB}").geturl()
 
@@ -242,7 +237,7 @@ def start_floor(kind: str, port: int, keys: Path | None = None) -> Proc:
     mysql = {"host": c["host"], "port": c["port"], "user": c["user"], "password": c["password"]}
     mysql |= {"db": MYSQL_DATABASE, "minsize": c["pool_min"], "maxsize": c["pool_max"]}
     stores = {"redis": redis_url(), "mysql": mysql, "keys": str(keys)}
-    argv = [PY, "-m", "bench.floors", kind, "--port", str(port), "--loop", event_loop()]
+    argv = [PY, "-m", "bench.floors", kind, "--port", str(port), "--loop", config()["server"]["event_loop"]]
     proc = Proc(f"floor-{kind}", argv, os.environ | {"BENCH_FLOOR": json.dumps(stores)})
     return proc.wait_http(f"http://{HOST}:{port}/")
 
@@ -250,9 +245,8 @@ def start_floor(kind: str, port: int, keys: Path | None = None) -> Proc:
 def create_admin_key() -> str:
     """``python -m service keys create --role admin`` against the bench's database."""
     argv = [PY, "-m", "service", "--config", str(CONFIG), "keys", "create", "--role", "admin"]
-    return subprocess.run(
-        argv, cwd=REPO, env=service_env({}), check=True, capture_output=True, text=True
-    ).stdout.strip()
+    made = subprocess.run(argv, cwd=REPO, env=service_env({}), check=True, capture_output=True, text=True)
+    return made.stdout.strip()
 
 
 # -- /proc ---------------------------------------------------------------------------------------
@@ -323,7 +317,7 @@ def machine() -> dict:
         "wrk": run("wrk", "-v").split()[1],
         "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         "commit": run("git", "rev-parse", "--short", "HEAD") + dirty,
-        "event_loop": event_loop(),
+        "event_loop": config()["server"]["event_loop"],
     }
 
 

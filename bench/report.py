@@ -102,10 +102,8 @@ def targets(r: dict, m: dict) -> list[tuple]:
             add(f"analytics lag 0 after {_run(r, 'shipped', e)['label']}", "≤ 5 s after the run", seen, value, 5, "s")
     if ws := r.get("ws"):
         for shape in ("shared", "single"):
-            what, fps = (
-                f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}",
-                m[f"knee_{shape}_fps"],
-            )
+            what = f"WebSocket knee, {ws[shape]['users']:,} users × {ws[shape]['per_user']}"
+            fps = m[f"knee_{shape}_fps"]
             add(what, "≥ 20,000 frames/s, p99 ≤ 100 ms", f"{fps:,} frames/s", fps, 20_000, "frames/s", True)
         if target := ws["single"].get("target"):  # issue 17: 1,000 payments/s, or the POST ceiling if lower
             what = f"event path, one socket per user, at {target['rate']:,} payments/s (1,000 or the POST ceiling)"
@@ -190,6 +188,7 @@ def costs_section(r: dict) -> list[str]:
         + [f"{statistics.median(rounds[what]):.1%}" if rounds[what] else "—", f"{goal}%"]
         for what, (_, part, without, goal) in COSTS.items()
     ]
+    flag = f"**Under {BUSY} core** (not bound by its CPU, so req/s is not 1 / CPU): {', '.join(idle)}."
     return [
         "## GET user: what each part costs",
         "",
@@ -199,11 +198,7 @@ def costs_section(r: dict) -> list[str]:
         "",
         *_table(["variant", "CPU µs per request, by round", "req/s, by round", "service cores, least"], rows),
         *_table(["cost", "compares", "by round", "median", "limit"], cost_rows),
-    ] + (
-        [f"**Under {BUSY} core** (not bound by its CPU, so req/s is not 1 / CPU): {', '.join(idle)}.", ""]
-        if idle
-        else []
-    )
+    ] + ([flag, ""] if idle else [])
 
 
 def profile_section(r: dict) -> list[str]:
