@@ -231,13 +231,13 @@ def start_service(name: str, port: int, overrides: dict[str, str], role: str = "
 
 
 def start_floor(kind: str, port: int, keys: Path | None = None) -> Proc:
-    """``python -m bench.floors KIND`` on the service's event loop, with the bench's stores and
+    """``python -m bench.floors KIND PORT`` on the service's event loop, with the bench's stores and
     the service's pool sizes (``bare``: the baseline, no store)."""
     c = config()["mysql"]
     mysql = {"host": c["host"], "port": c["port"], "user": c["user"], "password": c["password"]}
     mysql |= {"db": MYSQL_DATABASE, "minsize": c["pool_min"], "maxsize": c["pool_max"]}
-    stores = {"redis": redis_url(), "mysql": mysql, "keys": str(keys)}
-    argv = [PY, "-m", "bench.floors", kind, "--port", str(port), "--loop", config()["server"]["event_loop"]]
+    stores = {"loop": config()["server"]["event_loop"], "redis": redis_url(), "mysql": mysql, "keys": str(keys)}
+    argv = [PY, "-m", "bench.floors", kind, str(port)]
     proc = Proc(f"floor-{kind}", argv, os.environ | {"BENCH_FLOOR": json.dumps(stores)})
     return proc.wait_http(f"http://{HOST}:{port}/")
 
@@ -250,15 +250,6 @@ def create_admin_key() -> str:
 
 
 # -- /proc ---------------------------------------------------------------------------------------
-def rss_kib(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return next(int(x.split()[1]) for x in status if x.startswith("VmRSS:"))
-
-
-def open_files(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def processes() -> dict[int, tuple[str, int, float]]:
     """Every process: command name, parent pid, CPU seconds so far (user + system)."""
     tick, out = os.sysconf("SC_CLK_TCK"), {}

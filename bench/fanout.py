@@ -1,8 +1,5 @@
 """The WebSocket fan-out stage (bench/README.md): payments over REST at a fixed rate
-(bench/client.py ``drive``), sockets held by bench/ws_client.py processes, a step per rate until
-p99 passes 100 ms; issue 17's target step at 1,000 payments/s or the POST ceiling (wrk's POSTs
-with the sockets open) if lower. Each step also reads the service's /metrics: the Kafka -> hub
-delay."""
+(bench/client.py ``drive``), their frames read by bench/ws_client.py processes, a step per rate."""
 
 from __future__ import annotations
 
@@ -15,10 +12,11 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from subprocess import PIPE, Popen
 
 from bench import client
-from bench.env import PY, REPO, WORK, Proc, cpu_split, log, mysql_query, open_files, percentile, processes, rss_kib
+from bench.env import PY, REPO, WORK, Proc, cpu_split, log, mysql_query, percentile, processes
 
 P99_LIMIT_MS = 100.0
 TARGET_RATE = 1000.0  # payments/s per process (issue 17), or the POST ceiling if lower
@@ -33,13 +31,20 @@ class Service:
     proc: Proc
     metrics: str
 
+    def rss_kib(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        return next(int(x.split()[1]) for x in status if x.startswith("VmRSS:"))
+
+    def open_files(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
 
 class Clients:
     """Client processes sharing one set of sockets; a command goes to each of them."""
 
     def __init__(self, svc: Service, count: int, tag: str):
-        self.tag, self.service, self.files = tag, svc.proc, open_files(svc.proc.pid)  # its files before the sockets
-        argv = [PY, "-m", "bench.ws_client", "--port", str(svc.port)]
+        self.tag, self.service, self.files = tag, svc, svc.open_files()  # its files before the sockets
+        argv = [PY, "-m", "bench.ws_client", str(svc.port)]
         logs = [open(WORK / f"ws-client-{tag}-{i}.log", "w") for i in range(count)]  # noqa: SIM115 (the child's)
         self.procs = [Popen(argv, cwd=REPO, stdin=PIPE, stdout=PIPE, stderr=f, text=True) for f in logs]
 
@@ -66,13 +71,14 @@ class Clients:
             proc.stdin.close()
             proc.wait(30)
         deadline = time.monotonic() + 60
-        while open_files(self.service.pid) > self.files + 50 and time.monotonic() < deadline:
+        while self.service.open_files() > self.files + 50 and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(3)  # and its collector has had the closed sockets' garbage
 
 
 def run(svc: Service, users: list[str], s, ceiling: Callable[[], dict]) -> dict:
-    """Both shapes and the target step; ``ceiling()`` runs wrk's POSTs."""
+    """Both shapes, and the target step at 1,000 payments/s or, if lower, the POST ceiling (``ceiling()``:
+    wrk's POSTs with the sockets open)."""
     single, shared = users[: s.ws_sockets], users[: s.ws_shared_users]
     clients, one = open_shape(svc, single, 1, "single")
     out: dict = {"rss_before_kib": one["rss_before_kib"], "single": one, "post_ceiling": ceiling()}
@@ -93,25 +99,21 @@ def open_shape(svc: Service, users: list[str], per_user: int, tag: str) -> tuple
     5 minutes), and the service's RSS before them and per socket."""
     log(f"ws: {per_user} socket(s) each for {len(users):,} users")
     tokens = asyncio.run(client.tokens(svc.port, svc.key, users))
-    rss_before, clients = rss_kib(svc.proc.pid), Clients(svc, 2, tag)
+    rss_before, clients = svc.rss_kib(), Clients(svc, 2, tag)
     opened = clients.open([(tokens[u], f"c{k}") for k in range(per_user) for u in users])
-    per_socket = (rss_kib(svc.proc.pid) - rss_before) / max(1, opened["open"])
+    per_socket = (svc.rss_kib() - rss_before) / max(1, opened["open"])
     shape = {"users": len(users), "per_user": per_user, **opened}
     return clients, shape | {"rss_before_kib": rss_before, "per_socket_kib": per_socket}
 
 
-SERIES = {"kafka_to_hub": 'singleton_kafka_consumer_delay_seconds_bucket{consumer="broadcast",'}
+HUB = 'singleton_kafka_consumer_delay_seconds_bucket{consumer="broadcast",'  # Kafka -> the hub
 
 
-def scrape(url: str) -> dict[str, dict[float, float]]:
-    """Each histogram of ``SERIES``: upper bound -> cumulative count."""
+def scrape(url: str) -> dict[float, float]:
+    """The service's ``HUB`` histogram: upper bound -> cumulative count."""
     text = urllib.request.urlopen(url, timeout=5).read().decode()
-    out: dict = {name: {} for name in SERIES}
-    for name, prefix in SERIES.items():
-        for line in text.splitlines():
-            if line.startswith(prefix) and (m := re.search(r'le="([^"]+)"\} (\S+)', line)):
-                out[name][float(m[1])] = float(m[2])
-    return out
+    matches = (re.search(r'le="([^"]+)"\} (\S+)', line) for line in text.splitlines() if line.startswith(HUB))
+    return {float(m[1]): float(m[2]) for m in matches if m}
 
 
 def bucket_ms(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
@@ -139,7 +141,7 @@ def steps(svc: Service, clients: Clients, users: list[str], per_user: int, rates
     rows, names = [], {svc.proc.pid: "service", os.getpid(): "bench (REST driver)"}
     names |= {p.pid: "ws client" for p in clients.procs}
     for rate in rates:
-        before, started, histograms = processes(), time.time(), scrape(svc.metrics)
+        before, started, hub_before = processes(), time.time(), scrape(svc.metrics)
         driven = asyncio.run(client.drive(svc.port, svc.key, users, rate, seconds))
         answers = clients.ask("collect")
         cpu, elapsed = cpu_split(before, processes(), time.time() - started, names), time.time() - started
@@ -150,8 +152,8 @@ def steps(svc: Service, clients: Clients, users: list[str], per_user: int, rates
         row |= {f"p{q}_ms": percentile(lat, q) for q in (50, 99)} | {"max_ms": lat[-1] if lat else None}
         row["fps"] = round(len(lat) / window) if lat and window > 0 else 0
         row["frames_per_cpu_s"] = round(len(lat) / (cpu.get("service", 0) * elapsed or math.inf))
-        after = scrape(svc.metrics)  # the service's own: Kafka to the hub (bucket bounds)
-        hub = [bucket_ms(histograms["kafka_to_hub"], after["kafka_to_hub"], q) for q in (50, 99)]
+        hub_after = scrape(svc.metrics)  # the service's own: Kafka to the hub (bucket bounds)
+        hub = [bucket_ms(hub_before, hub_after, q) for q in (50, 99)]
         row |= {"cpu_cores": cpu, "legs_ms": legs(started) | {"kafka_to_hub": hub}}
         failed = {
             f"p99 over {P99_LIMIT_MS:g} ms": (row["p99_ms"] or math.inf) > P99_LIMIT_MS,

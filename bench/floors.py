@@ -1,8 +1,8 @@
-"""``python -m bench.floors KIND --port N --loop asyncio|uvloop``: what an endpoint is measured
-against, each in its own process. A floor does the bare minimum of its endpoint's I/O on the
-same stack (Tornado, redis.asyncio, aiomysql) and the bench's stores, with none of the service's
-code and its pools the size of the service's; the bench passes stores, pool sizes and key file
-in ``BENCH_FLOOR`` (JSON). Every floor but ``bare`` checks the bearer key against a dict of the
+"""``python -m bench.floors KIND PORT``: what an endpoint is measured against, each in its own
+process. A floor does the bare minimum of its endpoint's I/O on the same stack (Tornado,
+redis.asyncio, aiomysql) and the bench's stores, with none of the service's code and its pools
+the size of the service's; the bench passes its event loop, stores, pool sizes and key file in
+``BENCH_FLOOR`` (JSON). Every floor but ``bare`` checks the bearer key against a set of the
 bench's keys first.
 
 - ``bare``: no I/O, a small JSON dict (the baseline);
@@ -17,11 +17,11 @@ bench's keys first.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import json
 import os
+import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -145,10 +145,6 @@ async def serve(kind: str, port: int, stores: dict, keys: set[str]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench.floors")
-    parser.add_argument("kind", choices=ROUTES)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    args, stores = parser.parse_args(), json.loads(os.environ.get("BENCH_FLOOR", "{}"))
-    keys = set(Path(stores["keys"]).read_text().split()) if args.kind != "bare" else set()
-    (uvloop.run if args.loop == "uvloop" else asyncio.run)(serve(args.kind, args.port, stores, keys))
+    kind, port, stores = sys.argv[1], int(sys.argv[2]), json.loads(os.environ["BENCH_FLOOR"])
+    keys = set(Path(stores["keys"]).read_text().split()) if kind != "bare" else set()
+    (uvloop.run if stores["loop"] == "uvloop" else asyncio.run)(serve(kind, port, stores, keys))

@@ -1,4 +1,4 @@
-"""A WebSocket client process of the fan-out stage (``python -m bench.ws_client --port P``).
+"""A WebSocket client process of the fan-out stage (``python -m bench.ws_client PORT``).
 Commands on stdin, a JSON line back for each: ``open FILE`` opens a socket per line
 (``token client_id``); ``collect`` waits until no frame has come for a second, then gives
 each event frame's latency since the last collect: arrival minus the send time the REST
@@ -7,7 +7,6 @@ Frames are read with a few lines of RFC 6455, a fraction of a library's cost per
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -111,6 +110,4 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    uvloop.run(main(parser.parse_args().port))  # the faster the client's loop, the less CPU it takes from the service
+    uvloop.run(main(int(sys.argv[1])))  # the faster the client's loop, the less CPU it takes from the service
