@@ -1,7 +1,6 @@
-"""``python -m bench`` (``make bench``): seed, then the stages ``http`` (the shipped phase: each
-endpoint against the bare baseline and its floor, then py-spy's profile of each; the costs
-phase: GET user without each part) and ``ws`` (bench/fanout.py); then docs/bench/results.json and
-docs/BENCHMARKS.md (bench/report.py)."""
+"""``python -m bench`` (``make bench``, bench/README.md): seed, then the stages ``http`` (the shipped
+phase with its profile, the costs phase) and ``ws`` (bench/fanout.py); then docs/bench/results.json
+and docs/BENCHMARKS.md (bench/report.py)."""
 
 from __future__ import annotations
 
@@ -101,7 +100,6 @@ class Run:
         self.baseline = env.start_floor("bare", self.base_port)
         self.procs: dict[str, tuple[env.Proc, int]] = {}  # "shipped", "floor get", a variant: process, port
         self.ids: dict[str, list[str]] = {}
-        self.profiled: dict = {}  # {"get_user": {"shipped": {group: µs}, "floor": {...}}, ...}
 
     def start(self, name: str, overrides: dict | None = None, module: str = "service", role: str = "all") -> None:
         """The service (or a bench entry point) on a port of its own, warmed up once the seed is in."""
@@ -155,7 +153,7 @@ class Run:
         return out
 
     def shipped(self) -> list[dict]:
-        """Each endpoint after its floor, each between two baseline runs; then the profile."""
+        """Each endpoint after its floor, each between two baseline runs."""
         runs, seconds = [self.wrk("baseline-0", None, "", self.s.duration_s) | {"kind": "baseline"}], self.s.duration_s
         for endpoint, (label, _, floor, _) in ENDPOINTS.items():
             ids = self.prepare(endpoint)
@@ -168,11 +166,11 @@ class Run:
             r["baseline_rps"] = round(statistics.fmean([runs[-1]["rps"], after["rps"]]))
             r |= {"ratio": round(r["rps"] / r["baseline_rps"], 4), "floor_rps": below["rps"]}
             runs += [r | {"floor_ratio": round(r["rps"] / below["rps"], 4)}, after]
-        self.profiled = self.profile()  # while the processes are warm
         return runs
 
     def profile(self) -> dict:
-        """Each shipped endpoint and its floor under py-spy: µs per request by module group."""
+        """Each shipped endpoint and its floor under py-spy, right after the shipped phase while the processes
+        are warm: {endpoint: {"shipped": {module group: µs per request}, "floor": {...}}}."""
         out: dict[str, dict] = {}
         for e, (_, _, floor, _) in ENDPOINTS.items():
             ids = self.prepare(e)
@@ -217,8 +215,8 @@ def main() -> None:
         run.wrk("warmup-baseline", None, "", s.warmup_s)
         if s.stage("http"):
             results["runs"] = run.shipped() if s.phase("shipped") else []
+            results["profile"] = run.profile() if s.phase("shipped") else {}
             results["runs"] += run.costs() if s.phase("costs") else []
-            results["profile"] = run.profiled
         if s.stage("ws"):  # a fresh process, its /metrics on a port of our choosing
             run.stop("shipped")
             run.start("shipped", {"SINGLETON_METRICS__PORT": str(metrics := free_port())})
