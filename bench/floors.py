@@ -8,8 +8,7 @@ bench's keys first.
 - ``bare``: no I/O, a small JSON dict (the baseline);
 - ``get``: one HMGET of the user's or payment's cache entry, as the service reads it (the same
   bytes move), its body returned;
-- ``post``: one transaction in one round trip, as the service's: a payment row and an outbox row
-  inserted (into ``floor_payments`` and ``floor_outbox``, the service's tables' shape), committed;
+- ``post``: one transaction in one round trip, as the service's: a payment row and an outbox row;
 - ``put``: one transaction in two round trips, as the service's: the payment row locked
   (``SELECT ... FOR UPDATE``), then its status updated and committed;
 - ``page``: the service's query for a page of 20 (the ids from the index, then their rows),
@@ -34,6 +33,15 @@ from redis import asyncio as aioredis
 
 COLUMNS = "id, user_id, amount_minor, currency, description, status, version, created_at, updated_at"
 FILTERS = {"status": "status = %s", "created_gte": "created_at >= %s", "created_lt": "created_at < %s"}
+# The POST and PUT floors' statements, on tables of the service's tables' shape (bench/env.py floor_tables)
+BEGIN, COMMIT = ("START TRANSACTION", ()), ("COMMIT", ())
+INSERT = f"INSERT INTO floor_payments ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 1, %s, %s)"
+OUTBOX = (
+    "INSERT INTO floor_outbox (event_id, event_type, partition_key, payload, created_at)"
+    " VALUES (%s, 'payment_created', %s, %s, UTC_TIMESTAMP(6))"
+)
+LOCK = "SELECT status, version FROM floor_payments WHERE id = %s FOR UPDATE"
+UPDATE = "UPDATE floor_payments SET status = %s, version = version + 1, updated_at = UTC_TIMESTAMP(6) WHERE id = %s"
 
 
 class Floor(tornado.web.RequestHandler):
@@ -93,17 +101,7 @@ class Post(Floor):
         row = (new, user, minor, body.get("currency", "USD"), body.get("description"), "pending", now, now)
         event = json.dumps({"type": "payment_created", "user_id": user, "data": body, "at": now.isoformat()})
         async with self.pool.acquire() as conn, conn.cursor() as cur:
-            await script(
-                cur,
-                ("START TRANSACTION", ()),
-                (f"INSERT INTO floor_payments ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 1, %s, %s)", row),
-                (
-                    "INSERT INTO floor_outbox (event_id, event_type, partition_key, payload, created_at)"
-                    " VALUES (%s, 'payment_created', %s, %s, UTC_TIMESTAMP(6))",
-                    (str(uuid.uuid4()), user, event),
-                ),
-                ("COMMIT", ()),
-            )
+            await script(cur, BEGIN, (INSERT, row), (OUTBOX, (str(uuid.uuid4()), user, event)), COMMIT)
         self.set_status(201)
         self.write({"id": new, "status": "pending"})
 
@@ -111,15 +109,11 @@ class Post(Floor):
 class Put(Floor):
     async def put(self, payment: str) -> None:
         status = json.loads(self.request.body)["status"]
-        lock = "SELECT status, version FROM floor_payments WHERE id = %s FOR UPDATE"
-        update = (
-            "UPDATE floor_payments SET status = %s, version = version + 1, updated_at = UTC_TIMESTAMP(6) WHERE id = %s"
-        )
         async with self.pool.acquire() as conn, conn.cursor() as cur:
-            if not await script(cur, ("START TRANSACTION", ()), (lock, (payment,))):
+            if not await script(cur, BEGIN, (LOCK, (payment,))):
                 await conn.rollback()
                 raise tornado.web.HTTPError(404)
-            await script(cur, (update, (status, payment)), ("COMMIT", ()))
+            await script(cur, (UPDATE, (status, payment)), COMMIT)
         self.write({"id": payment, "status": status})
 
 
