@@ -58,10 +58,8 @@ class Clients:
 
     def open(self, sockets: list[tuple[str, str]]) -> dict:
         """(token, client_id) sockets, dealt out over the processes."""
-        paths = [WORK / f"ws-{self.tag}-{i}.txt" for i in range(len(self.procs))]
-        for i, path in enumerate(paths):
-            path.write_text("".join(f"{token} {cid}\n" for token, cid in sockets[i :: len(paths)]))
-        answers = self.ask("open", [str(p) for p in paths])
+        n = len(self.procs)
+        answers = self.ask("open", [" ".join(f"{token} {cid}" for token, cid in sockets[i::n]) for i in range(n)])
         errors, seconds = [e for a in answers for e in a["errors"]][:3], max(a["seconds"] for a in answers)
         return {k: sum(a[k] for a in answers) for k in ("open", "failed")} | {"errors": errors, "seconds": seconds}
 

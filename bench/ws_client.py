@@ -1,9 +1,9 @@
 """A WebSocket client process of the fan-out stage (``python -m bench.ws_client PORT``).
-Commands on stdin, a JSON line back for each: ``open FILE`` opens a socket per line
-(``token client_id``); ``collect`` waits until no frame has come for a second, then gives
-each event frame's latency since the last collect: arrival minus the send time the REST
-driver wrote into the payment's description (``bench:<epoch s>``). End of input exits.
-Frames are read with a few lines of RFC 6455, a fraction of a library's cost per frame."""
+Commands on stdin, a JSON line back for each: ``open TOKEN CLIENT_ID ...`` opens a socket per
+pair; ``collect`` waits until no frame has come for a second, then gives each event frame's
+latency since the last collect: arrival minus the send time the REST driver wrote into the
+payment's description (``bench:<epoch s>``). End of input exits. Frames are read with a few
+lines of RFC 6455, a fraction of a library's cost per frame."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import uvloop
 
@@ -69,7 +68,7 @@ class Socket(asyncio.Protocol):
         del buf[:at]
 
 
-async def open_sockets(lines: list[list[str]], port: int) -> dict:
+async def open_sockets(pairs: list[tuple[str, str]], port: int) -> dict:
     loop, gate, errors, started = asyncio.get_running_loop(), asyncio.Semaphore(100), [], time.monotonic()
 
     async def one(token: str, client_id: str) -> None:
@@ -82,9 +81,9 @@ async def open_sockets(lines: list[list[str]], port: int) -> dict:
             except (OSError, TimeoutError) as exc:
                 errors.append(repr(exc)[:200])
 
-    await asyncio.gather(*(one(*line) for line in lines))
+    await asyncio.gather(*(one(*pair) for pair in pairs))
     took = round(time.monotonic() - started, 2)
-    return {"open": len(lines) - len(errors), "failed": len(errors), "errors": errors[:3], "seconds": took}
+    return {"open": len(pairs) - len(errors), "failed": len(errors), "errors": errors[:3], "seconds": took}
 
 
 async def collect(quiet_s: float = 1.0) -> dict:
@@ -101,8 +100,7 @@ async def main(port: int) -> None:
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         command, *args = line.split()
         if command == "open":
-            text = await loop.run_in_executor(None, Path(args[0]).read_text)
-            answer = await open_sockets([x.split() for x in text.splitlines()], port)
+            answer = await open_sockets(list(zip(args[::2], args[1::2], strict=True)), port)
         else:
             answer = await collect()
         print(json.dumps(answer), flush=True)
