@@ -68,10 +68,8 @@ def measures(r: dict) -> dict:
     return m
 
 
-def _verdict(value: float | None, limit: float, unit: str, at_least: bool) -> tuple[bool | None, str]:
-    """Met or not, and by how much (None: reported, no target)."""
-    if value is None:
-        return None, "—"
+def _verdict(value: float, limit: float, unit: str, at_least: bool) -> tuple[bool, str]:
+    """Met or not, and by how much."""
     gap = f"{abs(value - limit):,.{0 if abs(value - limit) >= 100 else 1}f} {unit}"
     if at_least:
         return value >= limit, f"{gap} {'above' if value >= limit else 'short'}"
@@ -278,7 +276,7 @@ def history_section(title: str, history: dict, m: dict) -> list[str]:
 
 def markdown(r: dict, history: dict) -> str:
     m, out = measures(r), header(r)
-    rows = [[*t[:3], {None: "reported", True: "**met**", False: "**missed**"}[t[3]], t[4]] for t in targets(r, m)]
+    rows = [[*t[:3], "**met**" if t[3] else "**missed**", t[4]] for t in targets(r, m)]
     out += ["## Targets", "", *_table(["target", "goal", "measured", "verdict", "margin"], rows)]
     out += http_section(r) + costs_section(r) + profile_section(r) if r.get("runs") else []
     out += ws_section(r["ws"], m) if r.get("ws") else []
