@@ -1,10 +1,8 @@
 # Benchmarks, included by the top-level Makefile; settings are BENCH_* variables (bench/README.md).
-.PHONY: bench bench-deps bench-report
+.PHONY: bench bench-report
 
-bench-deps: install
+bench: install services ## Every endpoint against a bare Tornado baseline and its floor, a profile, WebSocket fan-out
 	$(VENV)/bin/pip install --quiet -e '.[bench]'
-
-bench: bench-deps services ## Every endpoint against a bare Tornado baseline and its floor, a profile, WebSocket fan-out
 	@command -v wrk >/dev/null || bash devstack/services.sh tools
 	$(PY) -m bench
 
