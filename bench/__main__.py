@@ -62,27 +62,24 @@ async def drained(ended_at: float, timeout_s: float) -> dict:
     (``outbox_drained_s``) and until the analytics group's lag, read from Kafka (committed offsets
     against the topic's end), was 0 (``analytics_caught_up_s``)."""
     bootstrap = env.config()["kafka"]["bootstrap_servers"]
-    admin, ends = AIOKafkaAdminClient(bootstrap_servers=bootstrap), AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    admin, out, deadline = AIOKafkaAdminClient(bootstrap_servers=bootstrap), {}, time.monotonic() + timeout_s
     await admin.start()
-    await ends.start()
-    out: dict = {}
-    deadline = time.monotonic() + timeout_s
     try:
-        await ends.topics()  # metadata, for the partitions
-        tps = [TopicPartition(env.KAFKA_TOPIC, p) for p in sorted(ends.partitions_for_topic(env.KAFKA_TOPIC) or ())]
-        while time.monotonic() < deadline:
-            pending = sum(n for (n,) in env.mysql_query("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"))
-            committed = await admin.list_consumer_group_offsets(env.ANALYTICS_GROUP)
-            end = await ends.end_offsets(tps)
-            lag = sum(n - (committed[tp].offset if tp in committed else 0) for tp, n in end.items())
-            if pending == 0:
-                out.setdefault("outbox_drained_s", round(time.time() - ended_at, 2))
-            if pending == 0 and lag == 0:
-                out["analytics_caught_up_s"] = round(time.time() - ended_at, 2)
-                break
-            await asyncio.sleep(0.05)
+        async with AIOKafkaConsumer(bootstrap_servers=bootstrap) as ends:  # for the topic's end offsets
+            await ends.topics()  # metadata, for the partitions
+            tps = [TopicPartition(env.KAFKA_TOPIC, p) for p in sorted(ends.partitions_for_topic(env.KAFKA_TOPIC) or ())]
+            while time.monotonic() < deadline:
+                pending = sum(n for (n,) in env.mysql_query("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"))
+                committed = await admin.list_consumer_group_offsets(env.ANALYTICS_GROUP)
+                end = await ends.end_offsets(tps)
+                lag = sum(n - (committed[tp].offset if tp in committed else 0) for tp, n in end.items())
+                if pending == 0:
+                    out.setdefault("outbox_drained_s", round(time.time() - ended_at, 2))
+                if pending == 0 and lag == 0:
+                    out["analytics_caught_up_s"] = round(time.time() - ended_at, 2)
+                    break
+                await asyncio.sleep(0.05)
     finally:
-        await ends.stop()
         await admin.close()
     return out
 
