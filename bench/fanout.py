@@ -56,13 +56,6 @@ class Clients:
             raise RuntimeError(f"a ws client exited; see {WORK}/ws-client-{self.tag}-*.log")
         return [json.loads(a) for a in answers]
 
-    def open(self, sockets: list[tuple[str, str]]) -> dict:
-        """(token, client_id) sockets, dealt out over the processes."""
-        n = len(self.procs)
-        answers = self.ask("open", [" ".join(f"{token} {cid}" for token, cid in sockets[i::n]) for i in range(n)])
-        errors, seconds = [e for a in answers for e in a["errors"]][:3], max(a["seconds"] for a in answers)
-        return {k: sum(a[k] for a in answers) for k in ("open", "failed")} | {"errors": errors, "seconds": seconds}
-
     def close(self) -> None:
         """End the processes, then wait until the service is back to the open files it had before them."""
         for proc in self.procs:
@@ -93,14 +86,17 @@ def run(svc: Service, users: list[str], s, ceiling: Callable[[], dict]) -> dict:
 
 
 def open_shape(svc: Service, users: list[str], per_user: int, tag: str) -> tuple[Clients, dict]:
-    """``per_user`` sockets for each of ``users`` from two client processes (tokens minted now: they last
-    5 minutes), and the service's RSS before them and per socket."""
+    """``per_user`` sockets for each of ``users``, dealt out over two client processes (tokens minted
+    now: they last 5 minutes), and the service's RSS before them and per socket."""
     log(f"ws: {per_user} socket(s) each for {len(users):,} users")
     tokens = asyncio.run(client.tokens(svc.port, svc.key, users))
     rss_before, clients = svc.rss_kib(), Clients(svc, 2, tag)
-    opened = clients.open([(tokens[u], f"c{k}") for k in range(per_user) for u in users])
+    sockets, n = [f"{tokens[u]} c{k}" for k in range(per_user) for u in users], len(clients.procs)
+    answers = clients.ask("open", [" ".join(sockets[i::n]) for i in range(n)])
+    opened = {k: sum(a[k] for a in answers) for k in ("open", "failed")}
+    errors, seconds = [e for a in answers for e in a["errors"]][:3], max(a["seconds"] for a in answers)
+    shape = {"users": len(users), "per_user": per_user, **opened, "errors": errors, "seconds": seconds}
     per_socket = (svc.rss_kib() - rss_before) / max(1, opened["open"])
-    shape = {"users": len(users), "per_user": per_user, **opened}
     return clients, shape | {"rss_before_kib": rss_before, "per_socket_kib": per_socket}
 
 
