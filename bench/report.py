@@ -116,6 +116,10 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return [f"| {' | '.join(map(str, x))} |" for x in (header, ["---"] * len(header), *rows)] + [""]
 
 
+def _section(title: str, intro: str, *tables: list[str]) -> list[str]:
+    return [f"## {title}", "", intro, "", *(line for table in tables for line in table)]
+
+
 def _cpu(split: dict) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in split.items() if v >= 0.02)
 
@@ -159,14 +163,11 @@ def http_section(r: dict) -> list[str]:
         )
     header = ["endpoint", "service", "req/s", "p50 / p99 ms", "baseline req/s", "ratio", "floor req/s"]
     header += ["ratio to floor", "errors / non-2xx", "outbox drained / analytics lag 0, s after", "CPU (cores)"]
-    return [
-        "## HTTP endpoints",
-        "",
+    intro = (
         f"Baseline: {len(base)} runs, {min(base, default=0):,.0f}–{max(base, default=0):,.0f} req/s. Floors, ratios "
-        "and the drain: bench/README.md. What bounds each missed target: the profile below, docs/PROFILING.md.",
-        "",
-        *_table(header, rows),
-    ]
+        "and the drain: bench/README.md. What bounds each missed target: the profile below, docs/PROFILING.md."
+    )
+    return _section("HTTP endpoints", intro, _table(header, rows))
 
 
 def costs_section(r: dict) -> list[str]:
@@ -187,16 +188,15 @@ def costs_section(r: dict) -> list[str]:
         for what, (_, part, without, goal) in COSTS.items()
     ]
     flag = f"**Under {BUSY} core** (not bound by its CPU, so req/s is not 1 / CPU): {', '.join(idle)}."
-    return [
-        "## GET user: what each part costs",
-        "",
+    return _section(
+        "GET user: what each part costs",
         f"{len(_runs(r, VARIANTS[0]))} rounds; a cost is 1 − CPU µs per request without the part / with it, the "
         "median of the rounds (bench/README.md)."
         + ("" if "cpu_us" in runs[0] else " This run predates CPU per request: its costs are of req/s."),
-        "",
-        *_table(["variant", "CPU µs per request, by round", "req/s, by round", "service cores, least"], rows),
-        *_table(["cost", "compares", "by round", "median", "limit"], cost_rows),
-    ] + ([flag, ""] if idle else [])
+        _table(["variant", "CPU µs per request, by round", "req/s, by round", "service cores, least"], rows),
+        _table(["cost", "compares", "by round", "median", "limit"], cost_rows),
+        [flag, ""] if idle else [],
+    )
 
 
 def profile_section(r: dict) -> list[str]:
@@ -212,25 +212,21 @@ def profile_section(r: dict) -> list[str]:
 
     rows = [[g, *(cell(p, g) for p in prof.values())] for g in [*groups, None]]
     rows[-1][0] = "**all**"
-    return [
-        "## Where a request's time goes",
-        "",
+    intro = (
         "CPU µs per request, service / floor, by the module group of the innermost Python frame (py-spy: "
-        "bench/README.md, bench/wrk.py).",
-        "",
-        *_table(["module group", *(labels.get(e, e) for e in prof)], rows),
-    ]
+        "bench/README.md, bench/wrk.py)."
+    )
+    table = _table(["module group", *(labels.get(e, e) for e in prof)], rows)
+    return _section("Where a request's time goes", intro, table)
 
 
 def ws_section(ws: dict, m: dict) -> list[str]:
-    out = [
-        "## WebSocket fan-out",
-        "",
+    out = _section(
+        "WebSocket fan-out",
         "Latency from the REST call to the frame received, the rate stepped up until p99 passes 100 ms "
         "(bench/README.md). Legs: REST call → committed, committed → on Kafka (the outbox rows), Kafka → the hub "
         "(the service's histogram, a bucket's bound).",
-        "",
-    ]
+    )
     header = ["payments/s (achieved)", "frames/s offered", "delivered", "frames", "p50 / p99 / max ms"]
     header += ["legs p50, p99 ms: REST / relay / hub", "frames per service CPU-s", "CPU (cores)", "held"]
     for s in (ws["single"], ws["shared"]):
@@ -265,13 +261,7 @@ def _after(row: dict, m: dict) -> str:
 
 def history_section(title: str, history: dict, m: dict) -> list[str]:
     rows = [[h["change"], h["commit"], h["measure"], h["before"], _after(h, m)] for h in history.get("rows", [])]
-    return [
-        f"## {title}",
-        "",
-        history.get("note", ""),
-        "",
-        *_table(["change", "code", "measure", "before", "after"], rows),
-    ]
+    return _section(title, history.get("note", ""), _table(["change", "code", "measure", "before", "after"], rows))
 
 
 def markdown(r: dict, history: dict) -> str:
