@@ -22,7 +22,7 @@ from service.supervisor import free_port
 
 
 def rest(path: str, body: str = "") -> dict[str, str]:
-    """bench/lua/request.lua's settings: a POST with ``body``, else a GET; both templates take an id."""
+    """bench/wrk.lua's settings: a POST with ``body``, else a GET; both templates take an id."""
     return {"METHOD": "POST" if body else "GET", "PATH": path, "BODY": body}
 
 
@@ -34,7 +34,7 @@ ENDPOINTS = {
     "get_payment": ("GET payment (cache hit)", "payments", "get", rest("/api/v1/payments/%s")),
     "list_payments": ("GET user payments (page of 20)", "list_users", "page", rest(PAGE)),
     "post_payments": ("POST payments", "users", "post", rest("/api/v1/payments", PAYMENT)),
-    "put_status": ("PUT payment status", "pending", "put", {"SCRIPT": "put_status.lua"}),
+    "put_status": ("PUT payment status", "pending", "put", {"WALK": "1"}),
     "list_filtered": (
         f"GET user payments, filtered ({env.BIG_USER_PAYMENTS:,} payments)",
         "big_user",
@@ -139,15 +139,12 @@ class Run:
             names[pid] = target.split()[0] if target.startswith("floor") else "service"
             extra |= ids or self.prepare(endpoint)
             url = f"http://{env.HOST}:{port}"
-        script = extra.get("BENCH_SCRIPT", "request.lua")
-        r = wrk.run(name, url, script, seconds, self.s.connections, extra | {"names": names}, pid, profile)
+        r = wrk.run(name, url, seconds, self.s.connections, extra | {"names": names}, pid, profile)
         log(f"  {name:<40} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms")
         return r
 
     def drain(self, ended_at: float) -> dict:
-        out = asyncio.run(drained(ended_at, self.s.drain_timeout_s))
-        log(f"    outbox drained {out.get('outbox_drained_s')} s, analytics {out.get('analytics_caught_up_s')} s")
-        return out
+        return asyncio.run(drained(ended_at, self.s.drain_timeout_s))
 
     def shipped(self) -> list[dict]:
         """Each endpoint after its floor, each between two baseline runs."""

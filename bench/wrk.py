@@ -1,4 +1,4 @@
-"""wrk with one of bench/lua/*.lua: run it, parse the line its ``done()`` prints, and note what
+"""wrk with bench/wrk.lua: run it, parse the line its ``done()`` prints, and note what
 every process used of the CPU meanwhile; for the process under test (``pid``), its CPU µs per
 request and, with ``profile``, where they went: py-spy samples it (250 Hz, idle threads left
 out), each sample counts for its innermost frame's module group, and a group's share of the
@@ -16,7 +16,7 @@ from collections import Counter
 
 from bench.env import REPO, WORK, cpu_split, processes
 
-LUA = REPO / "bench" / "lua"
+SCRIPT = REPO / "bench" / "wrk.lua"
 PYSPY = [str(REPO / ".venv/bin/py-spy"), "record", "--rate", "250", "--nonblocking", "--full-filenames"]
 OURS = ("handlers", "domain", "managers", "service", "bench")  # bench/: a floor's own code
 # A frame's group by a package in its file's path (after ours), in the profile table's order.
@@ -36,21 +36,19 @@ def group(frame: str) -> str:
     return next((GROUPS[p] for p in modules if p in GROUPS), "other")
 
 
-def run(
-    name: str, url: str, script: str, seconds: int, connections: int, env: dict, pid: int = 0, profile: bool = False
-) -> dict:
-    """``wrk -t2 -c connections -d seconds -s bench/lua/<script> url``; ``env`` reaches the
-    script (BENCH_KEYS, BENCH_IDS, BENCH_PATH), and ``names`` (pid -> label) the CPU split."""
+def run(name: str, url: str, seconds: int, connections: int, env: dict, pid: int = 0, profile: bool = False) -> dict:
+    """``wrk -t2 -c connections -d seconds -s bench/wrk.lua url``; ``env`` reaches the script
+    (BENCH_KEYS, BENCH_IDS, BENCH_PATH, ...), and ``names`` (pid -> label) the CPU split."""
     names = env.pop("names", {})
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA / script), url]
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(SCRIPT), url]
     if profile:
         stacks = WORK / f"py-spy-{name}.txt".replace(": ", "-")
         argv_spy = [*PYSPY, "--pid", str(pid), "-d", str(seconds + 1), "-f", "raw", "-o", str(stacks)]
         spy = subprocess.Popen(argv_spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # attached
     before, usage, started = processes(), resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    lua = {"LUA_PATH": f"{LUA}/?.lua;;", "BENCH_THREADS": "2"}
-    proc = subprocess.run(argv, env=os.environ | lua | env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = os.environ | {"BENCH_THREADS": "2"} | env  # as -t2: the PUT walk's slices
+    proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, ended, after, done = proc.stdout, time.time(), processes(), resource.getrusage(resource.RUSAGE_CHILDREN)
     (WORK / f"wrk-{name}.txt").write_text(out)
     line = next((x for x in out.splitlines() if x.startswith("BENCH_JSON ")), None)
