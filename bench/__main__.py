@@ -81,6 +81,7 @@ async def drained(ended_at: float, timeout_s: float) -> dict:
                 await asyncio.sleep(0.05)
     finally:
         await admin.close()
+    log(f"    outbox drained {out.get('outbox_drained_s')} s, analytics {out.get('analytics_caught_up_s')} s")
     return out
 
 
@@ -129,8 +130,7 @@ class Run:
         return {"BENCH_IDS": str(env.WORK / f"{ids}.txt")} | {f"BENCH_{k}": v for k, v in request.items()}
 
     def wrk(self, name: str, target: str | None, endpoint: str, seconds: int, ids=None, profile: bool = False) -> dict:
-        """One wrk run against ``endpoint`` of ``target`` (a service or a floor), or against the
-        baseline (None)."""
+        """One wrk run against ``endpoint`` of ``target`` (a service or a floor), or against the baseline (None)."""
         names = {self.baseline.pid: "baseline", os.getpid(): "bench"}
         names |= {proc.pid: f"idle {who}" for who, (proc, _) in self.procs.items()}
         extra, url, pid = {"BENCH_KEYS": str(KEYS)}, f"http://{env.HOST}:{self.base_port}/", 0
@@ -201,9 +201,9 @@ def main() -> None:
     try:
         run.start("shipped")
         started, port = time.time(), run.procs["shipped"][1]
-        run.ids = asyncio.run(client.seed(port, key, s.users, s.list_users, s.payments_per_user))
+        run.ids = asyncio.run(client.seed(port, key, s.users, s.list_users, s.payments_per_user, CLIENTS))
         run.ids["big_user"] = [env.big_user(run.ids["users"][-1])]
-        KEYS.write_text("\n".join(asyncio.run(client.admin_keys(port, key, CLIENTS))) + "\n")
+        KEYS.write_text("\n".join(run.ids["keys"]) + "\n")
         results["seed"] = {"seconds": round(time.time() - started, 1), "drain": run.drain(time.time())}
         run.start_floors()
         run.wrk("warmup-baseline", None, "", s.warmup_s)

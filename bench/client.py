@@ -11,13 +11,11 @@ from typing import Any
 
 from bench.env import HOST, log
 
-CONCURRENCY = 32
-
 
 class Pool:
     """``size`` keep-alive connections, each request on a free one, every request with the key."""
 
-    def __init__(self, port: int, key: str, size: int = CONCURRENCY):
+    def __init__(self, port: int, key: str, size: int = 32):
         self.port, self.key = port, key
         self._free: asyncio.Queue = asyncio.Queue()
         for _ in range(size):
@@ -68,9 +66,9 @@ async def call_all(port: int, key: str, calls: list[tuple]) -> list:
         pool.close()
 
 
-async def seed(port: int, key: str, users: int, list_users: int, per_user: int) -> dict[str, list[str]]:
-    """``users`` users, ``per_user`` payments for each of the first ``list_users``, each read
-    once so that the GET runs hit the cache."""
+async def seed(port: int, key: str, users: int, list_users: int, per_user: int, keys: int) -> dict[str, list[str]]:
+    """``users`` users, ``per_user`` payments for each of the first ``list_users``, each read once so
+    that the GET runs hit the cache; and ``keys`` admin keys, for wrk's requests to spread over."""
     nonce, started = uuid.uuid4().hex[:8], time.monotonic()
     bodies = [{"email": f"seed-{nonce}-{i}@example.com", "name": f"Seed {i}"} for i in range(users)]
     user_ids = [u["id"] for u in await call_all(port, key, [("POST", "/api/v1/users", b, 201) for b in bodies])]
@@ -79,13 +77,10 @@ async def seed(port: int, key: str, users: int, list_users: int, per_user: int) 
     payment_ids = [p["id"] for p in await call_all(port, key, [("POST", "/api/v1/payments", b, 201) for b in bodies])]
     reads = [f"/api/v1/users/{u}" for u in user_ids] + [f"/api/v1/payments/{p}" for p in payment_ids]
     await call_all(port, key, [("GET", path) for path in reads])
+    calls = [("POST", "/api/v1/api-keys", {"role": "admin"}, 201)] * keys
+    admin = [k["key"] for k in await call_all(port, key, calls)]
     log(f"seeded {len(user_ids):,} users, {len(payment_ids):,} payments in {time.monotonic() - started:.1f}s")
-    return {"users": user_ids, "list_users": user_ids[:list_users], "payments": payment_ids}
-
-
-async def admin_keys(port: int, key: str, n: int) -> list[str]:
-    """``n`` admin keys (``POST /api/v1/api-keys``): wrk's requests spread over them as over clients."""
-    return [k["key"] for k in await call_all(port, key, [("POST", "/api/v1/api-keys", {"role": "admin"}, 201)] * n)]
+    return {"users": user_ids, "list_users": user_ids[:list_users], "payments": payment_ids, "keys": admin}
 
 
 async def tokens(port: int, key: str, users: list[str]) -> dict[str, str]:
