@@ -4,6 +4,7 @@ the writing thread, on a real file."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import os
 import queue
 import re
 import stat
+import time
 
 import pytest
 
@@ -84,6 +86,28 @@ async def test_the_writer_writes_bursts_in_a_few_writes_in_order_and_rotates_bet
     assert all(f.stat().st_size <= 15_000 for f in files)
     in_files = [json.loads(line)["msg"] for f in files for line in f.read_text().splitlines()]
     assert in_files == [f"line {i}" for i in range(500)]
+
+
+@pytest.mark.gen_test
+async def test_a_steady_stream_of_lines_is_written_a_few_times_a_second(tmp_path):
+    """A line a millisecond, as a busy service logs: about ten writes a second per
+    destination, not one per line or per 20 ms (each write takes the GIL from the loop)."""
+    stream = CountingStream()
+    handler = logging.StreamHandler(stream)
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    writer = BatchWriter(records, handler)
+    writer.start()
+    started = time.monotonic()
+    try:
+        for i in range(1000):
+            records.put(f"line {i}")
+            await asyncio.sleep(0.001)
+        elapsed = time.monotonic() - started
+        await wait_until(lambda: stream.getvalue().count("\n") == 1000, timeout=5, what="1000 lines")
+    finally:
+        writer.stop()
+    assert stream.getvalue().splitlines() == [f"line {i}" for i in range(1000)]
+    assert stream.writes <= elapsed * 10 + 2, (stream.writes, elapsed)
 
 
 @pytest.mark.gen_test
