@@ -55,7 +55,7 @@ class Settings:
     drain_timeout_s: float = 60.0
     ws_sockets: int = 10000
     ws_shared_users: int = 100
-    ws_rates_single: tuple = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0)  # payments/s
+    ws_rates_single: tuple = (25.0, 50.0, 100.0, 200.0, 400.0, 600.0, 800.0)  # payments/s
     ws_rates_shared: tuple = (25.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0)
     ws_step_s: float = 5.0
 

@@ -38,6 +38,13 @@ class Service:
     def open_files(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
+    def loop_stalls_s(self) -> tuple[float, float]:
+        """Seconds so far its event loop (the main thread) was runnable but waiting for a core
+        (/proc schedstat), and spent in collector passes (its own histogram's sum)."""
+        waited = int(Path(f"/proc/{self.proc.pid}/schedstat").read_text().split()[1]) / 1e9
+        text = urllib.request.urlopen(self.metrics, timeout=5).read().decode().splitlines()
+        return waited, sum(float(line.split()[-1]) for line in text if line.startswith(GC))
+
 
 class Clients:
     """Client processes sharing one set of sockets; a command goes to each of them."""
@@ -101,6 +108,7 @@ def open_shape(svc: Service, users: list[str], per_user: int, tag: str) -> tuple
 
 
 HUB = 'singleton_kafka_consumer_delay_seconds_bucket{consumer="broadcast",'  # Kafka -> the hub
+GC = "singleton_gc_pause_seconds_sum"
 
 
 def scrape(url: str) -> dict[float, float]:
@@ -135,7 +143,7 @@ def steps(svc: Service, clients: Clients, users: list[str], per_user: int, rates
     rows, names = [], {svc.proc.pid: "service", os.getpid(): "bench (REST driver)"}
     names |= {p.pid: "ws client" for p in clients.procs}
     for rate in rates:
-        before, started, hub_before = processes(), time.time(), scrape(svc.metrics)
+        before, started, hub_before, stalls = processes(), time.time(), scrape(svc.metrics), svc.loop_stalls_s()
         driven = asyncio.run(client.drive(svc.port, svc.key, users, rate, seconds))
         answers = clients.ask("collect")
         cpu, elapsed = cpu_split(before, processes(), time.time() - started, names), time.time() - started
@@ -149,6 +157,7 @@ def steps(svc: Service, clients: Clients, users: list[str], per_user: int, rates
         hub_after = scrape(svc.metrics)  # the service's own: Kafka to the hub (bucket bounds)
         hub = [bucket_ms(hub_before, hub_after, q) for q in (50, 99)]
         row |= {"cpu_cores": cpu, "legs_ms": legs(started) | {"kafka_to_hub": hub}}
+        row["loop_stalls"] = [round((b - a) / elapsed, 3) for a, b in zip(stalls, svc.loop_stalls_s(), strict=True)]
         failed = {
             f"p99 over {P99_LIMIT_MS:g} ms": (row["p99_ms"] or math.inf) > P99_LIMIT_MS,
             "frames lost": len(lat) < expected,

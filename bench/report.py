@@ -225,16 +225,19 @@ def ws_section(ws: dict, m: dict) -> list[str]:
         "WebSocket fan-out",
         "Latency from the REST call to the frame received, the rate stepped up until p99 passes 100 ms "
         "(bench/README.md). Legs: REST call → committed, committed → on Kafka (the outbox rows), Kafka → the hub "
-        "(the service's histogram, a bucket's bound).",
+        "(the service's histogram, a bucket's bound). The loop's stalls: the share of the step its event loop "
+        "was runnable but waiting for a core (/proc schedstat), and in collector passes (its histogram).",
     )
     header = ["payments/s (achieved)", "frames/s offered", "delivered", "frames", "p50 / p99 / max ms"]
-    header += ["legs p50, p99 ms: REST / relay / hub", "frames per service CPU-s", "CPU (cores)", "held"]
+    header += ["legs p50, p99 ms: REST / relay / hub", "loop: waiting for a core / GC", "frames per service CPU-s"]
+    header += ["CPU (cores)", "held"]
     for s in (ws["single"], ws["shared"]):
         out += [f"**{s['users']:,} users × {s['per_user']} sockets** ({s['open']:,} open in {s['seconds']} s).", ""]
         rows = [
             [f"{x['rate']:g} ({x['achieved_rate']:g})", f"{x['offered_fps']:,.0f}", f"{x['fps']:,}"]
             + [f"{x['frames']:,} / {x['expected']:,}", _ms(x["p50_ms"], x["p99_ms"], x["max_ms"])]
             + [" / ".join(f"{_ms(*leg).replace(' / ', ', ')}" for leg in x["legs_ms"].values())]
+            + [" / ".join(f"{share:.0%}" for share in x["loop_stalls"]) if "loop_stalls" in x else "—"]
             + [f"{x['frames_per_cpu_s']:,}", _cpu(x["cpu_cores"]), "; ".join(x["why_not"]) or "yes"]
             for x in s["steps"]
         ]
