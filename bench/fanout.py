@@ -38,12 +38,9 @@ class Service:
     def open_files(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
-    def loop_stalls_s(self) -> tuple[float, float]:
-        """Seconds so far its event loop (the main thread) was runnable but waiting for a core
-        (/proc schedstat), and spent in collector passes (its own histogram's sum)."""
-        waited = int(Path(f"/proc/{self.proc.pid}/schedstat").read_text().split()[1]) / 1e9
-        text = urllib.request.urlopen(self.metrics, timeout=5).read().decode().splitlines()
-        return waited, sum(float(line.split()[-1]) for line in text if line.startswith(GC))
+    def loop_waited_s(self) -> float:
+        """Seconds so far its event loop (the main thread) was runnable but waiting for a core."""
+        return int(Path(f"/proc/{self.proc.pid}/schedstat").read_text().split()[1]) / 1e9
 
 
 class Clients:
@@ -111,11 +108,12 @@ HUB = 'singleton_kafka_consumer_delay_seconds_bucket{consumer="broadcast",'  # K
 GC = "singleton_gc_pause_seconds_sum"
 
 
-def scrape(url: str) -> dict[float, float]:
-    """The service's ``HUB`` histogram: upper bound -> cumulative count."""
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    matches = (re.search(r'le="([^"]+)"\} (\S+)', line) for line in text.splitlines() if line.startswith(HUB))
-    return {float(m[1]): float(m[2]) for m in matches if m}
+def scrape(url: str) -> tuple[dict[float, float], float]:
+    """The service's ``HUB`` histogram (upper bound -> cumulative count), and the seconds its
+    collector passes took so far (``GC``)."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode().splitlines()
+    matches = (re.search(r'le="([^"]+)"\} (\S+)', line) for line in text if line.startswith(HUB))
+    return {float(m[1]): float(m[2]) for m in matches if m}, sum(float(x.split()[-1]) for x in text if x.startswith(GC))
 
 
 def bucket_ms(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
@@ -143,7 +141,8 @@ def steps(svc: Service, clients: Clients, users: list[str], per_user: int, rates
     rows, names = [], {svc.proc.pid: "service", os.getpid(): "bench (REST driver)"}
     names |= {p.pid: "ws client" for p in clients.procs}
     for rate in rates:
-        before, started, hub_before, stalls = processes(), time.time(), scrape(svc.metrics), svc.loop_stalls_s()
+        before, started, waited = processes(), time.time(), svc.loop_waited_s()
+        hub_before, gc_before = scrape(svc.metrics)
         driven = asyncio.run(client.drive(svc.port, svc.key, users, rate, seconds))
         answers = clients.ask("collect")
         cpu, elapsed = cpu_split(before, processes(), time.time() - started, names), time.time() - started
@@ -154,10 +153,10 @@ def steps(svc: Service, clients: Clients, users: list[str], per_user: int, rates
         row |= {f"p{q}_ms": percentile(lat, q) for q in (50, 99)} | {"max_ms": lat[-1] if lat else None}
         row["fps"] = round(len(lat) / window) if lat and window > 0 else 0
         row["frames_per_cpu_s"] = round(len(lat) / (cpu.get("service", 0) * elapsed or math.inf))
-        hub_after = scrape(svc.metrics)  # the service's own: Kafka to the hub (bucket bounds)
+        hub_after, gc_after = scrape(svc.metrics)  # the service's own: Kafka to the hub (bucket bounds), GC
         hub = [bucket_ms(hub_before, hub_after, q) for q in (50, 99)]
         row |= {"cpu_cores": cpu, "legs_ms": legs(started) | {"kafka_to_hub": hub}}
-        row["loop_stalls"] = [round((b - a) / elapsed, 3) for a, b in zip(stalls, svc.loop_stalls_s(), strict=True)]
+        row["loop_stalls"] = [round(x / elapsed, 3) for x in (svc.loop_waited_s() - waited, gc_after - gc_before)]
         failed = {
             f"p99 over {P99_LIMIT_MS:g} ms": (row["p99_ms"] or math.inf) > P99_LIMIT_MS,
             "frames lost": len(lat) < expected,
