@@ -28,6 +28,7 @@ from domain.audit import Actor
 from domain.auth import ADMIN, Authenticator, Principal
 from domain.errors import APIError, not_found
 from domain.ratelimit import RateLimiter
+from handlers import tornado_internals
 from managers import metrics
 from managers.config import ConfigManager
 from managers.dependencies import UNAVAILABLE  # a backing service failing mid-request: 503
@@ -44,6 +45,12 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Request metrics label the method from this list; any other token is "other", so
 # invented methods cannot create new series.
 METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# Every response's headers before a handler adds its own (and Date, tornado_internals.reset_response).
+DEFAULT_HEADERS = {
+    "Content-Type": "application/json; charset=utf-8",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
 # With API keys not checked (the bench's own switch, bench/without.py), every caller acts as admin.
 AUTH_DISABLED = Principal("", ADMIN, None)
 
@@ -95,15 +102,16 @@ class BaseHandler(tornado.web.RequestHandler):
         return ConfigManager.instance()
 
     # -- request lifecycle --------------------------------------------------------------------
+    def clear(self) -> None:
+        """Tornado's ``clear()`` with our default headers written once, and no Server header."""
+        tornado_internals.reset_response(self, DEFAULT_HEADERS)
+        self.set_default_headers()
+
     def set_default_headers(self) -> None:
-        self.clear_header("Server")
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("X-Content-Type-Options", "nosniff")
         if not self.request_id:  # also called again by clear() before an error page
             incoming = self.request.headers.get("X-Request-ID", "")
             self.request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
-        self.set_header("X-Request-ID", self.request_id)
+        tornado_internals.set_trusted_header(self, "X-Request-ID", self.request_id)
         request_id_var.set(self.request_id)
         self._set_cors_headers()
 
@@ -179,7 +187,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def _rate_limit_headers(self, verdict: ratelimit.Verdict | None) -> None:
         for name, value in ratelimit.headers(verdict).items() if verdict else ():
-            self.set_header(name, value)
+            tornado_internals.set_trusted_header(self, name, value)  # digits
 
     def bearer(self) -> str | None:
         """The credential of an ``Authorization: Bearer`` header, if there is one."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import email.utils
 import json
 import logging
+import re
 import urllib.parse
 import uuid
 
@@ -210,6 +213,11 @@ async def test_405_carries_allow_and_every_response_the_security_headers(api):
     for response_headers in (headers, (await api.get(f"/api/v1/users/{user['id']}"))[2]):
         assert "Server" not in response_headers
         assert response_headers["X-Content-Type-Options"] == "nosniff"
+        assert response_headers["Cache-Control"] == "no-store"
+        assert response_headers["Content-Type"] == "application/json; charset=utf-8"
+        assert re.fullmatch(r"[0-9a-f]{32}", response_headers["X-Request-ID"])
+        sent = email.utils.parsedate_to_datetime(response_headers["Date"])  # an HTTP date, of now
+        assert abs((sent - datetime.datetime.now(datetime.UTC)).total_seconds()) < 5
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -5,6 +5,7 @@ WebSocket does. No server: a bare request, and a real socket pair."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import socket
 from types import SimpleNamespace
 from typing import cast
@@ -55,6 +56,36 @@ def test_response_headers_live_where_they_are_dropped():
     empty = httputil.HTTPHeaders()
     tornado_internals.drop_response_headers(handler, empty)
     assert handler._headers is empty
+
+
+def test_reset_response_leaves_a_handler_as_clear_does():
+    ours, tornados = handler_for(), handler_for()
+    for handler in (ours, tornados):  # a response half made, as before an error page
+        handler.set_status(404)
+        handler.set_header("X-Something", "1")
+        handler.write("partial")
+    before = dict(vars(tornados))
+    tornado.web.RequestHandler.clear(tornados)
+    # Every attribute clear() sets, reset_response sets to the same: an upgrade that makes
+    # clear() reset something more fails here.
+    cleared = {name for name, value in vars(tornados).items() if name not in before or before[name] is not value}
+    assert cleared == {"_headers", "_write_buffer", "_status_code", "_reason"}
+    ours_before = dict(vars(ours))
+    tornado_internals.reset_response(ours, {"Content-Type": "application/json"})
+    assert {name for name, value in vars(ours).items() if ours_before.get(name) is not value} == cleared
+    assert (tornados.get_status(), tornados._reason, tornados._write_buffer) == (200, "OK", [])
+    assert (ours.get_status(), ours._reason, ours._write_buffer) == (200, "OK", [])
+    assert sorted(ours._headers) == ["Content-Type", "Date"]
+    assert ours._headers["Content-Type"] == "application/json"
+    theirs = email.utils.parsedate_to_datetime(tornados._headers["Date"])
+    assert abs((email.utils.parsedate_to_datetime(ours._headers["Date"]) - theirs).total_seconds()) <= 1
+
+
+def test_a_trusted_header_lands_where_set_header_puts_it():
+    ours, tornados = handler_for(), handler_for()
+    tornado_internals.set_trusted_header(ours, "RateLimit-Remaining", "41")
+    tornados.set_header("RateLimit-Remaining", "41")
+    assert ours._headers.get_all() and list(ours._headers.get_all()) == list(tornados._headers.get_all())
 
 
 async def _stream_pair() -> tuple[IOStream, socket.socket]:
