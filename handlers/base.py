@@ -365,10 +365,13 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         "status": status,
         "duration_ms": round(duration * 1000, 3),
         "remote_ip": handler.request.remote_ip,
-        "key_id": principal.key_id if principal is not None else None,
         "user_agent": handler.request.headers.get("User-Agent", "")[:256],
-        "error": handler.error if isinstance(handler, BaseHandler) else None,
     }
+    # Only what the request has: a line without a None to leave out is cheaper to write.
+    if principal is not None and principal.key_id is not None:
+        fields["key_id"] = principal.key_id
+    if isinstance(handler, BaseHandler) and handler.error is not None:
+        fields["error"] = handler.error
     if LoggerManager.started():  # the service: one line of text, no LogRecord
         LoggerManager.instance().line(access_log, level, "request", fields)
     else:  # the application alone (tests, tools): a record, to whatever handlers there are

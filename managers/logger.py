@@ -7,7 +7,7 @@ The event loop only hands each record to a queue (``DeferredHandler``): a
 thread of its own (``BatchWriter``) formats the JSON and writes it in batches, so
 a line costs the loop a few microseconds, not a write to two files. The access
 line, one per request, skips even the ``LogRecord``: ``line()`` formats it on
-the loop (orjson, a few microseconds) and queues the text (docs/BENCHMARKS.md,
+the loop (orjson, a few microseconds) and queues its UTF-8 (docs/BENCHMARKS.md,
 history), in the same shape a record gets.
 
 During an outage the client libraries (aiokafka, PyMongo, redis-py, aiomysql)
@@ -39,6 +39,9 @@ from managers.base import Manager
 from managers.config import LoggingConfig
 from managers.dependencies import LOG_SOURCES
 
+# The standard levels' names as lines spell them, looked up by line().
+_LEVELS = {n: logging.getLevelName(n).lower() for n in range(logging.DEBUG, logging.CRITICAL + 1, 10)}
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else passed in ``extra=`` is emitted as a field.
@@ -67,14 +70,18 @@ class JsonFormatter(logging.Formatter):
 _second: tuple[int, str] = (-1, "")  # the last second a line was stamped with, formatted
 
 
-def head(created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
-    """The fields every line starts with."""
+def timestamp(created: float) -> str:
+    """A line's time: UTC, to the millisecond (the second's text made once a second)."""
     global _second
     whole = int(created)
     if _second[0] != whole:
         _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    ts = f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
-    return {"ts": ts, "level": level.lower(), "logger": logger, "msg": msg}
+    return f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
+
+
+def head(created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
+    """The fields every line starts with."""
+    return {"ts": timestamp(created), "level": level.lower(), "logger": logger, "msg": msg}
 
 
 def to_json(line: dict[str, Any]) -> str:
@@ -111,7 +118,7 @@ class BatchWriter(logging.handlers.QueueListener):
     GATHER_S = 0.1
     BATCH_MAX = 5000
     # What LoggerManager.start hands it: records, and lines already formatted (``line()``).
-    queue: queue.SimpleQueue[logging.LogRecord | str | None]
+    queue: queue.SimpleQueue[logging.LogRecord | str | bytes | None]
     _sentinel: None  # QueueListener's end-of-queue marker (private, so typeshed omits it)
 
     def _monitor(self) -> None:
@@ -126,7 +133,8 @@ class BatchWriter(logging.handlers.QueueListener):
                     batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-            records = [r for r in batch if r is not self._sentinel]
+            # line()'s lines come as UTF-8: decoded here, once for every destination.
+            records = [r.decode() if isinstance(r, bytes) else r for r in batch if r is not self._sentinel]
             stopping, busy = len(records) < len(batch), bool(records)
             if records:
                 for handler in self.handlers:
@@ -242,12 +250,17 @@ class LoggerManager(Manager):
 
     def line(self, logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
         """A line of ``logger`` with ``fields`` (those that are None left out), formatted
-        here and queued as text: no LogRecord, no handler, no filter (the outage filter
-        is for client libraries' records). The level is the logger's, as for a record."""
+        here and queued as UTF-8: no LogRecord, no handler, no filter (the outage filter
+        is for client libraries' records). The level is the logger's, as for a record.
+        One per request: a caller that leaves out what it has not saves the filtering."""
         if logger.isEnabledFor(level):
-            line = head(time.time(), logging.getLevelName(level), logger.name, msg)
-            line.update((key, value) for key, value in fields.items() if value is not None)
-            self._lines.put(to_json(line))
+            name = _LEVELS.get(level) or logging.getLevelName(level).lower()
+            line = {"ts": timestamp(time.time()), "level": name, "logger": logger.name, "msg": msg}
+            line |= fields if None not in fields.values() else {k: v for k, v in fields.items() if v is not None}
+            try:
+                self._lines.put(orjson.dumps(line))
+            except TypeError:  # what orjson refuses (an integer past 64 bits, a lone surrogate)
+                self._lines.put(to_json(line))
 
     def summarize_suppressed(self) -> None:
         """One line saying how many client-library warnings were dropped since the last one."""
