@@ -37,11 +37,14 @@ class Buckets:
         self.calls: list[tuple[str, int]] = []
         self.down = False
         self.gate: asyncio.Event | None = None  # when set: each call waits for it
+        self.round_trip = False  # when set: each call takes a turn of the loop, as a real one does
 
     async def take_tokens(self, key: str, per_s: float, burst: int, wanted: int = 1) -> Bucket:
         self.calls.append((key, wanted))
         if self.gate is not None:
             await self.gate.wait()
+        if self.round_trip:
+            await asyncio.sleep(0)
         if self.down:
             raise ConnectionError("redis is down")
         now = self.clock.now
@@ -148,8 +151,55 @@ async def test_concurrent_calls_that_find_the_share_spent_ask_redis_once_per_sha
     assert len(redis.calls) == 1
     redis.gate.set()
     verdicts = await asyncio.gather(*calls)
-    assert len(redis.calls) == 4, "a share of 10 per call to Redis"
+    await asyncio.sleep(0)  # the top-up the last share began when it ran low
+    assert len(redis.calls) == 5, "a share of 10 per call to Redis, and the next as the last ran low"
     assert sorted(v.remaining for v in verdicts) == list(range(10, 50))
+
+
+def spend_without_waiting(limits: RateLimiter, method: str = "GET") -> ratelimit.Verdict | None:
+    """One check that must not wait (for Redis, or for anything)."""
+    call = limits.check(method, ME, "ip")
+    try:
+        call.send(None)
+    except StopIteration as finished:
+        return finished.value
+    call.close()
+    raise AssertionError("the call waited")
+
+
+@pytest.mark.gen_test
+async def test_a_share_running_low_is_topped_up_in_the_background_and_no_call_waits(redis):
+    limits = limiter(read=(100, 200))  # shares of 50, the next taken when 10 are left
+    await limits.check("GET", ME, "ip")  # a bucket's first call asks Redis itself
+    redis.round_trip = True  # from now on, a call that asked Redis would wait
+    remaining = []
+    for _ in range(179):
+        remaining.append(spend_without_waiting(limits).remaining)
+        for _ in range(2):  # turns of the loop between calls, as between requests
+            await asyncio.sleep(0)
+    assert redis.calls == [("rl:key:key-1:r", 50)] * 4  # the 1st call's, then at calls 40, 90 and 140
+    assert remaining == list(range(198, 19, -1)), "what an exact bucket of 200 says after each call"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("fault", ["redis down", "bucket empty"])
+async def test_a_top_up_that_finds_redis_down_or_the_bucket_empty_adds_nothing(redis, fault):
+    limits = limiter(read=(100, 60 if fault == "redis down" else 50))  # shares of 50, the next at 10 left
+    await limits.check("GET", ME, "ip")  # takes 50: 10 left in a bucket of 60, none in one of 50
+    redis.down = fault == "redis down"
+    for _ in range(39):
+        spend_without_waiting(limits)
+    await asyncio.sleep(0)  # the top-up, begun at 10 left, fails or takes nothing
+    assert len(redis.calls) == 2
+    for _ in range(10):  # the share's last tokens, spent as they were
+        spend_without_waiting(limits)
+    if fault == "redis down":  # then the call that finds it spent asks Redis: the local bucket of 60
+        assert (await limits.check("GET", ME, "ip")).remaining == 59
+    else:  # or finds the bucket empty: 429
+        with pytest.raises(APIError) as caught:
+            await limits.check("GET", ME, "ip")
+        assert caught.value.status == 429
+    assert len(redis.calls) == 3
 
 
 @pytest.mark.gen_test

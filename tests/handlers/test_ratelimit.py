@@ -4,12 +4,11 @@ per-process buckets (or 503, if configured closed) when Redis is gone."""
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 
 import pytest
 
-from domain.ratelimit import Rate, RateLimiter, address_bucket, share_size
+from domain.ratelimit import Rate, RateLimiter, address_bucket, low_water, share_size
 from managers.redis import RedisManager
 from tests.helpers import metric, start_redis, stop_redis, wait_until
 
@@ -142,18 +141,21 @@ def redis_calls_at_100_reads_per_s(monkeypatch) -> list:
 @pytest.mark.gen_test
 async def test_an_instance_spends_a_small_share_of_a_bucket_without_asking_redis(api, monkeypatch):
     """A share of the rate is taken at once and spent locally: at 100 reads/s, one Redis
-    call per share (50 reads), and never more reads than the bucket holds."""
+    call per share (50 reads), the next taken in the background when 10 are left, and
+    never more reads than the bucket holds."""
     user = await api.new_user()
     me = await api.as_user(user["id"])
     calls = redis_calls_at_100_reads_per_s(monkeypatch)
-    share = share_size(RateLimiter.instance().read)
-    assert 1 < share <= 50
+    limiter = RateLimiter.instance()
+    share, low = share_size(limiter.read), low_water(limiter.read)
+    assert (share, low) == (50, 10)
     started = time.monotonic()
     codes = []
-    for n in range(80):
+    for n in range(1, 81):
         codes.append((await me.get(f"/api/v1/users/{user['id']}"))[0])
-        if n == 39:  # the bucket held 50 and refills: every share so far was a full one
-            assert len(calls) == math.ceil(40 / share), f"{len(calls)} Redis calls for 40 reads"
+        if n in (share - low - 1, share - low):  # the read that leaves 10 begins the next share
+            await wait_until(lambda: not limiter._refills, timeout=5)
+            assert len(calls) == (1 if n < share - low else 2), f"{len(calls)} Redis calls for {n} reads"
     elapsed = time.monotonic() - started
     assert codes.count(200) >= 50, "at least the bucket's 50"
     # At most what the bucket held and refilled, plus the share not yet spent (the stated bound).
@@ -165,7 +167,8 @@ async def test_concurrent_calls_that_find_the_share_spent_ask_redis_once(api, mo
     user = await api.new_user()
     me = await api.as_user(user["id"])
     calls = redis_calls_at_100_reads_per_s(monkeypatch)
-    results = await asyncio.gather(*(me.get(f"/api/v1/users/{user['id']}") for _ in range(40)))
-    assert [code for code, _, _ in results] == [200] * 40
     share = share_size(RateLimiter.instance().read)
-    assert len(calls) == math.ceil(40 / share), f"{len(calls)} Redis calls for 40 concurrent reads (a share is {share})"
+    reads = share - low_water(RateLimiter.instance().read) - 1  # fewer than would begin the next share
+    results = await asyncio.gather(*(me.get(f"/api/v1/users/{user['id']}") for _ in range(reads)))
+    assert [code for code, _, _ in results] == [200] * reads
+    assert len(calls) == 1, f"{len(calls)} Redis calls for {reads} concurrent reads (a share is {share})"
