@@ -15,8 +15,9 @@ Not a Redis round trip per call: an instance takes a share of a bucket at once
 ``SHARE_TTL_S``, so the common case is a dictionary lookup and a subtraction.
 Every token still comes out of the shared bucket, so a client never gets more
 than its limit in count; what the share changes is when:
-over any window a client can be at most ``share - 1`` calls per instance ahead
-of the exact bucket, for at most a second. A share left unspent is forfeited,
+over any window a client can be at most ``share + low_water - 1`` calls per
+instance ahead of the exact bucket (a share, and what was left of the one before
+it when it was topped up), for at most a second. A share left unspent is forfeited,
 so a client spread over many instances may get slightly less than its limit.
 An empty bucket is remembered too, until its next token is due: a client that
 keeps knocking while refused costs no Redis call either. Concurrent calls that
