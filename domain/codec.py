@@ -185,6 +185,11 @@ def _default(value: Any) -> Any:
 _ORJSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 
 
+def etag(version: int) -> str:
+    """A resource's ETag: its version, which every change of it raises."""
+    return f'"{version}"'
+
+
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON. orjson writes it in a tenth of json's time (3.9 µs against 0.2 µs
     for a payment); what orjson refuses (an integer past 64 bits, a tuple subclass) json

@@ -35,10 +35,6 @@ def cache_key(user_id: str) -> str:
     return f"user:v2:{user_id}"
 
 
-def etag(version: int) -> str:
-    return f'"{version}"'
-
-
 def normalize_email(email: str) -> str:
     """NFKC, then lower case: what is stored and compared. Lower-casing can lengthen
     a string ('İ' becomes two code points), so lengths are checked after this."""
@@ -234,7 +230,7 @@ async def lock(tx: Tx, user_id: str) -> Row | None:
 
 def _matches(if_match: str, version: int) -> bool:
     wanted = {tag.strip().removeprefix("W/") for tag in if_match.split(",")}
-    return "*" in wanted or etag(version) in wanted
+    return "*" in wanted or codec.etag(version) in wanted
 
 
 async def update(user_id: str, changes: UserUpdate, if_match: str | None = None) -> dict[str, Any]:
@@ -276,7 +272,7 @@ async def _update(user_id: str, changes: UserUpdate, if_match: str | None) -> tu
                     412,
                     "precondition_failed",
                     "the user changed since that ETag",
-                    details={"current_etag": etag(row["version"])},
+                    details={"current_etag": codec.etag(row["version"])},
                 )
             if all(row[field] == value for field, value in changes.items()):
                 return to_api(row), None

@@ -48,8 +48,7 @@ class PaymentReader(BaseHandler):
 
 class PaymentHandler(PaymentReader):
     async def get(self, payment_id: str) -> None:
-        payment = await self.visible_payment(payment_id)
-        self.finish(payment.body)
+        self.finish_cached(await self.visible_payment(payment_id))
 
     async def patch(self, payment_id: str) -> None:
         await self.visible_payment(payment_id)

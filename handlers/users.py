@@ -39,16 +39,14 @@ class UsersHandler(BaseHandler):
         self.require_admin()
         body = schemas.validate("UserCreate", users.normalized(self.get_json_body()))
         user = await users.create(body["email"], body["name"], body.get("metadata"))
-        self.set_header("ETag", users.etag(user["version"]))
+        self.set_header("ETag", codec.etag(user["version"]))
         self.set_header("Location", f"/api/v1/users/{user['id']}")
         self.write_json(user, 201)
 
 
 class UserHandler(BaseHandler):
     async def get(self, user_id: str) -> None:
-        user = await users.get(self.visible_user_id(user_id))
-        self.set_header("ETag", users.etag(user.version))
-        self.finish(user.body)
+        self.finish_cached(await users.get(self.visible_user_id(user_id)))
 
     async def put(self, user_id: str) -> None:
         user_id = self.visible_user_id(user_id)
@@ -57,14 +55,14 @@ class UserHandler(BaseHandler):
             raise APIError(400, "invalid_if_match", f"If-Match is longer than {MAX_IF_MATCH} characters")
         changes = schemas.validate("UserUpdate", users.normalized(self.get_json_body()))
         user = await users.update(user_id, changes, if_match)
-        self.set_header("ETag", users.etag(user["version"]))
+        self.set_header("ETag", codec.etag(user["version"]))
         self.write_json(user)
 
     async def patch(self, user_id: str) -> None:
         user_id = self.visible_user_id(user_id)
         body = schemas.validate("MetadataPatch", self.get_json_body())
         user = await users.update_metadata(user_id, body)
-        self.set_header("ETag", users.etag(user["version"]))
+        self.set_header("ETag", codec.etag(user["version"]))
         self.write_json(user)
 
 

@@ -168,6 +168,24 @@ async def test_unknown_payment_is_404(api):
 
 
 @pytest.mark.gen_test
+async def test_a_payment_is_sent_again_only_once_it_changed(api):
+    """Its ETag is its version: If-None-Match naming it gets 304 and no body, until a change."""
+    user = await api.new_user()
+    payment = await api.new_payment(user["id"])
+    path = f"/api/v1/payments/{payment['id']}"
+    code, body, headers = await api.get(path)
+    assert code == 200 and body == payment and headers["ETag"] == '"1"'
+    code, body, headers = await api.get(path, headers={"If-None-Match": '"1"'})
+    assert (code, body, headers["ETag"]) == (304, None, '"1"')
+    await api.put(f"{path}/status", {"status": "processing"})
+    code, body, headers = await api.get(path, headers={"If-None-Match": '"1"'})
+    assert code == 200 and body["status"] == "processing" and headers["ETag"] == '"2"'
+    await api.request("PATCH", path, {"metadata": {"order": "A-1"}})
+    code, body, headers = await api.get(path, headers={"If-None-Match": '"2"'})
+    assert code == 200 and body["version"] == 3 and headers["ETag"] == '"3"'
+
+
+@pytest.mark.gen_test
 async def test_status_follows_the_state_machine(api):
     user = await api.new_user()
     payment = await api.new_payment(user["id"])

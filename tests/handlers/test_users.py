@@ -64,6 +64,21 @@ async def test_partial_update(api):
 
 
 @pytest.mark.gen_test
+async def test_a_user_is_sent_again_only_once_it_changed(api):
+    """If-None-Match naming the current ETag (alone, in a list, or weak) gets 304 and no body."""
+    user = await api.new_user(name="Before")
+    path = f"/api/v1/users/{user['id']}"
+    for tags in ('"1"', '"7", "1"', 'W/"1"', "*"):
+        code, body, headers = await api.get(path, headers={"If-None-Match": tags})
+        assert (code, body, headers["ETag"]) == (304, None, '"1"'), tags
+    code, body, _ = await api.get(path, headers={"If-None-Match": '"2"'})
+    assert code == 200 and body == user
+    await api.put(path, {"name": "After"})
+    code, body, headers = await api.get(path, headers={"If-None-Match": '"1"'})
+    assert code == 200 and body["name"] == "After" and headers["ETag"] == '"2"'
+
+
+@pytest.mark.gen_test
 async def test_update_with_no_change_keeps_the_version(api):
     user = await api.new_user(name="Same")
     code, same, _ = await api.put(f"/api/v1/users/{user['id']}", {"name": "Same"})
