@@ -70,18 +70,15 @@ class JsonFormatter(logging.Formatter):
 _second: tuple[int, str] = (-1, "")  # the last second a line was stamped with, formatted
 
 
-def timestamp(created: float) -> str:
-    """A line's time: UTC, to the millisecond (the second's text made once a second)."""
+def head(created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
+    """The fields every line starts with; the time in UTC, to the millisecond (the second's
+    text made once a second)."""
     global _second
     whole = int(created)
     if _second[0] != whole:
         _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
-
-
-def head(created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
-    """The fields every line starts with."""
-    return {"ts": timestamp(created), "level": level.lower(), "logger": logger, "msg": msg}
+    ts = f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
+    return {"ts": ts, "level": level.lower(), "logger": logger, "msg": msg}
 
 
 def to_json(line: dict[str, Any]) -> str:
@@ -254,8 +251,7 @@ class LoggerManager(Manager):
         is for client libraries' records). The level is the logger's, as for a record.
         One per request: a caller that leaves out what it has not saves the filtering."""
         if logger.isEnabledFor(level):
-            name = _LEVELS.get(level) or logging.getLevelName(level).lower()
-            line = {"ts": timestamp(time.time()), "level": name, "logger": logger.name, "msg": msg}
+            line = head(time.time(), _LEVELS.get(level) or logging.getLevelName(level), logger.name, msg)
             line |= fields if None not in fields.values() else {k: v for k, v in fields.items() if v is not None}
             try:
                 self._lines.put(orjson.dumps(line))
