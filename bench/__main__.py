@@ -177,16 +177,17 @@ class Run:
         return out
 
     def costs(self) -> list[dict]:
-        """GET user on each variant, side by side, started once: ``cost_rounds`` rounds of
-        full-length runs, the order rotated each round (bench/report.py makes the costs)."""
-        for name, (overrides, module) in VARIANTS.items():
-            self.start(name, overrides, module, role="api")
+        """GET user on each variant, side by side: ``cost_rounds`` rounds of full-length runs, the
+        order rotated each round. Each round starts every variant anew: two processes of the same
+        code differ by up to 8% in CPU per request for as long as they run (docs/PROFILING.md)."""
         runs, ids = [], self.prepare("get_user")
         for k, order in enumerate(rotations(list(VARIANTS), self.s.cost_rounds)):
             for v in order:
+                self.start(v, *VARIANTS[v], role="api")
+            for v in order:
                 r = self.wrk(f"round {k + 1}, {v}: get_user", v, "get_user", self.s.duration_s, ids)
                 runs.append(r | {"kind": "cost", "variant": v, "endpoint": "get_user", "round": k + 1})
-        self.stop(*VARIANTS)
+            self.stop(*VARIANTS)
         return runs
 
 
