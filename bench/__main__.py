@@ -178,8 +178,9 @@ class Run:
 
     def costs(self) -> list[dict]:
         """GET user on each variant, side by side: ``cost_rounds`` rounds of full-length runs, the
-        order rotated each round. Each round starts every variant anew: two processes of the same
-        code differ by up to 8% in CPU per request for as long as they run (docs/PROFILING.md)."""
+        order rotated each round, every variant started anew each round: processes of the same code
+        kept gaps of up to 8% in CPU per request through an A/B (docs/PROFILING.md). bench/report.py
+        makes the costs."""
         runs, ids = [], self.prepare("get_user")
         for k, order in enumerate(rotations(list(VARIANTS), self.s.cost_rounds)):
             for v in order:
