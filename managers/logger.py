@@ -39,9 +39,6 @@ from managers.base import Manager
 from managers.config import LoggingConfig
 from managers.dependencies import LOG_SOURCES
 
-# The standard levels' names as lines spell them, looked up by line().
-_LEVELS = {n: logging.getLevelName(n).lower() for n in range(logging.DEBUG, logging.CRITICAL + 1, 10)}
-
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else passed in ``extra=`` is emitted as a field.
@@ -251,7 +248,7 @@ class LoggerManager(Manager):
         is for client libraries' records). The level is the logger's, as for a record.
         One per request: a caller that leaves out what it has not saves the filtering."""
         if logger.isEnabledFor(level):
-            line = head(time.time(), _LEVELS.get(level) or logging.getLevelName(level), logger.name, msg)
+            line = head(time.time(), logging.getLevelName(level), logger.name, msg)
             line |= fields if None not in fields.values() else {k: v for k, v in fields.items() if v is not None}
             try:
                 self._lines.put(orjson.dumps(line))
