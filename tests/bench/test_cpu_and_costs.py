@@ -49,10 +49,20 @@ def test_a_cost_is_one_minus_cpu_per_request_without_the_part_over_with_it_the_m
     assert report.costs({"runs": runs})["metrics"] == []  # "no metrics" not run: no cost, no invented number
 
 
-def test_runs_before_cpu_per_request_keep_their_req_s_cost():
-    runs = [{"variant": "key check", "endpoint": "get_user", "ratio": 0.5}]
-    runs += [{"variant": "no auth, no limiter", "endpoint": "get_user", "ratio": 0.55}]
-    assert report.costs({"runs": runs})["key check"] == pytest.approx([1 - 0.5 / 0.55])
+def _post(cores: dict[str, float]) -> dict:
+    return {"endpoint": "post_payments", "rps": 800, "floor_rps": 2000, "cpu_us": 1000, "floor_cpu_us": 400} | {
+        "cpu_cores": {"service": 0.8} | cores
+    }
+
+
+def test_a_target_leaves_the_service_what_the_other_processes_would_not_take_at_its_rate():
+    # POST's target, 70% of a 2,000 req/s floor: 1,400 req/s. The others used 0.4 core at 800 req/s,
+    # 500 µs a request: 0.7 core at 1,400 req/s, which leaves 1.3 cores, 929 µs a request.
+    assert report.left(_post({"MariaDB": 0.3, "wrk": 0.1}), cores=2) == "929 / 1,000 / 400"
+    # 1.2 cores at 800 req/s is 1,500 µs a request, 2.1 cores at 1,400: more than the machine has.
+    assert report.left(_post({"MariaDB": 0.8, "FerretDB": 0.4}), cores=2) == "-71 / 1,000 / 400"
+    assert report.left(_post({}) | {"endpoint": "list_filtered"}, cores=2) == "—"  # no ratio target
+    assert report.left({k: v for k, v in _post({}).items() if k != "floor_cpu_us"}, cores=2) == "—"  # older run
 
 
 def test_each_round_runs_the_variants_in_another_order():
