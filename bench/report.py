@@ -145,12 +145,12 @@ def header(r: dict) -> list[str]:
 
 
 def left(x: dict, cores: int) -> str:
-    """The service's CPU µs a request that the cores leave at the target rate (goal × floor req/s) if every other
-    process keeps this run's CPU per request (bench/README.md); then what the service and the floor used."""
+    """The service's CPU µs a request at the target rate (goal × floor req/s): the cores every other process leaves
+    if it keeps this run's CPU a request, one at most (bench/README.md); then what the service and the floor used."""
     if (goal := GOALS.get(x["endpoint"])) is None or "floor_cpu_us" not in x:
         return "—"
     rate, others = goal[0] * x["floor_rps"], sum(v for k, v in x["cpu_cores"].items() if k != "service") / x["rps"]
-    return f"{(cores - others * rate) / rate * 1e6:,.0f} / {x['cpu_us']:,.0f} / {x['floor_cpu_us']:,.0f}"
+    return f"{min(1, cores - others * rate) / rate * 1e6:,.0f} / {x['cpu_us']:,.0f} / {x['floor_cpu_us']:,.0f}"
 
 
 def http_section(r: dict) -> list[str]:
