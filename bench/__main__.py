@@ -160,7 +160,7 @@ class Run:
             after = self.wrk(f"baseline-{len(runs) // 2 + 1}", None, "", seconds) | {"kind": "baseline"}
             r["baseline_rps"] = round(statistics.fmean([runs[-1]["rps"], after["rps"]]))
             r |= {"ratio": round(r["rps"] / r["baseline_rps"], 4), "floor_rps": below["rps"]}
-            r |= {f"floor_{k}": below[k] for k in ("cpu_us", "cpu_cores")}
+            r |= {f"floor_{k}": below[k] for k in ("cpu_us", "cpu_cores", "p99_ms")}
             runs += [r | {"floor_ratio": round(r["rps"] / below["rps"], 4)}, after]
         return runs
 

@@ -159,12 +159,12 @@ def http_section(r: dict) -> list[str]:
         d = x.get("drain")
         floor = [f"{x['floor_rps']:,.0f}", f"{x['floor_ratio']:.1%}"] if "floor_ratio" in x else ["—", "—"]
         rows.append(
-            [x["label"], x["variant"], f"{x['rps']:,.0f}", _ms(x["p50_ms"], x["p99_ms"])]
+            [x["label"], x["variant"], f"{x['rps']:,.0f}", _ms(x["p50_ms"], x["p99_ms"], x.get("floor_p99_ms"))]
             + [f"{x['baseline_rps']:,.0f}", f"{x['ratio']:.1%}", *floor, f"{x['errors']} / {x['non_2xx']}"]
             + [_ms(d.get("outbox_drained_s"), d.get("analytics_caught_up_s")) if d else "—", _cpu(x["cpu_cores"])]
             + [left(x, r["machine"]["nproc"])]
         )
-    header = ["endpoint", "service", "req/s", "p50 / p99 ms", "baseline req/s", "ratio", "floor req/s"]
+    header = ["endpoint", "service", "req/s", "p50 / p99 / floor's p99, ms", "baseline req/s", "ratio", "floor req/s"]
     header += ["ratio to floor", "errors / non-2xx", "outbox drained / analytics lag 0, s after", "CPU (cores)"]
     header += ["service CPU µs a request: left at the target / used / the floor's"]
     intro = (
