@@ -98,7 +98,7 @@ def targets(r: dict, m: dict) -> list[tuple]:
             fps = m[f"knee_{shape}_fps"]
             add(what, "≥ 20,000 frames/s, p99 ≤ 100 ms", f"{fps:,} frames/s", fps, 20_000, "frames/s", True)
         if target := ws["single"].get("target"):  # issue 17: 1,000 payments/s, or the POST ceiling if lower
-            what = f"event path, one socket per user, at {target['rate']:,} payments/s (1,000 or the POST ceiling)"
+            what = f"event path, one socket per user, at {target['rate']:,.0f} payments/s (1,000 or the POST ceiling)"
             seen = f"p99 {target['p99_ms']:,.1f} ms ({target['fps']:,} frames/s delivered)"
             add(what, "p99 ≤ 100 ms", seen, target["p99_ms"], 100, "ms")
         seen = f"{m['per_socket_kib']:.1f} KiB a socket with {ws['single']['open']:,} open; {m['rss_50k_mib']:,.0f} MiB"
