@@ -44,3 +44,10 @@ def test_a_run_writes_a_page_without_the_retired_analytics_stage_even_with_its_r
         assert f"Shared: load average {before:.2f} before the run and {after:.2f} after it" in page
         assert "[bench/analytics-notes.md](bench/analytics-notes.md)" in page
     assert (DOCS_BENCH / "analytics-notes.md").exists()
+
+
+def test_each_endpoint_row_shows_its_floors_p99_beside_its_own():
+    results = json.loads((DOCS_BENCH / "results.json").read_text())
+    page = "\n".join(report.http_section(results))
+    for x in (x for x in results["runs"] if x.get("variant") == "shipped"):
+        assert f"| {x['p50_ms']:,.1f} / {x['p99_ms']:,.1f} / {x['floor_p99_ms']:,.1f} |" in page
